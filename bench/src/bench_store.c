@@ -1,0 +1,352 @@
+/*
+ * m3-bench gen and m3-bench storage.
+ *
+ * storage answers: how much does the store add to reading a retrieval's
+ * memories from disk? For the same random batches of chunk ids it times (a)
+ * raw io_uring reads of exactly the byte ranges the records occupy (same
+ * alignment, same O_DIRECT setting, one submission per batch) and (b)
+ * m3_store_fetch of those ids (catalog lookup, batched read, checksum of
+ * every byte). The two alternate op by op, so drift in the machine hits both.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "m3/error.h"
+#include "m3/store.h"
+
+#define SYNTHETIC_FP 0x73796e7468657469ull /* "synthetic" */
+
+/* ---- gen ------------------------------------------------------------ */
+
+int bench_gen(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"store", required_argument, NULL, 's'}, {"count", required_argument, NULL, 'n'},
+      {"shape", required_argument, NULL, 'S'}, {"codec-bytes", required_argument, NULL, 'c'},
+      {"batch", required_argument, NULL, 'b'}, {"seed", required_argument, NULL, 'r'},
+      {"json", no_argument, NULL, 'j'},        {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  const char *dir = NULL, *shape = "memory3";
+  unsigned long long count = 0, seed = 1;
+  unsigned code_bytes = 14, batch = 256;
+  int json = 0, c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 's': dir = optarg; break;
+    case 'n': count = strtoull(optarg, NULL, 10); break;
+    case 'S': shape = optarg; break;
+    case 'c': code_bytes = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'b': batch = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'r': seed = strtoull(optarg, NULL, 10); break;
+    case 'j': json = 1; break;
+    case 'h':
+      puts("usage: m3-bench gen --store DIR --count N [--shape memory3|LxHxTxD]\n"
+           "                    [--codec-bytes 14] [--batch 256] [--seed S] [--json]\n"
+           "Writes N memories with random codes and positions (chunk ids 0..N-1) through\n"
+           "the normal write path: real records, segments and catalog.");
+      return 0;
+    default: return 2;
+    }
+  }
+  if (dir == NULL || count == 0 || code_bytes == 0 || code_bytes > 65535 || batch == 0) {
+    fprintf(stderr, "m3-bench gen: needs --store DIR and --count N > 0 (see --help)\n");
+    return 2;
+  }
+  m3_store_options o;
+  m3_store_options_init(&o);
+  o.create = 1;
+  int rc = m3_spec_parse(shape, &o.layout.spec);
+  if (rc) return bench_fail("--shape", rc);
+  o.layout.codec_kind = M3_CODEC_SYNTHETIC;
+  o.layout.code_bytes = (uint16_t)code_bytes;
+  o.layout.codec_fp = SYNTHETIC_FP;
+  m3_store *s;
+  if ((rc = m3_store_open(dir, &o, &s)) != 0) return bench_fail(dir, rc);
+
+  size_t npos = m3_spec_positions(&o.layout.spec);
+  size_t ncode = m3_layout_codes_bytes(&o.layout);
+  uint16_t *pos = malloc(batch * npos * sizeof *pos);
+  uint8_t *codes = malloc(batch * ncode);
+  char (*text)[48] = malloc(batch * sizeof *text);
+  m3_record_in *items = malloc(batch * sizeof *items);
+  if (!pos || !codes || !text || !items) {
+    fprintf(stderr, "m3-bench gen: out of memory\n");
+    return 2;
+  }
+  uint64_t t0 = bench_now_ns(), bytes = 0;
+  int tty = isatty(2);
+  for (uint64_t base = 0; base < count; base += batch) {
+    size_t n = count - base < batch ? (size_t)(count - base) : batch;
+    for (size_t i = 0; i < n; i++) {
+      uint64_t id = base + i, r = seed * 0x9E3779B97F4A7C15ull ^ (id + 1);
+      uint16_t *p = pos + i * npos;
+      /* 8 sorted distinct positions per head inside a 128-token chunk */
+      for (size_t h = 0; h < npos; h += o.layout.spec.n_tokens)
+        for (size_t t = 0; t < o.layout.spec.n_tokens && h + t < npos; t++)
+          p[h + t] = (uint16_t)(1 + t * 15 + bench_rand(&r) % 15);
+      uint8_t *cb = codes + i * ncode;
+      for (size_t k = 0; k < ncode; k += 8) {
+        uint64_t v = bench_rand(&r);
+        memcpy(cb + k, &v, ncode - k < 8 ? ncode - k : 8);
+      }
+      int tl = snprintf(text[i], sizeof text[i], "synthetic memory %llu", (unsigned long long)id);
+      items[i] = (m3_record_in){id, 128, p, cb, text[i], (size_t)tl};
+      bytes += ncode;
+    }
+    if ((rc = m3_store_put(s, items, n)) != 0) {
+      m3_store_close(s);
+      return bench_fail("put", rc);
+    }
+    if (tty && !json)
+      fprintf(stderr, "\r%llu/%llu memories", (unsigned long long)(base + n), count);
+  }
+  double secs = (double)(bench_now_ns() - t0) / 1e9;
+  if (tty && !json) fputc('\n', stderr);
+  m3_store_stats st;
+  m3_store_stats_get(s, &st);
+  m3_store_close(s);
+  free(pos);
+  free(codes);
+  free(text);
+  free(items);
+  if (json)
+    return bench_print_json(json_pack(
+        "{s:s,s:I,s:I,s:I,s:f,s:f,s:f}", "store", dir, "memories", (json_int_t)count,
+        "records", (json_int_t)st.records, "segment_bytes", (json_int_t)st.segment_bytes,
+        "seconds", secs, "mb_per_s", (double)bytes / 1e6 / secs, "overhead", st.overhead));
+  printf("wrote %llu memories to %s in %.2f s (%.1f MB/s of codes); store holds %llu, overhead %.2f%%\n",
+         count, dir, secs, (double)bytes / 1e6 / secs, (unsigned long long)st.records,
+         st.overhead * 100);
+  return 0;
+}
+
+/* ---- storage -------------------------------------------------------- */
+
+typedef struct chunk {
+  uint64_t id;
+  m3_location loc;
+} chunk;
+
+typedef struct chunks {
+  chunk *v;
+  size_t n, cap;
+} chunks;
+
+static int add_chunk(void *ud, uint64_t id, const m3_location *loc) {
+  chunks *c = ud;
+  if (c->n == c->cap) {
+    c->cap = c->cap ? c->cap * 2 : 4096;
+    chunk *nv = realloc(c->v, c->cap * sizeof *nv);
+    if (nv == NULL) return M3_ENOMEM;
+    c->v = nv;
+  }
+  c->v[c->n++] = (chunk){id, *loc};
+  return 0;
+}
+
+/* The baseline: raw io_uring reads, written without any store code. */
+typedef struct raw_reader {
+  struct io_uring ring;
+  int *fds;        /* by segment id */
+  uint32_t *align; /* O_DIRECT alignment by segment id */
+  uint32_t nfds;
+} raw_reader;
+
+static uint32_t dio_align(int fd) {
+#ifdef STATX_DIOALIGN
+  struct statx stx;
+  if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 && (stx.stx_mask & STATX_DIOALIGN) &&
+      stx.stx_dio_offset_align)
+    return stx.stx_dio_offset_align;
+#endif
+  return 4096;
+}
+
+static int raw_open(raw_reader *r, m3_store *s, const chunks *cs, int direct, unsigned depth) {
+  uint32_t max = 0;
+  for (size_t i = 0; i < cs->n; i++)
+    if (cs->v[i].loc.segment > max) max = cs->v[i].loc.segment;
+  r->nfds = max + 1;
+  r->fds = malloc(r->nfds * sizeof *r->fds);
+  r->align = malloc(r->nfds * sizeof *r->align);
+  for (uint32_t i = 0; i < r->nfds; i++) r->fds[i] = -1;
+  for (size_t i = 0; i < cs->n; i++) {
+    uint32_t seg = cs->v[i].loc.segment;
+    if (r->fds[seg] >= 0) continue;
+    char path[4096];
+    m3_store_segment_path(s, seg, path, sizeof path);
+    r->fds[seg] = open(path, O_RDONLY | (direct ? O_DIRECT : 0));
+    if (r->fds[seg] < 0) {
+      fprintf(stderr, "m3-bench storage: open %s: %s\n", path, strerror(errno));
+      return -1;
+    }
+    r->align[seg] = direct ? dio_align(r->fds[seg]) : 1;
+  }
+  int rc = io_uring_queue_init(depth, &r->ring, 0);
+  if (rc < 0) {
+    fprintf(stderr, "m3-bench storage: io_uring_queue_init: %s\n", strerror(-rc));
+    return -1;
+  }
+  return 0;
+}
+
+static int raw_batch(raw_reader *r, const chunk **batch, size_t n, void **bufs) {
+  for (size_t i = 0; i < n; i++) {
+    const m3_location *l = &batch[i]->loc;
+    uint32_t a = r->align[l->segment];
+    uint64_t start = l->offset / a * a, end = (l->offset + l->mem_len + a - 1) / a * a;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    io_uring_prep_read(sqe, r->fds[l->segment], bufs[i], (unsigned)(end - start), start);
+  }
+  int rc = io_uring_submit_and_wait(&r->ring, (unsigned)n);
+  if (rc < 0) return rc;
+  struct io_uring_cqe *cqe;
+  for (size_t i = 0; i < n; i++) {
+    if ((rc = io_uring_wait_cqe(&r->ring, &cqe)) < 0) return rc;
+    int res = cqe->res;
+    io_uring_cqe_seen(&r->ring, cqe);
+    if (res <= 0) return res < 0 ? res : -EIO;
+  }
+  return 0;
+}
+
+static void raw_close(raw_reader *r) {
+  for (uint32_t i = 0; i < r->nfds; i++)
+    if (r->fds[i] >= 0) close(r->fds[i]);
+  free(r->fds);
+  free(r->align);
+  io_uring_queue_exit(&r->ring);
+}
+
+int bench_storage(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"store", required_argument, NULL, 's'}, {"ops", required_argument, NULL, 'n'},
+      {"batch", required_argument, NULL, 'b'}, {"direct", no_argument, NULL, 'd'},
+      {"warmup", required_argument, NULL, 'w'}, {"seed", required_argument, NULL, 'r'},
+      {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  const char *dir = NULL;
+  unsigned long ops = 2000, warmup = 100, batch = 5;
+  unsigned long long seed = 42;
+  int direct = 0, json = 0, c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 's': dir = optarg; break;
+    case 'n': ops = strtoul(optarg, NULL, 10); break;
+    case 'b': batch = strtoul(optarg, NULL, 10); break;
+    case 'd': direct = 1; break;
+    case 'w': warmup = strtoul(optarg, NULL, 10); break;
+    case 'r': seed = strtoull(optarg, NULL, 10); break;
+    case 'j': json = 1; break;
+    case 'h':
+      puts("usage: m3-bench storage --store DIR [--ops 2000] [--batch 5] [--direct]\n"
+           "                        [--warmup 100] [--seed 42] [--json]\n"
+           "Times m3_store_fetch of random batches of chunk ids against raw io_uring reads\n"
+           "of the same byte ranges, alternating op by op. --direct uses O_DIRECT for both\n"
+           "(disk, not page cache). $M3_IO=pread switches the store's backend.");
+      return 0;
+    default: return 2;
+    }
+  }
+  if (dir == NULL || ops == 0 || batch == 0 || batch > 256) {
+    fprintf(stderr, "m3-bench storage: needs --store DIR, --ops > 0, --batch 1..256\n");
+    return 2;
+  }
+  m3_store_options o;
+  m3_store_options_init(&o);
+  o.read_only = 1;
+  o.direct = direct;
+  m3_store *s;
+  int rc = m3_store_open(dir, &o, &s);
+  if (rc) return bench_fail(dir, rc);
+  chunks cs = {0};
+  if ((rc = m3_store_iterate(s, add_chunk, &cs)) != 0) return bench_fail("iterate", rc);
+  if (cs.n == 0) {
+    fprintf(stderr, "m3-bench storage: %s holds no memories (m3-bench gen writes some)\n", dir);
+    return 2;
+  }
+  raw_reader raw;
+  if (raw_open(&raw, s, &cs, direct, 64) != 0) return 2;
+
+  size_t cap = m3_store_fetch_cap(s);
+  void *bufs[256];
+  m3_fetch_item items[256];
+  const chunk *pick[256];
+  for (size_t i = 0; i < batch; i++) bufs[i] = m3_store_buf_alloc(s, cap);
+  double *raw_us = malloc(ops * sizeof *raw_us), *store_us = malloc(ops * sizeof *store_us);
+  uint64_t rng = seed, bytes_per_op = 0;
+  double raw_total = 0, store_total = 0;
+
+  for (unsigned long op = 0; op < warmup + ops; op++) {
+    uint64_t op_bytes = 0;
+    for (size_t i = 0; i < batch; i++) {
+      pick[i] = &cs.v[bench_rand(&rng) % cs.n];
+      items[i] = (m3_fetch_item){.chunk_id = pick[i]->id, .buf = bufs[i], .cap = cap};
+      op_bytes += pick[i]->loc.mem_len;
+    }
+    double t_raw = 0, t_store = 0;
+    for (int leg = 0; leg < 2; leg++) {
+      /* Alternate which side goes first so neither always reads a warmer device. */
+      int do_raw = (leg == 0) == (op % 2 == 0);
+      uint64_t t0 = bench_now_ns();
+      if (do_raw) {
+        if ((rc = raw_batch(&raw, pick, batch, bufs)) < 0) {
+          fprintf(stderr, "m3-bench storage: raw read: %s\n", strerror(-rc));
+          return 2;
+        }
+        t_raw = (double)(bench_now_ns() - t0) / 1e3;
+      } else {
+        if ((rc = m3_store_fetch(s, items, batch)) != 0) return bench_fail("fetch", rc);
+        t_store = (double)(bench_now_ns() - t0) / 1e3;
+        for (size_t i = 0; i < batch; i++)
+          if (items[i].status != 0) return bench_fail("fetch item", items[i].status);
+      }
+    }
+    if (op >= warmup) {
+      raw_us[op - warmup] = t_raw;
+      store_us[op - warmup] = t_store;
+      raw_total += t_raw;
+      store_total += t_store;
+      bytes_per_op = op_bytes;
+    }
+  }
+  const char *backend = m3_store_io_backend(s);
+  bench_sort(raw_us, ops);
+  bench_sort(store_us, ops);
+  double rp50 = bench_quantile(raw_us, ops, 0.5), rp99 = bench_quantile(raw_us, ops, 0.99);
+  double sp50 = bench_quantile(store_us, ops, 0.5), sp99 = bench_quantile(store_us, ops, 0.99);
+  double mem = (double)m3_record_mem_size(m3_store_layout(s));
+  json_t *j = json_pack(
+      "{s:s,s:I,s:I,s:I,s:f,s:s,s:b,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "store", dir,
+      "records", (json_int_t)cs.n, "ops", (json_int_t)ops, "batch", (json_int_t)batch,
+      "bytes_per_op", (double)bytes_per_op, "io_backend", backend, "direct", direct,
+      "raw_p50_us", rp50, "raw_p99_us", rp99, "store_p50_us", sp50, "store_p99_us", sp99,
+      "ratio_p50", sp50 / rp50, "ratio_p99", sp99 / rp99, "raw_mean_us", raw_total / (double)ops,
+      "store_mean_us", store_total / (double)ops, "raw_mb_per_s",
+      mem * (double)batch * (double)ops / raw_total, "store_mb_per_s",
+      mem * (double)batch * (double)ops / store_total);
+  raw_close(&raw);
+  m3_store_close(s);
+  for (size_t i = 0; i < batch; i++) free(bufs[i]);
+  free(raw_us);
+  free(store_us);
+  free(cs.v);
+  if (json) return bench_print_json(j);
+  printf("%lu ops of %lu memories (%s%s), %zu records\n", ops, batch, backend,
+         direct ? ", O_DIRECT" : "", cs.n);
+  printf("           p50 us    p99 us\n");
+  printf("raw     %9.1f %9.1f\n", rp50, rp99);
+  printf("store   %9.1f %9.1f\n", sp50, sp99);
+  printf("ratio   %9.3f %9.3f\n", sp50 / rp50, sp99 / rp99);
+  json_decref(j);
+  return 0;
+}

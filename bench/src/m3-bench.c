@@ -1,0 +1,75 @@
+/*
+ * m3-bench: measurements of m3store against the hardware and the tools a
+ * user would otherwise pick. Every figure is a ratio against a baseline
+ * measured in the same run, on the same data.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "m3/error.h"
+
+static const char *usage_text =
+    "usage: m3-bench <command> [options]\n"
+    "\n"
+    "  gen      --store DIR --count N [--shape memory3|LxHxTxD] [--codec-bytes 14]\n"
+    "           [--batch 256] [--seed S] [--json]\n"
+    "           write N synthetic memories (random codes, real records and catalog)\n"
+    "           with chunk ids 0..N-1\n"
+    "  storage  --store DIR [--ops N] [--batch 5] [--direct] [--warmup N] [--seed S] [--json]\n"
+    "           store fetches of random batches vs raw io_uring reads of the same bytes\n"
+#ifdef M3_BENCH_CODEC
+    "  codec    --codec STR [--train N] [--test N] [--vectors FILE] [--json]\n"
+    "           codec size, error and speed (see m3-bench codec --help)\n"
+#endif
+    "\n"
+    "Run `m3-bench <command> --help` for a command's options.\n";
+
+double bench_quantile(const double *sorted, size_t n, double q) {
+  if (n == 0) return 0;
+  size_t i = (size_t)(q * (double)n);
+  return sorted[i >= n ? n - 1 : i];
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+void bench_sort(double *v, size_t n) { qsort(v, n, sizeof *v, cmp_double); }
+
+int bench_print_json(json_t *j) {
+  char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+  json_decref(j);
+  if (s) puts(s);
+  free(s);
+  return 0;
+}
+
+int bench_fail(const char *what, int rc) {
+  const char *msg = m3_errmsg();
+  fprintf(stderr, "m3-bench: %s: %s%s%s\n", what, m3_strerror(rc), *msg ? ": " : "", msg);
+  return 2;
+}
+
+int main(int argc, char **argv) {
+  static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+  } cmds[] = {
+      {"gen", bench_gen},
+      {"storage", bench_storage},
+#ifdef M3_BENCH_CODEC
+      {"codec", m3_bench_codec},
+#endif
+  };
+  if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+    fputs(usage_text, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+    if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "m3-bench: unknown command '%s'; see m3-bench --help\n", argv[1]);
+  return 2;
+}

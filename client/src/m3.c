@@ -1,0 +1,330 @@
+/*
+ * m3: the command-line tool of m3store. This file holds the dispatcher and
+ * the `m3 store ...` commands that operate on a store directory directly.
+ *
+ * Exit codes: 0 success; 1 the store has problems (verify found damage,
+ * repair lost records); 2 the command could not run (bad usage, I/O error).
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "m3/error.h"
+#include "m3/log.h"
+#include "m3/store.h"
+
+#define EXIT_PROBLEMS 1
+#define EXIT_FAILURE_ 2
+
+static const char *usage_text =
+    "usage: m3 <command> [options]\n"
+    "\n"
+    "Store commands (operate on a store directory on this machine):\n"
+    "  m3 store info DIR [--json]      counts, bytes, space overhead, layout\n"
+    "  m3 store verify DIR [--json]    read and check every record; exit 1 on damage\n"
+    "  m3 store repair DIR [--json]    rebuild the catalog from the segments\n"
+    "  m3 store compact DIR            rewrite segments without deleted records\n"
+    "  m3 store get DIR --id N [--json]  one memory: location, checksum status, text\n"
+    "\n"
+    "Options:\n"
+    "  --json        machine-readable output on stdout\n"
+    "  -h, --help    this help\n"
+    "\n"
+    "Environment: M3_LOG_LEVEL=debug|info|warn|error, M3_IO=uring|pread.\n";
+
+static int fail(const char *what, int rc) {
+  const char *msg = m3_errmsg();
+  fprintf(stderr, "m3: %s: %s%s%s\n", what, m3_strerror(rc), *msg ? ": " : "", msg);
+  return EXIT_FAILURE_;
+}
+
+static int print_json(json_t *j) {
+  char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  json_decref(j);
+  if (s == NULL) return EXIT_FAILURE_;
+  puts(s);
+  free(s);
+  return 0;
+}
+
+typedef struct store_args {
+  const char *dir;
+  int json;
+  int has_id;
+  unsigned long long id;
+} store_args;
+
+/* Parse `DIR [--json]`; returns 0, or an exit code after printing usage. */
+static int parse_store_args(int argc, char **argv, store_args *a) {
+  static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
+                                       {"id", required_argument, NULL, 'i'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+  memset(a, 0, sizeof *a);
+  optind = 1;
+  int c;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'j': a->json = 1; break;
+    case 'i': {
+      char *end;
+      a->id = strtoull(optarg, &end, 10);
+      if (*optarg == '\0' || *end != '\0') {
+        fprintf(stderr, "m3 %s: --id '%s' is not a chunk id (an unsigned integer)\n", argv[0], optarg);
+        return EXIT_FAILURE_;
+      }
+      a->has_id = 1;
+      break;
+    }
+    case 'h': fputs(usage_text, stdout); exit(0);
+    default: fputs(usage_text, stderr); return EXIT_FAILURE_;
+    }
+  }
+  if (optind != argc - 1) {
+    fprintf(stderr, "m3 %s: expected one store directory\n", argv[0]);
+    return EXIT_FAILURE_;
+  }
+  a->dir = argv[optind];
+  return 0;
+}
+
+static json_t *layout_json(const m3_layout *l) {
+  char fp[20];
+  snprintf(fp, sizeof fp, "%016llx", (unsigned long long)l->codec_fp);
+  return json_pack("{s:i,s:i,s:i,s:i,s:s,s:i,s:s}", "n_layers", l->spec.n_layers, "n_kv_heads",
+                   l->spec.n_kv_heads, "n_tokens", l->spec.n_tokens, "head_dim", l->spec.head_dim,
+                   "codec", m3_codec_kind_name(l->codec_kind), "code_bytes", l->code_bytes,
+                   "codec_fingerprint", fp);
+}
+
+static int cmd_info(int argc, char **argv) {
+  store_args a;
+  int rc = parse_store_args(argc, argv, &a);
+  if (rc) return rc;
+  m3_store_options o;
+  m3_store_options_init(&o);
+  o.read_only = 1;
+  m3_store *s;
+  if ((rc = m3_store_open(a.dir, &o, &s)) != 0) return fail(a.dir, rc);
+  m3_store_stats st;
+  if ((rc = m3_store_stats_get(s, &st)) != 0) {
+    m3_store_close(s);
+    return fail(a.dir, rc);
+  }
+  const m3_layout *l = m3_store_layout(s);
+  size_t mem = m3_record_mem_size(l);
+  if (a.json) {
+    json_t *j = json_pack(
+        "{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:i,s:I,s:o,s:s}", "store", a.dir, "records",
+        (json_int_t)st.records, "segments", (json_int_t)st.segments, "segment_bytes",
+        (json_int_t)st.segment_bytes, "payload_bytes", (json_int_t)st.payload_bytes, "text_bytes",
+        (json_int_t)st.text_bytes, "dead_bytes", (json_int_t)st.dead_bytes, "overhead",
+        st.overhead, "catalog_bytes", (json_int_t)st.catalog_bytes, "align",
+        (int)m3_store_align(s), "memory_bytes", (json_int_t)mem, "layout", layout_json(l),
+        "io_backend", m3_store_io_backend(s));
+    m3_store_close(s);
+    return print_json(j);
+  }
+  char shape[32];
+  printf("store          %s\n", a.dir);
+  printf("shape          %s (layers x kv heads x tokens x dim)\n",
+         m3_spec_format(&l->spec, shape, sizeof shape));
+  printf("codec          %s, %u bytes per vector, fingerprint %016llx\n",
+         m3_codec_kind_name(l->codec_kind), l->code_bytes, (unsigned long long)l->codec_fp);
+  printf("memory         %zu bytes per record (header + positions + codes)\n", mem);
+  printf("records        %llu\n", (unsigned long long)st.records);
+  printf("segments       %llu, %llu bytes (%llu dead)\n", (unsigned long long)st.segments,
+         (unsigned long long)st.segment_bytes, (unsigned long long)st.dead_bytes);
+  printf("payload        %llu bytes of memories, %llu bytes of text\n",
+         (unsigned long long)st.payload_bytes, (unsigned long long)st.text_bytes);
+  printf("overhead       %.2f%% (segment bytes over payload and text)\n", st.overhead * 100);
+  printf("catalog        %llu bytes\n", (unsigned long long)st.catalog_bytes);
+  m3_store_close(s);
+  return 0;
+}
+
+typedef struct problems {
+  json_t *list; /* with --json */
+  unsigned long count;
+  const char *dir;
+} problems;
+
+static void on_problem(void *ud, const m3_problem *p) {
+  problems *pr = ud;
+  pr->count++;
+  if (pr->list) {
+    json_t *o = json_object();
+    json_object_set_new(o, "chunk_id", p->chunk_id == UINT64_MAX
+                                           ? json_null()
+                                           : json_integer((json_int_t)p->chunk_id));
+    json_object_set_new(o, "segment", json_integer(p->segment));
+    json_object_set_new(o, "offset", json_integer((json_int_t)p->offset));
+    json_object_set_new(o, "error", json_string(m3_err_name(p->err)));
+    json_object_set_new(o, "detail", json_string(p->detail ? p->detail : ""));
+    json_array_append_new(pr->list, o);
+    return;
+  }
+  if (p->chunk_id == UINT64_MAX)
+    printf("%s/seg-%06u.m3s offset %llu: %s: %s\n", pr->dir, p->segment,
+           (unsigned long long)p->offset, m3_err_name(p->err), p->detail);
+  else
+    printf("chunk %llu: %s/seg-%06u.m3s offset %llu: %s: %s\n", (unsigned long long)p->chunk_id,
+           pr->dir, p->segment, (unsigned long long)p->offset, m3_err_name(p->err), p->detail);
+}
+
+static int cmd_verify(int argc, char **argv) {
+  store_args a;
+  int rc = parse_store_args(argc, argv, &a);
+  if (rc) return rc;
+  m3_store_options o;
+  m3_store_options_init(&o);
+  o.read_only = 1;
+  m3_store *s;
+  if ((rc = m3_store_open(a.dir, &o, &s)) != 0) return fail(a.dir, rc);
+  problems pr = {a.json ? json_array() : NULL, 0, a.dir};
+  uint64_t checked = 0;
+  rc = m3_store_verify(s, on_problem, &pr, &checked);
+  m3_store_close(s);
+  if (rc != 0 && rc != M3_ECORRUPT) {
+    json_decref(pr.list);
+    return fail(a.dir, rc);
+  }
+  if (a.json) {
+    print_json(json_pack("{s:s,s:I,s:b,s:o}", "store", a.dir, "checked", (json_int_t)checked,
+                         "ok", pr.count == 0, "problems", pr.list));
+  } else if (pr.count == 0) {
+    printf("verified %llu records: OK\n", (unsigned long long)checked);
+  } else {
+    printf("verified %llu records: %lu problem%s\n", (unsigned long long)checked, pr.count,
+           pr.count == 1 ? "" : "s");
+  }
+  return pr.count ? EXIT_PROBLEMS : 0;
+}
+
+static int cmd_repair(int argc, char **argv) {
+  store_args a;
+  int rc = parse_store_args(argc, argv, &a);
+  if (rc) return rc;
+  problems pr = {a.json ? json_array() : NULL, 0, a.dir};
+  m3_repair_report rep;
+  rc = m3_store_repair(a.dir, on_problem, &pr, &rep);
+  if (rc != 0 && rc != M3_ECORRUPT) {
+    json_decref(pr.list);
+    return fail(a.dir, rc);
+  }
+  if (a.json) {
+    print_json(json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:o}", "store", a.dir, "segments",
+                         (json_int_t)rep.segments, "records", (json_int_t)rep.records,
+                         "tombstones", (json_int_t)rep.tombstones, "damaged",
+                         (json_int_t)rep.damaged, "truncated_bytes",
+                         (json_int_t)rep.truncated_bytes, "problems", pr.list));
+  } else {
+    printf("rebuilt the catalog from %llu segments: %llu records, %llu deletes applied\n",
+           (unsigned long long)rep.segments, (unsigned long long)rep.records,
+           (unsigned long long)rep.tombstones);
+    if (rep.truncated_bytes)
+      printf("cut %llu bytes of torn tails\n", (unsigned long long)rep.truncated_bytes);
+    if (rep.damaged)
+      printf("skipped %llu damaged records (listed above)\n", (unsigned long long)rep.damaged);
+  }
+  return rep.damaged ? EXIT_PROBLEMS : 0;
+}
+
+static int cmd_compact(int argc, char **argv) {
+  store_args a;
+  int rc = parse_store_args(argc, argv, &a);
+  if (rc) return rc;
+  m3_store_options o;
+  m3_store_options_init(&o);
+  m3_store *s;
+  if ((rc = m3_store_open(a.dir, &o, &s)) != 0) return fail(a.dir, rc);
+  uint64_t reclaimed = 0;
+  rc = m3_store_compact(s, &reclaimed);
+  m3_store_close(s);
+  if (rc) return fail(a.dir, rc);
+  if (a.json)
+    return print_json(json_pack("{s:s,s:I}", "store", a.dir, "reclaimed_bytes", (json_int_t)reclaimed));
+  printf("compacted %s: %llu bytes reclaimed\n", a.dir, (unsigned long long)reclaimed);
+  return 0;
+}
+
+static int cmd_get(int argc, char **argv) {
+  store_args a;
+  int rc = parse_store_args(argc, argv, &a);
+  if (rc) return rc;
+  if (!a.has_id) {
+    fprintf(stderr, "m3 store get: needs --id N\n");
+    return EXIT_FAILURE_;
+  }
+  m3_store_options o;
+  m3_store_options_init(&o);
+  o.read_only = 1;
+  m3_store *s;
+  if ((rc = m3_store_open(a.dir, &o, &s)) != 0) return fail(a.dir, rc);
+  m3_location loc;
+  char *text = NULL, path[4096];
+  size_t tlen = 0;
+  if ((rc = m3_store_locate(s, a.id, &loc)) != 0 ||
+      (rc = m3_store_get_text(s, a.id, &text, &tlen)) != 0) {
+    m3_store_close(s);
+    return fail("get", rc);
+  }
+  size_t cap = m3_store_fetch_cap(s);
+  void *buf = m3_store_buf_alloc(s, cap);
+  m3_fetch_item it = {.chunk_id = a.id, .buf = buf, .cap = cap};
+  rc = m3_store_fetch(s, &it, 1);
+  if (rc == 0) rc = it.status;
+  m3_record r;
+  memset(&r, 0, sizeof r);
+  if (rc == 0) m3_record_parse(it.data, it.len, M3_PARSE_HEADER, &r);
+  m3_store_segment_path(s, loc.segment, path, sizeof path);
+  int out;
+  if (a.json) {
+    out = print_json(json_pack("{s:I,s:s,s:I,s:I,s:I,s:I,s:s,s:s}", "chunk_id", (json_int_t)a.id,
+                               "segment", path, "offset", (json_int_t)loc.offset, "mem_bytes",
+                               (json_int_t)loc.mem_len, "record_bytes", (json_int_t)loc.rec_len,
+                               "chunk_len", (json_int_t)r.chunk_len, "status",
+                               rc ? m3_err_name(rc) : "ok", "text", text));
+  } else {
+    printf("chunk_id     %llu\n", a.id);
+    printf("segment      %s\n", path);
+    printf("offset       %llu\n", (unsigned long long)loc.offset);
+    printf("mem_bytes    %u\n", loc.mem_len);
+    printf("record_bytes %u\n", loc.rec_len);
+    printf("status       %s\n", rc ? m3_err_name(rc) : "ok");
+    printf("text         %s\n", text);
+    out = 0;
+  }
+  free(buf);
+  free(text);
+  m3_store_close(s);
+  return rc ? EXIT_PROBLEMS : out;
+}
+
+static int cmd_store(int argc, char **argv) {
+  static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+  } cmds[] = {{"info", cmd_info}, {"verify", cmd_verify}, {"repair", cmd_repair},
+              {"compact", cmd_compact}, {"get", cmd_get}};
+  if (argc < 2) {
+    fputs(usage_text, stderr);
+    return EXIT_FAILURE_;
+  }
+  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+    if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "m3 store: unknown command '%s' (info, verify, repair, compact, get)\n", argv[1]);
+  return EXIT_FAILURE_;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+    fputs(usage_text, argc < 2 ? stderr : stdout);
+    return argc < 2 ? EXIT_FAILURE_ : 0;
+  }
+  if (!strcmp(argv[1], "store")) return cmd_store(argc - 1, argv + 1);
+  fprintf(stderr, "m3: unknown command '%s'; see m3 --help\n", argv[1]);
+  return EXIT_FAILURE_;
+}

@@ -1,0 +1,212 @@
+/*
+ * The store: one shard of explicit memories on local disk.
+ *
+ * A store directory holds
+ *   catalog/          RocksDB: store metadata, chunk id -> record location,
+ *                     chunk texts, the list of live segments
+ *   seg-NNNNNN.m3s    append-only segment files of memory records (m3/record.h)
+ * Segments are the source of truth: every record is self-describing and
+ * checksummed, so m3_store_repair() can rebuild the catalog from them.
+ *
+ * Writes are group commits: a batch of records is appended to the active
+ * segment, the segment is fdatasync'ed, then one RocksDB write batch points the
+ * catalog at the new records. A put or delete is acknowledged (returns 0) only
+ * after that. Opening a store rolls forward records that reached a segment
+ * but not the catalog, and cuts a torn tail; so a crash at any point leaves a
+ * store that opens, verifies and resumes, with every acknowledged record
+ * intact and no catalog entry pointing at missing bytes.
+ *
+ * Reads are batched: m3_store_fetch() reads N memories with one io_uring
+ * submission (or preads where io_uring is refused) into caller buffers,
+ * optionally with O_DIRECT, checks each record's checksums and never returns
+ * corrupt bytes as data. A bounded RAM cache keeps hot memories.
+ *
+ * Threads: a store handle is used by one thread at a time.
+ */
+#ifndef M3_STORE_H
+#define M3_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "m3/record.h"
+#include "m3/spec.h"
+
+typedef struct m3_store m3_store;
+
+typedef enum m3_io_backend {
+  M3_IO_AUTO = 0,  /* io_uring, or pread when the kernel refuses io_uring */
+  M3_IO_URING = 1, /* io_uring only; opening fails if it is unavailable */
+  M3_IO_PREAD = 2, /* pread(2), one call per record */
+} m3_io_backend;
+
+typedef struct m3_store_options {
+  int create;              /* create the store if the directory has none */
+  int read_only;           /* no writes, no roll-forward, no truncation */
+  m3_layout layout;        /* with create: what the store holds */
+  uint32_t align;          /* with create: record alignment in segments (512) */
+  uint64_t segment_bytes;  /* roll to a new segment past this size (1 GiB) */
+  int direct;              /* read with O_DIRECT (buffers: m3_store_buf_alloc) */
+  m3_io_backend io;        /* read backend (M3_IO_AUTO) */
+  unsigned queue_depth;    /* io_uring entries (64) */
+  size_t cache_bytes;      /* hot-memory cache budget; 0 disables (0) */
+  int sync_catalog;        /* fsync the catalog WAL on each commit (0: the
+                              segments are synced and roll-forward covers it) */
+} m3_store_options;
+
+/* Defaults: open an existing store, buffered reads, M3_IO_AUTO, no cache,
+ * and with create, the Memory3 shape with raw bf16 vectors. Also honours
+ * $M3_IO (auto|uring|pread) so that tests can run every backend. */
+void m3_store_options_init(m3_store_options *o);
+
+/*
+ * Open (or with o->create, create) the store in dir. On success *out owns the
+ * handle; free it with m3_store_close(). Errors: M3_ENOTFOUND (no store and
+ * not create), M3_EBUSY (another process has it open), M3_EBADFORMAT /
+ * M3_EVERSION (not a store this build reads), M3_ESHAPE (create with a layout
+ * other than the existing store's), M3_EIO / M3_ENOSPC.
+ */
+int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out);
+
+/* Close and free. m3_store_close(NULL) does nothing. */
+void m3_store_close(m3_store *s);
+
+/* What the store holds (shape, codec, fingerprint) and its record alignment. */
+const m3_layout *m3_store_layout(const m3_store *s);
+uint32_t m3_store_align(const m3_store *s);
+/* "io_uring" or "pread". */
+const char *m3_store_io_backend(const m3_store *s);
+
+/* ---- writing -------------------------------------------------------- */
+
+/*
+ * Put n memories as one group commit (durable when it returns 0). Each item's
+ * positions and codes must have the store's layout; the pointers are borrowed
+ * for the call. Putting a chunk id that holds identical content is a no-op;
+ * different content replaces it. On failure nothing of the batch is visible
+ * and the store stays usable; M3_ENOSPC and M3_EIO name the file.
+ */
+int m3_store_put(m3_store *s, const m3_record_in *items, size_t n);
+
+/* Delete chunk ids (one group commit). Ids that are absent are ignored.
+ * *deleted, when not NULL, receives how many were present. */
+int m3_store_delete(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted);
+
+/* ---- reading -------------------------------------------------------- */
+
+/* One memory to fetch. */
+typedef struct m3_fetch_item {
+  uint64_t chunk_id; /* in */
+  void *buf;         /* in: caller's buffer, m3_store_fetch_cap() bytes; with
+                        direct I/O aligned as m3_store_buf_alloc() aligns */
+  size_t cap;        /* in: bytes at buf */
+  const uint8_t *data; /* out: the record (header + positions + codes) inside buf */
+  size_t len;          /* out: its length, m3_record_mem_size(layout) */
+  int status;          /* out: 0, M3_ENOTFOUND, M3_ECORRUPT or M3_EIO */
+} m3_fetch_item;
+
+/* Buffer size one fetch item needs (record plus alignment slack). */
+size_t m3_store_fetch_cap(const m3_store *s);
+
+/* An allocation suitable as a fetch buffer (aligned for O_DIRECT); free with
+ * free(). NULL when out of memory. */
+void *m3_store_buf_alloc(const m3_store *s, size_t size);
+
+/*
+ * Fetch n memories into the caller's buffers with one batched read. Each
+ * item gets its own status; a record whose checksum fails is M3_ECORRUPT
+ * (logged with its file and offset) and its bytes are not returned. Returns
+ * 0 when the batch ran (check each status), or a negative code when it could
+ * not (bad arguments, catalog failure).
+ */
+int m3_store_fetch(m3_store *s, m3_fetch_item *items, size_t n);
+
+/* Chunk text into *text (malloc'ed, NUL-terminated, caller frees) and its
+ * length into *len. M3_ENOTFOUND when absent. */
+int m3_store_get_text(m3_store *s, uint64_t chunk_id, char **text, size_t *len);
+
+/* Whether chunk_id is present: 1, 0, or a negative code. */
+int m3_store_contains(m3_store *s, uint64_t chunk_id);
+
+/* Where a record lives: for tools and benchmarks that read the same bytes. */
+typedef struct m3_location {
+  uint32_t segment; /* segment id (file seg-%06u.m3s) */
+  uint64_t offset;  /* record start in the file */
+  uint32_t mem_len; /* header + positions + codes */
+  uint32_t rec_len; /* the whole record, text included */
+  uint32_t mem_crc;
+  uint32_t text_crc;
+} m3_location;
+
+int m3_store_locate(m3_store *s, uint64_t chunk_id, m3_location *loc);
+
+/* Path of segment id into buf. */
+char *m3_store_segment_path(const m3_store *s, uint32_t segment, char *buf, size_t cap);
+
+/* Call fn for every live chunk id in increasing order; fn returning non-zero
+ * stops the walk and is returned. */
+int m3_store_iterate(m3_store *s, int (*fn)(void *ud, uint64_t chunk_id, const m3_location *loc),
+                     void *ud);
+
+/* ---- operations ----------------------------------------------------- */
+
+typedef struct m3_store_stats {
+  uint64_t records;        /* live memories */
+  uint64_t segments;
+  uint64_t segment_bytes;  /* bytes of all segment files */
+  uint64_t payload_bytes;  /* positions + codes of live memories */
+  uint64_t record_bytes;   /* whole live records (header, text included) */
+  uint64_t text_bytes;     /* chunk text of live memories */
+  uint64_t dead_bytes;     /* segment bytes not held by live records */
+  double overhead;         /* segment_bytes / (payload_bytes + text_bytes) - 1 */
+  uint64_t catalog_bytes;  /* RocksDB files */
+  uint64_t cache_hits, cache_misses;
+} m3_store_stats;
+
+int m3_store_stats_get(m3_store *s, m3_store_stats *st);
+
+/* One failure found by verify or repair. */
+typedef struct m3_problem {
+  uint64_t chunk_id;  /* UINT64_MAX when the record's header is unreadable */
+  uint32_t segment;
+  uint64_t offset;
+  int err;            /* M3_ECORRUPT, M3_EBADFORMAT, M3_ENOTFOUND, M3_EIO */
+  const char *detail; /* valid during the callback */
+} m3_problem;
+
+typedef void (*m3_problem_fn)(void *ud, const m3_problem *p);
+
+/*
+ * Scrub: read every live record, check every checksum and that the record is
+ * the one the catalog points at; also check that every segment the catalog
+ * names exists. fn (may be NULL) is called once per problem. Returns 0 when
+ * all is well, M3_ECORRUPT when any problem was found, or another code when
+ * verify itself could not run. *checked receives how many records were read.
+ */
+int m3_store_verify(m3_store *s, m3_problem_fn fn, void *ud, uint64_t *checked);
+
+/*
+ * Rewrite the segments without deleted or replaced records, then drop the old
+ * ones. Crash-safe: until the new catalog is committed the old segments stay
+ * authoritative. *reclaimed receives the bytes freed.
+ */
+int m3_store_compact(m3_store *s, uint64_t *reclaimed);
+
+typedef struct m3_repair_report {
+  uint64_t segments;       /* segment files scanned */
+  uint64_t records;        /* live memories in the rebuilt catalog */
+  uint64_t tombstones;     /* delete records applied */
+  uint64_t damaged;        /* records skipped because they failed checks */
+  uint64_t truncated_bytes;/* torn tails cut off */
+} m3_repair_report;
+
+/*
+ * Rebuild the catalog of the store in dir from its segments alone (the store
+ * must not be open). The old catalog, if any, is replaced. Records that fail
+ * their checks are skipped and reported through fn; a torn tail (nothing valid
+ * after the damage) is truncated. Returns 0, or M3_ECORRUPT when records were
+ * lost (the store is still usable), or another code.
+ */
+int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_report *rep);
+
+#endif /* M3_STORE_H */

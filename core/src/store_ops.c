@@ -1,0 +1,509 @@
+/*
+ * Store operations that walk everything: stats, verify (scrub), compact and
+ * repair (rebuild the catalog from the segments). They run offline or in the
+ * background and favour sequential I/O: records are visited in file order.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "m3/crc32c.h"
+#include "m3/error.h"
+#include "m3/log.h"
+#include "store_int.h"
+
+/* ---- collecting the catalog ---------------------------------------- */
+
+typedef struct entry {
+  uint64_t id;
+  m3_location loc;
+} entry;
+
+typedef struct entries {
+  entry *v;
+  size_t n, cap;
+} entries;
+
+static int collect(void *ud, uint64_t id, const m3_location *loc) {
+  entries *e = ud;
+  if (e->n == e->cap) {
+    size_t cap = e->cap ? e->cap * 2 : 1024;
+    entry *nv = realloc(e->v, cap * sizeof *nv);
+    if (nv == NULL) return m3__seterr(M3_ENOMEM, "out of memory listing the catalog");
+    e->v = nv;
+    e->cap = cap;
+  }
+  e->v[e->n].id = id;
+  e->v[e->n].loc = *loc;
+  e->n++;
+  return 0;
+}
+
+static int by_location(const void *a, const void *b) {
+  const m3_location *x = &((const entry *)a)->loc, *y = &((const entry *)b)->loc;
+  if (x->segment != y->segment) return x->segment < y->segment ? -1 : 1;
+  return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static int list_by_location(m3_store *s, entries *e) {
+  memset(e, 0, sizeof *e);
+  int rc = m3__catalog_chunks(&s->cat, collect, e);
+  if (rc == 0) qsort(e->v, e->n, sizeof *e->v, by_location);
+  return rc;
+}
+
+/* ---- stats ---------------------------------------------------------- */
+
+int m3_store_stats_get(m3_store *s, m3_store_stats *st) {
+  memset(st, 0, sizeof *st);
+  entries e;
+  int rc = list_by_location(s, &e);
+  if (rc) return rc;
+  uint64_t used = 0;
+  for (size_t i = 0; i < e.n; i++) {
+    const m3_location *l = &e.v[i].loc;
+    st->records++;
+    st->payload_bytes += l->mem_len - M3_RECORD_HEADER_SIZE;
+    st->text_bytes += l->rec_len - l->mem_len;
+    st->record_bytes += l->rec_len;
+    used += (l->rec_len + s->ident.align - 1) / s->ident.align * s->ident.align;
+  }
+  free(e.v);
+  for (size_t i = 0; i < s->nsegs; i++) {
+    st->segment_bytes += s->segs[i].size;
+    used += s->ident.align; /* segment header */
+  }
+  st->segments = s->nsegs;
+  st->dead_bytes = st->segment_bytes > used ? st->segment_bytes - used : 0;
+  uint64_t payload = st->payload_bytes + st->text_bytes;
+  st->overhead = payload ? (double)st->segment_bytes / (double)payload - 1.0 : 0.0;
+  st->catalog_bytes = m3__catalog_disk_bytes(&s->cat);
+  if (s->cache) {
+    m3_cache_stats cs;
+    m3__cache_stats(s->cache, &cs);
+    st->cache_hits = cs.hits;
+    st->cache_misses = cs.misses;
+  }
+  return 0;
+}
+
+/* ---- verify --------------------------------------------------------- */
+
+static void problem(m3_problem_fn fn, void *ud, uint64_t id, uint32_t seg, uint64_t off, int err,
+                    const char *detail) {
+  if (fn == NULL) return;
+  m3_problem p = {id, seg, off, err, detail};
+  fn(ud, &p);
+}
+
+int m3_store_verify(m3_store *s, m3_problem_fn fn, void *ud, uint64_t *checked) {
+  enum { BATCH = 16 };
+  entries e;
+  int rc = list_by_location(s, &e), bad = 0;
+  uint64_t nchecked = 0;
+  uint8_t *bufs[BATCH] = {0};
+  if (rc) goto out;
+  size_t bufcap = 0;
+  for (size_t i = 0; i < e.n; i++)
+    if (e.v[i].loc.rec_len > bufcap) bufcap = e.v[i].loc.rec_len;
+  for (int i = 0; i < BATCH; i++) {
+    bufs[i] = malloc(bufcap ? bufcap : 1);
+    if (bufs[i] == NULL) {
+      rc = m3__seterr(M3_ENOMEM, "verify: out of memory");
+      goto out;
+    }
+  }
+
+  for (size_t base = 0; base < e.n; base += BATCH) {
+    size_t m = e.n - base < BATCH ? e.n - base : BATCH;
+    m3_read reads[BATCH];
+    int skip[BATCH] = {0};
+    size_t nreads = 0;
+    for (size_t j = 0; j < m; j++) {
+      const entry *en = &e.v[base + j];
+      m3_segment *seg = m3__store_seg(s, en->loc.segment);
+      if (seg == NULL || en->loc.offset + en->loc.rec_len > seg->size) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "catalog points at segment %u offset %llu, past its data",
+                 en->loc.segment, (unsigned long long)en->loc.offset);
+        problem(fn, ud, en->id, en->loc.segment, en->loc.offset, M3_ENOTFOUND, msg);
+        bad++;
+        skip[j] = 1;
+        continue;
+      }
+      reads[nreads++] = (m3_read){seg->fd, en->loc.offset, en->loc.rec_len, bufs[j], 0};
+    }
+    if (nreads && (rc = s->io->ops->read_batch(s->io, reads, nreads)) != 0) goto out;
+    size_t k = 0;
+    for (size_t j = 0; j < m; j++) {
+      if (skip[j]) continue;
+      const entry *en = &e.v[base + j];
+      m3_read *r = &reads[k++];
+      nchecked++;
+      int err = 0;
+      if (r->res < 0) {
+        err = m3__syserr(-r->res, "read failed");
+      } else if ((uint32_t)r->res < en->loc.rec_len) {
+        err = m3__seterr(M3_ECORRUPT, "segment ends inside the record");
+      } else {
+        m3_record rec;
+        err = m3_record_parse(bufs[j], en->loc.rec_len, M3_PARSE_ALL, &rec);
+        if (err == 0 && rec.chunk_id != en->id)
+          err = m3__seterr(M3_ECORRUPT, "the catalog's location holds chunk %llu",
+                           (unsigned long long)rec.chunk_id);
+        else if (err == 0 && (rec.mem_crc != en->loc.mem_crc || rec.text_crc != en->loc.text_crc))
+          err = m3__seterr(M3_ECORRUPT, "checksums differ from the catalog's");
+        else if (err == 0 && memcmp(&rec.layout, &s->ident.layout, sizeof rec.layout) != 0)
+          err = m3__seterr(M3_ECORRUPT, "layout differs from the store's");
+        if (err == 0) {
+          char *text = NULL;
+          size_t tlen = 0;
+          err = m3__catalog_get_text(&s->cat, en->id, &text, &tlen);
+          if (err == 0 && m3_crc32c(0, text, tlen) != rec.text_crc)
+            err = m3__seterr(M3_ECORRUPT, "catalog text differs from the record's");
+          else if (err == M3_ENOTFOUND)
+            err = m3__seterr(M3_ECORRUPT, "catalog has no text for it");
+          free(text);
+        }
+        if (err == M3_EBADFORMAT || err == M3_EVERSION) err = M3_ECORRUPT;
+      }
+      if (err) {
+        bad++;
+        problem(fn, ud, en->id, en->loc.segment, en->loc.offset, err, m3_errmsg());
+      }
+    }
+  }
+  if (rc == 0 && bad)
+    rc = m3__seterr(M3_ECORRUPT, "store %s: %d of %llu records failed verification", s->dir, bad,
+                    (unsigned long long)e.n);
+out:
+  for (int i = 0; i < BATCH; i++) free(bufs[i]);
+  free(e.v);
+  if (checked) *checked = nchecked;
+  return rc;
+}
+
+/* ---- compact -------------------------------------------------------- */
+
+static int fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return m3__syserr(errno, "open %s", dir);
+  int rc = fsync(fd) ? m3__syserr(errno, "fsync %s", dir) : 0;
+  close(fd);
+  return rc;
+}
+
+int m3_store_compact(m3_store *s, uint64_t *reclaimed) {
+  if (s->opts.read_only) return m3__seterr(M3_EUNSUPPORTED, "store %s: opened read-only", s->dir);
+  m3_store_stats st;
+  int rc = m3_store_stats_get(s, &st);
+  if (reclaimed) *reclaimed = 0;
+  if (rc) return rc;
+  if (st.dead_bytes == 0) return 0;
+
+  entries e;
+  m3_segment *out = NULL;
+  size_t nout = 0, capout = 0;
+  m3_batch *b = NULL;
+  uint8_t *buf = NULL;
+  uint64_t before = st.segment_bytes, after = 0;
+  uint32_t align = s->ident.align;
+  if ((rc = list_by_location(s, &e)) != 0) return rc;
+  size_t bufcap = 0;
+  for (size_t i = 0; i < e.n; i++)
+    if (e.v[i].loc.rec_len > bufcap) bufcap = e.v[i].loc.rec_len;
+  bufcap = m3__round_up(bufcap ? bufcap : 1, align);
+  buf = malloc(bufcap);
+  b = m3__batch_new();
+  if (buf == NULL) {
+    rc = m3__seterr(M3_ENOMEM, "compact: out of memory");
+    goto out;
+  }
+
+  /* 1. Copy every live record, checked, into new segments. */
+  uint32_t id = s->next_seg;
+  for (size_t i = 0; i < e.n; i++) {
+    const entry *en = &e.v[i];
+    m3_segment *src = m3__store_seg(s, en->loc.segment);
+    char path[4096];
+    if (src == NULL) {
+      rc = m3__seterr(M3_ECORRUPT, "compact: chunk %llu points at missing segment %u; run verify",
+                      (unsigned long long)en->id, en->loc.segment);
+      goto out;
+    }
+    if (pread(src->fd, buf, en->loc.rec_len, (off_t)en->loc.offset) != (ssize_t)en->loc.rec_len) {
+      rc = m3__syserr(errno ? errno : EIO, "compact: read chunk %llu from %s",
+                      (unsigned long long)en->id, m3__segment_path(s->dir, src->id, path, sizeof path));
+      goto out;
+    }
+    m3_record r;
+    if ((rc = m3_record_parse(buf, en->loc.rec_len, M3_PARSE_ALL, &r)) != 0 || r.chunk_id != en->id) {
+      rc = m3__seterr(M3_ECORRUPT, "compact: chunk %llu in %s offset %llu is damaged (%s); "
+                      "run verify and repair first", (unsigned long long)en->id,
+                      m3__segment_path(s->dir, src->id, path, sizeof path),
+                      (unsigned long long)en->loc.offset, rc ? m3_errmsg() : "wrong chunk id");
+      goto out;
+    }
+    size_t padded = m3__round_up(en->loc.rec_len, align);
+    memset(buf + en->loc.rec_len, 0, padded - en->loc.rec_len);
+    m3_segment *dst = nout ? &out[nout - 1] : NULL;
+    if (dst == NULL || (dst->size + padded > s->opts.segment_bytes && dst->size > align)) {
+      if (nout == capout) {
+        capout = capout ? capout * 2 : 4;
+        m3_segment *n = realloc(out, capout * sizeof *n);
+        if (n == NULL) {
+          rc = m3__seterr(M3_ENOMEM, "compact: out of memory");
+          goto out;
+        }
+        out = n;
+      }
+      /* Created under its final name but not in the catalog: if we crash,
+       * the next open removes it as an orphan. */
+      if ((rc = m3__segment_create(s->dir, id++, &s->ident, s->opts.direct, &out[nout])) != 0)
+        goto out;
+      dst = &out[nout++];
+    }
+    if ((rc = m3__segment_append(dst, s->dir, buf, padded)) != 0) goto out;
+    m3_location loc = en->loc;
+    loc.segment = dst->id;
+    loc.offset = dst->size;
+    m3__batch_put_loc(b, en->id, &loc);
+    dst->size += padded;
+  }
+
+  /* 2. One catalog commit switches to the new segments. */
+  for (size_t i = 0; i < s->nsegs; i++) m3__batch_del_segment(b, s->segs[i].id);
+  for (size_t i = 0; i < nout; i++) {
+    m3__batch_put_segment(b, out[i].id, out[i].size);
+    after += out[i].size;
+  }
+  m3__batch_put_next_seg(b, id);
+  if ((rc = m3__catalog_commit(&s->cat, b, 1)) != 0) goto out;
+
+  /* 3. The old segments are now orphans: drop them. */
+  for (size_t i = 0; i < s->nsegs; i++) {
+    char path[4096];
+    m3__segment_close(&s->segs[i]);
+    unlink(m3__segment_path(s->dir, s->segs[i].id, path, sizeof path));
+  }
+  fsync_dir(s->dir);
+  free(s->segs);
+  s->segs = out;
+  s->nsegs = nout;
+  s->capsegs = capout;
+  s->next_seg = id;
+  out = NULL;
+  nout = 0;
+  if (s->cache) {
+    m3__cache_destroy(s->cache);
+    s->cache = NULL;
+    m3__cache_create(s->opts.cache_bytes, &s->cache);
+  }
+  if (reclaimed) *reclaimed = before > after ? before - after : 0;
+  M3_INFO("store", "%s: compacted %llu records, %llu -> %llu segment bytes", s->dir,
+          (unsigned long long)e.n, (unsigned long long)before, (unsigned long long)after);
+out:
+  for (size_t i = 0; i < nout; i++) {
+    char path[4096];
+    m3__segment_close(&out[i]);
+    unlink(m3__segment_path(s->dir, out[i].id, path, sizeof path));
+  }
+  free(out);
+  free(buf);
+  free(e.v);
+  m3__batch_free(b);
+  return rc;
+}
+
+/* ---- repair --------------------------------------------------------- */
+
+typedef struct repair_ctx {
+  m3_catalog *cat;
+  m3_batch *b;
+  size_t pending;
+  m3_repair_report *rep;
+  m3_problem_fn fn;
+  void *ud;
+} repair_ctx;
+
+static int repair_record(void *ud, const m3_segment *seg, uint64_t off, const m3_record *r,
+                         uint32_t rec_len) {
+  repair_ctx *ctx = ud;
+  if (r->flags & M3_RECORD_TOMBSTONE) {
+    m3__batch_del_chunk(ctx->b, r->chunk_id);
+    ctx->rep->tombstones++;
+  } else {
+    m3_location loc = {seg->id, off, M3_RECORD_HEADER_SIZE + r->mem_bytes, rec_len, r->mem_crc,
+                       r->text_crc};
+    m3__batch_put_chunk(ctx->b, r->chunk_id, &loc, r->text, r->text_bytes);
+  }
+  /* Bound the batch's memory; order is kept because batches commit in order. */
+  if (++ctx->pending == 4096) {
+    int rc = m3__catalog_commit(ctx->cat, ctx->b, 0);
+    m3__batch_free(ctx->b);
+    ctx->b = m3__batch_new();
+    ctx->pending = 0;
+    return rc;
+  }
+  return 0;
+}
+
+static void repair_problem(void *ud, const m3_problem *p) {
+  repair_ctx *ctx = ud;
+  ctx->rep->damaged++;
+  if (ctx->fn) ctx->fn(ctx->ud, p);
+}
+
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static int count_chunk(void *ud, uint64_t id, const m3_location *loc) {
+  (void)id;
+  (void)loc;
+  (*(uint64_t *)ud)++;
+  return 0;
+}
+
+static int rm_tree(const char *path) {
+  DIR *d = opendir(path);
+  if (d == NULL) return errno == ENOENT ? 0 : m3__syserr(errno, "open %s", path);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    char p[4400];
+    snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+    if (unlink(p) != 0 && errno == EISDIR) rm_tree(p);
+  }
+  closedir(d);
+  return rmdir(path) == 0 ? 0 : m3__syserr(errno, "remove %s", path);
+}
+
+int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_report *rep) {
+  m3_repair_report local;
+  if (rep == NULL) rep = &local;
+  memset(rep, 0, sizeof *rep);
+  char catpath[4200], newpath[4200];
+  snprintf(catpath, sizeof catpath, "%s/catalog", dir);
+  snprintf(newpath, sizeof newpath, "%s/catalog.repair", dir);
+  uint32_t *ids = NULL;
+  size_t nids = 0, capids = 0;
+  m3_catalog cat = {0};
+  repair_ctx ctx = {&cat, NULL, 0, rep, fn, ud};
+  int rc = 0, have_ident = 0, opened = 0;
+  m3_ident ident;
+
+  /* Refuse while someone has the store open: their catalog LOCK is held. */
+  struct stat st;
+  if (stat(catpath, &st) == 0) {
+    m3_catalog old;
+    rc = m3__catalog_open(&old, catpath, 0, 0);
+    if (rc == M3_EBUSY)
+      return m3__seterr(rc, "store %s is open in another process; stop it before repair", dir);
+    if (rc == 0) m3__catalog_close(&old);
+    rc = 0;
+  }
+
+  DIR *d = opendir(dir);
+  if (d == NULL) return m3__syserr(errno, "open store directory %s", dir);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    uint32_t id;
+    if (!m3__segment_parse_name(e->d_name, &id)) continue;
+    if (nids == capids) {
+      capids = capids ? capids * 2 : 16;
+      uint32_t *n = realloc(ids, capids * sizeof *n);
+      if (n == NULL) {
+        closedir(d);
+        free(ids);
+        return m3__seterr(M3_ENOMEM, "repair: out of memory");
+      }
+      ids = n;
+    }
+    ids[nids++] = id;
+  }
+  closedir(d);
+  if (nids == 0) {
+    free(ids);
+    return m3__seterr(M3_ENOTFOUND, "repair %s: no segment files (seg-*.m3s) to rebuild from", dir);
+  }
+  qsort(ids, nids, sizeof *ids, cmp_u32);
+
+  if ((rc = rm_tree(newpath)) != 0) goto out;
+  if ((rc = m3__catalog_open(&cat, newpath, 1, 0)) != 0) goto out;
+  opened = 1;
+  ctx.b = m3__batch_new();
+
+  for (size_t i = 0; i < nids; i++) {
+    m3_segment seg;
+    m3_ident found;
+    rc = m3__segment_open(dir, ids[i], 0, 0, NULL, &found, &seg);
+    if (rc == 0 && have_ident && !m3__ident_equal(&found, &ident)) {
+      m3__segment_close(&seg);
+      rc = m3__seterr(M3_EBADFORMAT, "segment %u belongs to another store (uuid or layout differ)",
+                      ids[i]);
+    }
+    if (rc) {
+      char path[4096];
+      problem(fn, ud, UINT64_MAX, ids[i], 0, rc, m3_errmsg());
+      rep->damaged++;
+      M3_ERROR("store", "repair: skipping %s: %s", m3__segment_path(dir, ids[i], path, sizeof path),
+               m3_errmsg());
+      if (rc != M3_EBADFORMAT && rc != M3_ECORRUPT && rc != M3_EVERSION) goto out;
+      rc = 0;
+      continue;
+    }
+    if (!have_ident) {
+      ident = found;
+      have_ident = 1;
+    }
+    rep->segments++;
+    uint64_t good_end = 0, damaged = 0;
+    m3_scan_cb cb = {&ctx, repair_record, repair_problem};
+    rc = m3__segment_scan(&seg, dir, ident.align, ident.align, &cb, &good_end, &damaged);
+    if (rc == 0 && good_end < seg.size) {
+      rep->truncated_bytes += seg.size - good_end;
+      M3_WARN("store", "repair: segment %u: cutting %llu bytes after offset %llu (torn tail)",
+              seg.id, (unsigned long long)(seg.size - good_end), (unsigned long long)good_end);
+      rc = m3__segment_truncate(&seg, dir, good_end);
+      seg.size = good_end;
+    }
+    if (rc == 0) m3__batch_put_segment(ctx.b, seg.id, seg.size);
+    m3__segment_close(&seg);
+    if (rc) goto out;
+  }
+  if (!have_ident) {
+    rc = m3__seterr(M3_ECORRUPT, "repair %s: no readable segment", dir);
+    goto out;
+  }
+  m3__batch_put_meta(ctx.b, &ident);
+  m3__batch_put_next_seg(ctx.b, ids[nids - 1] + 1);
+  if ((rc = m3__catalog_commit(&cat, ctx.b, 1)) != 0) goto out;
+  if ((rc = m3__catalog_chunks(&cat, count_chunk, &rep->records)) != 0) goto out;
+  m3__catalog_close(&cat);
+  opened = 0;
+
+  /* Swap the rebuilt catalog in. A crash before the rename leaves the old
+   * catalog (or none) and a catalog.repair that the next repair replaces. */
+  if ((rc = rm_tree(catpath)) != 0) goto out;
+  if (rename(newpath, catpath) != 0) {
+    rc = m3__syserr(errno, "rename %s to %s", newpath, catpath);
+    goto out;
+  }
+  fsync_dir(dir);
+  if (rep->damaged)
+    rc = m3__seterr(M3_ECORRUPT, "repair %s: rebuilt, but %llu damaged records were skipped",
+                    dir, (unsigned long long)rep->damaged);
+out:
+  if (opened) m3__catalog_close(&cat);
+  m3__batch_free(ctx.b);
+  free(ids);
+  return rc;
+}
