@@ -33,6 +33,8 @@ APT_PACKAGES=(
   libjansson-dev
   # Tests: unit framework, Python tooling (ctypes binding + numpy)
   libcmocka-dev python3 python3-numpy
+  # Tokenizer parity: spm_train and spm_encode (SentencePiece reference tools)
+  sentencepiece
   # Fuzzing: clang with libFuzzer (libclang-rt-dev holds libclang_rt.fuzzer; it is
   # only a Recommends of clang, and we install without recommends)
   clang libclang-rt-dev

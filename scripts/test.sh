@@ -20,3 +20,14 @@ bash scripts/build.sh build-asan -DM3_SANITIZE=ON -DM3_CUDA=OFF
 echo "== tests under sanitizers"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -j"$jobs" --timeout 900 -LE slow)
+
+echo "== fuzz (libFuzzer, short run)"
+bash scripts/build.sh build-fuzz -DCMAKE_C_COMPILER=clang -DM3_FUZZ=ON -DM3_TESTS=OFF -DM3_CUDA=OFF
+fuzz_secs=${M3_FUZZ_SECONDS:-30}
+for corpus in tests/fuzz/corpus/*/; do
+  name=$(basename "$corpus")
+  scratch=$(mktemp -d)
+  echo "fuzz_$name: ${fuzz_secs}s"
+  build-fuzz/bin/fuzz_"$name" -max_total_time="$fuzz_secs" -print_final_stats=0 "$scratch" "$corpus" 2>&1 | tail -n 1
+  rm -rf "$scratch"
+done

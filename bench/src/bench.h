@@ -3,9 +3,12 @@
 #define M3_BENCH_H
 
 #include <jansson.h>
+#include <liburing.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
+
+#include "m3/store.h"
 
 static inline uint64_t bench_now_ns(void) {
   struct timespec ts;
@@ -33,7 +36,45 @@ int bench_print_json(json_t *j);
 /* Report a failed m3 call and return exit code 2. */
 int bench_fail(const char *what, int rc);
 
+/* ---- the raw-read baseline (bench_store.c) -------------------------- */
+
+/* Where each memory of a store lives, as m3_store_iterate lists them. */
+typedef struct bench_chunk {
+  uint64_t id;
+  m3_location loc;
+} bench_chunk;
+
+typedef struct bench_chunks {
+  bench_chunk *v; /* malloc'ed, in chunk id order; the caller frees v */
+  size_t n, cap;
+} bench_chunks;
+
+/* m3_store_iterate callback appending to a bench_chunks (ud). */
+int bench_add_chunk(void *ud, uint64_t id, const m3_location *loc);
+
+/* Raw io_uring reads of records' byte ranges straight from the segment
+ * files, written without any store code: the baseline store and server
+ * figures are divided by. */
+typedef struct bench_raw_reader {
+  struct io_uring ring;
+  int *fds;        /* by segment id */
+  uint32_t *align; /* O_DIRECT alignment by segment id (1 when buffered) */
+  uint32_t nfds;
+} bench_raw_reader;
+
+/* Open the segments cs's chunks live in (O_DIRECT when direct) and a ring
+ * of depth entries. Returns 0, or -1 after printing why. */
+int bench_raw_open(bench_raw_reader *r, m3_store *s, const bench_chunks *cs, int direct,
+                   unsigned depth);
+
+/* Read the memory part (header + positions + codes) of n <= depth chunks,
+ * widened to the alignment, into bufs[i] (aligned, >= mem_len + 2 * align
+ * bytes each) with one submission. Returns 0 or a negative errno. */
+int bench_raw_batch(bench_raw_reader *r, const bench_chunk **batch, size_t n, void **bufs);
+void bench_raw_close(bench_raw_reader *r);
+
 int bench_gen(int argc, char **argv);
+int bench_rpc(int argc, char **argv);
 int bench_storage(int argc, char **argv);
 int m3_bench_codec(int argc, char **argv);
 

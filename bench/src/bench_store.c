@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <liburing.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,11 +32,11 @@ int bench_gen(int argc, char **argv) {
       {"store", required_argument, NULL, 's'}, {"count", required_argument, NULL, 'n'},
       {"shape", required_argument, NULL, 'S'}, {"codec-bytes", required_argument, NULL, 'c'},
       {"batch", required_argument, NULL, 'b'}, {"seed", required_argument, NULL, 'r'},
-      {"json", no_argument, NULL, 'j'},        {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0}};
+      {"emb-dim", required_argument, NULL, 'e'}, {"json", no_argument, NULL, 'j'},
+      {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0}};
   const char *dir = NULL, *shape = "memory3";
   unsigned long long count = 0, seed = 1;
-  unsigned code_bytes = 14, batch = 256;
+  unsigned code_bytes = 14, batch = 256, emb_dim = 0;
   int json = 0, c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -46,17 +47,20 @@ int bench_gen(int argc, char **argv) {
     case 'c': code_bytes = (unsigned)strtoul(optarg, NULL, 10); break;
     case 'b': batch = (unsigned)strtoul(optarg, NULL, 10); break;
     case 'r': seed = strtoull(optarg, NULL, 10); break;
+    case 'e': emb_dim = (unsigned)strtoul(optarg, NULL, 10); break;
     case 'j': json = 1; break;
     case 'h':
       puts("usage: m3-bench gen --store DIR --count N [--shape memory3|LxHxTxD]\n"
-           "                    [--codec-bytes 14] [--batch 256] [--seed S] [--json]\n"
+           "                    [--codec-bytes 14] [--emb-dim 0] [--batch 256] [--seed S] [--json]\n"
            "Writes N memories with random codes and positions (chunk ids 0..N-1) through\n"
-           "the normal write path: real records, segments and catalog.");
+           "the normal write path: real records, segments and catalog. --emb-dim D adds a\n"
+           "random unit retrieval embedding of D dims to each.");
       return 0;
     default: return 2;
     }
   }
-  if (dir == NULL || count == 0 || code_bytes == 0 || code_bytes > 65535 || batch == 0) {
+  if (dir == NULL || count == 0 || code_bytes == 0 || code_bytes > 65535 || batch == 0 ||
+      emb_dim > 65535) {
     fprintf(stderr, "m3-bench gen: needs --store DIR and --count N > 0 (see --help)\n");
     return 2;
   }
@@ -68,6 +72,7 @@ int bench_gen(int argc, char **argv) {
   o.layout.codec_kind = M3_CODEC_SYNTHETIC;
   o.layout.code_bytes = (uint16_t)code_bytes;
   o.layout.codec_fp = SYNTHETIC_FP;
+  o.layout.emb_dim = (uint16_t)emb_dim;
   m3_store *s;
   if ((rc = m3_store_open(dir, &o, &s)) != 0) return bench_fail(dir, rc);
 
@@ -77,7 +82,8 @@ int bench_gen(int argc, char **argv) {
   uint8_t *codes = malloc(batch * ncode);
   char (*text)[48] = malloc(batch * sizeof *text);
   m3_record_in *items = malloc(batch * sizeof *items);
-  if (!pos || !codes || !text || !items) {
+  float *emb = malloc((size_t)batch * (emb_dim ? emb_dim : 1) * sizeof *emb);
+  if (!pos || !codes || !text || !items || !emb) {
     fprintf(stderr, "m3-bench gen: out of memory\n");
     return 2;
   }
@@ -98,7 +104,19 @@ int bench_gen(int argc, char **argv) {
         memcpy(cb + k, &v, ncode - k < 8 ? ncode - k : 8);
       }
       int tl = snprintf(text[i], sizeof text[i], "synthetic memory %llu", (unsigned long long)id);
-      items[i] = (m3_record_in){id, 128, p, cb, text[i], (size_t)tl};
+      float *e = emb + i * emb_dim;
+      double norm = 0;
+      for (unsigned d = 0; d < emb_dim; d++) {
+        /* Sum of uniforms: roughly Gaussian, so directions are uniform enough. */
+        double g = 0;
+        for (int k = 0; k < 4; k++) g += (double)(bench_rand(&r) >> 11) / 9007199254740992.0 - 0.5;
+        e[d] = (float)g;
+        norm += g * g;
+      }
+      for (unsigned d = 0; d < emb_dim; d++) e[d] = (float)(e[d] / sqrt(norm > 0 ? norm : 1));
+      items[i] = (m3_record_in){.chunk_id = id, .chunk_len = 128, .positions = p, .codes = cb,
+                                .text = text[i], .text_len = (size_t)tl,
+                                .embedding = emb_dim ? e : NULL};
       bytes += ncode;
     }
     if ((rc = m3_store_put(s, items, n)) != 0) {
@@ -117,6 +135,7 @@ int bench_gen(int argc, char **argv) {
   free(codes);
   free(text);
   free(items);
+  free(emb);
   if (json)
     return bench_print_json(json_pack(
         "{s:s,s:I,s:I,s:I,s:f,s:f,s:f}", "store", dir, "memories", (json_int_t)count,
@@ -130,36 +149,20 @@ int bench_gen(int argc, char **argv) {
 
 /* ---- storage -------------------------------------------------------- */
 
-typedef struct chunk {
-  uint64_t id;
-  m3_location loc;
-} chunk;
-
-typedef struct chunks {
-  chunk *v;
-  size_t n, cap;
-} chunks;
-
-static int add_chunk(void *ud, uint64_t id, const m3_location *loc) {
-  chunks *c = ud;
+int bench_add_chunk(void *ud, uint64_t id, const m3_location *loc) {
+  bench_chunks *c = ud;
   if (c->n == c->cap) {
     c->cap = c->cap ? c->cap * 2 : 4096;
-    chunk *nv = realloc(c->v, c->cap * sizeof *nv);
+    bench_chunk *nv = realloc(c->v, c->cap * sizeof *nv);
     if (nv == NULL) return M3_ENOMEM;
     c->v = nv;
   }
-  c->v[c->n++] = (chunk){id, *loc};
+  c->v[c->n++] = (bench_chunk){id, *loc};
   return 0;
 }
 
-/* The baseline: raw io_uring reads, written without any store code. */
-typedef struct raw_reader {
-  struct io_uring ring;
-  int *fds;        /* by segment id */
-  uint32_t *align; /* O_DIRECT alignment by segment id */
-  uint32_t nfds;
-} raw_reader;
-
+/* The baseline: raw io_uring reads, written without any store code
+ * (bench_raw_reader in bench.h). */
 static uint32_t dio_align(int fd) {
 #ifdef STATX_DIOALIGN
   struct statx stx;
@@ -170,7 +173,8 @@ static uint32_t dio_align(int fd) {
   return 4096;
 }
 
-static int raw_open(raw_reader *r, m3_store *s, const chunks *cs, int direct, unsigned depth) {
+int bench_raw_open(bench_raw_reader *r, m3_store *s, const bench_chunks *cs, int direct,
+                   unsigned depth) {
   uint32_t max = 0;
   for (size_t i = 0; i < cs->n; i++)
     if (cs->v[i].loc.segment > max) max = cs->v[i].loc.segment;
@@ -185,20 +189,20 @@ static int raw_open(raw_reader *r, m3_store *s, const chunks *cs, int direct, un
     m3_store_segment_path(s, seg, path, sizeof path);
     r->fds[seg] = open(path, O_RDONLY | (direct ? O_DIRECT : 0));
     if (r->fds[seg] < 0) {
-      fprintf(stderr, "m3-bench storage: open %s: %s\n", path, strerror(errno));
+      fprintf(stderr, "m3-bench: open %s: %s\n", path, strerror(errno));
       return -1;
     }
     r->align[seg] = direct ? dio_align(r->fds[seg]) : 1;
   }
   int rc = io_uring_queue_init(depth, &r->ring, 0);
   if (rc < 0) {
-    fprintf(stderr, "m3-bench storage: io_uring_queue_init: %s\n", strerror(-rc));
+    fprintf(stderr, "m3-bench: io_uring_queue_init: %s\n", strerror(-rc));
     return -1;
   }
   return 0;
 }
 
-static int raw_batch(raw_reader *r, const chunk **batch, size_t n, void **bufs) {
+int bench_raw_batch(bench_raw_reader *r, const bench_chunk **batch, size_t n, void **bufs) {
   for (size_t i = 0; i < n; i++) {
     const m3_location *l = &batch[i]->loc;
     uint32_t a = r->align[l->segment];
@@ -218,7 +222,7 @@ static int raw_batch(raw_reader *r, const chunk **batch, size_t n, void **bufs) 
   return 0;
 }
 
-static void raw_close(raw_reader *r) {
+void bench_raw_close(bench_raw_reader *r) {
   for (uint32_t i = 0; i < r->nfds; i++)
     if (r->fds[i] >= 0) close(r->fds[i]);
   free(r->fds);
@@ -268,19 +272,19 @@ int bench_storage(int argc, char **argv) {
   m3_store *s;
   int rc = m3_store_open(dir, &o, &s);
   if (rc) return bench_fail(dir, rc);
-  chunks cs = {0};
-  if ((rc = m3_store_iterate(s, add_chunk, &cs)) != 0) return bench_fail("iterate", rc);
+  bench_chunks cs = {0};
+  if ((rc = m3_store_iterate(s, bench_add_chunk, &cs)) != 0) return bench_fail("iterate", rc);
   if (cs.n == 0) {
     fprintf(stderr, "m3-bench storage: %s holds no memories (m3-bench gen writes some)\n", dir);
     return 2;
   }
-  raw_reader raw;
-  if (raw_open(&raw, s, &cs, direct, 64) != 0) return 2;
+  bench_raw_reader raw;
+  if (bench_raw_open(&raw, s, &cs, direct, 64) != 0) return 2;
 
   size_t cap = m3_store_fetch_cap(s);
   void *bufs[256];
   m3_fetch_item items[256];
-  const chunk *pick[256];
+  const bench_chunk *pick[256];
   for (size_t i = 0; i < batch; i++) bufs[i] = m3_store_buf_alloc(s, cap);
   double *raw_us = malloc(ops * sizeof *raw_us), *store_us = malloc(ops * sizeof *store_us);
   uint64_t rng = seed, bytes_per_op = 0;
@@ -299,7 +303,7 @@ int bench_storage(int argc, char **argv) {
       int do_raw = (leg == 0) == (op % 2 == 0);
       uint64_t t0 = bench_now_ns();
       if (do_raw) {
-        if ((rc = raw_batch(&raw, pick, batch, bufs)) < 0) {
+        if ((rc = bench_raw_batch(&raw, pick, batch, bufs)) < 0) {
           fprintf(stderr, "m3-bench storage: raw read: %s\n", strerror(-rc));
           return 2;
         }
@@ -334,7 +338,7 @@ int bench_storage(int argc, char **argv) {
       "store_mean_us", store_total / (double)ops, "raw_mb_per_s",
       mem * (double)batch * (double)ops / raw_total, "store_mb_per_s",
       mem * (double)batch * (double)ops / store_total);
-  raw_close(&raw);
+  bench_raw_close(&raw);
   m3_store_close(s);
   for (size_t i = 0; i < batch; i++) free(bufs[i]);
   free(raw_us);

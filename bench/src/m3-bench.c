@@ -17,6 +17,10 @@ static const char *usage_text =
     "           [--batch 256] [--seed S] [--json]\n"
     "           write N synthetic memories (random codes, real records and catalog)\n"
     "           with chunk ids 0..N-1\n"
+    "  rpc      --server HOST:PORT [--connections C] [--queries-per-call 32] [-k 5]\n"
+    "           [--duration S | --calls N] [--rate R] [--store DIR] [--token-file F] [--json]\n"
+    "           Retrieve calls against an m3-server, closed- or open-loop: latency,\n"
+    "           throughput, wire overhead, raw disk time of the same memories\n"
     "  storage  --store DIR [--ops N] [--batch 5] [--direct] [--warmup N] [--seed S] [--json]\n"
     "           store fetches of random batches vs raw io_uring reads of the same bytes\n"
 #ifdef M3_BENCH_CODEC
@@ -60,6 +64,7 @@ int main(int argc, char **argv) {
   } cmds[] = {
       {"gen", bench_gen},
       {"storage", bench_storage},
+      {"rpc", bench_rpc},
 #ifdef M3_BENCH_CODEC
       {"codec", m3_bench_codec},
 #endif

@@ -15,6 +15,11 @@
 #include "m3/log.h"
 #include "m3/store.h"
 
+/* The commands that talk to a server (m3_remote.c). */
+int m3__cmd_query(int argc, char **argv);
+int m3__cmd_fetch(int argc, char **argv);
+int m3__cmd_stats(int argc, char **argv);
+
 #define EXIT_PROBLEMS 1
 #define EXIT_FAILURE_ 2
 
@@ -27,6 +32,14 @@ static const char *usage_text =
     "  m3 store repair DIR [--json]    rebuild the catalog from the segments\n"
     "  m3 store compact DIR            rewrite segments without deleted records\n"
     "  m3 store get DIR --id N [--json]  one memory: location, checksum status, text\n"
+    "\n"
+    "Server commands (talk to an m3-server; exit 1 when it answers with a failure):\n"
+    "  m3 query --server HOST:PORT (--text \"...\" | --vector-file F) [-k 5] [--json]\n"
+    "                                  top-k memories of each query: ids, scores, texts\n"
+    "  m3 fetch --server HOST:PORT --id N [--id M ...] [--out FILE] [--json]\n"
+    "                                  memories by chunk id: bytes, CRC check, text\n"
+    "  m3 stats --server HOST:PORT [--json]  the server's layout, limits and counters\n"
+    "  (all take --token-file F and --timeout-ms MS)\n"
     "\n"
     "Options:\n"
     "  --json        machine-readable output on stdout\n"
@@ -93,10 +106,10 @@ static int parse_store_args(int argc, char **argv, store_args *a) {
 static json_t *layout_json(const m3_layout *l) {
   char fp[20];
   snprintf(fp, sizeof fp, "%016llx", (unsigned long long)l->codec_fp);
-  return json_pack("{s:i,s:i,s:i,s:i,s:s,s:i,s:s}", "n_layers", l->spec.n_layers, "n_kv_heads",
-                   l->spec.n_kv_heads, "n_tokens", l->spec.n_tokens, "head_dim", l->spec.head_dim,
-                   "codec", m3_codec_kind_name(l->codec_kind), "code_bytes", l->code_bytes,
-                   "codec_fingerprint", fp);
+  return json_pack("{s:i,s:i,s:i,s:i,s:s,s:i,s:s,s:i}", "n_layers", l->spec.n_layers,
+                   "n_kv_heads", l->spec.n_kv_heads, "n_tokens", l->spec.n_tokens, "head_dim",
+                   l->spec.head_dim, "codec", m3_codec_kind_name(l->codec_kind), "code_bytes",
+                   l->code_bytes, "codec_fingerprint", fp, "embedding_dim", l->emb_dim);
 }
 
 static int cmd_info(int argc, char **argv) {
@@ -134,6 +147,7 @@ static int cmd_info(int argc, char **argv) {
   printf("codec          %s, %u bytes per vector, fingerprint %016llx\n",
          m3_codec_kind_name(l->codec_kind), l->code_bytes, (unsigned long long)l->codec_fp);
   printf("memory         %zu bytes per record (header + positions + codes)\n", mem);
+  if (l->emb_dim) printf("embedding      %u dims (f32) per memory, for retrieval\n", l->emb_dim);
   printf("records        %llu\n", (unsigned long long)st.records);
   printf("segments       %llu, %llu bytes (%llu dead)\n", (unsigned long long)st.segments,
          (unsigned long long)st.segment_bytes, (unsigned long long)st.dead_bytes);
@@ -325,6 +339,12 @@ int main(int argc, char **argv) {
     return argc < 2 ? EXIT_FAILURE_ : 0;
   }
   if (!strcmp(argv[1], "store")) return cmd_store(argc - 1, argv + 1);
+  static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+  } remote[] = {{"query", m3__cmd_query}, {"fetch", m3__cmd_fetch}, {"stats", m3__cmd_stats}};
+  for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++)
+    if (!strcmp(argv[1], remote[i].name)) return remote[i].fn(argc - 1, argv + 1);
   fprintf(stderr, "m3: unknown command '%s'; see m3 --help\n", argv[1]);
   return EXIT_FAILURE_;
 }

@@ -3,6 +3,7 @@
  * use, most recent at the head. */
 #include "cache.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,7 @@ typedef struct entry {
 } entry;
 
 struct m3_cache {
+  pthread_mutex_t lock; /* fetches on several threads share the cache */
   size_t budget, bytes;
   size_t nbuckets, count;
   entry **buckets;
@@ -32,6 +34,7 @@ static size_t bucket_of(const m3_cache *c, uint64_t id) {
 int m3__cache_create(size_t budget, m3_cache **out) {
   m3_cache *c = calloc(1, sizeof *c);
   if (c == NULL) return m3__seterr(M3_ENOMEM, "cache: out of memory");
+  pthread_mutex_init(&c->lock, NULL);
   c->budget = budget;
   c->nbuckets = 1024;
   c->buckets = calloc(c->nbuckets, sizeof *c->buckets);
@@ -50,6 +53,7 @@ void m3__cache_destroy(m3_cache *c) {
     free(e);
   }
   free(c->buckets);
+  pthread_mutex_destroy(&c->lock);
   free(c);
 }
 
@@ -102,19 +106,31 @@ static void grow(m3_cache *c) {
 }
 
 size_t m3__cache_get(m3_cache *c, uint64_t id, void *dst, size_t cap) {
+  pthread_mutex_lock(&c->lock);
   entry *e = *find_slot(c, id);
+  size_t len = 0;
   if (e == NULL || e->len > cap) {
     c->misses++;
-    return 0;
+  } else {
+    c->hits++;
+    lru_unlink(c, e);
+    lru_push_front(c, e);
+    memcpy(dst, e->data, e->len);
+    len = e->len;
   }
-  c->hits++;
-  lru_unlink(c, e);
-  lru_push_front(c, e);
-  memcpy(dst, e->data, e->len);
-  return e->len;
+  pthread_mutex_unlock(&c->lock);
+  return len;
 }
 
+static void put_locked(m3_cache *c, uint64_t id, const void *data, size_t len);
+
 void m3__cache_put(m3_cache *c, uint64_t id, const void *data, size_t len) {
+  pthread_mutex_lock(&c->lock);
+  put_locked(c, id, data, len);
+  pthread_mutex_unlock(&c->lock);
+}
+
+static void put_locked(m3_cache *c, uint64_t id, const void *data, size_t len) {
   if (len > c->budget) return;
   entry **slot = find_slot(c, id);
   if (*slot) remove_entry(c, slot);
@@ -134,13 +150,17 @@ void m3__cache_put(m3_cache *c, uint64_t id, const void *data, size_t len) {
 }
 
 void m3__cache_drop(m3_cache *c, uint64_t id) {
+  pthread_mutex_lock(&c->lock);
   entry **slot = find_slot(c, id);
   if (*slot) remove_entry(c, slot);
+  pthread_mutex_unlock(&c->lock);
 }
 
-void m3__cache_stats(const m3_cache *c, m3_cache_stats *st) {
+void m3__cache_stats(m3_cache *c, m3_cache_stats *st) {
+  pthread_mutex_lock(&c->lock);
   st->hits = c->hits;
   st->misses = c->misses;
   st->entries = c->count;
   st->bytes = c->bytes;
+  pthread_mutex_unlock(&c->lock);
 }

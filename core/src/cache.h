@@ -2,7 +2,8 @@
  * The hot-memory cache: verified memory records kept in RAM under a byte
  * budget, least recently used out first. Adjacent chunks of a generation
  * retrieve the same references, so a small cache absorbs much of the load.
- * Private to core/; not thread-safe (the store's owner serializes).
+ * Private to core/. Thread-safe: one mutex guards it (a hit is a lookup and
+ * one memcpy, so the critical section is short).
  */
 #ifndef M3_CACHE_H
 #define M3_CACHE_H
@@ -32,6 +33,6 @@ typedef struct m3_cache_stats {
   uint64_t hits, misses, entries, bytes;
 } m3_cache_stats;
 
-void m3__cache_stats(const m3_cache *c, m3_cache_stats *st);
+void m3__cache_stats(m3_cache *c, m3_cache_stats *st);
 
 #endif /* M3_CACHE_H */

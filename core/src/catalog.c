@@ -109,7 +109,7 @@ int m3__catalog_get_meta(m3_catalog *c, m3_ident *ident) {
   int rc = get(c, (const uint8_t *)"M", 1, &v, &n, "read meta");
   if (rc == M3_ENOTFOUND) return m3__seterr(rc, "catalog %s: no store meta", c->path);
   if (rc) return rc;
-  if (n != 48 || memcmp(v, "M3CT", 4) != 0) {
+  if (n != 50 || memcmp(v, "M3CT", 4) != 0) {
     rocksdb_free(v);
     return m3__seterr(M3_EBADFORMAT, "catalog %s: meta record malformed", c->path);
   }
@@ -120,6 +120,7 @@ int m3__catalog_get_meta(m3_catalog *c, m3_ident *ident) {
                       version, M3_CATALOG_VERSION);
   }
   m3__ident_decode((const uint8_t *)v + 12, ident, m3__ld32(v + 8));
+  ident->layout.emb_dim = m3__ld16(v + 48);
   rocksdb_free(v);
   return 0;
 }
@@ -290,6 +291,46 @@ int m3__catalog_chunks(m3_catalog *c,
   return walk(c, 'C', chunk_entry, &w);
 }
 
+int m3__catalog_get_embedding(m3_catalog *c, uint64_t chunk_id, float *out, size_t n) {
+  uint8_t key[9] = {'E'};
+  be64(key + 1, chunk_id);
+  char *v;
+  size_t len;
+  int rc = get(c, key, sizeof key, &v, &len, "read embedding");
+  if (rc == M3_ENOTFOUND)
+    return m3__seterr(rc, "chunk %llu: no embedding in the store", (unsigned long long)chunk_id);
+  if (rc) return rc;
+  if (len != 4 * n) {
+    rocksdb_free(v);
+    return m3__seterr(M3_ECORRUPT, "catalog %s: embedding of chunk %llu has %zu bytes, want %zu",
+                      c->path, (unsigned long long)chunk_id, len, 4 * n);
+  }
+  for (size_t i = 0; i < n; i++) {
+    uint32_t bits = m3__ld32(v + 4 * i);
+    memcpy(&out[i], &bits, 4);
+  }
+  rocksdb_free(v);
+  return 0;
+}
+
+typedef struct emb_walk {
+  int (*fn)(void *ud, uint64_t id, const uint8_t *emb, size_t n);
+  void *ud;
+} emb_walk;
+
+static int emb_entry(void *ud, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl) {
+  emb_walk *w = ud;
+  if (kl != 9 || vl % 4) return m3__seterr(M3_ECORRUPT, "catalog: malformed embedding entry");
+  return w->fn(w->ud, ld_be(k + 1, 8), v, vl / 4);
+}
+
+int m3__catalog_embeddings(m3_catalog *c,
+                           int (*fn)(void *ud, uint64_t id, const uint8_t *emb, size_t n),
+                           void *ud) {
+  emb_walk w = {fn, ud};
+  return walk(c, 'E', emb_entry, &w);
+}
+
 uint64_t m3__catalog_disk_bytes(m3_catalog *c) {
   uint64_t total = 0;
   DIR *d = opendir(c->path);
@@ -312,11 +353,12 @@ void m3__batch_free(m3_batch *b) {
 }
 
 void m3__batch_put_meta(m3_batch *b, const m3_ident *ident) {
-  uint8_t v[48];
+  uint8_t v[50];
   memcpy(v, "M3CT", 4);
   m3__st32(v + 4, M3_CATALOG_VERSION);
   m3__st32(v + 8, ident->align);
   m3__ident_encode(v + 12, ident);
+  m3__st16(v + 48, ident->layout.emb_dim);
   rocksdb_writebatch_put(b, "M", 1, (const char *)v, sizeof v);
 }
 
@@ -347,11 +389,15 @@ void m3__batch_put_loc(m3_batch *b, uint64_t id, const m3_location *loc) {
 }
 
 void m3__batch_put_chunk(m3_batch *b, uint64_t id, const m3_location *loc, const char *text,
-                         size_t text_len) {
+                         size_t text_len, const uint8_t *emb, size_t emb_bytes) {
   m3__batch_put_loc(b, id, loc);
   uint8_t k[9] = {'T'};
   be64(k + 1, id);
   rocksdb_writebatch_put(b, (const char *)k, sizeof k, text ? text : "", text_len);
+  if (emb_bytes) {
+    k[0] = 'E';
+    rocksdb_writebatch_put(b, (const char *)k, sizeof k, (const char *)emb, emb_bytes);
+  }
 }
 
 void m3__batch_del_chunk(m3_batch *b, uint64_t id) {
@@ -359,6 +405,8 @@ void m3__batch_del_chunk(m3_batch *b, uint64_t id) {
   be64(k + 1, id);
   rocksdb_writebatch_delete(b, (const char *)k, sizeof k);
   k[0] = 'T';
+  rocksdb_writebatch_delete(b, (const char *)k, sizeof k);
+  k[0] = 'E';
   rocksdb_writebatch_delete(b, (const char *)k, sizeof k);
 }
 

@@ -4,12 +4,14 @@
  * in it can be rebuilt from the segments (m3_store_repair). Private to core/.
  *
  * Keys (one column family; ids big-endian so that iteration is in id order):
- *   "M"                  store meta: "M3CT", version u32, align u32, ident (36 B)
+ *   "M"                  store meta: "M3CT", version u32, align u32, ident (36 B),
+ *                        emb_dim u16
  *   "N"                  next segment id, u32
  *   'S' + be32 segment   committed end of a live segment, u64
  *   'C' + be64 chunk id  location: segment u32, offset u64, mem_len u32,
  *                        rec_len u32, mem_crc u32, text_crc u32 (28 B)
  *   'T' + be64 chunk id  chunk text
+ *   'E' + be64 chunk id  retrieval embedding (emb_dim little-endian f32)
  */
 #ifndef M3_CATALOG_H
 #define M3_CATALOG_H
@@ -52,6 +54,13 @@ int m3__catalog_get_text(m3_catalog *c, uint64_t chunk_id, char **text, size_t *
 /* Walk the 'S' entries (segment id, committed end) in order. */
 int m3__catalog_segments(m3_catalog *c, int (*fn)(void *ud, uint32_t seg, uint64_t end),
                          void *ud);
+/* Embedding of chunk_id into out (n floats). M3_ENOTFOUND when absent. */
+int m3__catalog_get_embedding(m3_catalog *c, uint64_t chunk_id, float *out, size_t n);
+/* Walk the 'E' entries in id order; emb holds n little-endian f32. */
+int m3__catalog_embeddings(m3_catalog *c,
+                           int (*fn)(void *ud, uint64_t id, const uint8_t *emb, size_t n),
+                           void *ud);
+
 /* Walk the 'C' entries in id order. */
 int m3__catalog_chunks(m3_catalog *c,
                        int (*fn)(void *ud, uint64_t id, const m3_location *loc), void *ud);
@@ -69,7 +78,7 @@ void m3__batch_put_next_seg(m3_batch *b, uint32_t next);
 void m3__batch_put_segment(m3_batch *b, uint32_t seg, uint64_t end);
 void m3__batch_del_segment(m3_batch *b, uint32_t seg);
 void m3__batch_put_chunk(m3_batch *b, uint64_t id, const m3_location *loc, const char *text,
-                         size_t text_len);
+                         size_t text_len, const uint8_t *emb, size_t emb_bytes);
 /* Only the location (the text is unchanged, e.g. after compaction). */
 void m3__batch_put_loc(m3_batch *b, uint64_t id, const m3_location *loc);
 void m3__batch_del_chunk(m3_batch *b, uint64_t id);

@@ -12,7 +12,11 @@ size_t m3_record_mem_size(const m3_layout *l) {
 }
 
 size_t m3_record_size(const m3_layout *l, size_t text_len) {
-  return m3_record_mem_size(l) + text_len;
+  return m3_record_mem_size(l) + text_len + 4u * l->emb_dim;
+}
+
+size_t m3_record_total_size(const m3_record *r) {
+  return M3_RECORD_HEADER_SIZE + (size_t)r->mem_bytes + r->text_bytes + 4u * r->layout.emb_dim;
 }
 
 static void put_header(uint8_t *h, uint16_t flags, uint64_t chunk_id, uint32_t chunk_len,
@@ -34,7 +38,8 @@ static void put_header(uint8_t *h, uint16_t flags, uint64_t chunk_id, uint32_t c
   m3__st32(h + 44, text_bytes);
   m3__st32(h + 48, mem_crc);
   m3__st32(h + 52, text_crc);
-  m3__st32(h + 56, 0);
+  m3__st16(h + 56, l->emb_dim);
+  m3__st16(h + 58, 0);
   m3__st32(h + 60, m3_crc32c(0, h, 60));
 }
 
@@ -59,17 +64,24 @@ long m3_record_encode(void *buf, size_t cap, const m3_layout *l, const m3_record
   memcpy(pos + pos_bytes, in->codes, code_bytes);
   uint8_t *text = pos + pos_bytes + code_bytes;
   if (in->text_len) memcpy(text, in->text, in->text_len);
+  uint8_t *emb = text + in->text_len;
+  for (size_t i = 0; i < l->emb_dim; i++) {
+    uint32_t bits = 0;
+    if (in->embedding) memcpy(&bits, &in->embedding[i], 4);
+    m3__st32(emb + 4 * i, bits);
+  }
 
   uint32_t mem_bytes = (uint32_t)(pos_bytes + code_bytes);
+  size_t tail = in->text_len + 4u * l->emb_dim;
   put_header(b, 0, in->chunk_id, in->chunk_len, l, mem_bytes, (uint32_t)in->text_len,
-             m3_crc32c(0, pos, mem_bytes), m3_crc32c(0, text, in->text_len));
+             m3_crc32c(0, pos, mem_bytes), m3_crc32c(0, text, tail));
   return (long)size;
 }
 
 long m3_record_encode_tombstone(void *buf, size_t cap, uint64_t chunk_id) {
   if (cap < M3_RECORD_HEADER_SIZE)
     return m3__seterr(M3_EINVAL, "tombstone: buffer of %zu bytes is too small", cap);
-  m3_layout none = {{0, 0, 0, 0}, M3_CODEC_NONE, 0, 0};
+  m3_layout none = {{0, 0, 0, 0}, M3_CODEC_NONE, 0, 0, 0};
   put_header(buf, M3_RECORD_TOMBSTONE, chunk_id, 0, &none, 0, 0, 0, 0);
   return M3_RECORD_HEADER_SIZE;
 }
@@ -106,14 +118,15 @@ int m3_record_parse(const void *buf, size_t len, int check, m3_record *out) {
   r.text_bytes = m3__ld32(h + 44);
   r.mem_crc = m3__ld32(h + 48);
   r.text_crc = m3__ld32(h + 52);
+  r.layout.emb_dim = m3__ld16(h + 56);
   unsigned long long id = (unsigned long long)r.chunk_id;
 
   if (r.flags & ~M3_RECORD_TOMBSTONE)
     return m3__seterr(M3_EBADFORMAT, "record %llu: unknown flags %#x", id, r.flags);
-  if (m3__ld32(h + 56) != 0)
+  if (m3__ld16(h + 58) != 0)
     return m3__seterr(M3_EBADFORMAT, "record %llu: reserved field is not 0", id);
   if (r.flags & M3_RECORD_TOMBSTONE) {
-    if (r.mem_bytes || r.text_bytes || r.layout.codec_kind != M3_CODEC_NONE)
+    if (r.mem_bytes || r.text_bytes || r.layout.emb_dim || r.layout.codec_kind != M3_CODEC_NONE)
       return m3__seterr(M3_EBADFORMAT, "record %llu: tombstone with a payload", id);
     *out = r;
     return 0;
@@ -133,7 +146,9 @@ int m3_record_parse(const void *buf, size_t len, int check, m3_record *out) {
     r.positions = (const uint16_t *)mem;
     r.codes = mem + pos_bytes;
   }
+  size_t tail = (size_t)r.text_bytes + 4u * r.layout.emb_dim;
   if (len >= mem_end + r.text_bytes) r.text = (const char *)h + mem_end;
+  if (r.layout.emb_dim && len >= mem_end + tail) r.embedding = h + mem_end + r.text_bytes;
 
   if (check & M3_PARSE_MEM) {
     if (len < mem_end)
@@ -145,10 +160,10 @@ int m3_record_parse(const void *buf, size_t len, int check, m3_record *out) {
                         id, r.mem_crc, c);
   }
   if (check & M3_PARSE_TEXT) {
-    if (len < mem_end + r.text_bytes)
-      return m3__seterr(M3_EBADFORMAT, "record %llu: truncated text: %zu of %zu bytes", id,
-                        len, mem_end + r.text_bytes);
-    uint32_t c = m3_crc32c(0, h + mem_end, r.text_bytes);
+    if (len < mem_end + tail)
+      return m3__seterr(M3_EBADFORMAT, "record %llu: truncated text/embedding: %zu of %zu bytes",
+                        id, len, mem_end + tail);
+    uint32_t c = m3_crc32c(0, h + mem_end, tail);
     if (c != r.text_crc)
       return m3__seterr(M3_ECORRUPT, "record %llu: text_crc mismatch (stored %08x, computed %08x)",
                         id, r.text_crc, c);

@@ -58,7 +58,7 @@ int m3__ident_equal(const m3_ident *a, const m3_ident *b) {
          !memcmp(&a->layout.spec, &b->layout.spec, sizeof a->layout.spec) &&
          a->layout.codec_kind == b->layout.codec_kind &&
          a->layout.code_bytes == b->layout.code_bytes &&
-         a->layout.codec_fp == b->layout.codec_fp;
+         a->layout.codec_fp == b->layout.codec_fp && a->layout.emb_dim == b->layout.emb_dim;
 }
 
 static int fsync_dir(const char *dir) {
@@ -104,6 +104,7 @@ int m3__segment_create(const char *dir, uint32_t id, const m3_ident *ident, int 
 
   memcpy(h, M3_SEGMENT_MAGIC, 4);
   m3__st16(h + 4, M3_SEGMENT_VERSION);
+  m3__st16(h + 6, ident->layout.emb_dim);
   m3__st32(h + 8, id);
   m3__st32(h + 12, ident->align);
   m3__ident_encode(h + 16, ident);
@@ -189,6 +190,7 @@ int m3__segment_open(const char *dir, uint32_t id, int read_only, int direct,
   }
   m3_ident have;
   m3__ident_decode(h + 16, &have, m3__ld32(h + 12));
+  have.layout.emb_dim = m3__ld16(h + 6);
   if (have.align < 512 || (have.align & (have.align - 1))) {
     rc = m3__seterr(M3_EBADFORMAT, "segment %s: bad align %u", path, have.align);
     goto fail;
@@ -320,6 +322,16 @@ int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uin
   window w = {seg->fd, NULL, 0, 0, 0, (uint64_t)st.st_size};
   uint64_t off = m3__round_up(start, align), end_ok = start, ndamaged = 0;
   int rc = 0, in_gap = 0; /* in_gap: looking for the next valid record */
+  /* Problems after the last complete record are held back: if nothing
+   * complete follows, they are a torn write (cut, not damage); if something
+   * does, they are damage and get reported then. The first one is kept. */
+  struct {
+    int n, err;
+    uint64_t off, chunk_id;
+    char detail[256];
+  } held = {0, 0, 0, 0, ""};
+#define HOLD(o, id, e, msg)                                                     do {                                                                            if (held.n++ == 0) {                                                            held.off = (o);                                                               held.chunk_id = (id);                                                         held.err = (e);                                                               snprintf(held.detail, sizeof held.detail, "%s", (msg));                     }                                                                           } while (0)
+#define FLUSH_HELD()                                                            do {                                                                            if (held.n) {                                                                   ndamaged++;                                                                   report(cb, seg, held.off, held.chunk_id, held.err, held.detail);             held.n = 0;                                                                 }                                                                           } while (0)
 
   while (off + M3_RECORD_HEADER_SIZE <= w.eof) {
     int err = 0;
@@ -336,16 +348,13 @@ int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uin
       if (!in_gap) {
         int zero = 1;
         for (int i = 0; i < M3_RECORD_HEADER_SIZE && zero; i++) zero = p[i] == 0;
-        if (!zero) {
-          ndamaged++;
-          report(cb, seg, off, UINT64_MAX, prc, m3_errmsg());
-        }
+        if (!zero) HOLD(off, UINT64_MAX, prc, m3_errmsg());
         in_gap = 1;
       }
       off += align;
       continue;
     }
-    uint32_t rec_len = M3_RECORD_HEADER_SIZE + r.mem_bytes + r.text_bytes;
+    uint32_t rec_len = (uint32_t)m3_record_total_size(&r);
     p = win_get(&w, off, rec_len, &err);
     if (p == NULL) {
       if (err) {
@@ -354,22 +363,25 @@ int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uin
       }
       /* The header promises more bytes than the file has: torn. */
       if (!in_gap) {
-        ndamaged++;
         char msg[256];
         snprintf(msg, sizeof msg, "record %llu: truncated at end of segment",
                  (unsigned long long)r.chunk_id);
-        report(cb, seg, off, r.chunk_id, M3_EBADFORMAT, msg);
+        HOLD(off, r.chunk_id, M3_EBADFORMAT, msg);
       }
       in_gap = 1;
       off += align;
       continue;
     }
     prc = m3_record_parse(p, rec_len, M3_PARSE_ALL, &r);
+    FLUSH_HELD(); /* a complete record follows: what came before was damage */
     if (prc != 0) {
       ndamaged++;
       report(cb, seg, off, r.chunk_id, prc, m3_errmsg());
-      /* The header is intact, so its length can be trusted to skip it. */
+      /* The header is intact, so its length can be trusted to skip it. The
+       * record is complete on disk, so this is damage, not a torn write:
+       * keep its bytes (end_ok moves past it) rather than cut them. */
       off += m3__round_up(rec_len, align);
+      end_ok = off;
       in_gap = 0;
       continue;
     }
@@ -378,6 +390,8 @@ int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uin
     off += m3__round_up(rec_len, align);
     end_ok = off;
   }
+#undef HOLD
+#undef FLUSH_HELD
 out:
   free(w.buf);
   if (good_end) *good_end = end_ok;

@@ -11,7 +11,7 @@
  *   off size field
  *     0    4 magic       "M3SG"
  *     4    2 version     1
- *     6    2 reserved    0
+ *     6    2 emb_dim     retrieval embedding dims stored with each record
  *     8    4 segment id
  *    12    4 align       record alignment of the store
  *    16   16 store uuid  the same in every segment and the catalog
@@ -95,8 +95,9 @@ typedef struct m3_scan_cb {
  * Walk the records of seg from offset start to its end of file. A damaged
  * record whose header is intact is reported and skipped by its length; when
  * the header is unreadable the scan looks for the next valid record at each
- * alignment boundary. *good_end receives the end of the last valid record
- * (at least start): bytes after it hold nothing valid (a torn tail).
+ * alignment boundary. *good_end receives the end of the last complete record
+ * (valid, or damaged with an intact header; at least start): the bytes after
+ * it hold no complete record, only a torn write, and may be cut.
  * *damaged counts reported problems.
  */
 int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uint32_t align,

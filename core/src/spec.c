@@ -23,6 +23,13 @@ size_t m3_layout_codes_bytes(const m3_layout *l) {
   return m3_spec_vectors(&l->spec) * l->code_bytes;
 }
 
+int m3_layout_equal(const m3_layout *a, const m3_layout *b) {
+  return a->spec.n_layers == b->spec.n_layers && a->spec.n_kv_heads == b->spec.n_kv_heads &&
+         a->spec.n_tokens == b->spec.n_tokens && a->spec.head_dim == b->spec.head_dim &&
+         a->codec_kind == b->codec_kind && a->code_bytes == b->code_bytes &&
+         a->codec_fp == b->codec_fp && a->emb_dim == b->emb_dim;
+}
+
 int m3_layout_check(const m3_layout *l) {
   const m3_spec *s = &l->spec;
   if (s->n_layers == 0) return m3__seterr(M3_EINVAL, "layout: n_layers is 0");

@@ -40,6 +40,29 @@ const m3_layout *m3_store_layout(const m3_store *s) { return &s->ident.layout; }
 uint32_t m3_store_align(const m3_store *s) { return s->ident.align; }
 const char *m3_store_io_backend(const m3_store *s) { return s->io->ops->name; }
 
+int m3__store_io_get(m3_store *s, m3_io **io) {
+  pthread_mutex_lock(&s->iolock);
+  m3_io *got = s->niopool ? s->iopool[--s->niopool] : NULL;
+  pthread_mutex_unlock(&s->iolock);
+  if (got) {
+    *io = got;
+    return 0;
+  }
+  /* Same kind as the first backend: the choice was made at open. */
+  if (s->io->ops == NULL || strcmp(s->io->ops->name, "io_uring") != 0) return m3__io_pread_create(io);
+  return m3__io_uring_create(s->opts.queue_depth, io);
+}
+
+void m3__store_io_put(m3_store *s, m3_io *io) {
+  pthread_mutex_lock(&s->iolock);
+  if (s->niopool < (int)(sizeof s->iopool / sizeof s->iopool[0])) {
+    s->iopool[s->niopool++] = io;
+    io = NULL;
+  }
+  pthread_mutex_unlock(&s->iolock);
+  if (io) io->ops->destroy(io);
+}
+
 char *m3_store_segment_path(const m3_store *s, uint32_t segment, char *buf, size_t cap) {
   return m3__segment_path(s->dir, segment, buf, cap);
 }
@@ -92,6 +115,12 @@ static int load_segment(void *ud, uint32_t id, uint64_t end) {
   m3_store *s = ctx->s;
   m3_segment seg;
   int rc = m3__segment_open(s->dir, id, s->opts.read_only, s->opts.direct, &s->ident, NULL, &seg);
+  if (rc == M3_ENOTFOUND) {
+    /* Open anyway: the rest of the store is good. Fetches of its records
+     * fail with M3_ECORRUPT, verify lists them, repair drops them. */
+    M3_ERROR("store", "%s (its records are lost; run `m3 store verify %s`)", m3_errmsg(), s->dir);
+    return 0;
+  }
   if (rc) return rc;
   if ((rc = push_seg(s, &seg)) != 0) {
     m3__segment_close(&seg);
@@ -152,7 +181,8 @@ static int roll_record(void *ud, const m3_segment *seg, uint64_t off, const m3_r
   } else {
     m3_location loc;
     loc_of(r, seg->id, off, rec_len, &loc);
-    m3__batch_put_chunk(ctx->b, r->chunk_id, &loc, r->text, r->text_bytes);
+    m3__batch_put_chunk(ctx->b, r->chunk_id, &loc, r->text, r->text_bytes, r->embedding,
+                        4u * r->layout.emb_dim);
   }
   ctx->applied++;
   return 0;
@@ -239,11 +269,6 @@ static int create_meta(m3_store *s) {
   return rc;
 }
 
-static int same_layout(const m3_layout *a, const m3_layout *b) {
-  return !memcmp(&a->spec, &b->spec, sizeof a->spec) && a->codec_kind == b->codec_kind &&
-         a->code_bytes == b->code_bytes && a->codec_fp == b->codec_fp;
-}
-
 int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   m3_store_options def;
   if (o == NULL) {
@@ -254,6 +279,13 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   if (s == NULL) return m3__seterr(M3_ENOMEM, "store %s: out of memory", dir);
   s->dir = strdup(dir);
   s->opts = *o;
+  pthread_mutex_init(&s->iolock, NULL);
+  pthread_rwlockattr_t rwa;
+  pthread_rwlockattr_init(&rwa);
+  /* Writers must not starve behind a steady stream of fetches. */
+  pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&s->rw, &rwa);
+  pthread_rwlockattr_destroy(&rwa);
   if (s->opts.align == 0) s->opts.align = DEFAULT_ALIGN;
   if (s->opts.segment_bytes == 0) s->opts.segment_bytes = DEFAULT_SEGMENT_BYTES;
   if (s->opts.queue_depth == 0) s->opts.queue_depth = 64;
@@ -300,7 +332,7 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   if (rc == M3_ENOTFOUND && o->create && !o->read_only) rc = create_meta(s);
   else if (rc == M3_ENOTFOUND)
     rc = m3__seterr(M3_EBADFORMAT, "store %s: the catalog has no store meta; rebuild it with `m3 store repair %s`", dir, dir);
-  else if (rc == 0 && o->create && !same_layout(&o->layout, &s->ident.layout)) {
+  else if (rc == 0 && o->create && !m3_layout_equal(&o->layout, &s->ident.layout)) {
     char a[32], b[32];
     rc = m3__seterr(M3_ESHAPE, "store %s holds %s %s memories (%u-byte codes, fingerprint %016llx), not %s %s",
                     dir, m3_spec_format(&s->ident.layout.spec, a, sizeof a),
@@ -350,6 +382,9 @@ void m3_store_close(m3_store *s) {
   free(s->segs);
   m3__catalog_close(&s->cat);
   if (s->io) s->io->ops->destroy(s->io);
+  for (int i = 0; i < s->niopool; i++) s->iopool[i]->ops->destroy(s->iopool[i]);
+  pthread_mutex_destroy(&s->iolock);
+  pthread_rwlock_destroy(&s->rw);
   m3__cache_destroy(s->cache);
   free(s->wbuf);
   free(s->dir);
@@ -386,8 +421,8 @@ typedef struct commit {
   m3_batch *b;
   size_t run_start;  /* wbuf offset where the current run starts */
   size_t staged;     /* bytes staged in wbuf */
-  struct { uint32_t seg; uint64_t old_size, new_size; } touched[8];
-  int ntouched;
+  struct touch { uint32_t seg; uint64_t old_size, new_size; } *touched; /* malloc'ed */
+  int ntouched, captouched;
 } commit;
 
 static m3_segment *active(m3_store *s) { return s->nsegs ? &s->segs[s->nsegs - 1] : NULL; }
@@ -398,10 +433,18 @@ static int flush_run(commit *c) {
   size_t len = c->staged - c->run_start;
   if (len == 0) return 0;
   m3_segment *seg = active(s);
+  /* Room to remember this run before writing it, so that abort_commit can
+   * always cut back what was appended (a batch may span any number of
+   * segments). */
+  if (c->ntouched == c->captouched) {
+    int cap = c->captouched ? 2 * c->captouched : 8;
+    struct touch *t = realloc(c->touched, (size_t)cap * sizeof *t);
+    if (t == NULL) return m3__seterr(M3_ENOMEM, "store %s: out of memory", s->dir);
+    c->touched = t;
+    c->captouched = cap;
+  }
   int rc = m3__segment_append(seg, s->dir, s->wbuf + c->run_start, len);
   if (rc) return rc;
-  if (c->ntouched == (int)(sizeof c->touched / sizeof c->touched[0]))
-    return m3__seterr(M3_EINTERNAL, "store %s: batch spans too many segments", s->dir);
   c->touched[c->ntouched].seg = seg->id;
   c->touched[c->ntouched].old_size = seg->size;
   c->touched[c->ntouched].new_size = seg->size + len;
@@ -454,7 +497,26 @@ static int finish_commit(commit *c) {
   return rc;
 }
 
+/* Whether the stored record at loc has exactly this header: the CRCs cover
+ * positions, codes and text, but fields such as chunk_len live only in the
+ * header. */
+static int same_header(m3_store *s, const m3_location *loc, const uint8_t *rec) {
+  m3_segment *seg = m3__store_seg(s, loc->segment);
+  uint8_t h[M3_RECORD_HEADER_SIZE];
+  return seg != NULL && pread(seg->fd, h, sizeof h, (off_t)loc->offset) == (ssize_t)sizeof h &&
+         memcmp(h, rec, sizeof h) == 0;
+}
+
+static int put_locked(m3_store *s, const m3_record_in *items, size_t n);
+
 int m3_store_put(m3_store *s, const m3_record_in *items, size_t n) {
+  pthread_rwlock_wrlock(&s->rw);
+  int rc = put_locked(s, items, n);
+  pthread_rwlock_unlock(&s->rw);
+  return rc;
+}
+
+static int put_locked(m3_store *s, const m3_record_in *items, size_t n) {
   if (s->opts.read_only) return m3__seterr(M3_EUNSUPPORTED, "store %s: opened read-only", s->dir);
   if (n == 0) return 0;
   const m3_layout *l = &s->ident.layout;
@@ -463,7 +525,7 @@ int m3_store_put(m3_store *s, const m3_record_in *items, size_t n) {
   uint64_t *ids = malloc(n * sizeof *ids);
   m3_location *old = malloc(n * sizeof *old);
   int *st = malloc(n * sizeof *st);
-  commit c = {s, m3__batch_new(), 0, 0, {{0, 0, 0}}, 0};
+  commit c = {s, m3__batch_new(), 0, 0, NULL, 0, 0};
   if (!ids || !old || !st) {
     rc = m3__seterr(M3_ENOMEM, "store %s: out of memory", s->dir);
     goto out;
@@ -489,7 +551,7 @@ int m3_store_put(m3_store *s, const m3_record_in *items, size_t n) {
     m3_record r;
     m3_record_parse(rec, (size_t)k, M3_PARSE_HEADER, &r);
     if (st[i] == 0 && old[i].mem_crc == r.mem_crc && old[i].text_crc == r.text_crc &&
-        old[i].rec_len == (uint32_t)size)
+        old[i].rec_len == (uint32_t)size && same_header(s, &old[i], rec))
       continue; /* identical content already stored: idempotent put */
     uint32_t seg_id;
     uint64_t off;
@@ -499,7 +561,8 @@ int m3_store_put(m3_store *s, const m3_record_in *items, size_t n) {
     c.staged += padded;
     m3_location loc;
     loc_of(&r, seg_id, off, (uint32_t)size, &loc);
-    m3__batch_put_chunk(c.b, r.chunk_id, &loc, items[i].text, items[i].text_len);
+    m3__batch_put_chunk(c.b, r.chunk_id, &loc, items[i].text, items[i].text_len,
+                        rec + size - 4u * l->emb_dim, 4u * l->emb_dim);
     written++;
   }
   if (written == 0) goto out;
@@ -511,19 +574,29 @@ fail:
   abort_commit(&c);
 out:
   m3__batch_free(c.b);
+  free(c.touched);
   free(ids);
   free(old);
   free(st);
   return rc;
 }
 
+static int delete_locked(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted);
+
 int m3_store_delete(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted) {
+  pthread_rwlock_wrlock(&s->rw);
+  int rc = delete_locked(s, ids, n, deleted);
+  pthread_rwlock_unlock(&s->rw);
+  return rc;
+}
+
+static int delete_locked(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted) {
   if (s->opts.read_only) return m3__seterr(M3_EUNSUPPORTED, "store %s: opened read-only", s->dir);
   size_t present = 0;
   int rc = 0;
   m3_location *locs = malloc((n ? n : 1) * sizeof *locs);
   int *st = malloc((n ? n : 1) * sizeof *st);
-  commit c = {s, m3__batch_new(), 0, 0, {{0, 0, 0}}, 0};
+  commit c = {s, m3__batch_new(), 0, 0, NULL, 0, 0};
   if (!locs || !st) {
     rc = m3__seterr(M3_ENOMEM, "store %s: out of memory", s->dir);
     goto out;
@@ -553,6 +626,7 @@ fail:
 out:
   if (deleted) *deleted = rc == 0 ? present : 0;
   m3__batch_free(c.b);
+  free(c.touched);
   free(locs);
   free(st);
   return rc;
@@ -584,6 +658,60 @@ int m3_store_contains(m3_store *s, uint64_t chunk_id) {
   return rc == 0 ? 1 : rc == M3_ENOTFOUND ? 0 : rc;
 }
 
+int m3_store_get_embedding(m3_store *s, uint64_t chunk_id, float *out) {
+  if (s->ident.layout.emb_dim == 0)
+    return m3__seterr(M3_ENOTFOUND, "store %s keeps no embeddings", s->dir);
+  return m3__catalog_get_embedding(&s->cat, chunk_id, out, s->ident.layout.emb_dim);
+}
+
+typedef struct emb_ctx {
+  int (*fn)(void *ud, uint64_t chunk_id, const float *emb);
+  void *ud;
+  float *tmp;
+  size_t dim;
+} emb_ctx;
+
+static int emb_entry(void *ud, uint64_t id, const uint8_t *emb, size_t n) {
+  emb_ctx *c = ud;
+  if (n != c->dim)
+    return m3__seterr(M3_ECORRUPT, "catalog: embedding of chunk %llu has %zu dims, want %zu",
+                      (unsigned long long)id, n, c->dim);
+  memcpy(c->tmp, emb, n * sizeof(float)); /* little-endian f32, as on every host we build for */
+  return c->fn(c->ud, id, c->tmp);
+}
+
+int m3_store_iterate_embeddings(m3_store *s,
+                                int (*fn)(void *ud, uint64_t chunk_id, const float *emb),
+                                void *ud) {
+  size_t dim = s->ident.layout.emb_dim;
+  if (dim == 0) return 0;
+  emb_ctx c = {fn, ud, malloc(dim * sizeof(float)), dim};
+  if (c.tmp == NULL) return m3__seterr(M3_ENOMEM, "store %s: out of memory", s->dir);
+  int rc = m3__catalog_embeddings(&s->cat, emb_entry, &c);
+  free(c.tmp);
+  return rc;
+}
+
+uint64_t m3_store_seqno(m3_store *s) { return rocksdb_get_latest_sequence_number(s->cat.db); }
+
+const char *m3_store_dir(const m3_store *s) { return s->dir; }
+
+uint64_t m3_store_segment_bytes(m3_store *s) {
+  uint64_t total = 0;
+  pthread_rwlock_rdlock(&s->rw);
+  for (size_t i = 0; i < s->nsegs; i++) total += s->segs[i].size;
+  pthread_rwlock_unlock(&s->rw);
+  return total;
+}
+
+void m3_store_cache_counters(m3_store *s, uint64_t *hits, uint64_t *misses, uint64_t *bytes) {
+  m3_cache_stats cs = {0, 0, 0, 0};
+  if (s->cache) m3__cache_stats(s->cache, &cs);
+  *hits = cs.hits;
+  *misses = cs.misses;
+  *bytes = cs.bytes;
+}
+
 int m3_store_get_text(m3_store *s, uint64_t chunk_id, char **text, size_t *len) {
   return m3__catalog_get_text(&s->cat, chunk_id, text, len);
 }
@@ -598,7 +726,7 @@ static int check_fetched(m3_store *s, m3_fetch_item *it, const m3_location *loc)
   if (rc == 0 && r.mem_crc != loc->mem_crc)
     rc = m3__seterr(M3_ECORRUPT, "record %llu: mem_crc %08x, catalog expects %08x",
                     (unsigned long long)it->chunk_id, r.mem_crc, loc->mem_crc);
-  if (rc == 0 && !same_layout(&r.layout, &s->ident.layout))
+  if (rc == 0 && !m3_layout_equal(&r.layout, &s->ident.layout))
     rc = m3__seterr(M3_ECORRUPT, "record %llu: layout differs from the store's",
                     (unsigned long long)it->chunk_id);
   if (rc) {
@@ -611,7 +739,20 @@ static int check_fetched(m3_store *s, m3_fetch_item *it, const m3_location *loc)
   return 0;
 }
 
+static int fetch_locked(m3_store *s, m3_io *io, m3_fetch_item *items, size_t n);
+
 int m3_store_fetch(m3_store *s, m3_fetch_item *items, size_t n) {
+  m3_io *io;
+  int rc = m3__store_io_get(s, &io);
+  if (rc) return rc;
+  pthread_rwlock_rdlock(&s->rw);
+  rc = fetch_locked(s, io, items, n);
+  pthread_rwlock_unlock(&s->rw);
+  m3__store_io_put(s, io);
+  return rc;
+}
+
+static int fetch_locked(m3_store *s, m3_io *io, m3_fetch_item *items, size_t n) {
   enum { STACK = 32 };
   uint64_t ids_s[STACK];
   m3_location locs_s[STACK];
@@ -697,7 +838,7 @@ int m3_store_fetch(m3_store *s, m3_fetch_item *items, size_t n) {
     it->len = locs[j].mem_len;
     it->status = 1; /* pending */
   }
-  if (nreads && (rc = s->io->ops->read_batch(s->io, reads, nreads)) != 0) goto out;
+  if (nreads && (rc = io->ops->read_batch(io, reads, nreads)) != 0) goto out;
 
   size_t k = 0;
   for (size_t j = 0; j < nmiss; j++) {

@@ -54,13 +54,22 @@ static int by_location(const void *a, const void *b) {
 static int list_by_location(m3_store *s, entries *e) {
   memset(e, 0, sizeof *e);
   int rc = m3__catalog_chunks(&s->cat, collect, e);
-  if (rc == 0) qsort(e->v, e->n, sizeof *e->v, by_location);
+  if (rc == 0 && e->n > 1) qsort(e->v, e->n, sizeof *e->v, by_location); /* qsort(NULL, 0) is UB */
   return rc;
 }
 
 /* ---- stats ---------------------------------------------------------- */
 
+static int stats_locked(m3_store *s, m3_store_stats *st);
+
 int m3_store_stats_get(m3_store *s, m3_store_stats *st) {
+  pthread_rwlock_rdlock(&s->rw);
+  int rc = stats_locked(s, st);
+  pthread_rwlock_unlock(&s->rw);
+  return rc;
+}
+
+static int stats_locked(m3_store *s, m3_store_stats *st) {
   memset(st, 0, sizeof *st);
   entries e;
   int rc = list_by_location(s, &e);
@@ -102,7 +111,20 @@ static void problem(m3_problem_fn fn, void *ud, uint64_t id, uint32_t seg, uint6
   fn(ud, &p);
 }
 
+static int verify_locked(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud, uint64_t *checked);
+
 int m3_store_verify(m3_store *s, m3_problem_fn fn, void *ud, uint64_t *checked) {
+  m3_io *io;
+  int rc = m3__store_io_get(s, &io);
+  if (rc) return rc;
+  pthread_rwlock_rdlock(&s->rw);
+  rc = verify_locked(s, io, fn, ud, checked);
+  pthread_rwlock_unlock(&s->rw);
+  m3__store_io_put(s, io);
+  return rc;
+}
+
+static int verify_locked(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud, uint64_t *checked) {
   enum { BATCH = 16 };
   entries e;
   int rc = list_by_location(s, &e), bad = 0;
@@ -139,7 +161,7 @@ int m3_store_verify(m3_store *s, m3_problem_fn fn, void *ud, uint64_t *checked) 
       }
       reads[nreads++] = (m3_read){seg->fd, en->loc.offset, en->loc.rec_len, bufs[j], 0};
     }
-    if (nreads && (rc = s->io->ops->read_batch(s->io, reads, nreads)) != 0) goto out;
+    if (nreads && (rc = io->ops->read_batch(io, reads, nreads)) != 0) goto out;
     size_t k = 0;
     for (size_t j = 0; j < m; j++) {
       if (skip[j]) continue;
@@ -159,17 +181,27 @@ int m3_store_verify(m3_store *s, m3_problem_fn fn, void *ud, uint64_t *checked) 
                            (unsigned long long)rec.chunk_id);
         else if (err == 0 && (rec.mem_crc != en->loc.mem_crc || rec.text_crc != en->loc.text_crc))
           err = m3__seterr(M3_ECORRUPT, "checksums differ from the catalog's");
-        else if (err == 0 && memcmp(&rec.layout, &s->ident.layout, sizeof rec.layout) != 0)
+        else if (err == 0 && !m3_layout_equal(&rec.layout, &s->ident.layout))
           err = m3__seterr(M3_ECORRUPT, "layout differs from the store's");
         if (err == 0) {
           char *text = NULL;
           size_t tlen = 0;
+          size_t emb_bytes = 4u * rec.layout.emb_dim;
           err = m3__catalog_get_text(&s->cat, en->id, &text, &tlen);
-          if (err == 0 && m3_crc32c(0, text, tlen) != rec.text_crc)
+          if (err == 0 && m3_crc32c(m3_crc32c(0, text, tlen), rec.embedding, emb_bytes) != rec.text_crc)
             err = m3__seterr(M3_ECORRUPT, "catalog text differs from the record's");
           else if (err == M3_ENOTFOUND)
             err = m3__seterr(M3_ECORRUPT, "catalog has no text for it");
           free(text);
+          if (err == 0 && emb_bytes) {
+            float *emb = malloc(emb_bytes);
+            err = emb ? m3__catalog_get_embedding(&s->cat, en->id, emb, rec.layout.emb_dim) : M3_ENOMEM;
+            if (err == 0 && memcmp(emb, rec.embedding, emb_bytes) != 0)
+              err = m3__seterr(M3_ECORRUPT, "catalog embedding differs from the record's");
+            else if (err == M3_ENOTFOUND)
+              err = m3__seterr(M3_ECORRUPT, "catalog has no embedding for it");
+            free(emb);
+          }
         }
         if (err == M3_EBADFORMAT || err == M3_EVERSION) err = M3_ECORRUPT;
       }
@@ -199,10 +231,19 @@ static int fsync_dir(const char *dir) {
   return rc;
 }
 
+static int compact_locked(m3_store *s, uint64_t *reclaimed);
+
 int m3_store_compact(m3_store *s, uint64_t *reclaimed) {
+  pthread_rwlock_wrlock(&s->rw);
+  int rc = compact_locked(s, reclaimed);
+  pthread_rwlock_unlock(&s->rw);
+  return rc;
+}
+
+static int compact_locked(m3_store *s, uint64_t *reclaimed) {
   if (s->opts.read_only) return m3__seterr(M3_EUNSUPPORTED, "store %s: opened read-only", s->dir);
   m3_store_stats st;
-  int rc = m3_store_stats_get(s, &st);
+  int rc = stats_locked(s, &st);
   if (reclaimed) *reclaimed = 0;
   if (rc) return rc;
   if (st.dead_bytes == 0) return 0;
@@ -341,7 +382,8 @@ static int repair_record(void *ud, const m3_segment *seg, uint64_t off, const m3
   } else {
     m3_location loc = {seg->id, off, M3_RECORD_HEADER_SIZE + r->mem_bytes, rec_len, r->mem_crc,
                        r->text_crc};
-    m3__batch_put_chunk(ctx->b, r->chunk_id, &loc, r->text, r->text_bytes);
+    m3__batch_put_chunk(ctx->b, r->chunk_id, &loc, r->text, r->text_bytes, r->embedding,
+                        4u * r->layout.emb_dim);
   }
   /* Bound the batch's memory; order is kept because batches commit in order. */
   if (++ctx->pending == 4096) {

@@ -22,8 +22,9 @@
  *    40    4 mem_bytes    positions + codes bytes that follow the header
  *    44    4 text_bytes   UTF-8 chunk text after the memory
  *    48    4 mem_crc      CRC32C of the mem_bytes after the header
- *    52    4 text_crc     CRC32C of the text
- *    56    4 reserved     0
+ *    52    4 text_crc     CRC32C of the tail: text and embedding
+ *    56    2 emb_dim      dims of the retrieval embedding (0: none)
+ *    58    2 reserved     0
  *    60    4 header_crc   CRC32C of bytes 0..59
  *    64      positions    u16 (n_layers, n_kv_heads, n_tokens), zero-padded
  *                         to a multiple of 8 bytes
@@ -31,9 +32,11 @@
  *                         code_bytes): a decoder walks them in order and
  *                         writes a (layer, K|V, head, token, dim) tensor
  *     .      text         text_bytes of UTF-8 (not NUL-terminated)
+ *     .      embedding    f32 (emb_dim): the chunk's retrieval embedding
  *
  * The memory part (header + positions + codes, m3_record_mem_size) is what a
- * fetch reads and returns; the text rides along for catalog repair and is
+ * fetch reads and returns; the tail (text and embedding) rides along so that
+ * the catalog and the retrieval index can be rebuilt from segments, and is
  * normally served from the catalog. A tombstone has mem_bytes = text_bytes = 0.
  * Inside a segment each record starts on the segment's alignment (512 bytes by
  * default) and the gap after it is zero.
@@ -64,6 +67,8 @@ typedef struct m3_record {
   const uint16_t *positions; /* (n_layers, n_kv_heads, n_tokens); NULL for tombstones */
   const uint8_t *codes;      /* (n_layers, 2, n_kv_heads, n_tokens, code_bytes) */
   const char *text;          /* text_bytes, or NULL when not in the parsed bytes */
+  const uint8_t *embedding;  /* layout.emb_dim little-endian f32, or NULL when
+                                absent or not in the parsed bytes */
 } m3_record;
 
 /* What a writer supplies for one memory. The pointers are borrowed for the
@@ -75,11 +80,12 @@ typedef struct m3_record_in {
   const void *codes;         /* m3_layout_codes_bytes(layout) bytes */
   const char *text;          /* may be NULL when text_len is 0 */
   size_t text_len;
+  const float *embedding;    /* layout.emb_dim floats; NULL stores zeros */
 } m3_record_in;
 
 /* Header + positions + codes: the bytes a fetch returns. */
 size_t m3_record_mem_size(const m3_layout *l);
-/* Whole record: header + memory + text (unpadded). */
+/* Whole record: header + memory + text + embedding (unpadded). */
 size_t m3_record_size(const m3_layout *l, size_t text_len);
 
 /*
@@ -91,11 +97,14 @@ long m3_record_encode(void *buf, size_t cap, const m3_layout *l, const m3_record
 /* Write a tombstone for chunk_id into buf (at least M3_RECORD_HEADER_SIZE). */
 long m3_record_encode_tombstone(void *buf, size_t cap, uint64_t chunk_id);
 
+/* Whole size of a parsed record: header + memory + text + embedding. */
+size_t m3_record_total_size(const m3_record *r);
+
 /* How much checking m3_record_parse does beyond the header. */
 enum {
   M3_PARSE_HEADER = 0,   /* header fields and header CRC only */
   M3_PARSE_MEM = 1,      /* also the memory CRC (needs the memory bytes) */
-  M3_PARSE_TEXT = 2,     /* also the text CRC (needs the text bytes) */
+  M3_PARSE_TEXT = 2,     /* also the tail CRC (needs the text and embedding) */
   M3_PARSE_ALL = 3,
 };
 

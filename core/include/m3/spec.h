@@ -43,6 +43,8 @@ typedef struct m3_layout {
   uint16_t codec_kind; /* m3_codec_kind */
   uint16_t code_bytes; /* bytes per coded vector (paper: 14; bf16: 2*head_dim) */
   uint64_t codec_fp;   /* codec fingerprint */
+  uint16_t emb_dim;    /* dims of the retrieval embedding stored with each
+                          memory (f32; 0: none) */
 } m3_layout;
 
 /* 2 * layers * heads * tokens: key and value vectors of one memory. */
@@ -53,6 +55,9 @@ size_t m3_spec_positions(const m3_spec *s);
 size_t m3_layout_positions_bytes(const m3_layout *l);
 /* Bytes of one memory's codes section: vectors * code_bytes. */
 size_t m3_layout_codes_bytes(const m3_layout *l);
+
+/* 1 when a and b describe the same memories (every field equal). */
+int m3_layout_equal(const m3_layout *a, const m3_layout *b);
 
 /* 0 when every dimension is non-zero and the layout is self-consistent;
  * M3_EINVAL with a message naming the field otherwise. */

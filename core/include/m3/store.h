@@ -21,7 +21,11 @@
  * optionally with O_DIRECT, checks each record's checksums and never returns
  * corrupt bytes as data. A bounded RAM cache keeps hot memories.
  *
- * Threads: a store handle is used by one thread at a time.
+ * Threads: fetch, get_text, get_embedding, locate, contains, iterate, stats
+ * and verify may run on several threads at once (each fetch uses its own
+ * io_uring from a small pool). Put, delete and compact may be called from any
+ * thread; they exclude fetches for their duration (a reader-writer lock that
+ * prefers writers). Open, close and repair are not concurrent with anything.
  */
 #ifndef M3_STORE_H
 #define M3_STORE_H
@@ -125,6 +129,23 @@ int m3_store_fetch(m3_store *s, m3_fetch_item *items, size_t n);
  * length into *len. M3_ENOTFOUND when absent. */
 int m3_store_get_text(m3_store *s, uint64_t chunk_id, char **text, size_t *len);
 
+/* The retrieval embedding of chunk_id into out (layout.emb_dim floats).
+ * M3_ENOTFOUND when absent (or the store keeps no embeddings). */
+int m3_store_get_embedding(m3_store *s, uint64_t chunk_id, float *out);
+
+/* Call fn for every stored embedding in chunk id order (emb: emb_dim floats,
+ * valid during the call); fn returning non-zero stops the walk. */
+int m3_store_iterate_embeddings(m3_store *s,
+                                int (*fn)(void *ud, uint64_t chunk_id, const float *emb),
+                                void *ud);
+
+/* A number that grows with every committed change to the catalog; derived
+ * state (a retrieval index) records it to know whether it is current. */
+uint64_t m3_store_seqno(m3_store *s);
+
+/* The store directory (owned by the store). */
+const char *m3_store_dir(const m3_store *s);
+
 /* Whether chunk_id is present: 1, 0, or a negative code. */
 int m3_store_contains(m3_store *s, uint64_t chunk_id);
 
@@ -163,7 +184,15 @@ typedef struct m3_store_stats {
   uint64_t cache_hits, cache_misses;
 } m3_store_stats;
 
+/* Walks the catalog: O(records). For a cheap look, see m3_store_cache_counters. */
 int m3_store_stats_get(m3_store *s, m3_store_stats *st);
+
+/* Bytes of all live segment files; constant time per segment, for metrics. */
+uint64_t m3_store_segment_bytes(m3_store *s);
+
+/* The hot-memory cache's hits, misses and bytes held (zeros when disabled);
+ * constant time, for metrics. */
+void m3_store_cache_counters(m3_store *s, uint64_t *hits, uint64_t *misses, uint64_t *bytes);
 
 /* One failure found by verify or repair. */
 typedef struct m3_problem {

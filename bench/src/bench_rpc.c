@@ -1,0 +1,453 @@
+/*
+ * m3-bench rpc: retrieval rounds against an m3-server, as inference workers
+ * send them: each call is one Retrieve of Q queries x top-k (Memory3: 32 x 5
+ * = 160 memories), over C connections, one thread and one call at a time per
+ * connection.
+ *
+ * Closed loop (default): each connection sends its next call when the last
+ * one returns; latency is send to last memory. Open loop (--rate R): calls
+ * are scheduled at R calls/s over all connections; a call's latency counts
+ * from its scheduled time, so a stalled server is charged for the calls that
+ * queued behind it (no coordinated omission).
+ *
+ * Baselines from the same run: wire_overhead (socket bytes read / payload
+ * bytes - 1) and, with --store DIR (the server's store directory on this
+ * machine, opened read-only beside the running server), raw_round_us: the
+ * raw io_uring O_DIRECT time to read exactly the memories sampled calls
+ * returned, one submission per call (bench_raw_reader, as m3-bench storage).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "m3/client.h"
+#include "m3/error.h"
+
+#define POOL 4096 /* random query vectors drawn from */
+
+typedef struct rpc_args {
+  const char *server, *store, *token_file;
+  unsigned conns, qpc, k;
+  double duration, rate;
+  unsigned long long calls;
+  unsigned warmup;
+  unsigned raw_samples;
+  int timeout_ms;
+  int text;
+  int json;
+  uint64_t seed;
+} rpc_args;
+
+typedef struct rpc_shared {
+  const rpc_args *a;
+  const float *pool; /* (POOL, dim) unit vectors */
+  uint32_t dim;
+  uint64_t t_start, t_end; /* ns; t_end 0 with --calls */
+  double period_ns;        /* open loop: ns between scheduled calls */
+  atomic_ullong issued;    /* --calls: calls claimed */
+  char token[512];
+} rpc_shared;
+
+typedef struct rpc_thread {
+  rpc_shared *sh;
+  unsigned idx;
+  pthread_t tid;
+  m3_client *c;
+  double *lat; /* us per measured call */
+  size_t n, cap;
+  uint64_t calls, errors, memories, payload, wire;
+  uint64_t *sample_ids; /* ids of sampled calls, qpc*k per call (UINT64_MAX: none) */
+  size_t n_samples, max_samples;
+  uint64_t rng;
+  /* current call */
+  uint64_t call_memories, call_payload, *call_ids;
+  int call_failed_items;
+  char err[256];
+} rpc_thread;
+
+static int on_memory(void *ud, const m3_client_memory *m) {
+  rpc_thread *t = ud;
+  if (m->status) {
+    t->call_failed_items++;
+    if (!t->err[0]) snprintf(t->err, sizeof t->err, "%s", m->error);
+    return 0;
+  }
+  t->call_memories++;
+  t->call_payload += m->len;
+  unsigned k = t->sh->a->k;
+  if (t->call_ids && m->query < t->sh->a->qpc && m->rank < k)
+    t->call_ids[(size_t)m->query * k + m->rank] = m->chunk_id;
+  return 0;
+}
+
+static int connect_one(rpc_shared *sh, m3_client **c) {
+  m3_client_options o;
+  m3_client_options_init(&o);
+  o.token = sh->token;
+  o.call_timeout_ms = sh->a->timeout_ms;
+  o.client_name = "m3-bench rpc";
+  return m3_client_connect(sh->a->server, &o, c);
+}
+
+static void sleep_until(uint64_t t_ns) {
+  struct timespec ts = {(time_t)(t_ns / 1000000000ull), (long)(t_ns % 1000000000ull)};
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+  }
+}
+
+static void *rpc_worker(void *arg) {
+  rpc_thread *t = arg;
+  rpc_shared *sh = t->sh;
+  const rpc_args *a = sh->a;
+  size_t per_call = (size_t)a->qpc * a->k;
+  m3_client_query *qs = calloc(a->qpc, sizeof *qs);
+  char (*texts)[48] = a->text ? calloc(a->qpc, sizeof *texts) : NULL;
+  uint64_t *ids = malloc(per_call * sizeof *ids);
+  m3_client_counters c0, c1;
+  m3_client_counters_get(t->c, &c0);
+  uint64_t wire_before = 0;
+  for (uint64_t i = 0;; i++) {
+    int measured = i >= a->warmup;
+    if (i == a->warmup) {
+      if (bench_now_ns() < sh->t_start) sleep_until(sh->t_start);
+      m3_client_counters_get(t->c, &c0);
+      wire_before = 0;
+    }
+    uint64_t sched = 0;
+    if (a->calls && measured && atomic_fetch_add(&sh->issued, 1) >= a->calls) break;
+    if (a->rate > 0 && measured) {
+      uint64_t j = i - a->warmup;
+      sched = sh->t_start + (uint64_t)((double)(j * a->conns + t->idx) * sh->period_ns);
+      if (sh->t_end && sched >= sh->t_end) break;
+      sleep_until(sched);
+    } else if (sh->t_end && measured && bench_now_ns() >= sh->t_end) {
+      break;
+    }
+    for (unsigned q = 0; q < a->qpc; q++) {
+      uint64_t r = bench_rand(&t->rng);
+      if (a->text) {
+        snprintf(texts[q], sizeof texts[q], "synthetic memory %llu",
+                 (unsigned long long)(r % 100000));
+        qs[q] = (m3_client_query){.text = texts[q]};
+      } else {
+        qs[q] = (m3_client_query){.vector = sh->pool + (size_t)(r % POOL) * sh->dim, .dim = sh->dim};
+      }
+    }
+    int sample = measured && t->n_samples < t->max_samples;
+    t->call_ids = sample ? ids : NULL;
+    if (sample)
+      for (size_t x = 0; x < per_call; x++) ids[x] = UINT64_MAX;
+    t->call_memories = t->call_payload = 0;
+    t->call_failed_items = 0;
+    uint64_t t0 = bench_now_ns();
+    int rc = m3_client_retrieve(t->c, qs, a->qpc, a->k, 0, on_memory, t);
+    uint64_t t1 = bench_now_ns();
+    if (!measured) continue;
+    t->calls++;
+    t->memories += t->call_memories;
+    t->payload += t->call_payload;
+    if (rc != 0 || t->call_failed_items) {
+      t->errors++;
+      if (rc && !t->err[0]) {
+        const char *msg;
+        m3_client_last_status(t->c, &msg);
+        snprintf(t->err, sizeof t->err, "%s", msg);
+      }
+      if (!m3_client_ok(t->c)) {
+        /* Count what this connection read, then start a fresh one. */
+        m3_client_counters_get(t->c, &c1);
+        wire_before += c1.bytes_read - c0.bytes_read;
+        m3_client_close(t->c);
+        t->c = NULL;
+        if (connect_one(sh, &t->c) != 0) break;
+        m3_client_counters_get(t->c, &c0);
+      }
+    } else if (sample) {
+      memcpy(t->sample_ids + t->n_samples * per_call, ids, per_call * sizeof *ids);
+      t->n_samples++;
+    }
+    if (t->n == t->cap) {
+      t->cap = t->cap ? t->cap * 2 : 4096;
+      double *nl = realloc(t->lat, t->cap * sizeof *nl);
+      if (nl == NULL) break;
+      t->lat = nl;
+    }
+    t->lat[t->n++] = (double)(t1 - (sched ? sched : t0)) / 1e3;
+  }
+  if (t->c) {
+    m3_client_counters_get(t->c, &c1);
+    wire_before += c1.bytes_read - c0.bytes_read;
+  }
+  t->wire = wire_before;
+  free(qs);
+  free(texts);
+  free(ids);
+  return NULL;
+}
+
+static int cmp_chunk_id(const void *key, const void *elem) {
+  uint64_t k = *(const uint64_t *)key, id = ((const bench_chunk *)elem)->id;
+  return k < id ? -1 : k > id;
+}
+
+/* raw_round_us: time raw O_DIRECT reads of each sampled call's memories. */
+static int raw_rounds(const char *dir, rpc_thread *th, unsigned nth, size_t per_call,
+                      double **out, size_t *nout) {
+  m3_store_options o;
+  m3_store_options_init(&o);
+  o.read_only = 1;
+  m3_store *s;
+  int rc = m3_store_open(dir, &o, &s);
+  if (rc) return bench_fail(dir, rc);
+  bench_chunks cs = {0};
+  bench_raw_reader raw;
+  void **bufs = NULL;
+  const bench_chunk **pick = NULL;
+  size_t total = 0, n = 0;
+  double *us = NULL;
+  if ((rc = m3_store_iterate(s, bench_add_chunk, &cs)) != 0) {
+    rc = bench_fail("iterate", rc);
+    goto out_store;
+  }
+  if (bench_raw_open(&raw, s, &cs, 1, 256) != 0) {
+    rc = 2;
+    goto out_store;
+  }
+  for (unsigned i = 0; i < nth; i++) total += th[i].n_samples;
+  us = malloc((total ? total : 1) * sizeof *us);
+  bufs = calloc(per_call, sizeof *bufs);
+  pick = calloc(per_call, sizeof *pick);
+  size_t bufsz = (m3_record_mem_size(m3_store_layout(s)) + 3 * 4096) / 4096 * 4096;
+  for (size_t i = 0; i < per_call; i++) bufs[i] = aligned_alloc(4096, bufsz);
+  for (unsigned i = 0; i < nth; i++) {
+    for (size_t c = 0; c < th[i].n_samples; c++) {
+      const uint64_t *ids = th[i].sample_ids + c * per_call;
+      size_t m = 0;
+      for (size_t x = 0; x < per_call; x++) {
+        if (ids[x] == UINT64_MAX) continue;
+        const bench_chunk *ch = bsearch(&ids[x], cs.v, cs.n, sizeof *cs.v, cmp_chunk_id);
+        if (ch) pick[m++] = ch;
+      }
+      if (m == 0) continue;
+      uint64_t t0 = bench_now_ns();
+      for (size_t off = 0; off < m; off += 256) {
+        size_t b = m - off < 256 ? m - off : 256;
+        if ((rc = bench_raw_batch(&raw, pick + off, b, bufs + off)) < 0) {
+          fprintf(stderr, "m3-bench rpc: raw read: %s\n", strerror(-rc));
+          rc = 2;
+          goto out_raw;
+        }
+      }
+      us[n++] = (double)(bench_now_ns() - t0) / 1e3;
+    }
+  }
+  rc = 0;
+  *out = us;
+  *nout = n;
+  us = NULL;
+out_raw:
+  bench_raw_close(&raw);
+  for (size_t i = 0; bufs && i < per_call; i++) free(bufs[i]);
+out_store:
+  free(bufs);
+  free(pick);
+  free(us);
+  free(cs.v);
+  m3_store_close(s);
+  return rc;
+}
+
+static void usage(FILE *f) {
+  fputs("usage: m3-bench rpc --server HOST:PORT [--connections 1] [--queries-per-call 32]\n"
+        "                    [-k 5] [--duration 10 | --calls N] [--rate R] [--warmup 20]\n"
+        "                    [--store DIR] [--raw-samples 1000] [--token-file F]\n"
+        "                    [--timeout-ms 10000] [--text] [--seed S] [--json]\n"
+        "Retrieve calls of Q random unit query vectors (the server's embedding_dim;\n"
+        "--text: texts for its embedder) x top-k. Closed loop, or open loop at R calls/s\n"
+        "over all connections with latency from each call's scheduled time. --warmup N\n"
+        "calls per connection are not measured. --store DIR (the server's store, read\n"
+        "beside it) adds raw_round_us: raw io_uring O_DIRECT reads of the memories that\n"
+        "sampled calls returned.\n",
+        f);
+}
+
+int bench_rpc(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"server", required_argument, NULL, 's'},  {"connections", required_argument, NULL, 'c'},
+      {"queries-per-call", required_argument, NULL, 'q'},
+      {"duration", required_argument, NULL, 'd'}, {"calls", required_argument, NULL, 'n'},
+      {"rate", required_argument, NULL, 'r'},     {"store", required_argument, NULL, 'S'},
+      {"token-file", required_argument, NULL, 't'}, {"warmup", required_argument, NULL, 'w'},
+      {"raw-samples", required_argument, NULL, 'R'}, {"timeout-ms", required_argument, NULL, 'T'},
+      {"text", no_argument, NULL, 'x'},           {"seed", required_argument, NULL, 'e'},
+      {"json", no_argument, NULL, 'j'},           {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  rpc_args a = {.conns = 1, .qpc = 32, .k = 5, .duration = 10, .warmup = 20,
+                .raw_samples = 1000, .timeout_ms = 10000, .seed = 42};
+  int c, have_duration = 0;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "hk:", opts, NULL)) != -1) {
+    switch (c) {
+    case 's': a.server = optarg; break;
+    case 'c': a.conns = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'q': a.qpc = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'k': a.k = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'd': a.duration = strtod(optarg, NULL); have_duration = 1; break;
+    case 'n': a.calls = strtoull(optarg, NULL, 10); break;
+    case 'r': a.rate = strtod(optarg, NULL); break;
+    case 'S': a.store = optarg; break;
+    case 't': a.token_file = optarg; break;
+    case 'w': a.warmup = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'R': a.raw_samples = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'T': a.timeout_ms = (int)strtol(optarg, NULL, 10); break;
+    case 'x': a.text = 1; break;
+    case 'e': a.seed = strtoull(optarg, NULL, 10); break;
+    case 'j': a.json = 1; break;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  if (a.server == NULL || a.conns == 0 || a.conns > 1024 || a.qpc == 0 || a.k == 0 ||
+      (have_duration && a.calls) || (!a.calls && !(a.duration > 0)) || a.rate < 0) {
+    fprintf(stderr, "m3-bench rpc: needs --server HOST:PORT, --connections 1..1024, Q and k > 0,\n"
+                    "and one of --duration S > 0 or --calls N (see --help)\n");
+    return 2;
+  }
+  rpc_shared sh = {.a = &a};
+  if (a.token_file) {
+    FILE *f = fopen(a.token_file, "r");
+    if (f == NULL) {
+      fprintf(stderr, "m3-bench rpc: --token-file %s: %s\n", a.token_file, strerror(errno));
+      return 2;
+    }
+    if (fgets(sh.token, sizeof sh.token, f) == NULL) sh.token[0] = '\0';
+    sh.token[strcspn(sh.token, "\r\n")] = '\0';
+    fclose(f);
+  }
+  rpc_thread *th = calloc(a.conns, sizeof *th);
+  size_t per_call = (size_t)a.qpc * a.k;
+  int rc = 0, ex = 0;
+  for (unsigned i = 0; i < a.conns; i++) {
+    th[i] = (rpc_thread){.sh = &sh, .idx = i, .rng = a.seed * 0x9E3779B97F4A7C15ull + i + 1};
+    if ((rc = connect_one(&sh, &th[i].c)) != 0) {
+      ex = bench_fail("connect", rc);
+      goto out;
+    }
+    if (a.store) {
+      th[i].max_samples = (a.raw_samples + a.conns - 1) / a.conns;
+      th[i].sample_ids = malloc(th[i].max_samples * per_call * sizeof(uint64_t));
+    }
+  }
+  const m3_client_info *info = m3_client_info_get(th[0].c);
+  sh.dim = info->layout.emb_dim;
+  if (!a.text && sh.dim == 0) {
+    fprintf(stderr, "m3-bench rpc: m3-server %s announces no embedding_dim; use --text\n",
+            a.server);
+    ex = 2;
+    goto out;
+  }
+  float *pool = malloc((size_t)POOL * (sh.dim ? sh.dim : 1) * sizeof *pool);
+  uint64_t r = a.seed;
+  for (size_t v = 0; v < POOL; v++) {
+    float *e = pool + v * sh.dim;
+    double norm = 0;
+    for (uint32_t d = 0; d < sh.dim; d++) {
+      double g = 0;
+      for (int x = 0; x < 4; x++) g += (double)(bench_rand(&r) >> 11) / 9007199254740992.0 - 0.5;
+      e[d] = (float)g;
+      norm += g * g;
+    }
+    for (uint32_t d = 0; d < sh.dim; d++) e[d] = (float)(e[d] / sqrt(norm > 0 ? norm : 1));
+  }
+  sh.pool = pool;
+  sh.period_ns = a.rate > 0 ? 1e9 / a.rate : 0;
+  /* Warmup runs before t_start; open-loop schedules and the duration count
+   * from it. Threads that finish warmup early wait for their first slot. */
+  uint64_t warm_ns = a.warmup ? 500000000ull : 0;
+  sh.t_start = bench_now_ns() + warm_ns;
+  sh.t_end = a.calls ? 0 : sh.t_start + (uint64_t)(a.duration * 1e9);
+  for (unsigned i = 0; i < a.conns; i++) pthread_create(&th[i].tid, NULL, rpc_worker, &th[i]);
+  for (unsigned i = 0; i < a.conns; i++) pthread_join(th[i].tid, NULL);
+  uint64_t t_done = bench_now_ns();
+  double secs = (double)(t_done - sh.t_start) / 1e9;
+  if (secs <= 0) secs = 1e-9;
+
+  size_t nlat = 0;
+  uint64_t calls = 0, errors = 0, memories = 0, payload = 0, wire = 0;
+  for (unsigned i = 0; i < a.conns; i++) {
+    nlat += th[i].n;
+    calls += th[i].calls;
+    errors += th[i].errors;
+    memories += th[i].memories;
+    payload += th[i].payload;
+    wire += th[i].wire;
+  }
+  double *lat = malloc((nlat ? nlat : 1) * sizeof *lat), sum = 0;
+  size_t p = 0;
+  for (unsigned i = 0; i < a.conns; i++)
+    for (size_t j = 0; j < th[i].n; j++) sum += (lat[p++] = th[i].lat[j]);
+  bench_sort(lat, nlat);
+  double raw50 = 0, raw99 = 0;
+  size_t nraw = 0;
+  if (a.store) {
+    double *raw = NULL;
+    if ((ex = raw_rounds(a.store, th, a.conns, per_call, &raw, &nraw)) != 0) goto out;
+    bench_sort(raw, nraw);
+    raw50 = bench_quantile(raw, nraw, 0.5);
+    raw99 = bench_quantile(raw, nraw, 0.99);
+    free(raw);
+  }
+  double p50 = bench_quantile(lat, nlat, 0.5), p99 = bench_quantile(lat, nlat, 0.99),
+         p999 = bench_quantile(lat, nlat, 0.999);
+  json_t *j = json_pack(
+      "{s:s,s:s,s:i,s:i,s:i,s:f,s:f,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:I,s:f}",
+      "server", a.server, "mode", a.rate > 0 ? "open" : "closed", "connections", (int)a.conns,
+      "queries_per_call", (int)a.qpc, "k", (int)a.k, "rate", a.rate, "seconds", secs, "calls",
+      (json_int_t)calls, "errors", (json_int_t)errors, "memories", (json_int_t)memories,
+      "memories_per_call", calls ? (double)memories / (double)calls : 0.0, "p50_us", p50,
+      "p99_us", p99, "p999_us", p999, "mean_us", nlat ? sum / (double)nlat : 0.0,
+      "calls_per_s", (double)calls / secs, "payload_mb_per_s", (double)payload / 1e6 / secs,
+      "wire_overhead", payload ? (double)wire / (double)payload - 1 : 0.0, "wire_bytes",
+      (json_int_t)wire, "payload_bytes", (json_int_t)payload, "memory_bytes",
+      (double)info->memory_bytes);
+  if (a.store) {
+    json_object_set_new(j, "raw_round_us",
+                        json_pack("{s:f,s:f,s:I}", "p50", raw50, "p99", raw99, "samples",
+                                  (json_int_t)nraw));
+    json_object_set_new(j, "p99_over_raw_p99", json_real(raw99 > 0 ? p99 / raw99 : 0));
+  }
+  for (unsigned i = 0; i < a.conns; i++)
+    if (th[i].err[0]) {
+      json_object_set_new(j, "first_error", json_string(th[i].err));
+      break;
+    }
+  if (a.json) {
+    bench_print_json(j);
+  } else {
+    printf("%s loop, %u connections, %u queries x top-%u per call, %.1f s\n",
+           a.rate > 0 ? "open" : "closed", a.conns, a.qpc, a.k, secs);
+    printf("calls %llu (errors %llu), %.1f calls/s, %.1f MB/s of payload\n",
+           (unsigned long long)calls, (unsigned long long)errors, (double)calls / secs,
+           (double)payload / 1e6 / secs);
+    printf("latency us: p50 %.1f  p99 %.1f  p99.9 %.1f\n", p50, p99, p999);
+    printf("wire overhead %.4f\n", payload ? (double)wire / (double)payload - 1 : 0.0);
+    if (a.store) printf("raw round us: p50 %.1f  p99 %.1f (%zu calls)\n", raw50, raw99, nraw);
+    json_decref(j);
+  }
+  free(lat);
+  free(pool);
+out:
+  for (unsigned i = 0; i < a.conns; i++) {
+    m3_client_close(th[i].c);
+    free(th[i].lat);
+    free(th[i].sample_ids);
+  }
+  free(th);
+  return ex;
+}

@@ -1,0 +1,78 @@
+/*
+ * Inside libm3client: the connection (socket, frame reader and writer,
+ * deadlines) that client_conn.c implements and the calls in client.c use.
+ */
+#ifndef M3_CLIENT_INT_H
+#define M3_CLIENT_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "m3/client.h"
+#include "m3/frame.h"
+
+/* A bump allocator for unpacking protobuf messages: reset per frame, so a
+ * stream of Memory messages does not call malloc per item. Allocations that
+ * do not fit the block go to malloc and are freed at the next reset. */
+typedef struct m3__arena {
+  uint8_t *block;
+  size_t cap, used;
+  void **big; /* malloc'ed overflow allocations */
+  size_t nbig, capbig;
+  size_t want; /* largest total seen: the next block size */
+} m3__arena;
+
+struct m3_client {
+  int fd;
+  char addr[256];
+  m3_client_info info;
+  int timeout_ms;
+  uint32_t max_frame;
+  uint32_t next_stream;
+  int broken;  /* transport failed: every call fails */
+  int goaway;  /* server draining: no new calls */
+  int last_status;
+  char last_msg[640];
+  m3_client_counters ctr;
+
+  uint8_t *rbuf; /* input: frames are parsed in place; rbuf[rpos, rlen) unread */
+  size_t rcap, rpos, rlen;
+  m3_wbuf out;   /* output: out.data[out_off, out.len) not yet written */
+  size_t out_off;
+
+  m3__arena arena;
+  ProtobufCAllocator pb_alloc; /* allocates from arena */
+
+  /* scratch of the query encoder, grown as needed */
+  M3__Query *qv;
+  M3__Query **qp;
+  size_t qcap;
+};
+
+/* Called with each RESPONSE message of the call (unpacked; owned by the
+ * client, valid during the call) and its attachment. Non-zero cancels the
+ * call and is its result. */
+typedef int (*m3__msg_fn)(void *ud, const ProtobufCMessage *msg, const uint8_t *att,
+                          size_t att_len);
+
+/*
+ * Run one call: send REQUEST (req, plus att_len bytes of attachment from
+ * att, sent from the caller's memory), then feed every RESPONSE to fn until
+ * the call ends, fails or passes its deadline (timeout_ms; 0: none). Sets
+ * the last status. Returns 0 or the m3 code described in m3/client.h.
+ */
+int m3__client_call(m3_client *c, m3_method method, const ProtobufCMessage *req,
+                    const void *att, size_t att_len, int timeout_ms, m3__msg_fn fn, void *ud);
+
+/* Open the TCP connection (fd, TCP_NODELAY, non-blocking) to c->addr. */
+int m3__client_dial(m3_client *c, int timeout_ms);
+
+/* Record the call's final status and message (also as m3_errmsg()); returns
+ * the m3 code for it (m3/client.h table). */
+int m3__client_status(m3_client *c, m3_method method, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The m3 code libm3client returns for a gRPC status code. */
+int m3__client_err(int code);
+
+#endif /* M3_CLIENT_INT_H */

@@ -1,0 +1,541 @@
+/*
+ * m3 query, m3 fetch, m3 stats: the m3 commands that talk to an m3-server
+ * through libm3client, one connection per command.
+ *
+ * Exit codes, as the rest of m3: 0 success; 1 the server answered with a
+ * failure status (for the call, or for one of the fetched ids); 2 the
+ * command could not run (bad usage, unreadable file, no connection, Hello
+ * refused).
+ *
+ * Vector files (--vector-file): one query per line, its floats separated by
+ * whitespace (spaces, tabs or commas are not allowed: whitespace only);
+ * blank lines and lines starting with '#' are skipped. Every line must have
+ * the server's embedding_dim values.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "m3/client.h"
+#include "m3/error.h"
+
+#define EXIT_STATUS 1
+#define EXIT_USAGE 2
+
+int m3__cmd_query(int argc, char **argv);
+int m3__cmd_fetch(int argc, char **argv);
+int m3__cmd_stats(int argc, char **argv);
+
+static int print_json(json_t *j) {
+  char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(7));
+  json_decref(j);
+  if (s == NULL) return EXIT_USAGE;
+  puts(s);
+  free(s);
+  return 0;
+}
+
+/* The token is the file's first line, without its newline. */
+static int read_token(const char *path, char *buf, size_t cap) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    fprintf(stderr, "m3: --token-file %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  if (fgets(buf, (int)cap, f) == NULL) buf[0] = '\0';
+  fclose(f);
+  buf[strcspn(buf, "\r\n")] = '\0';
+  return 0;
+}
+
+typedef struct remote_args {
+  const char *server;
+  const char *token_file;
+  const char *text;
+  const char *vector_file;
+  const char *out;
+  int json;
+  int timeout_ms;
+  unsigned k;
+  uint64_t *ids;
+  size_t n_ids;
+} remote_args;
+
+static void usage(const char *cmd) {
+  if (!strcmp(cmd, "query"))
+    fputs("usage: m3 query --server HOST:PORT (--text \"...\" | --vector-file F) [-k 5]\n"
+          "                [--token-file F] [--timeout-ms 10000] [--json]\n"
+          "Retrieve the top-k memories of each query; print ids, scores and chunk texts.\n"
+          "Vector file: one query per line, floats separated by whitespace ('#' comments).\n",
+          stdout);
+  else if (!strcmp(cmd, "fetch"))
+    fputs("usage: m3 fetch --server HOST:PORT --id N [--id M ...] [--out FILE]\n"
+          "                [--token-file F] [--timeout-ms 10000] [--json]\n"
+          "Fetch memories by chunk id: id, payload bytes, CRC check, text. --out writes\n"
+          "the record bytes of the found memories back to back, in --id order.\n",
+          stdout);
+  else
+    fputs("usage: m3 stats --server HOST:PORT [--token-file F] [--timeout-ms 10000] [--json]\n"
+          "The server's Hello (layout, limits) and counters.\n",
+          stdout);
+}
+
+static int parse_args(int argc, char **argv, remote_args *a) {
+  static const struct option opts[] = {
+      {"server", required_argument, NULL, 's'},     {"token-file", required_argument, NULL, 't'},
+      {"text", required_argument, NULL, 'x'},       {"vector-file", required_argument, NULL, 'v'},
+      {"id", required_argument, NULL, 'i'},         {"out", required_argument, NULL, 'o'},
+      {"timeout-ms", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
+      {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0}};
+  memset(a, 0, sizeof *a);
+  a->k = 5;
+  a->timeout_ms = 10000;
+  optind = 1;
+  int c;
+  while ((c = getopt_long(argc, argv, "hk:", opts, NULL)) != -1) {
+    char *end;
+    switch (c) {
+    case 's': a->server = optarg; break;
+    case 't': a->token_file = optarg; break;
+    case 'x': a->text = optarg; break;
+    case 'v': a->vector_file = optarg; break;
+    case 'o': a->out = optarg; break;
+    case 'j': a->json = 1; break;
+    case 'k':
+      a->k = (unsigned)strtoul(optarg, &end, 10);
+      if (*end || a->k == 0) {
+        fprintf(stderr, "m3 %s: -k '%s' is not a positive integer\n", argv[0], optarg);
+        return EXIT_USAGE;
+      }
+      break;
+    case 'T':
+      a->timeout_ms = (int)strtol(optarg, &end, 10);
+      if (*end || a->timeout_ms < 0) {
+        fprintf(stderr, "m3 %s: --timeout-ms '%s' is not a number of ms\n", argv[0], optarg);
+        return EXIT_USAGE;
+      }
+      break;
+    case 'i': {
+      uint64_t id = strtoull(optarg, &end, 10);
+      if (*optarg == '\0' || *end != '\0' || *optarg == '-') {
+        fprintf(stderr, "m3 %s: --id '%s' is not a chunk id (an unsigned integer)\n", argv[0],
+                optarg);
+        return EXIT_USAGE;
+      }
+      uint64_t *v = realloc(a->ids, (a->n_ids + 1) * sizeof *v);
+      if (v == NULL) return EXIT_USAGE;
+      a->ids = v;
+      a->ids[a->n_ids++] = id;
+      break;
+    }
+    case 'h': usage(argv[0]); exit(0);
+    default: usage(argv[0]); return EXIT_USAGE;
+    }
+  }
+  if (optind != argc) {
+    fprintf(stderr, "m3 %s: unexpected argument '%s'\n", argv[0], argv[optind]);
+    return EXIT_USAGE;
+  }
+  if (a->server == NULL) {
+    fprintf(stderr, "m3 %s: needs --server HOST:PORT\n", argv[0]);
+    return EXIT_USAGE;
+  }
+  return 0;
+}
+
+static int connect_server(const char *cmd, const remote_args *a, m3_client **c) {
+  char token[512] = "";
+  if (a->token_file && read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
+  m3_client_options o;
+  m3_client_options_init(&o);
+  o.token = token;
+  o.call_timeout_ms = a->timeout_ms;
+  o.client_name = "m3 cli";
+  int rc = m3_client_connect(a->server, &o, c);
+  if (rc) {
+    fprintf(stderr, "m3 %s: %s: %s\n", cmd, m3_strerror(rc), m3_errmsg());
+    return EXIT_USAGE;
+  }
+  return 0;
+}
+
+/* A call failed: exit 1 when the server answered with a status, 2 when the
+ * connection failed (transport). */
+static int call_failed(const char *cmd, m3_client *c, int rc) {
+  const char *msg;
+  m3_client_last_status(c, &msg);
+  fprintf(stderr, "m3 %s: %s: %s\n", cmd, m3_strerror(rc), *msg ? msg : m3_errmsg());
+  return m3_client_ok(c) ? EXIT_STATUS : EXIT_USAGE;
+}
+
+/* ---- query ---------------------------------------------------------- */
+
+/* Read a vector file into *vecs (nq, dim); malloc'ed, caller frees. */
+static int read_vectors(const char *path, float **vecs, size_t *nq, size_t *dim) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    fprintf(stderr, "m3 query: --vector-file %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  char *line = NULL;
+  size_t lcap = 0, n = 0, d = 0, cap = 0, lineno = 0;
+  float *v = NULL;
+  int rc = 0;
+  while (getline(&line, &lcap, f) > 0) {
+    lineno++;
+    char *p = line;
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p == '#' || *p == '\n' || *p == '\r' || *p == '\0') continue;
+    size_t cnt = 0;
+    for (;;) {
+      while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+      if (*p == '\0') break;
+      char *end;
+      errno = 0;
+      float x = strtof(p, &end);
+      if (end == p || errno == ERANGE ||
+          (*end && *end != ' ' && *end != '\t' && *end != '\r' && *end != '\n')) {
+        fprintf(stderr, "m3 query: %s line %zu: '%.20s' is not a float\n", path, lineno, p);
+        rc = -1;
+        goto out;
+      }
+      if ((n * (d ? d : 0)) + cnt + 1 > cap) {
+        cap = cap ? cap * 2 : 1024;
+        float *nv = realloc(v, cap * sizeof *nv);
+        if (nv == NULL) {
+          rc = -1;
+          goto out;
+        }
+        v = nv;
+      }
+      v[(d ? n * d : 0) + cnt++] = x;
+      p = end;
+    }
+    if (d == 0) d = cnt;
+    if (cnt != d) {
+      fprintf(stderr, "m3 query: %s line %zu: %zu values, the first query had %zu\n", path,
+              lineno, cnt, d);
+      rc = -1;
+      goto out;
+    }
+    n++;
+  }
+  if (n == 0) {
+    fprintf(stderr, "m3 query: %s holds no query vectors\n", path);
+    rc = -1;
+  }
+out:
+  free(line);
+  fclose(f);
+  if (rc) {
+    free(v);
+    return rc;
+  }
+  *vecs = v;
+  *nq = n;
+  *dim = d;
+  return 0;
+}
+
+typedef struct query_hit {
+  uint64_t id;
+  float score;
+  int status;
+  uint32_t bytes;
+  char *text;
+  char *error;
+} query_hit;
+
+typedef struct query_ctx {
+  size_t nq;
+  unsigned k;
+  query_hit *hits; /* (nq, k) */
+  int failed_items;
+} query_ctx;
+
+static int on_query_memory(void *ud, const m3_client_memory *m) {
+  query_ctx *q = ud;
+  if (m->query >= q->nq || m->rank >= q->k) return 0;
+  query_hit *h = &q->hits[(size_t)m->query * q->k + m->rank];
+  h->id = m->chunk_id;
+  h->score = m->score;
+  h->status = m->status;
+  h->bytes = (uint32_t)m->len;
+  free(h->text);
+  free(h->error);
+  h->text = strdup(m->text);
+  h->error = m->status ? strdup(m->error) : NULL;
+  if (m->status) q->failed_items++;
+  return 0;
+}
+
+int m3__cmd_query(int argc, char **argv) {
+  remote_args a;
+  int rc = parse_args(argc, argv, &a), ex = 0;
+  if (rc) return rc;
+  if ((a.text == NULL) == (a.vector_file == NULL)) {
+    fprintf(stderr, "m3 query: needs exactly one of --text \"...\" or --vector-file F\n");
+    return EXIT_USAGE;
+  }
+  float *vecs = NULL;
+  size_t nq = 1, dim = 0;
+  if (a.vector_file && read_vectors(a.vector_file, &vecs, &nq, &dim) != 0) return EXIT_USAGE;
+  m3_client *c = NULL;
+  if ((ex = connect_server("query", &a, &c)) != 0) goto out;
+  const m3_client_info *info = m3_client_info_get(c);
+  if (vecs && dim != info->layout.emb_dim) {
+    fprintf(stderr, "m3 query: %s has %zu-dim vectors; m3-server %s embeds in %u dims\n",
+            a.vector_file, dim, a.server, info->layout.emb_dim);
+    ex = EXIT_USAGE;
+    goto out;
+  }
+  m3_client_query *qs = calloc(nq, sizeof *qs);
+  query_ctx q = {nq, a.k, calloc(nq * a.k, sizeof(query_hit)), 0};
+  for (size_t i = 0; i < nq * a.k; i++) q.hits[i].id = UINT64_MAX;
+  for (size_t i = 0; i < nq; i++) {
+    if (vecs) qs[i] = (m3_client_query){.vector = vecs + i * dim, .dim = (uint32_t)dim};
+    else qs[i] = (m3_client_query){.text = a.text};
+  }
+  rc = m3_client_retrieve(c, qs, nq, a.k, 1, on_query_memory, &q);
+  if (rc) {
+    ex = call_failed("query", c, rc);
+  } else if (a.json) {
+    json_t *arr = json_array();
+    for (size_t i = 0; i < nq; i++) {
+      json_t *res = json_array();
+      for (unsigned r = 0; r < a.k; r++) {
+        query_hit *h = &q.hits[i * a.k + r];
+        if (h->id == UINT64_MAX) continue;
+        json_t *o = json_pack("{s:i,s:I,s:f,s:s,s:i,s:s}", "rank", r, "chunk_id",
+                              (json_int_t)h->id, "score", (double)h->score, "status",
+                              h->status ? m3_err_name(h->status) : "ok", "payload_bytes",
+                              (int)h->bytes, "text", h->text ? h->text : "");
+        if (h->error) json_object_set_new(o, "error", json_string(h->error));
+        json_array_append_new(res, o);
+      }
+      json_array_append_new(arr, json_pack("{s:I,s:o}", "query", (json_int_t)i, "results", res));
+    }
+    print_json(json_pack("{s:s,s:i,s:o}", "server", a.server, "k", a.k, "queries", arr));
+  } else {
+    for (size_t i = 0; i < nq; i++) {
+      printf("query %zu%s%s%s\n", i, a.text ? " \"" : "", a.text ? a.text : "", a.text ? "\"" : "");
+      printf("  %-4s %-20s %-9s %s\n", "rank", "chunk_id", "score", "text");
+      for (unsigned r = 0; r < a.k; r++) {
+        query_hit *h = &q.hits[i * a.k + r];
+        if (h->id == UINT64_MAX) continue;
+        if (h->status)
+          printf("  %-4u %-20llu %-9.5f [%s: %s]\n", r + 1, (unsigned long long)h->id,
+                 (double)h->score, m3_err_name(h->status), h->error);
+        else
+          printf("  %-4u %-20llu %-9.5f %s\n", r + 1, (unsigned long long)h->id,
+                 (double)h->score, h->text);
+      }
+    }
+  }
+  if (rc == 0 && q.failed_items) {
+    fprintf(stderr, "m3 query: %d memories could not be served (see their status)\n",
+            q.failed_items);
+    ex = EXIT_STATUS;
+  }
+  for (size_t i = 0; i < nq * a.k; i++) {
+    free(q.hits[i].text);
+    free(q.hits[i].error);
+  }
+  free(q.hits);
+  free(qs);
+out:
+  m3_client_close(c);
+  free(vecs);
+  free(a.ids);
+  return ex;
+}
+
+/* ---- fetch ---------------------------------------------------------- */
+
+typedef struct fetch_ctx {
+  size_t n;
+  json_t **items; /* by id index */
+  uint8_t **data;
+  size_t *len;
+  int failed;
+  int json;
+} fetch_ctx;
+
+static int on_fetch_memory(void *ud, const m3_client_memory *m) {
+  fetch_ctx *f = ud;
+  if (m->query >= f->n) return 0;
+  if (m->status) f->failed++;
+  const char *crc = m->status == 0 ? "ok" : m->status == M3_ECORRUPT ? "mismatch" : "n/a";
+  json_t *o = json_pack("{s:I,s:s,s:I,s:s,s:s}", "chunk_id", (json_int_t)m->chunk_id, "status",
+                        m->status ? m3_err_name(m->status) : "ok", "payload_bytes",
+                        (json_int_t)m->len, "crc", crc, "text", m->text);
+  if (m->status) json_object_set_new(o, "error", json_string(m->error));
+  if (m->record) {
+    json_object_set_new(o, "chunk_len", json_integer(m->record->chunk_len));
+  }
+  json_decref(f->items[m->query]);
+  f->items[m->query] = o;
+  if (m->data) {
+    free(f->data[m->query]);
+    f->data[m->query] = malloc(m->len);
+    if (f->data[m->query]) memcpy(f->data[m->query], m->data, m->len);
+    f->len[m->query] = m->len;
+  }
+  return 0;
+}
+
+int m3__cmd_fetch(int argc, char **argv) {
+  remote_args a;
+  int rc = parse_args(argc, argv, &a), ex = 0;
+  if (rc) return rc;
+  if (a.n_ids == 0) {
+    fprintf(stderr, "m3 fetch: needs at least one --id N\n");
+    free(a.ids);
+    return EXIT_USAGE;
+  }
+  m3_client *c = NULL;
+  fetch_ctx f = {a.n_ids, calloc(a.n_ids, sizeof(json_t *)), calloc(a.n_ids, sizeof(uint8_t *)),
+                 calloc(a.n_ids, sizeof(size_t)), 0, a.json};
+  if ((ex = connect_server("fetch", &a, &c)) != 0) goto out;
+  rc = m3_client_fetch(c, a.ids, a.n_ids, 1, on_fetch_memory, &f);
+  if (rc) {
+    ex = call_failed("fetch", c, rc);
+    goto out;
+  }
+  if (a.out) {
+    FILE *o = fopen(a.out, "wb");
+    if (o == NULL) {
+      fprintf(stderr, "m3 fetch: --out %s: %s\n", a.out, strerror(errno));
+      ex = EXIT_USAGE;
+      goto out;
+    }
+    for (size_t i = 0; i < a.n_ids; i++)
+      if (f.data[i] && fwrite(f.data[i], 1, f.len[i], o) != f.len[i]) ex = EXIT_USAGE;
+    if (fclose(o) != 0 || ex) {
+      fprintf(stderr, "m3 fetch: writing %s: %s\n", a.out, strerror(errno));
+      ex = EXIT_USAGE;
+      goto out;
+    }
+  }
+  json_t *arr = json_array();
+  for (size_t i = 0; i < a.n_ids; i++) {
+    if (f.items[i] == NULL) {
+      /* The stream ended without this id: the server owes an answer. */
+      f.items[i] = json_pack("{s:I,s:s,s:s}", "chunk_id", (json_int_t)a.ids[i], "status",
+                             "M3_EIO", "error", "the server sent nothing for this id");
+      f.failed++;
+    }
+    json_array_append(arr, f.items[i]);
+  }
+  if (a.json) {
+    print_json(json_pack("{s:s,s:o}", "server", a.server, "memories", arr));
+  } else {
+    for (size_t i = 0; i < a.n_ids; i++) {
+      json_t *o = f.items[i];
+      const char *st = json_string_value(json_object_get(o, "status"));
+      printf("chunk_id      %llu\n", (unsigned long long)a.ids[i]);
+      printf("status        %s\n", st);
+      if (!strcmp(st, "ok")) {
+        printf("payload_bytes %lld\n", (long long)json_integer_value(json_object_get(o, "payload_bytes")));
+        printf("crc           %s\n", json_string_value(json_object_get(o, "crc")));
+        printf("text          %s\n", json_string_value(json_object_get(o, "text")));
+      } else {
+        printf("error         %s\n", json_string_value(json_object_get(o, "error")));
+      }
+      if (i + 1 < a.n_ids) putchar('\n');
+    }
+    json_decref(arr);
+  }
+  if (f.failed) {
+    fprintf(stderr, "m3 fetch: %d of %zu ids failed (see their status)\n", f.failed, a.n_ids);
+    ex = EXIT_STATUS;
+  }
+out:
+  for (size_t i = 0; i < a.n_ids; i++) {
+    json_decref(f.items[i]);
+    free(f.data[i]);
+  }
+  free(f.items);
+  free(f.data);
+  free(f.len);
+  m3_client_close(c);
+  free(a.ids);
+  return ex;
+}
+
+/* ---- stats ---------------------------------------------------------- */
+
+int m3__cmd_stats(int argc, char **argv) {
+  remote_args a;
+  int rc = parse_args(argc, argv, &a), ex = 0;
+  if (rc) return rc;
+  m3_client *c = NULL;
+  if ((ex = connect_server("stats", &a, &c)) != 0) goto out;
+  m3_client_stats st;
+  if ((rc = m3_client_stats_get(c, &st)) != 0) {
+    ex = call_failed("stats", c, rc);
+    goto out;
+  }
+  const m3_client_info *in = m3_client_info_get(c);
+  const m3_layout *l = &in->layout;
+  char fp[20], shape[64];
+  snprintf(fp, sizeof fp, "%016llx", (unsigned long long)l->codec_fp);
+  m3_spec_format(&l->spec, shape, sizeof shape);
+  if (a.json) {
+    json_t *methods = json_array();
+    for (size_t i = 0; i < st.n_methods; i++)
+      json_array_append_new(methods, json_pack("{s:s,s:I,s:I}", "method", st.methods[i].method,
+                                               "calls", (json_int_t)st.methods[i].calls,
+                                               "errors", (json_int_t)st.methods[i].errors));
+    json_t *hello = json_pack(
+        "{s:s,s:i,s:s,s:i,s:i,s:s,s:i,s:i,s:b,s:i}", "server_name", in->server_name,
+        "protocol_version", (int)in->protocol_version, "shape", shape, "codec_kind",
+        l->codec_kind, "code_bytes", l->code_bytes, "codec_fingerprint", fp, "embedding_dim",
+        l->emb_dim, "memory_bytes", (int)in->memory_bytes, "admin", in->admin, "shard",
+        (int)in->shard);
+    json_t *limits = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "max_frame_bytes",
+                               (json_int_t)in->max_frame_bytes, "max_inflight_calls",
+                               (json_int_t)in->max_inflight_calls, "max_queries_per_call",
+                               (json_int_t)in->max_queries_per_call, "max_k",
+                               (json_int_t)in->max_k, "max_ids_per_call",
+                               (json_int_t)in->max_ids_per_call, "idle_timeout_ms",
+                               (json_int_t)in->idle_timeout_ms);
+    print_json(json_pack(
+        "{s:s,s:o,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:I,s:I,s:o}", "server", a.server,
+        "hello", hello, "limits", limits, "records", (json_int_t)st.records, "segment_bytes",
+        (json_int_t)st.segment_bytes, "connections", (json_int_t)st.connections, "calls",
+        (json_int_t)st.calls, "memories_served", (json_int_t)st.memories_served,
+        "payload_bytes_served", (json_int_t)st.payload_bytes_served, "cache_hits",
+        (json_int_t)st.cache_hits, "cache_misses", (json_int_t)st.cache_misses, "io_backend",
+        st.io_backend, "uptime_ms", (json_int_t)st.uptime_ms, "index_vectors",
+        (json_int_t)st.index_vectors, "methods", methods));
+  } else {
+    printf("server          %s (%s), protocol %u%s\n", a.server, in->server_name,
+           in->protocol_version, in->admin ? ", admin token" : "");
+    printf("layout          %s, codec %u, %u bytes per vector, fingerprint %s\n", shape,
+           l->codec_kind, l->code_bytes, fp);
+    printf("memory          %u bytes per record; embeddings %u dims\n", in->memory_bytes,
+           l->emb_dim);
+    printf("records         %llu (index %llu vectors)\n", (unsigned long long)st.records,
+           (unsigned long long)st.index_vectors);
+    printf("segment_bytes   %llu\n", (unsigned long long)st.segment_bytes);
+    printf("io_backend      %s\n", st.io_backend);
+    printf("uptime          %.1f s\n", (double)st.uptime_ms / 1e3);
+    printf("connections     %llu\n", (unsigned long long)st.connections);
+    printf("calls           %llu\n", (unsigned long long)st.calls);
+    printf("memories_served %llu (%llu payload bytes)\n", (unsigned long long)st.memories_served,
+           (unsigned long long)st.payload_bytes_served);
+    printf("cache           %llu hits, %llu misses\n", (unsigned long long)st.cache_hits,
+           (unsigned long long)st.cache_misses);
+    for (size_t i = 0; i < st.n_methods; i++)
+      printf("  %-12s %llu calls, %llu errors\n", st.methods[i].method,
+             (unsigned long long)st.methods[i].calls, (unsigned long long)st.methods[i].errors);
+  }
+out:
+  m3_client_close(c);
+  free(a.ids);
+  return ex;
+}

@@ -1,0 +1,356 @@
+/*
+ * Connections: accept, frame reassembly, writes with backpressure, timeouts,
+ * and the life cycle of calls. A connection whose queued writes pass the
+ * high-water mark stops being read (a client that does not read cannot make
+ * the server buffer without bound); a frame that breaks framing closes it; a
+ * frame that is well framed but wrong gets an END with a status and the
+ * connection goes on.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "m3/error.h"
+#include "m3/log.h"
+#include "server.h"
+
+uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void conn_unref(conn *c);
+
+/* ---- writes --------------------------------------------------------- */
+
+typedef struct wreq {
+  uv_write_t req;
+  conn *c;
+  call *cl;       /* may be NULL */
+  size_t bytes;
+  uv_buf_t bufs[2];
+  uint8_t data[]; /* header + message */
+} wreq;
+
+static void resume_reading(conn *c);
+
+static void on_write(uv_write_t *req, int status) {
+  wreq *w = (wreq *)req;
+  conn *c = w->c;
+  c->queued -= w->bytes;
+  c->s->m.bytes_out += status == 0 ? w->bytes : 0;
+  c->last_activity_ns = now_ns();
+  if (w->cl) {
+    w->cl->writes--;
+    call_maybe_free(w->cl);
+  }
+  free(w);
+  if (status < 0 && !c->closing) {
+    M3_DEBUG("server", "%s: write failed: %s", c->peer, uv_strerror(status));
+    conn_close(c);
+  } else if (!c->closing && !c->reading && c->queued < c->s->cfg.write_high_water / 2) {
+    resume_reading(c);
+  }
+  conn_unref(c);
+}
+
+int conn_send(conn *c, call *cl, m3_frame *f, const ProtobufCMessage *msg, const void *att,
+              size_t att_len) {
+  if (c->closing) return M3_EIO;
+  size_t mlen = msg ? protobuf_c_message_get_packed_size(msg) : 0;
+  wreq *w = malloc(sizeof *w + M3_FRAME_HEADER_SIZE + mlen);
+  if (w == NULL) return M3_ENOMEM;
+  f->msg_len = (uint32_t)mlen;
+  f->att_len = (uint32_t)att_len;
+  m3_frame_encode(w->data, f);
+  if (mlen) protobuf_c_message_pack(msg, w->data + M3_FRAME_HEADER_SIZE);
+  w->c = c;
+  w->cl = cl;
+  w->bytes = M3_FRAME_HEADER_SIZE + mlen + att_len;
+  w->bufs[0] = uv_buf_init((char *)w->data, (unsigned)(M3_FRAME_HEADER_SIZE + mlen));
+  /* The attachment goes out from the call's own buffer: no copy. The call
+   * stays alive until this write completes. */
+  w->bufs[1] = uv_buf_init((char *)att, (unsigned)att_len);
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, att_len ? 2 : 1, on_write);
+  if (rc < 0) {
+    free(w);
+    return M3_EIO;
+  }
+  c->refs++;
+  if (cl) cl->writes++;
+  c->queued += w->bytes;
+  if (c->reading && c->queued > c->s->cfg.write_high_water) {
+    /* Backpressure: stop reading requests from a client that is not
+     * reading its answers. */
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  return 0;
+}
+
+/* ---- calls ---------------------------------------------------------- */
+
+static void timer_closed(uv_handle_t *h) {
+  call *cl = h->data;
+  cl->timer_on = 0;
+  call_maybe_free(cl);
+}
+
+static void finish(call *cl, int code) {
+  cl->ended = 1;
+  server *s = cl->c->s;
+  s->inflight--;
+  metrics_observe(&s->m, cl->method, code, (double)(now_ns() - cl->t0_ns) / 1e9);
+  if (cl->timer_on == 1) {
+    uv_timer_stop(&cl->deadline);
+    cl->timer_on = 2; /* closing */
+    uv_close((uv_handle_t *)&cl->deadline, timer_closed);
+  }
+}
+
+void call_end(call *cl, int code, const char *fmt, ...) {
+  if (cl->ended) return;
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  M3__Status st = M3__STATUS__INIT;
+  st.code = (M3__StatusCode)code;
+  st.message = msg;
+  m3_frame f = {M3_FRAME_END, 0, cl->method, cl->stream, 0, 0, (uint32_t)code};
+  conn_send(cl->c, cl, &f, &st.base, NULL, 0);
+  if (code != 0)
+    M3_DEBUG("server", "%s stream %u %s: %s: %s", cl->c->peer, cl->stream,
+             m3_methods[cl->method].name, m3_status_name(code), msg);
+  finish(cl, code);
+}
+
+void call_reply(call *cl, const ProtobufCMessage *msg) {
+  if (cl->ended) return;
+  m3_frame f = {M3_FRAME_RESPONSE, M3_FRAME_FLAG_END, cl->method, cl->stream, 0, 0, 0};
+  if (conn_send(cl->c, cl, &f, msg, NULL, 0) != 0) {
+    finish(cl, M3__STATUS_CODE__UNAVAILABLE);
+    return;
+  }
+  finish(cl, 0);
+}
+
+static void call_free(call *cl) {
+  conn *c = cl->c;
+  if (cl->prev) cl->prev->next = cl->next;
+  else c->calls = cl->next;
+  if (cl->next) cl->next->prev = cl->prev;
+  c->ncalls--;
+  if (cl->req) protobuf_c_message_free_unpacked(cl->req, NULL);
+  if (cl->texts)
+    for (size_t i = 0; i < cl->nids; i++) free(cl->texts[i]);
+  free(cl->texts);
+  free(cl->queries);
+  free(cl->ids);
+  free(cl->scores);
+  free(cl->attach);
+  free(cl->items);
+  free(cl->arena);
+  free(cl);
+  conn_unref(c);
+}
+
+void call_maybe_free(call *cl) {
+  if (cl->ended && !cl->working && cl->writes == 0 && cl->timer_on == 0) call_free(cl);
+}
+
+/* ---- connection ----------------------------------------------------- */
+
+static void conn_freed(uv_handle_t *h) {
+  conn *c = h->data;
+  conn_unref(c);
+}
+
+static void idle_closed(uv_handle_t *h) {
+  conn *c = h->data;
+  conn_unref(c);
+}
+
+static void conn_unref(conn *c) {
+  if (--c->refs > 0) return;
+  free(c->rbuf);
+  free(c);
+}
+
+void conn_close(conn *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  server *s = c->s;
+  if (c->prev) c->prev->next = c->next;
+  else s->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  s->nconns--;
+  /* Calls still working finish quietly: their results are dropped. */
+  for (call *cl = c->calls, *next; cl; cl = next) {
+    next = cl->next;
+    if (!cl->ended) finish(cl, M3__STATUS_CODE__CANCELLED);
+    call_maybe_free(cl);
+  }
+  uv_timer_stop(&c->idle);
+  uv_close((uv_handle_t *)&c->idle, idle_closed);
+  uv_close((uv_handle_t *)&c->tcp, conn_freed);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  conn *c = h->data;
+  size_t want = suggested < 65536 ? 65536 : suggested;
+  if (c->rcap - c->rlen < want) {
+    size_t cap = c->rcap ? c->rcap : 65536;
+    while (cap - c->rlen < want) cap *= 2;
+    uint8_t *p = realloc(c->rbuf, cap);
+    if (p == NULL) {
+      *buf = uv_buf_init(NULL, 0);
+      return;
+    }
+    c->rbuf = p;
+    c->rcap = cap;
+  }
+  *buf = uv_buf_init((char *)c->rbuf + c->rlen, (unsigned)(c->rcap - c->rlen));
+}
+
+/* Framing is lost or the peer broke the protocol: say why and hang up. */
+static void protocol_error(conn *c, const char *why) {
+  c->s->m.bad_frames++;
+  M3_WARN("server", "%s: closing connection: %s", c->peer, why);
+  M3__Status st = M3__STATUS__INIT;
+  st.code = M3__STATUS_CODE__INVALID_ARGUMENT;
+  st.message = (char *)why;
+  m3_frame f = {M3_FRAME_GOAWAY, 0, 0, 0, 0, 0, M3__STATUS_CODE__INVALID_ARGUMENT};
+  conn_send(c, NULL, &f, &st.base, NULL, 0);
+  conn_close(c);
+}
+
+static void process(conn *c) {
+  size_t off = 0;
+  while (!c->closing && c->rlen - off >= M3_FRAME_HEADER_SIZE) {
+    m3_frame f;
+    int rc = m3_frame_decode(c->rbuf + off, c->s->cfg.max_frame_bytes, &f);
+    if (rc == M3_ERANGE) {
+      /* The header is sound, so the client learns which call was too big. */
+      M3__Status st = M3__STATUS__INIT;
+      st.code = M3__STATUS_CODE__RESOURCE_EXHAUSTED;
+      st.message = (char *)m3_errmsg();
+      m3_frame e = {M3_FRAME_END, 0, f.method, f.stream, 0, 0, M3__STATUS_CODE__RESOURCE_EXHAUSTED};
+      conn_send(c, NULL, &e, &st.base, NULL, 0);
+      protocol_error(c, m3_errmsg());
+      return;
+    }
+    if (rc != 0) {
+      protocol_error(c, m3_errmsg());
+      return;
+    }
+    size_t total = M3_FRAME_HEADER_SIZE + (size_t)f.msg_len + f.att_len;
+    if (c->rlen - off < total) break;
+    const uint8_t *msg = c->rbuf + off + M3_FRAME_HEADER_SIZE;
+    call_dispatch(c, &f, msg, msg + f.msg_len);
+    off += total;
+  }
+  if (off && !c->closing) {
+    memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+    c->rlen -= off;
+  }
+}
+
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  conn *c = st->data;
+  (void)buf;
+  if (n < 0) {
+    if (n != UV_EOF) M3_DEBUG("server", "%s: read: %s", c->peer, uv_strerror((int)n));
+    conn_close(c);
+    return;
+  }
+  c->rlen += (size_t)n;
+  c->s->m.bytes_in += (uint64_t)n;
+  c->last_activity_ns = now_ns();
+  process(c);
+}
+
+static void resume_reading(conn *c) {
+  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
+}
+
+static void on_idle(uv_timer_t *t) {
+  conn *c = t->data;
+  server *s = c->s;
+  uint64_t now = now_ns(), idle_ms = (now - c->last_activity_ns) / 1000000;
+  if (!c->hello && idle_ms >= s->cfg.handshake_timeout_ms) {
+    M3_INFO("server", "%s: no Hello within %u ms: closing", c->peer, s->cfg.handshake_timeout_ms);
+    conn_close(c);
+  } else if (c->queued > 0 && idle_ms >= s->cfg.idle_timeout_ms) {
+    M3_WARN("server", "%s: client has not read %zu queued bytes for %llu ms: closing", c->peer,
+            c->queued, (unsigned long long)idle_ms);
+    conn_close(c);
+  } else if (c->ncalls == 0 && idle_ms >= s->cfg.idle_timeout_ms) {
+    M3_DEBUG("server", "%s: idle for %llu ms: closing", c->peer, (unsigned long long)idle_ms);
+    conn_close(c);
+  }
+}
+
+void conn_accept(server *s, uv_stream_t *listener) {
+  conn *c = calloc(1, sizeof *c);
+  if (c == NULL) return;
+  c->s = s;
+  uv_tcp_init(s->loop, &c->tcp);
+  c->tcp.data = c;
+  c->refs = 2; /* tcp handle + idle timer */
+  uv_timer_init(s->loop, &c->idle);
+  c->idle.data = c;
+  if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->idle, idle_closed);
+    uv_close((uv_handle_t *)&c->tcp, conn_freed);
+    return;
+  }
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  char host[48] = "?";
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    if (ss.ss_family == AF_INET) {
+      uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
+      snprintf(c->peer, sizeof c->peer, "%s:%u", host, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    } else {
+      uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
+      snprintf(c->peer, sizeof c->peer, "[%s]:%u", host, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+    }
+  }
+  if (s->draining || s->nconns >= s->cfg.max_connections) {
+    s->m.connections_refused++;
+    M3_WARN("server", "%s: refused: %s", c->peer,
+            s->draining ? "draining" : "too many connections");
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->idle, idle_closed);
+    uv_close((uv_handle_t *)&c->tcp, conn_freed);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  s->m.connections_accepted++;
+  c->next = s->conns;
+  if (s->conns) s->conns->prev = c;
+  s->conns = c;
+  s->nconns++;
+  c->last_activity_ns = now_ns();
+  unsigned tick = s->cfg.handshake_timeout_ms < s->cfg.idle_timeout_ms ? s->cfg.handshake_timeout_ms
+                                                                       : s->cfg.idle_timeout_ms;
+  tick = tick / 4 ? tick / 4 : 1;
+  uv_timer_start(&c->idle, on_idle, tick, tick);
+  resume_reading(c);
+}
+
+void server_goaway_all(server *s) {
+  for (conn *c = s->conns; c; c = c->next) {
+    M3__Status st = M3__STATUS__INIT;
+    st.code = M3__STATUS_CODE__UNAVAILABLE;
+    st.message = "server is draining";
+    m3_frame f = {M3_FRAME_GOAWAY, 0, 0, 0, 0, 0, M3__STATUS_CODE__UNAVAILABLE};
+    conn_send(c, NULL, &f, &st.base, NULL, 0);
+  }
+}

@@ -1,0 +1,126 @@
+/*
+ * The HTTP port: Prometheus /metrics, /healthz (the process is up) and
+ * /readyz (it serves calls: store and index open, not draining). A deliberately
+ * small HTTP/1.1 responder: GET only, one request per connection.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "m3/log.h"
+#include "server.h"
+
+typedef struct http_conn {
+  uv_tcp_t tcp;
+  server *s;
+  char buf[4096];
+  size_t len;
+  uv_write_t wreq;
+  char *out;
+} http_conn;
+
+static void http_closed(uv_handle_t *h) {
+  http_conn *hc = h->data;
+  free(hc->out);
+  free(hc);
+}
+
+static void http_written(uv_write_t *w, int status) {
+  (void)status;
+  http_conn *hc = w->data;
+  uv_close((uv_handle_t *)&hc->tcp, http_closed);
+}
+
+static void respond(http_conn *hc, int code, const char *reason, const char *ctype,
+                    const char *body, size_t blen) {
+  size_t cap = blen + 256;
+  hc->out = malloc(cap);
+  if (hc->out == NULL) {
+    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+    return;
+  }
+  int n = snprintf(hc->out, cap,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                   "Connection: close\r\n\r\n",
+                   code, reason, ctype, blen);
+  memcpy(hc->out + n, body, blen);
+  uv_buf_t b = uv_buf_init(hc->out, (unsigned)(n + blen));
+  uv_read_stop((uv_stream_t *)&hc->tcp);
+  hc->wreq.data = hc;
+  if (uv_write(&hc->wreq, (uv_stream_t *)&hc->tcp, &b, 1, http_written) != 0)
+    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+}
+
+static void handle(http_conn *hc) {
+  server *s = hc->s;
+  char method[8], path[256];
+  if (sscanf(hc->buf, "%7s %255s", method, path) != 2) {
+    respond(hc, 400, "Bad Request", "text/plain", "bad request\n", 12);
+    return;
+  }
+  char *q = strchr(path, '?');
+  if (q) *q = '\0';
+  if (strcmp(method, "GET") != 0) {
+    respond(hc, 405, "Method Not Allowed", "text/plain", "GET only\n", 9);
+  } else if (!strcmp(path, "/metrics")) {
+    metrics_gauges g = {0};
+    g.connections = s->nconns;
+    g.inflight = s->inflight;
+    g.records = s->records;
+    g.segment_bytes = m3_store_segment_bytes(s->store);
+    g.index_vectors = s->index ? m3_index_count(s->index) : 0;
+    m3_store_cache_counters(s->store, &g.cache_hits, &g.cache_misses, &g.cache_bytes);
+    g.uptime_s = (now_ns() - s->started_ns) / 1000000000ull;
+    g.draining = (uint64_t)s->draining;
+    g.io_backend = m3_store_io_backend(s->store);
+    size_t len;
+    char *text = metrics_render(&s->m, &g, &len);
+    respond(hc, 200, "OK", "text/plain; version=0.0.4", text ? text : "", text ? len : 0);
+    free(text);
+  } else if (!strcmp(path, "/healthz")) {
+    respond(hc, 200, "OK", "text/plain", "ok\n", 3);
+  } else if (!strcmp(path, "/readyz")) {
+    if (s->draining) respond(hc, 503, "Service Unavailable", "text/plain", "draining\n", 9);
+    else respond(hc, 200, "OK", "text/plain", "ready\n", 6);
+  } else {
+    respond(hc, 404, "Not Found", "text/plain", "not found\n", 10);
+  }
+}
+
+static void http_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  http_conn *hc = h->data;
+  *buf = uv_buf_init(hc->buf + hc->len, (unsigned)(sizeof hc->buf - 1 - hc->len));
+}
+
+static void http_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  (void)buf;
+  http_conn *hc = st->data;
+  if (n < 0) {
+    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+    return;
+  }
+  hc->len += (size_t)n;
+  hc->buf[hc->len] = '\0';
+  if (strstr(hc->buf, "\r\n\r\n") || strstr(hc->buf, "\n\n")) handle(hc);
+  else if (hc->len >= sizeof hc->buf - 1)
+    respond(hc, 431, "Request Header Fields Too Large", "text/plain", "too large\n", 10);
+}
+
+static void http_accept(uv_stream_t *l, int status) {
+  if (status < 0) return;
+  server *s = l->data;
+  http_conn *hc = calloc(1, sizeof *hc);
+  if (hc == NULL) return;
+  hc->s = s;
+  uv_tcp_init(s->loop, &hc->tcp);
+  hc->tcp.data = hc;
+  if (uv_accept(l, (uv_stream_t *)&hc->tcp) != 0 ||
+      uv_read_start((uv_stream_t *)&hc->tcp, http_alloc, http_read) != 0)
+    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+}
+
+int http_start(server *s) {
+  s->http_listener.data = s;
+  return uv_listen((uv_stream_t *)&s->http_listener, 64, http_accept);
+}

@@ -1,0 +1,401 @@
+/*
+ * m3-server: serves one store (one shard) to inference workers over the m3
+ * protocol (docs/PROTOCOL.md), with Prometheus metrics on an HTTP port.
+ *
+ * Configuration: defaults, then the config file (--config, `key = value`
+ * lines with the long option names), then command-line flags: flags win.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "m3/error.h"
+#include "m3/log.h"
+#include "server.h"
+
+static const char *usage_text =
+    "usage: m3-server --store DIR [options]\n"
+    "\n"
+    "  --store DIR               the store to serve (required)\n"
+    "  --listen HOST:PORT        RPC address (127.0.0.1:7600; port 0 picks a free one)\n"
+    "  --http HOST:PORT          /metrics, /healthz, /readyz (127.0.0.1:7601; 'off' disables)\n"
+    "  --config FILE             `key = value` lines with these option names; flags win\n"
+    "  --token-file F            read token (first line); clients without it are refused\n"
+    "  --admin-token-file F      admin token for Put and Delete (off without it)\n"
+    "  --port-file F             write the bound ports (\"rpc=N http=M\") once listening\n"
+    "  --index STR               FAISS index_factory string of the retrieval index (IDMap,Flat)\n"
+    "  --cache-mb N              hot-memory cache (256)\n"
+    "  --direct                  read memories with O_DIRECT\n"
+    "  --max-connections N       (1024)\n"
+    "  --max-frame-mb N          (64)\n"
+    "  --max-inflight N          calls per connection (64)\n"
+    "  --max-queries N           queries per call (256)\n"
+    "  --max-k N                 (64)\n"
+    "  --max-ids N               ids per Fetch (4096)\n"
+    "  --idle-timeout-ms N       close idle or non-reading connections (60000)\n"
+    "  --handshake-timeout-ms N  time to send Hello (5000)\n"
+    "  --default-timeout-ms N    deadline of calls that set none (30000)\n"
+    "  --drain-timeout-ms N      on SIGTERM, wait this long for calls (10000)\n"
+    "  --write-high-water-mb N   stop reading a connection with more queued (16)\n"
+    "  --shard N                 shard number announced in Hello (0)\n"
+    "  --name NAME               server name announced in Hello\n"
+    "  -h, --help\n"
+    "\n"
+    "SIGTERM or SIGINT: stop accepting, finish in-flight calls, exit 0.\n";
+
+void server_config_defaults(server_config *c) {
+  memset(c, 0, sizeof *c);
+  c->listen = "127.0.0.1:7600";
+  c->http = "127.0.0.1:7601";
+  c->index_factory = "IDMap,Flat";
+  c->name = "m3-server";
+  c->max_connections = 1024;
+  c->max_frame_bytes = 64u << 20;
+  c->max_inflight = 64;
+  c->max_queries = 256;
+  c->max_k = 64;
+  c->max_ids = 4096;
+  c->idle_timeout_ms = 60000;
+  c->handshake_timeout_ms = 5000;
+  c->default_timeout_ms = 30000;
+  c->drain_timeout_ms = 10000;
+  c->write_high_water = 16u << 20;
+  c->cache_bytes = 256u << 20;
+}
+
+static const struct option opts[] = {
+    {"store", required_argument, NULL, 's'},
+    {"listen", required_argument, NULL, 'l'},
+    {"http", required_argument, NULL, 'H'},
+    {"config", required_argument, NULL, 'c'},
+    {"token-file", required_argument, NULL, 't'},
+    {"admin-token-file", required_argument, NULL, 'a'},
+    {"port-file", required_argument, NULL, 'p'},
+    {"index", required_argument, NULL, 'i'},
+    {"cache-mb", required_argument, NULL, 1},
+    {"direct", no_argument, NULL, 2},
+    {"max-connections", required_argument, NULL, 3},
+    {"max-frame-mb", required_argument, NULL, 4},
+    {"max-inflight", required_argument, NULL, 5},
+    {"max-queries", required_argument, NULL, 6},
+    {"max-k", required_argument, NULL, 7},
+    {"max-ids", required_argument, NULL, 8},
+    {"idle-timeout-ms", required_argument, NULL, 9},
+    {"handshake-timeout-ms", required_argument, NULL, 10},
+    {"default-timeout-ms", required_argument, NULL, 11},
+    {"drain-timeout-ms", required_argument, NULL, 12},
+    {"write-high-water-mb", required_argument, NULL, 13},
+    {"shard", required_argument, NULL, 14},
+    {"name", required_argument, NULL, 15},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0}};
+
+/* Parse an unsigned option value; exits with a message naming it. */
+static unsigned long num(const char *name, const char *v, const char *where) {
+  char *end;
+  errno = 0;
+  unsigned long x = strtoul(v, &end, 10);
+  if (*v == '\0' || *end != '\0' || errno || x > 0xFFFFFFFFul) {
+    fprintf(stderr, "m3-server: %s%s--%s: '%s' is not a number\n", where ? where : "",
+            where ? ": " : "", name, v);
+    exit(2);
+  }
+  return x;
+}
+
+/* Apply one option (from a flag or a config line). where: "FILE:LINE" or NULL. */
+static void apply(server_config *c, int id, const char *name, const char *v, const char *where) {
+  switch (id) {
+  case 's': c->store_dir = v; break;
+  case 'l': c->listen = v; break;
+  case 'H': c->http = v; break;
+  case 't': c->token_file = v; break;
+  case 'a': c->admin_token_file = v; break;
+  case 'p': c->port_file = v; break;
+  case 'i': c->index_factory = v; break;
+  case 1: c->cache_bytes = (size_t)num(name, v, where) << 20; break;
+  case 2: c->direct = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes"); break;
+  case 3: c->max_connections = (unsigned)num(name, v, where); break;
+  case 4: c->max_frame_bytes = (unsigned)num(name, v, where) << 20; break;
+  case 5: c->max_inflight = (unsigned)num(name, v, where); break;
+  case 6: c->max_queries = (unsigned)num(name, v, where); break;
+  case 7: c->max_k = (unsigned)num(name, v, where); break;
+  case 8: c->max_ids = (unsigned)num(name, v, where); break;
+  case 9: c->idle_timeout_ms = (unsigned)num(name, v, where); break;
+  case 10: c->handshake_timeout_ms = (unsigned)num(name, v, where); break;
+  case 11: c->default_timeout_ms = (unsigned)num(name, v, where); break;
+  case 12: c->drain_timeout_ms = (unsigned)num(name, v, where); break;
+  case 13: c->write_high_water = (size_t)num(name, v, where) << 20; break;
+  case 14: c->shard = (unsigned)num(name, v, where); break;
+  case 15: c->name = v; break;
+  }
+}
+
+static char *trim(char *p) {
+  while (*p == ' ' || *p == '\t') p++;
+  char *e = p + strlen(p);
+  while (e > p && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r')) *--e = '\0';
+  return p;
+}
+
+/* Config file: `key = value`, '#' comments. Values are kept for the life of
+ * the process. */
+static void load_config(server_config *c, const char *path) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    fprintf(stderr, "m3-server: --config %s: %s\n", path, strerror(errno));
+    exit(2);
+  }
+  char line[1024];
+  int lineno = 0;
+  while (fgets(line, sizeof line, f)) {
+    lineno++;
+    char *hash = strchr(line, '#');
+    if (hash) *hash = '\0';
+    char *p = trim(line);
+    if (*p == '\0') continue;
+    char *eq = strchr(p, '=');
+    char where[1100];
+    snprintf(where, sizeof where, "%s:%d", path, lineno);
+    if (eq == NULL) {
+      fprintf(stderr, "m3-server: %s: expected `key = value`, got '%s'\n", where, p);
+      exit(2);
+    }
+    *eq = '\0';
+    char *key = trim(p), *val = strdup(trim(eq + 1));
+    const struct option *o = opts;
+    while (o->name && strcmp(o->name, key)) o++;
+    if (o->name == NULL || !strcmp(key, "config") || !strcmp(key, "help")) {
+      fprintf(stderr, "m3-server: %s: unknown key '%s' (see m3-server --help)\n", where, key);
+      exit(2);
+    }
+    apply(c, o->val, key, val, where);
+  }
+  fclose(f);
+}
+
+static char *read_token(const char *path, const char *what) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    fprintf(stderr, "m3-server: %s %s: %s\n", what, path, strerror(errno));
+    exit(2);
+  }
+  char buf[512];
+  char *t = fgets(buf, sizeof buf, f) ? strdup(trim(buf)) : NULL;
+  fclose(f);
+  if (t == NULL || *t == '\0') {
+    fprintf(stderr, "m3-server: %s %s: empty; the token is its first line\n", what, path);
+    exit(2);
+  }
+  return t;
+}
+
+static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const char *what) {
+  char host[256];
+  const char *colon = strrchr(hostport, ':');
+  if (colon == NULL || colon == hostport || (size_t)(colon - hostport) >= sizeof host) {
+    fprintf(stderr, "m3-server: --%s '%s': expected HOST:PORT\n", what, hostport);
+    return -1;
+  }
+  memcpy(host, hostport, (size_t)(colon - hostport));
+  host[colon - hostport] = '\0';
+  char *h = host;
+  if (h[0] == '[') { /* [::1] */
+    h++;
+    h[strlen(h) - 1] = '\0';
+  }
+  int port = (int)num(what, colon + 1, NULL);
+  struct sockaddr_storage ss;
+  if (uv_ip4_addr(h, port, (struct sockaddr_in *)&ss) != 0 &&
+      uv_ip6_addr(h, port, (struct sockaddr_in6 *)&ss) != 0) {
+    fprintf(stderr, "m3-server: --%s '%s': not an IP address\n", what, hostport);
+    return -1;
+  }
+  uv_tcp_init(loop, t);
+  int rc = uv_tcp_bind(t, (struct sockaddr *)&ss, 0);
+  if (rc) {
+    fprintf(stderr, "m3-server: --%s %s: %s\n", what, hostport, uv_strerror(rc));
+    return -1;
+  }
+  return 0;
+}
+
+static int bound_port(uv_tcp_t *t) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (uv_tcp_getsockname(t, (struct sockaddr *)&ss, &len) != 0) return -1;
+  return ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+                                 : ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+static void on_connection(uv_stream_t *l, int status) {
+  server *s = l->data;
+  if (status < 0) {
+    M3_WARN("server", "accept: %s", uv_strerror(status));
+    return;
+  }
+  conn_accept(s, l);
+}
+
+/* ---- drain ------------------------------------------------------------ */
+
+static void close_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void drain_tick(uv_timer_t *t) {
+  server *s = t->data;
+  uint64_t waited_ms = (now_ns() - s->started_ns) / 1000000; /* reset at SIGTERM */
+  size_t queued = 0;
+  for (conn *c = s->conns; c; c = c->next) queued += c->queued;
+  int timed_out = waited_ms >= s->cfg.drain_timeout_ms;
+  if ((s->inflight == 0 && queued == 0) || timed_out) {
+    if (timed_out)
+      M3_WARN("server", "drain timeout: %u calls still in flight are dropped", s->inflight);
+    uv_stop(s->loop);
+  }
+}
+
+static void on_signal(uv_signal_t *sig, int signum) {
+  server *s = sig->data;
+  if (s->draining) return;
+  M3_INFO("server", "signal %d: draining %u in-flight calls on %u connections", signum,
+          s->inflight, s->nconns);
+  s->draining = 1;
+  uv_close((uv_handle_t *)&s->listener, NULL);
+  if (s->http_on) uv_close((uv_handle_t *)&s->http_listener, NULL);
+  server_goaway_all(s);
+  s->started_ns = now_ns(); /* drain_tick measures from here */
+  uv_timer_init(s->loop, &s->drain_timer);
+  s->drain_timer.data = s;
+  uv_timer_start(&s->drain_timer, drain_tick, 0, 10);
+}
+
+int main(int argc, char **argv) {
+  server s;
+  memset(&s, 0, sizeof s);
+  server_config_defaults(&s.cfg);
+
+  /* The config file first, so that flags override it. */
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--config") && i + 1 < argc) load_config(&s.cfg, argv[i + 1]);
+    else if (!strncmp(argv[i], "--config=", 9)) load_config(&s.cfg, argv[i] + 9);
+  }
+  int ch;
+  while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    if (ch == 'h') {
+      fputs(usage_text, stdout);
+      return 0;
+    }
+    if (ch == '?') {
+      fputs(usage_text, stderr);
+      return 2;
+    }
+    if (ch == 'c') continue;
+    const struct option *o = opts;
+    while (o->name && o->val != ch) o++;
+    apply(&s.cfg, ch, o->name, optarg, NULL);
+  }
+  if (optind < argc) {
+    fprintf(stderr, "m3-server: unexpected argument '%s'\n", argv[optind]);
+    return 2;
+  }
+  if (s.cfg.store_dir == NULL) {
+    fprintf(stderr, "m3-server: --store DIR is required\n%s", usage_text);
+    return 2;
+  }
+  if (s.cfg.token_file) s.token = read_token(s.cfg.token_file, "--token-file");
+  if (s.cfg.admin_token_file) s.admin_token = read_token(s.cfg.admin_token_file, "--admin-token-file");
+
+  m3_store_options so;
+  m3_store_options_init(&so);
+  so.direct = s.cfg.direct;
+  so.cache_bytes = s.cfg.cache_bytes;
+  int rc = m3_store_open(s.cfg.store_dir, &so, &s.store);
+  if (rc) {
+    fprintf(stderr, "m3-server: %s: %s: %s\n", s.cfg.store_dir, m3_strerror(rc), m3_errmsg());
+    return 2;
+  }
+  m3_store_stats st;
+  if ((rc = m3_store_stats_get(s.store, &st)) != 0) {
+    fprintf(stderr, "m3-server: %s: %s\n", s.cfg.store_dir, m3_errmsg());
+    return 2;
+  }
+  s.records = st.records;
+  s.emb_dim = m3_store_layout(s.store)->emb_dim;
+  if (s.emb_dim) {
+    m3_index_options io;
+    m3_index_options_init(&io);
+    io.factory = s.cfg.index_factory;
+    if ((rc = m3_index_open(s.store, &io, &s.index)) != 0) {
+      fprintf(stderr, "m3-server: retrieval index: %s: %s\n", m3_strerror(rc), m3_errmsg());
+      m3_store_close(s.store);
+      return 2;
+    }
+  } else {
+    M3_WARN("server", "%s keeps no embeddings: Search and Retrieve are off, Fetch works",
+            s.cfg.store_dir);
+  }
+
+  s.loop = uv_default_loop();
+  s.started_ns = now_ns();
+  s.listener.data = &s;
+  if (bind_addr(s.loop, &s.listener, s.cfg.listen, "listen") != 0) return 2;
+  if ((rc = uv_listen((uv_stream_t *)&s.listener, 1024, on_connection)) != 0) {
+    fprintf(stderr, "m3-server: listen %s: %s\n", s.cfg.listen, uv_strerror(rc));
+    return 2;
+  }
+  if (s.cfg.http && *s.cfg.http && strcmp(s.cfg.http, "off") != 0) {
+    if (bind_addr(s.loop, &s.http_listener, s.cfg.http, "http") != 0) return 2;
+    if ((rc = http_start(&s)) != 0) {
+      fprintf(stderr, "m3-server: listen %s: %s\n", s.cfg.http, uv_strerror(rc));
+      return 2;
+    }
+    s.http_on = 1;
+  }
+  int rpc_port = bound_port(&s.listener), http_port = s.http_on ? bound_port(&s.http_listener) : 0;
+  if (s.cfg.port_file) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", s.cfg.port_file);
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL || fprintf(f, "rpc=%d http=%d\n", rpc_port, http_port) < 0 || fclose(f) != 0 ||
+        rename(tmp, s.cfg.port_file) != 0) {
+      fprintf(stderr, "m3-server: --port-file %s: %s\n", s.cfg.port_file, strerror(errno));
+      return 2;
+    }
+  }
+  uv_signal_init(s.loop, &s.sigterm);
+  uv_signal_init(s.loop, &s.sigint);
+  s.sigterm.data = s.sigint.data = &s;
+  uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&s.sigint, on_signal, SIGINT);
+  signal(SIGPIPE, SIG_IGN);
+
+  M3_INFO("server", "serving %s (%llu memories, %s, io %s) on port %d, http port %d", s.cfg.store_dir,
+          (unsigned long long)s.records, s.index ? "retrieval index on" : "no retrieval index",
+          m3_store_io_backend(s.store), rpc_port, http_port);
+  uv_run(s.loop, UV_RUN_DEFAULT);
+
+  /* Drained (or stopped): close what is left and let the callbacks run. */
+  while (s.conns) conn_close(s.conns);
+  uv_walk(s.loop, close_walk, NULL);
+  while (uv_run(s.loop, UV_RUN_NOWAIT)) {
+  }
+  if (s.index) {
+    if ((rc = m3_index_save(s.index, m3_store_seqno(s.store))) != 0)
+      M3_WARN("server", "saving the retrieval index: %s (it is rebuilt at the next start)",
+              m3_errmsg());
+    m3_index_close(s.index);
+  }
+  m3_store_close(s.store);
+  free(s.token);
+  free(s.admin_token);
+  uv_loop_close(s.loop);
+  M3_INFO("server", "stopped");
+  return 0;
+}

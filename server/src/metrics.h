@@ -1,0 +1,45 @@
+/* Server metrics, rendered in the Prometheus text format on /metrics.
+ * Updated on the loop thread only, so plain counters suffice. */
+#ifndef M3_SERVER_METRICS_H
+#define M3_SERVER_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "m3/frame.h"
+
+#define M3_NSTATUS 17
+#define M3_NBUCKETS 16
+
+typedef struct metrics {
+  uint64_t calls[M3_METHOD_COUNT][M3_NSTATUS];
+  uint64_t lat_buckets[M3_METHOD_COUNT][M3_NBUCKETS]; /* cumulative at render */
+  double lat_sum_s[M3_METHOD_COUNT];
+  uint64_t lat_count[M3_METHOD_COUNT];
+  uint64_t memories_served;
+  uint64_t payload_bytes_served;
+  uint64_t bytes_out;
+  uint64_t bytes_in;
+  uint64_t connections_accepted;
+  uint64_t connections_refused;
+  uint64_t bad_frames;
+  uint64_t search_batches;
+  uint64_t search_queries;
+} metrics;
+
+/* Latency bucket upper bounds in seconds (the last is +Inf). */
+extern const double metrics_bounds[M3_NBUCKETS];
+
+void metrics_observe(metrics *m, unsigned method, int status, double seconds);
+
+/* Append the Prometheus text of m (plus the gauges given) to a malloc'ed
+ * string; *len receives its length. */
+typedef struct metrics_gauges {
+  uint64_t connections, inflight, records, segment_bytes, index_vectors, cache_hits,
+      cache_misses, cache_bytes, uptime_s, draining;
+  const char *io_backend;
+} metrics_gauges;
+
+char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len);
+
+#endif /* M3_SERVER_METRICS_H */

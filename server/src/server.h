@@ -1,0 +1,151 @@
+/*
+ * m3-server internals: one libuv loop thread owns every connection, call and
+ * timer; the libuv threadpool runs the blocking work (index search, store
+ * reads and writes) and hands results back to the loop in its after-work
+ * callbacks. Nothing but those work functions runs off the loop thread.
+ */
+#ifndef M3_SERVER_H
+#define M3_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "m3/frame.h"
+#include "m3/index.h"
+#include "m3/store.h"
+#include "metrics.h"
+
+typedef struct server_config {
+  const char *store_dir;
+  const char *listen;          /* host:port, default 127.0.0.1:7600 */
+  const char *http;            /* host:port for /metrics, default 127.0.0.1:7601; "" disables */
+  const char *port_file;       /* write the bound ports here (tests use :0) */
+  const char *token_file;      /* read token */
+  const char *admin_token_file;
+  const char *index_factory;   /* FAISS index_factory string for the retrieval index */
+  const char *name;
+  unsigned max_connections;
+  unsigned max_frame_bytes;
+  unsigned max_inflight;       /* calls per connection */
+  unsigned max_queries;        /* per call */
+  unsigned max_k;
+  unsigned max_ids;            /* per Fetch */
+  unsigned idle_timeout_ms;
+  unsigned handshake_timeout_ms;
+  unsigned default_timeout_ms; /* calls without a deadline get this one */
+  unsigned drain_timeout_ms;
+  size_t write_high_water;     /* stop reading a connection with more queued */
+  size_t cache_bytes;
+  int direct;
+  unsigned shard;
+} server_config;
+
+void server_config_defaults(server_config *c);
+
+typedef struct conn conn;
+typedef struct call call;
+
+typedef struct server {
+  uv_loop_t *loop;
+  server_config cfg;
+  m3_store *store;
+  m3_index *index;           /* NULL when the store keeps no embeddings */
+  unsigned emb_dim;
+  char *token, *admin_token; /* NULL when not configured */
+  uv_tcp_t listener;
+  uv_tcp_t http_listener;
+  int http_on;
+  uv_signal_t sigterm, sigint;
+  uv_timer_t drain_timer;
+  int draining;
+  conn *conns;               /* doubly linked */
+  unsigned nconns;
+  unsigned inflight;         /* calls not yet finished, all connections */
+  uint64_t started_ns;
+  uint64_t records;          /* live memories (kept current by Put/Delete) */
+  metrics m;
+  /* Search micro-batching: calls waiting for the one search job in flight. */
+  call *search_queue, *search_tail;
+  int search_running;
+  uv_work_t search_work;
+  call *search_batch;        /* the calls the running job serves */
+} server;
+
+/* A call in flight. Owned by its connection; freed once it has ended (END or
+ * final RESPONSE queued), its work is back from the threadpool, and its
+ * writes have completed. */
+struct call {
+  conn *c;
+  uint32_t stream;
+  uint16_t method;
+  int ended;        /* the last frame of the call is queued */
+  int working;      /* a threadpool job holds it */
+  int writes;       /* uv_write requests still referencing its buffers */
+  uint64_t t0_ns;
+  uv_timer_t deadline;
+  int timer_on;
+  call *next, *prev;      /* connection's list */
+  call *qnext;            /* search queue */
+  /* request */
+  ProtobufCMessage *req;
+  float *queries;         /* (nq, emb_dim) */
+  unsigned nq, k;
+  int with_text;
+  uint64_t *ids;          /* Search/Retrieve: (nq, k) results; Fetch: requested */
+  float *scores;
+  size_t nids;
+  uint8_t *attach;        /* Put: records (owned) */
+  size_t attach_len;
+  /* results */
+  int status;             /* m3 error of the work, 0 ok */
+  char errmsg[256];
+  m3_fetch_item *items;   /* Retrieve/Fetch */
+  uint8_t *arena;         /* fetch buffers */
+  char **texts;
+  uint64_t count;         /* Put: written; Delete: deleted */
+  uv_work_t work;
+};
+
+struct conn {
+  uv_tcp_t tcp;
+  server *s;
+  conn *next, *prev;
+  char peer[64];
+  uint8_t *rbuf;
+  size_t rlen, rcap;
+  int hello;          /* Hello succeeded */
+  int admin;
+  int closing;
+  int reading;
+  size_t queued;      /* bytes handed to uv_write not yet written */
+  unsigned ncalls;
+  call *calls;
+  uv_timer_t idle;    /* handshake / idle / stalled-writer timeout */
+  uint64_t last_activity_ns;
+  int refs;           /* handle + calls; freed at 0 */
+};
+
+/* conn.c */
+void conn_accept(server *s, uv_stream_t *listener);
+/* Queue a frame (header + message) and optional attachment for c. */
+int conn_send(conn *c, call *cl, m3_frame *f, const ProtobufCMessage *msg, const void *att,
+              size_t att_len);
+/* End a call with a status (END frame), unless it already ended. */
+void call_end(call *cl, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* End a unary call with its response (RESPONSE + FLAG_END). */
+void call_reply(call *cl, const ProtobufCMessage *msg);
+/* Free cl if nothing references it any more. */
+void call_maybe_free(call *cl);
+void conn_close(conn *c);
+void server_goaway_all(server *s);
+
+/* calls.c */
+void call_dispatch(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_t *att);
+
+/* http.c */
+int http_start(server *s);
+
+uint64_t now_ns(void);
+
+#endif /* M3_SERVER_H */

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# m3 query, m3 fetch and m3 stats as a user runs them against a real
+# m3-server on loopback: output (text and JSON), saved record bytes, and
+# exit codes (0 ok, 1 the server answered with a failure, 2 usage or
+# connection errors).
+set -euo pipefail
+bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
+py=/usr/bin/python3
+[ -x "$bin/m3-server" ] || { echo "no $bin/m3-server: skipped"; exit 77; }
+work=$(mktemp -d /tmp/m3-client-cli.XXXXXX)
+srv=
+cleanup() {
+  if [ -n "$srv" ]; then kill -TERM "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fails=0
+pass=0
+
+check() { # check NAME CONDITION-COMMAND...
+  local name=$1
+  shift
+  if "$@"; then pass=$((pass + 1)); else echo "FAIL: $name" >&2; fails=$((fails + 1)); fi
+}
+json_get() { "$py" -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
+run() { # run EXPECTED_EXIT OUTFILE cmd...
+  local want=$1 out=$2
+  shift 2
+  set +e
+  "$@" >"$out" 2>"$out.err"
+  local got=$?
+  set -e
+  if [ "$got" != "$want" ]; then
+    echo "FAIL: '$*' exited $got, expected $want" >&2
+    sed 's/^/  | /' "$out" "$out.err" >&2
+    fails=$((fails + 1))
+    return 1
+  fi
+  pass=$((pass + 1))
+}
+
+"$bin/m3-bench" gen --store "$work/store" --count 200 --emb-dim 8 --json >/dev/null
+"$bin/m3-server" --store "$work/store" --listen 127.0.0.1:0 --http off \
+  --port-file "$work/port" 2>"$work/server.log" &
+srv=$!
+for _ in $(seq 200); do [ -s "$work/port" ] && break; sleep 0.05; done
+port=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/port")
+[ -n "$port" ] || { echo "m3-server did not start"; cat "$work/server.log"; exit 1; }
+addr=127.0.0.1:$port
+
+# stats
+run 0 "$work/stats" "$bin/m3" stats --server "$addr" --json || true
+check "stats records" test "$(json_get "$work/stats" "j['records']")" = 200
+check "stats embedding_dim" test "$(json_get "$work/stats" "j['hello']['embedding_dim']")" = 8
+run 0 "$work/stats.txt" "$bin/m3" stats --server "$addr" || true
+check "stats text" grep -q "^records *200" "$work/stats.txt"
+
+# query by vectors: 2 queries x top-3, texts match ids
+printf '# two queries\n0.1 0.2 0.3 0.4 -0.5 0.6 0.7 0.8\n\n-1 0 0 0 0 0 0 1\n' >"$work/q.vec"
+run 0 "$work/query" "$bin/m3" query --server "$addr" --vector-file "$work/q.vec" -k 3 --json || true
+check "query count" test "$(json_get "$work/query" "(len(j['queries']), [len(q['results']) for q in j['queries']])")" = "(2, [3, 3])"
+check "query texts" test "$(json_get "$work/query" "all(r['text'] == 'synthetic memory %d' % r['chunk_id'] and r['status'] == 'ok' for q in j['queries'] for r in q['results'])")" = True
+check "query scores sorted" test "$(json_get "$work/query" "all(q['results'][i]['score'] >= q['results'][i+1]['score'] for q in j['queries'] for i in range(2))")" = True
+run 0 "$work/query.txt" "$bin/m3" query --server "$addr" --vector-file "$work/q.vec" || true
+check "query text output" grep -q "synthetic memory" "$work/query.txt"
+run 0 "$work/qtext" "$bin/m3" query --server "$addr" --text "what is memory 12" -k 2 --json || true
+check "text query" test "$(json_get "$work/qtext" "len(j['queries'][0]['results'])")" = 2
+
+# bad vector files: wrong dimension, not floats
+echo "1 2 3" >"$work/bad.vec"
+run 2 "$work/qbad" "$bin/m3" query --server "$addr" --vector-file "$work/bad.vec" || true
+check "dim mismatch named" grep -q "8 dims" "$work/qbad.err"
+echo "1 2 x 4 5 6 7 8" >"$work/bad2.vec"
+run 2 "$work/qbad2" "$bin/m3" query --server "$addr" --vector-file "$work/bad2.vec" || true
+run 2 "$work/qnone" "$bin/m3" query --server "$addr" || true
+
+# fetch: found, saved bytes, missing id
+run 0 "$work/fetch" "$bin/m3" fetch --server "$addr" --id 7 --out "$work/rec7" --json || true
+check "fetch ok" test "$(json_get "$work/fetch" "(j['memories'][0]['status'], j['memories'][0]['crc'], j['memories'][0]['text'])")" = "('ok', 'ok', 'synthetic memory 7')"
+check "fetch --out bytes" test "$(json_get "$work/fetch" "j['memories'][0]['payload_bytes']")" = "$(stat -c %s "$work/rec7")"
+check "saved record is chunk 7" test "$("$py" -c "import struct,sys; b=open(sys.argv[1],'rb').read(); print(b[:4]==b'M3MR', struct.unpack_from('<Q', b, 8)[0])" "$work/rec7")" = "True 7"
+run 1 "$work/fetch404" "$bin/m3" fetch --server "$addr" --id 7 --id 999999 --json || true
+check "fetch missing status" test "$(json_get "$work/fetch404" "[m['status'] for m in j['memories']]")" = "['ok', 'M3_ENOTFOUND']"
+run 1 "$work/fetch404.txt" "$bin/m3" fetch --server "$addr" --id 999999 || true
+check "fetch missing text" grep -q "M3_ENOTFOUND" "$work/fetch404.txt"
+run 2 "$work/fetchnoid" "$bin/m3" fetch --server "$addr" || true
+run 2 "$work/fetchbadid" "$bin/m3" fetch --server "$addr" --id abc || true
+
+# connection errors name the address; usage errors exit 2
+free_port=$("$py" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+run 2 "$work/refused" "$bin/m3" stats --server "127.0.0.1:$free_port" || true
+check "refused names address" grep -q "127.0.0.1:$free_port" "$work/refused.err"
+run 2 "$work/noserver" "$bin/m3" stats || true
+run 2 "$work/badaddr" "$bin/m3" stats --server nonsense || true
+
+echo "$pass checks passed, $fails failed"
+[ "$fails" = 0 ]

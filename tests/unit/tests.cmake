@@ -1,0 +1,19 @@
+# Unit tests of the store engine: in-process, fast. Included by
+# tests/CMakeLists.txt. testutil.c is shared by every store test (also the
+# integration ones).
+set(M3_TESTUTIL ${CMAKE_CURRENT_LIST_DIR}/testutil.c)
+
+m3_add_test(test_record SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_record.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 60)
+m3_add_test(test_crc32c SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_crc32c.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 60)
+m3_add_test(test_cache SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cache.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 60)
+
+# The same read/write tests under both read backends.
+m3_add_test(test_store_rw_uring SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_rw.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 120 ARGS uring)
+m3_add_test(test_store_rw_pread SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_rw.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 120 ARGS pread)
+m3_add_test(test_overhead SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_overhead.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 60)
