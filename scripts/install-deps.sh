@@ -403,7 +403,11 @@ verify_all() {
   if [[ ! -e $FAISS_C_LIB ]]; then
     log "MISSING: $FAISS_C_LIB"; errors=$((errors + 1))
   elif ! ldconfig -p | grep -q 'libfaiss_c\.so '; then
-    log "MISSING: libfaiss_c.so is not in the ld.so cache (run ldconfig)"; errors=$((errors + 1))
+    # The library is there but the cache is stale (e.g. rebuilt by hand): mend it.
+    as_root ldconfig
+    if ! ldconfig -p | grep -q 'libfaiss_c\.so '; then
+      log "MISSING: libfaiss_c.so is not in the ld.so cache even after ldconfig"; errors=$((errors + 1))
+    fi
   fi
   if pkg-config --exists faiss_c; then
     log "faiss_c $(pkg-config --modversion faiss_c): $(pkg-config --cflags --libs faiss_c)"

@@ -13,7 +13,9 @@ export M3_SOAK_SCALE=${M3_SOAK_SCALE:-1}
 echo "== build (RelWithDebInfo, -Werror)"
 bash scripts/build.sh build
 echo "== tests"
-(cd build && ctest --output-on-failure -j"$jobs" --timeout 600)
+(cd build && ctest --output-on-failure -j"$jobs" --timeout 600 -LE slow)
+echo "== soak and stress tests, short form (M3_SOAK_SCALE=$M3_SOAK_SCALE)"
+(cd build && ctest --output-on-failure --timeout 900 -L slow)
 
 echo "== build (ASan + UBSan, -Werror)"
 bash scripts/build.sh build-asan -DM3_SANITIZE=ON -DM3_CUDA=OFF

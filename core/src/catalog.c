@@ -346,13 +346,13 @@ uint64_t m3__catalog_disk_bytes(m3_catalog *c) {
   return total;
 }
 
-m3_batch *m3__batch_new(void) { return rocksdb_writebatch_create(); }
+m3__wbatch *m3__batch_new(void) { return rocksdb_writebatch_create(); }
 
-void m3__batch_free(m3_batch *b) {
+void m3__batch_free(m3__wbatch *b) {
   if (b) rocksdb_writebatch_destroy(b);
 }
 
-void m3__batch_put_meta(m3_batch *b, const m3_ident *ident) {
+void m3__batch_put_meta(m3__wbatch *b, const m3_ident *ident) {
   uint8_t v[50];
   memcpy(v, "M3CT", 4);
   m3__st32(v + 4, M3_CATALOG_VERSION);
@@ -362,33 +362,33 @@ void m3__batch_put_meta(m3_batch *b, const m3_ident *ident) {
   rocksdb_writebatch_put(b, "M", 1, (const char *)v, sizeof v);
 }
 
-void m3__batch_put_next_seg(m3_batch *b, uint32_t next) {
+void m3__batch_put_next_seg(m3__wbatch *b, uint32_t next) {
   uint8_t v[4];
   m3__st32(v, next);
   rocksdb_writebatch_put(b, "N", 1, (const char *)v, sizeof v);
 }
 
-void m3__batch_put_segment(m3_batch *b, uint32_t seg, uint64_t end) {
+void m3__batch_put_segment(m3__wbatch *b, uint32_t seg, uint64_t end) {
   uint8_t k[5] = {'S'}, v[8];
   be32(k + 1, seg);
   m3__st64(v, end);
   rocksdb_writebatch_put(b, (const char *)k, sizeof k, (const char *)v, sizeof v);
 }
 
-void m3__batch_del_segment(m3_batch *b, uint32_t seg) {
+void m3__batch_del_segment(m3__wbatch *b, uint32_t seg) {
   uint8_t k[5] = {'S'};
   be32(k + 1, seg);
   rocksdb_writebatch_delete(b, (const char *)k, sizeof k);
 }
 
-void m3__batch_put_loc(m3_batch *b, uint64_t id, const m3_location *loc) {
+void m3__batch_put_loc(m3__wbatch *b, uint64_t id, const m3_location *loc) {
   uint8_t k[9] = {'C'}, v[LOC_BYTES];
   be64(k + 1, id);
   loc_encode(v, loc);
   rocksdb_writebatch_put(b, (const char *)k, sizeof k, (const char *)v, sizeof v);
 }
 
-void m3__batch_put_chunk(m3_batch *b, uint64_t id, const m3_location *loc, const char *text,
+void m3__batch_put_chunk(m3__wbatch *b, uint64_t id, const m3_location *loc, const char *text,
                          size_t text_len, const uint8_t *emb, size_t emb_bytes) {
   m3__batch_put_loc(b, id, loc);
   uint8_t k[9] = {'T'};
@@ -400,7 +400,7 @@ void m3__batch_put_chunk(m3_batch *b, uint64_t id, const m3_location *loc, const
   }
 }
 
-void m3__batch_del_chunk(m3_batch *b, uint64_t id) {
+void m3__batch_del_chunk(m3__wbatch *b, uint64_t id) {
   uint8_t k[9] = {'C'};
   be64(k + 1, id);
   rocksdb_writebatch_delete(b, (const char *)k, sizeof k);
@@ -410,7 +410,7 @@ void m3__batch_del_chunk(m3_batch *b, uint64_t id) {
   rocksdb_writebatch_delete(b, (const char *)k, sizeof k);
 }
 
-int m3__catalog_commit(m3_catalog *c, m3_batch *b, int sync) {
+int m3__catalog_commit(m3_catalog *c, m3__wbatch *b, int sync) {
   int ferr = m3__fault("catalog.write");
   if (ferr) return m3__syserr(ferr, "catalog %s: write batch", c->path);
   char *err = NULL;

@@ -69,21 +69,21 @@ int m3__catalog_chunks(m3_catalog *c,
 uint64_t m3__catalog_disk_bytes(m3_catalog *c);
 
 /* ---- write batches -------------------------------------------------- */
-typedef rocksdb_writebatch_t m3_batch;
+typedef rocksdb_writebatch_t m3__wbatch;
 
-m3_batch *m3__batch_new(void);
-void m3__batch_free(m3_batch *b);
-void m3__batch_put_meta(m3_batch *b, const m3_ident *ident);
-void m3__batch_put_next_seg(m3_batch *b, uint32_t next);
-void m3__batch_put_segment(m3_batch *b, uint32_t seg, uint64_t end);
-void m3__batch_del_segment(m3_batch *b, uint32_t seg);
-void m3__batch_put_chunk(m3_batch *b, uint64_t id, const m3_location *loc, const char *text,
+m3__wbatch *m3__batch_new(void);
+void m3__batch_free(m3__wbatch *b);
+void m3__batch_put_meta(m3__wbatch *b, const m3_ident *ident);
+void m3__batch_put_next_seg(m3__wbatch *b, uint32_t next);
+void m3__batch_put_segment(m3__wbatch *b, uint32_t seg, uint64_t end);
+void m3__batch_del_segment(m3__wbatch *b, uint32_t seg);
+void m3__batch_put_chunk(m3__wbatch *b, uint64_t id, const m3_location *loc, const char *text,
                          size_t text_len, const uint8_t *emb, size_t emb_bytes);
 /* Only the location (the text is unchanged, e.g. after compaction). */
-void m3__batch_put_loc(m3_batch *b, uint64_t id, const m3_location *loc);
-void m3__batch_del_chunk(m3_batch *b, uint64_t id);
+void m3__batch_put_loc(m3__wbatch *b, uint64_t id, const m3_location *loc);
+void m3__batch_del_chunk(m3__wbatch *b, uint64_t id);
 
 /* Apply the batch atomically (fault point catalog.write). */
-int m3__catalog_commit(m3_catalog *c, m3_batch *b, int sync);
+int m3__catalog_commit(m3_catalog *c, m3__wbatch *b, int sync);
 
 #endif /* M3_CATALOG_H */

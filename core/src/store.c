@@ -159,7 +159,7 @@ static void remove_orphans(m3_store *s) {
 
 typedef struct roll_ctx {
   m3_store *s;
-  m3_batch *b;
+  m3__wbatch *b;
   uint64_t applied;
 } roll_ctx;
 
@@ -202,7 +202,7 @@ static void roll_problem(void *ud, const m3_problem *p) {
  * catalog commit) are applied; a torn tail is cut off.
  */
 static int roll_forward(m3_store *s, const uint64_t *ends) {
-  m3_batch *b = m3__batch_new();
+  m3__wbatch *b = m3__batch_new();
   roll_ctx ctx = {s, b, 0};
   int rc = 0, changed = 0;
   for (size_t i = 0; i < s->nsegs; i++) {
@@ -261,7 +261,7 @@ static int create_meta(m3_store *s) {
     return m3__syserr(errno, "getrandom");
   s->ident.layout = s->opts.layout;
   s->ident.align = a;
-  m3_batch *b = m3__batch_new();
+  m3__wbatch *b = m3__batch_new();
   m3__batch_put_meta(b, &s->ident);
   m3__batch_put_next_seg(b, 1);
   rc = m3__catalog_commit(&s->cat, b, 1);
@@ -398,7 +398,7 @@ static int roll_segment(m3_store *s) {
   m3_segment seg;
   int rc = m3__segment_create(s->dir, s->next_seg, &s->ident, s->opts.direct, &seg);
   if (rc) return rc;
-  m3_batch *b = m3__batch_new();
+  m3__wbatch *b = m3__batch_new();
   m3__batch_put_segment(b, seg.id, seg.size);
   m3__batch_put_next_seg(b, seg.id + 1);
   rc = m3__catalog_commit(&s->cat, b, 1);
@@ -418,7 +418,7 @@ static int roll_segment(m3_store *s) {
  * segments run by run, then one catalog batch. */
 typedef struct commit {
   m3_store *s;
-  m3_batch *b;
+  m3__wbatch *b;
   size_t run_start;  /* wbuf offset where the current run starts */
   size_t staged;     /* bytes staged in wbuf */
   struct touch { uint32_t seg; uint64_t old_size, new_size; } *touched; /* malloc'ed */

@@ -251,7 +251,7 @@ static int compact_locked(m3_store *s, uint64_t *reclaimed) {
   entries e;
   m3_segment *out = NULL;
   size_t nout = 0, capout = 0;
-  m3_batch *b = NULL;
+  m3__wbatch *b = NULL;
   uint8_t *buf = NULL;
   uint64_t before = st.segment_bytes, after = 0;
   uint32_t align = s->ident.align;
@@ -366,7 +366,7 @@ out:
 
 typedef struct repair_ctx {
   m3_catalog *cat;
-  m3_batch *b;
+  m3__wbatch *b;
   size_t pending;
   m3_repair_report *rep;
   m3_problem_fn fn;

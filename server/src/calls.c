@@ -182,6 +182,8 @@ static void search_work(uv_work_t *w) {
       snprintf(cl->errmsg, sizeof cl->errmsg, "%s", m3_errmsg());
       continue;
     }
+    size_t first = at; /* this call's rows in the batch's results */
+    at += cl->nq;
     cl->ids = malloc((size_t)cl->nq * cl->k * sizeof *cl->ids);
     cl->scores = malloc((size_t)cl->nq * cl->k * sizeof *cl->scores);
     if (cl->ids == NULL || cl->scores == NULL) {
@@ -189,11 +191,10 @@ static void search_work(uv_work_t *w) {
       continue;
     }
     for (unsigned i = 0; i < cl->nq; i++) {
-      memcpy(cl->ids + (size_t)i * cl->k, ids + (at + i) * kmax, cl->k * sizeof *ids);
-      memcpy(cl->scores + (size_t)i * cl->k, scores + (at + i) * kmax, cl->k * sizeof *scores);
+      memcpy(cl->ids + (size_t)i * cl->k, ids + (first + i) * kmax, cl->k * sizeof *ids);
+      memcpy(cl->scores + (size_t)i * cl->k, scores + (first + i) * kmax, cl->k * sizeof *scores);
     }
     cl->nids = (size_t)cl->nq * cl->k;
-    at += cl->nq;
   }
   free(q);
   free(ids);
@@ -380,19 +381,35 @@ static void fetch_work(uv_work_t *w) {
 
 static void fetch_done(uv_work_t *w, int status) {
   call *cl = w->data;
-  server *s = cl->c->s;
+  conn *c = cl->c;
+  server *s = c->s;
   cl->working = 0;
+  c->fetching -= cl->fetch_bytes;
+  cl->fetch_bytes = 0;
   if (cl->ended) {
+    conn_release_held(c);
     call_maybe_free(cl);
     return;
   }
   if (status != 0 || cl->status != 0) {
     call_end(cl, m3_status_from_err(cl->status ? cl->status : M3_EINTERNAL), "fetch: %s",
              cl->errmsg[0] ? cl->errmsg : m3_strerror(cl->status));
+    conn_release_held(c);
     return;
   }
   int retrieve = cl->method == M3_METHOD_RETRIEVE;
-  for (size_t i = 0; i < cl->nids && !cl->ended; i++) {
+  /* Every memory of the call goes out in one write (one writev), each frame
+   * followed by its record straight from the fetch buffer. */
+  m3_wbuf frames = {0};
+  size_t *ends = malloc((cl->nids ? cl->nids : 1) * sizeof *ends);
+  const void **atts = malloc((cl->nids ? cl->nids : 1) * sizeof *atts);
+  size_t *att_lens = malloc((cl->nids ? cl->nids : 1) * sizeof *att_lens);
+  size_t nf = 0;
+  if (!ends || !atts || !att_lens) {
+    call_end(cl, ST_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  for (size_t i = 0; i < cl->nids; i++) {
     m3_fetch_item *it = &cl->items[i];
     if (retrieve && cl->ids[i] == UINT64_MAX) continue; /* fewer than k memories */
     M3__Memory m = M3__MEMORY__INIT;
@@ -414,19 +431,74 @@ static void fetch_done(uv_work_t *w, int status) {
       m.status = (M3__StatusCode)m3_status_from_err(it->status);
       m.error = it->status == M3_ENOTFOUND ? "not in the store" : (char *)m3_strerror(it->status);
     }
-    m3_frame f = {M3_FRAME_RESPONSE, 0, cl->method, cl->stream, 0, 0, 0};
-    if (conn_send(cl->c, cl, &f, &m.base, att, att_len) != 0) {
-      call_end(cl, ST_UNAVAILABLE, "connection lost");
-      return;
+    m3_frame f = {M3_FRAME_RESPONSE, 0, cl->method, cl->stream, 0, (uint32_t)att_len, 0};
+    if (m3_frame_append(&frames, &f, &m.base) != 0) {
+      call_end(cl, ST_EXHAUSTED, "out of memory");
+      goto out;
     }
+    ends[nf] = frames.len;
+    atts[nf] = att;
+    att_lens[nf] = att_len;
+    nf++;
+  }
+  if (nf && conn_send_batch(cl->c, cl, &frames, ends, atts, att_lens, nf) != 0) {
+    call_end(cl, ST_UNAVAILABLE, "connection lost");
+    goto out;
   }
   call_end(cl, ST_OK, "%s", "");
+out:
+  m3_wbuf_free(&frames);
+  free(ends);
+  free(atts);
+  free(att_lens);
+  conn_release_held(c);
 }
 
-static void fetch_start(call *cl) {
-  cl->working = 1;
+static void fetch_run(call *cl) {
+  conn *c = cl->c;
+  cl->fetch_bytes = m3_store_fetch_cap(c->s->store) * (cl->nids ? cl->nids : 1);
+  c->fetching += cl->fetch_bytes;
   cl->work.data = cl;
-  uv_queue_work(cl->c->s->loop, &cl->work, fetch_work, fetch_done);
+  uv_queue_work(c->s->loop, &cl->work, fetch_work, fetch_done);
+}
+
+/* A connection whose queued answers plus running fetches are past the write
+ * high-water mark starts no more fetches: a client that does not read cannot
+ * make the server read memories into RAM for it (stopping to read it is not
+ * enough: the calls it pipelined before are already dispatched). The call
+ * waits in c->held, marked working so that nothing frees it, until writes or
+ * fetches complete (conn_release_held). */
+static void fetch_start(call *cl) {
+  conn *c = cl->c;
+  size_t busy = c->queued + c->fetching;
+  cl->working = 1;
+  if (c->held || (busy > 0 && busy >= c->s->cfg.write_high_water)) {
+    cl->held = 1;
+    cl->hnext = NULL;
+    if (c->held_tail) c->held_tail->hnext = cl;
+    else c->held = cl;
+    c->held_tail = cl;
+    return;
+  }
+  fetch_run(cl);
+}
+
+void conn_release_held(conn *c) {
+  while (c->held && !c->closing) {
+    size_t busy = c->queued + c->fetching;
+    if (busy > 0 && busy >= c->s->cfg.write_high_water) break;
+    call *cl = c->held;
+    c->held = cl->hnext;
+    if (c->held == NULL) c->held_tail = NULL;
+    cl->hnext = NULL;
+    cl->held = 0;
+    if (cl->ended) { /* deadline or CANCEL while it waited */
+      cl->working = 0;
+      call_maybe_free(cl);
+    } else {
+      fetch_run(cl);
+    }
+  }
 }
 
 static void do_fetch(call *cl) {

@@ -31,11 +31,14 @@ typedef struct wreq {
   conn *c;
   call *cl;       /* may be NULL */
   size_t bytes;
-  uv_buf_t bufs[2];
-  uint8_t data[]; /* header + message */
+  uv_buf_t *bufs; /* inline[] or malloc'ed for a batch */
+  uint8_t *owned; /* batch: the frames' headers and messages */
+  uv_buf_t inline_bufs[2];
+  uint8_t data[]; /* single frame: header + message */
 } wreq;
 
 static void resume_reading(conn *c);
+static int queued(conn *c, call *cl, wreq *w);
 
 static void on_write(uv_write_t *req, int status) {
   wreq *w = (wreq *)req;
@@ -47,6 +50,8 @@ static void on_write(uv_write_t *req, int status) {
     w->cl->writes--;
     call_maybe_free(w->cl);
   }
+  if (w->bufs != w->inline_bufs) free(w->bufs);
+  free(w->owned);
   free(w);
   if (status < 0 && !c->closing) {
     M3_DEBUG("server", "%s: write failed: %s", c->peer, uv_strerror(status));
@@ -54,6 +59,7 @@ static void on_write(uv_write_t *req, int status) {
   } else if (!c->closing && !c->reading && c->queued < c->s->cfg.write_high_water / 2) {
     resume_reading(c);
   }
+  if (!c->closing) conn_release_held(c);
   conn_unref(c);
 }
 
@@ -69,7 +75,9 @@ int conn_send(conn *c, call *cl, m3_frame *f, const ProtobufCMessage *msg, const
   if (mlen) protobuf_c_message_pack(msg, w->data + M3_FRAME_HEADER_SIZE);
   w->c = c;
   w->cl = cl;
+  w->owned = NULL;
   w->bytes = M3_FRAME_HEADER_SIZE + mlen + att_len;
+  w->bufs = w->inline_bufs;
   w->bufs[0] = uv_buf_init((char *)w->data, (unsigned)(M3_FRAME_HEADER_SIZE + mlen));
   /* The attachment goes out from the call's own buffer: no copy. The call
    * stays alive until this write completes. */
@@ -79,6 +87,48 @@ int conn_send(conn *c, call *cl, m3_frame *f, const ProtobufCMessage *msg, const
     free(w);
     return M3_EIO;
   }
+  return queued(c, cl, w);
+}
+
+int conn_send_batch(conn *c, call *cl, m3_wbuf *frames, const size_t *frame_ends,
+                    const void *const *atts, const size_t *att_lens, size_t n) {
+  if (c->closing) return M3_EIO;
+  wreq *w = calloc(1, sizeof *w);
+  uv_buf_t *bufs = malloc(2 * n * sizeof *bufs);
+  if (w == NULL || bufs == NULL) {
+    free(w);
+    free(bufs);
+    return M3_ENOMEM;
+  }
+  unsigned nb = 0;
+  size_t start = 0, bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    bufs[nb++] = uv_buf_init((char *)frames->data + start, (unsigned)(frame_ends[i] - start));
+    bytes += frame_ends[i] - start;
+    start = frame_ends[i];
+    if (att_lens[i]) {
+      bufs[nb++] = uv_buf_init((char *)atts[i], (unsigned)att_lens[i]);
+      bytes += att_lens[i];
+    }
+  }
+  w->c = c;
+  w->cl = cl;
+  w->bytes = bytes;
+  w->bufs = bufs;
+  /* The write owns the frame bytes from here on. */
+  w->owned = frames->data;
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nb, on_write);
+  if (rc < 0) {
+    free(bufs);
+    free(w);
+    return M3_EIO;
+  }
+  frames->data = NULL;
+  frames->len = frames->cap = 0;
+  return queued(c, cl, w);
+}
+
+static int queued(conn *c, call *cl, wreq *w) {
   c->refs++;
   if (cl) cl->writes++;
   c->queued += w->bytes;
@@ -189,6 +239,12 @@ void conn_close(conn *c) {
   else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   s->nconns--;
+  /* Held fetches never start: they are no longer working. */
+  for (call *cl = c->held; cl; cl = cl->hnext) {
+    cl->held = 0;
+    cl->working = 0;
+  }
+  c->held = c->held_tail = NULL;
   /* Calls still working finish quietly: their results are dropped. */
   for (call *cl = c->calls, *next; cl; cl = next) {
     next = cl->next;
@@ -281,8 +337,17 @@ static void resume_reading(conn *c) {
 static void on_idle(uv_timer_t *t) {
   conn *c = t->data;
   server *s = c->s;
-  uint64_t now = now_ns(), idle_ms = (now - c->last_activity_ns) / 1000000;
-  if (!c->hello && idle_ms >= s->cfg.handshake_timeout_ms) {
+  uint64_t now = now_ns();
+  /* A write of a whole call completes only when the client has read all of
+   * it; a shrinking write queue is progress too, so a slow but steady reader
+   * of a large call is not taken for one that stopped reading. */
+  size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+  if (wq < c->last_write_queue) c->last_activity_ns = now;
+  c->last_write_queue = wq;
+  uint64_t idle_ms = (now - c->last_activity_ns) / 1000000;
+  /* From the accept, not the last byte: trickled bytes or refused calls do
+   * not keep a connection without Hello open. */
+  if (!c->hello && (now - c->accepted_ns) / 1000000 >= s->cfg.handshake_timeout_ms) {
     M3_INFO("server", "%s: no Hello within %u ms: closing", c->peer, s->cfg.handshake_timeout_ms);
     conn_close(c);
   } else if (c->queued > 0 && idle_ms >= s->cfg.idle_timeout_ms) {
@@ -337,7 +402,7 @@ void conn_accept(server *s, uv_stream_t *listener) {
   if (s->conns) s->conns->prev = c;
   s->conns = c;
   s->nconns++;
-  c->last_activity_ns = now_ns();
+  c->last_activity_ns = c->accepted_ns = now_ns();
   unsigned tick = s->cfg.handshake_timeout_ms < s->cfg.idle_timeout_ms ? s->cfg.handshake_timeout_ms
                                                                        : s->cfg.idle_timeout_ms;
   tick = tick / 4 ? tick / 4 : 1;

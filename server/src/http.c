@@ -10,25 +10,45 @@
 #include "m3/log.h"
 #include "server.h"
 
-typedef struct http_conn {
+#define HTTP_TIMEOUT_MS 10000 /* a scraper that says nothing is hung up on */
+
+struct http_conn {
   uv_tcp_t tcp;
+  uv_timer_t timer;
+  int refs; /* handles not yet closed */
   server *s;
+  http_conn *next, *prev; /* s->http_conns, until closed */
   char buf[4096];
   size_t len;
   uv_write_t wreq;
   char *out;
-} http_conn;
+};
 
 static void http_closed(uv_handle_t *h) {
   http_conn *hc = h->data;
+  if (--hc->refs > 0) return;
+  if (hc->prev) hc->prev->next = hc->next;
+  else hc->s->http_conns = hc->next;
+  if (hc->next) hc->next->prev = hc->prev;
   free(hc->out);
   free(hc);
 }
 
+static void http_close(http_conn *hc) {
+  if (!uv_is_closing((uv_handle_t *)&hc->tcp)) uv_close((uv_handle_t *)&hc->tcp, http_closed);
+  if (!uv_is_closing((uv_handle_t *)&hc->timer)) uv_close((uv_handle_t *)&hc->timer, http_closed);
+}
+
+void http_close_all(server *s) {
+  for (http_conn *hc = s->http_conns; hc; hc = hc->next) http_close(hc);
+}
+
+static void http_timeout(uv_timer_t *t) { http_close(t->data); }
+
 static void http_written(uv_write_t *w, int status) {
   (void)status;
   http_conn *hc = w->data;
-  uv_close((uv_handle_t *)&hc->tcp, http_closed);
+  http_close(hc);
 }
 
 static void respond(http_conn *hc, int code, const char *reason, const char *ctype,
@@ -36,7 +56,7 @@ static void respond(http_conn *hc, int code, const char *reason, const char *cty
   size_t cap = blen + 256;
   hc->out = malloc(cap);
   if (hc->out == NULL) {
-    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+    http_close(hc);
     return;
   }
   int n = snprintf(hc->out, cap,
@@ -48,7 +68,7 @@ static void respond(http_conn *hc, int code, const char *reason, const char *cty
   uv_read_stop((uv_stream_t *)&hc->tcp);
   hc->wreq.data = hc;
   if (uv_write(&hc->wreq, (uv_stream_t *)&hc->tcp, &b, 1, http_written) != 0)
-    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+    http_close(hc);
 }
 
 static void handle(http_conn *hc) {
@@ -97,7 +117,7 @@ static void http_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   (void)buf;
   http_conn *hc = st->data;
   if (n < 0) {
-    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+    http_close(hc);
     return;
   }
   hc->len += (size_t)n;
@@ -113,11 +133,18 @@ static void http_accept(uv_stream_t *l, int status) {
   http_conn *hc = calloc(1, sizeof *hc);
   if (hc == NULL) return;
   hc->s = s;
+  hc->refs = 2;
   uv_tcp_init(s->loop, &hc->tcp);
   hc->tcp.data = hc;
+  uv_timer_init(s->loop, &hc->timer);
+  hc->timer.data = hc;
+  uv_timer_start(&hc->timer, http_timeout, HTTP_TIMEOUT_MS, 0);
+  hc->next = s->http_conns;
+  if (hc->next) hc->next->prev = hc;
+  s->http_conns = hc;
   if (uv_accept(l, (uv_stream_t *)&hc->tcp) != 0 ||
       uv_read_start((uv_stream_t *)&hc->tcp, http_alloc, http_read) != 0)
-    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+    http_close(hc);
 }
 
 int http_start(server *s) {

@@ -142,6 +142,11 @@ static char *trim(char *p) {
   return p;
 }
 
+/* Config values, kept for the life of the process (server_config points into
+ * them); held here so that they stay reachable (LeakSanitizer). */
+static char **config_values;
+static size_t n_config_values;
+
 /* Config file: `key = value`, '#' comments. Values are kept for the life of
  * the process. */
 static void load_config(server_config *c, const char *path) {
@@ -167,6 +172,13 @@ static void load_config(server_config *c, const char *path) {
     }
     *eq = '\0';
     char *key = trim(p), *val = strdup(trim(eq + 1));
+    char **vals = realloc(config_values, (n_config_values + 1) * sizeof *vals);
+    if (val == NULL || vals == NULL) {
+      fprintf(stderr, "m3-server: %s: out of memory\n", where);
+      exit(2);
+    }
+    config_values = vals;
+    config_values[n_config_values++] = val;
     const struct option *o = opts;
     while (o->name && strcmp(o->name, key)) o++;
     if (o->name == NULL || !strcmp(key, "config") || !strcmp(key, "help")) {
@@ -383,6 +395,7 @@ int main(int argc, char **argv) {
 
   /* Drained (or stopped): close what is left and let the callbacks run. */
   while (s.conns) conn_close(s.conns);
+  http_close_all(&s);
   uv_walk(s.loop, close_walk, NULL);
   while (uv_run(s.loop, UV_RUN_NOWAIT)) {
   }

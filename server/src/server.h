@@ -45,6 +45,7 @@ void server_config_defaults(server_config *c);
 
 typedef struct conn conn;
 typedef struct call call;
+typedef struct http_conn http_conn;
 
 typedef struct server {
   uv_loop_t *loop;
@@ -56,6 +57,7 @@ typedef struct server {
   uv_tcp_t listener;
   uv_tcp_t http_listener;
   int http_on;
+  http_conn *http_conns;     /* open HTTP connections (http.c) */
   uv_signal_t sigterm, sigint;
   uv_timer_t drain_timer;
   int draining;
@@ -104,6 +106,9 @@ struct call {
   uint8_t *arena;         /* fetch buffers */
   char **texts;
   uint64_t count;         /* Put: written; Delete: deleted */
+  size_t fetch_bytes;     /* Retrieve/Fetch: buffer bytes its fetch holds */
+  int held;               /* waiting in c->held for the connection to drain */
+  call *hnext;
   uv_work_t work;
 };
 
@@ -119,10 +124,16 @@ struct conn {
   int closing;
   int reading;
   size_t queued;      /* bytes handed to uv_write not yet written */
+  size_t fetching;    /* fetch buffer bytes of this connection's running fetches */
+  call *held, *held_tail; /* fetches not started while queued + fetching is
+                             past the high-water mark (a client that does not
+                             read cannot make the server read memories for it) */
   unsigned ncalls;
   call *calls;
   uv_timer_t idle;    /* handshake / idle / stalled-writer timeout */
   uint64_t last_activity_ns;
+  uint64_t accepted_ns; /* the handshake deadline counts from here */
+  size_t last_write_queue; /* libuv's write queue size at the last idle tick */
   int refs;           /* handle + calls; freed at 0 */
 };
 
@@ -131,6 +142,12 @@ void conn_accept(server *s, uv_stream_t *listener);
 /* Queue a frame (header + message) and optional attachment for c. */
 int conn_send(conn *c, call *cl, m3_frame *f, const ProtobufCMessage *msg, const void *att,
               size_t att_len);
+/* Queue n frames in one write: frames holds their headers and messages back
+ * to back (frame i ends at frame_ends[i]), each followed on the wire by its
+ * attachment (att_lens[i] bytes at atts[i], which must stay valid until the
+ * write completes: they belong to cl). Takes frames' memory on success. */
+int conn_send_batch(conn *c, call *cl, m3_wbuf *frames, const size_t *frame_ends,
+                    const void *const *atts, const size_t *att_lens, size_t n);
 /* End a call with a status (END frame), unless it already ended. */
 void call_end(call *cl, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* End a unary call with its response (RESPONSE + FLAG_END). */
@@ -142,9 +159,14 @@ void server_goaway_all(server *s);
 
 /* calls.c */
 void call_dispatch(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_t *att);
+/* Start held fetches while c is under its write high-water mark. */
+void conn_release_held(conn *c);
 
 /* http.c */
 int http_start(server *s);
+/* Close every open HTTP connection (at exit: their memory is freed in the
+ * close callbacks). */
+void http_close_all(server *s);
 
 uint64_t now_ns(void);
 

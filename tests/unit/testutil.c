@@ -180,10 +180,12 @@ void tu_flip_byte(const char *path, uint64_t off) {
   close(fd);
 }
 
+/* M3_SOAK_SCALE (the user's knob: 1 in CI, 10+ for a real soak) times
+ * M3_SOAK_FACTOR (set by a test's `slow` registration). */
 int tu_scale(void) {
-  const char *s = getenv("M3_SOAK_SCALE");
-  int v = s ? atoi(s) : 1;
-  return v > 0 ? v : 1;
+  const char *s = getenv("M3_SOAK_SCALE"), *f = getenv("M3_SOAK_FACTOR");
+  int v = s ? atoi(s) : 1, k = f ? atoi(f) : 1;
+  return (v > 0 ? v : 1) * (k > 0 ? k : 1);
 }
 
 static int dump_one(void *ud, uint64_t id, const m3_location *loc) {
