@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The main job on a small built-in example, from a fresh machine:
-# install what is needed, build, then write a store of Memory3-shaped
-# memories, inspect and verify it, damage one record and watch verify catch
-# it, repair, and measure fetches against raw disk reads.
+# The main job on the bundled example, from a fresh machine:
+#   install what is needed and build; make a small Llama-family model (random
+#   weights, a BPE tokenizer learned from the bundled corpus); train a codec
+#   on its memory-layer keys and values; encode the bundled knowledge base
+#   (examples/kb/kb.jsonl, 297 chunks) into explicit memories in a store;
+#   serve it with m3-server; retrieve memories for a text query with m3.
+# Then it shows the store's integrity machinery: verify, a damaged record
+# caught by its checksum, and the catalog rebuilt from the segments.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -12,37 +16,70 @@ bin=$root/build/bin
 work=${M3_EXAMPLE_DIR:-$root/out/example}
 rm -rf "$work"
 mkdir -p "$work"
-store=$work/store
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "write 2,000 Memory3-shaped memories (22 layers x 8 KV heads x 8 tokens x 80 dims, 14-byte codes)"
-"$bin/m3-bench" gen --store "$store" --count 2000
+step "a test model: 4 layers (2 memory layers), 2 KV heads, head dim 16, BPE tokenizer from the corpus"
+"$bin/m3-encode" test-model --out "$work/model"
+
+step "train the codec on the model's keys and values: OPQ + 4x8-bit PQ, 4 bytes a vector"
+OMP_NUM_THREADS=1 "$bin/m3-encode" train-codec --model "$work/model" --input examples/kb/kb.jsonl \
+  --out "$work/codec.m3c" --codec "OPQ4_16,PQ4x8np" 2>&1 | grep -v '^WARNING clustering'
+
+step "encode the knowledge base: forward of the memory layers, top-8 tokens per head, quantized"
+"$bin/m3-encode" --model "$work/model" --input examples/kb/kb.jsonl --store "$work/store" \
+  --codec "$work/codec.m3c" --embed hash:256
 
 step "m3 store info"
-"$bin/m3" store info "$store"
+"$bin/m3" store info "$work/store"
 
-step "m3 store verify: every record read back and checksummed"
-"$bin/m3" store verify "$store"
+step "start m3-server on the store (loopback, a free port)"
+"$bin/m3-server" --store "$work/store" --listen 127.0.0.1:0 --http 127.0.0.1:0 \
+  --port-file "$work/ports" 2>"$work/server.log" &
+server_pid=$!
+for _ in $(seq 100); do [ -s "$work/ports" ] && break; sleep 0.1; done
+rpc=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/ports")
+http=$(sed -n 's/.* http=\([0-9]*\).*/\1/p' "$work/ports")
+[ -n "$rpc" ] || { cat "$work/server.log"; echo "m3-server did not start" >&2; exit 1; }
+echo "m3-server: rpc port $rpc, http port $http"
 
-step "m3 store get: where chunk 7 lives"
-"$bin/m3" store get "$store" --id 7
+step "retrieve: the top-3 memories for a text query"
+"$bin/m3" query --server "127.0.0.1:$rpc" --text "Saturn bright rings" -k 3
 
-step "flip one byte inside chunk 7's memory, then verify again (exit 1 expected)"
-seg=$("$bin/m3" store get "$store" --id 7 | awk '$1 == "segment" {print $2}')
-off=$("$bin/m3" store get "$store" --id 7 | awk '$1 == "offset" {print $2 + 1000}')
+step "fetch one memory by id (its record bytes are CRC-checked on arrival)"
+id=$("$bin/m3" query --server "127.0.0.1:$rpc" --text "Saturn bright rings" -k 1 --json |
+  sed -n 's/.*"chunk_id": *\([0-9]*\).*/\1/p' | head -n1)
+"$bin/m3" fetch --server "127.0.0.1:$rpc" --id "$id"
+
+step "the server's metrics (excerpt)"
+curl -s "http://127.0.0.1:$http/metrics" 2>/dev/null | grep -E '^m3_(calls_total|memories_served_total|store_records)' ||
+  echo "(curl not installed: see http://127.0.0.1:$http/metrics)"
+
+step "stop the server (SIGTERM drains in-flight calls, exit 0)"
+kill -TERM "$server_pid"
+wait "$server_pid"
+server_pid=
+
+step "verify: every record read back and checksummed"
+"$bin/m3" store verify "$work/store"
+
+step "flip one byte inside chunk $id's memory; verify names it (exit 1 expected)"
+seg=$("$bin/m3" store get "$work/store" --id "$id" | awk '$1 == "segment" {print $2}')
+off=$("$bin/m3" store get "$work/store" --id "$id" | awk '$1 == "offset" {print $2 + 100}')
 printf '\xff' | dd of="$seg" bs=1 seek="$off" conv=notrunc status=none
-if "$bin/m3" store verify "$store"; then
+if "$bin/m3" store verify "$work/store"; then
   echo "verify missed the damage" >&2
   exit 1
 fi
 
 step "rebuild the catalog from the segments (the damaged record is reported and dropped)"
-rm -rf "$store/catalog"
-"$bin/m3" store repair "$store" || true
-"$bin/m3" store verify "$store"
+rm -rf "$work/store/catalog"
+"$bin/m3" store repair "$work/store" || true
+"$bin/m3" store verify "$work/store"
 
-step "m3-bench storage: store fetches of 5 memories vs raw io_uring reads of the same bytes"
-"$bin/m3-bench" storage --store "$store" --ops 500 --direct
-
-printf '\nDone. The example store is in %s\n' "$store"
+printf '\nDone. Model, codec and store are in %s\n' "$work"

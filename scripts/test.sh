@@ -21,6 +21,7 @@ echo "== build (ASan + UBSan, -Werror)"
 bash scripts/build.sh build-asan -DM3_SANITIZE=ON -DM3_CUDA=OFF
 echo "== tests under sanitizers"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  LSAN_OPTIONS=suppressions=$root/tests/lsan.supp \
   ctest --output-on-failure -j"$jobs" --timeout 900 -LE slow)
 
 echo "== fuzz (libFuzzer, short run)"

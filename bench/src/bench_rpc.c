@@ -10,6 +10,11 @@
  * from its scheduled time, so a stalled server is charged for the calls that
  * queued behind it (no coordinated omission).
  *
+ * --cluster MAP: the same calls through one shared m3_cluster (every shard
+ * searched, global top-k fetched from the owners, failover between
+ * replicas); "connections" are then worker threads sharing the cluster's
+ * pools, and wire bytes come from the cluster's counters.
+ *
  * Baselines from the same run: wire_overhead (socket bytes read / payload
  * bytes - 1) and, with --store DIR (the server's store directory on this
  * machine, opened read-only beside the running server), raw_round_us: the
@@ -27,12 +32,13 @@
 
 #include "bench.h"
 #include "m3/client.h"
+#include "m3/cluster.h"
 #include "m3/error.h"
 
 #define POOL 4096 /* random query vectors drawn from */
 
 typedef struct rpc_args {
-  const char *server, *store, *token_file;
+  const char *server, *cluster, *store, *token_file;
   unsigned conns, qpc, k;
   double duration, rate;
   unsigned long long calls;
@@ -52,6 +58,7 @@ typedef struct rpc_shared {
   double period_ns;        /* open loop: ns between scheduled calls */
   atomic_ullong issued;    /* --calls: calls claimed */
   char token[512];
+  m3_cluster *cl;          /* --cluster */
 } rpc_shared;
 
 typedef struct rpc_thread {
@@ -109,14 +116,14 @@ static void *rpc_worker(void *arg) {
   m3_client_query *qs = calloc(a->qpc, sizeof *qs);
   char (*texts)[48] = a->text ? calloc(a->qpc, sizeof *texts) : NULL;
   uint64_t *ids = malloc(per_call * sizeof *ids);
-  m3_client_counters c0, c1;
-  m3_client_counters_get(t->c, &c0);
+  m3_client_counters c0 = {0}, c1 = {0};
+  if (t->c) m3_client_counters_get(t->c, &c0);
   uint64_t wire_before = 0;
   for (uint64_t i = 0;; i++) {
     int measured = i >= a->warmup;
     if (i == a->warmup) {
       if (bench_now_ns() < sh->t_start) sleep_until(sh->t_start);
-      m3_client_counters_get(t->c, &c0);
+      if (t->c) m3_client_counters_get(t->c, &c0);
       wire_before = 0;
     }
     uint64_t sched = 0;
@@ -146,7 +153,8 @@ static void *rpc_worker(void *arg) {
     t->call_memories = t->call_payload = 0;
     t->call_failed_items = 0;
     uint64_t t0 = bench_now_ns();
-    int rc = m3_client_retrieve(t->c, qs, a->qpc, a->k, 0, on_memory, t);
+    int rc = sh->cl ? m3_cluster_retrieve(sh->cl, qs, a->qpc, a->k, 0, on_memory, t)
+                    : m3_client_retrieve(t->c, qs, a->qpc, a->k, 0, on_memory, t);
     uint64_t t1 = bench_now_ns();
     if (!measured) continue;
     t->calls++;
@@ -156,10 +164,11 @@ static void *rpc_worker(void *arg) {
       t->errors++;
       if (rc && !t->err[0]) {
         const char *msg;
-        m3_client_last_status(t->c, &msg);
+        if (sh->cl) m3_cluster_last_status(NULL, &msg);
+        else m3_client_last_status(t->c, &msg);
         snprintf(t->err, sizeof t->err, "%s", msg);
       }
-      if (!m3_client_ok(t->c)) {
+      if (t->c && !m3_client_ok(t->c)) {
         /* Count what this connection read, then start a fresh one. */
         m3_client_counters_get(t->c, &c1);
         wire_before += c1.bytes_read - c0.bytes_read;
@@ -264,7 +273,8 @@ out_store:
 }
 
 static void usage(FILE *f) {
-  fputs("usage: m3-bench rpc --server HOST:PORT [--connections 1] [--queries-per-call 32]\n"
+  fputs("usage: m3-bench rpc (--server HOST:PORT | --cluster MAP) [--connections 1]\n"
+        "                    [--queries-per-call 32] [--hedge-ms 0]\n"
         "                    [-k 5] [--duration 10 | --calls N] [--rate R] [--warmup 20]\n"
         "                    [--store DIR] [--raw-samples 1000] [--token-file F]\n"
         "                    [--timeout-ms 10000] [--text] [--seed S] [--json]\n"
@@ -273,13 +283,15 @@ static void usage(FILE *f) {
         "over all connections with latency from each call's scheduled time. --warmup N\n"
         "calls per connection are not measured. --store DIR (the server's store, read\n"
         "beside it) adds raw_round_us: raw io_uring O_DIRECT reads of the memories that\n"
-        "sampled calls returned.\n",
+        "sampled calls returned. --cluster MAP: through a cluster (connections = threads\n"
+        "sharing its pools; --hedge-ms: hedged searches).\n",
         f);
 }
 
 int bench_rpc(int argc, char **argv) {
   static const struct option opts[] = {
       {"server", required_argument, NULL, 's'},  {"connections", required_argument, NULL, 'c'},
+      {"cluster", required_argument, NULL, 'C'}, {"hedge-ms", required_argument, NULL, 'H'},
       {"queries-per-call", required_argument, NULL, 'q'},
       {"duration", required_argument, NULL, 'd'}, {"calls", required_argument, NULL, 'n'},
       {"rate", required_argument, NULL, 'r'},     {"store", required_argument, NULL, 'S'},
@@ -290,11 +302,13 @@ int bench_rpc(int argc, char **argv) {
       {NULL, 0, NULL, 0}};
   rpc_args a = {.conns = 1, .qpc = 32, .k = 5, .duration = 10, .warmup = 20,
                 .raw_samples = 1000, .timeout_ms = 10000, .seed = 42};
-  int c, have_duration = 0;
+  int c, have_duration = 0, hedge_ms = 0;
   optind = 1;
   while ((c = getopt_long(argc, argv, "hk:", opts, NULL)) != -1) {
     switch (c) {
     case 's': a.server = optarg; break;
+    case 'C': a.cluster = optarg; break;
+    case 'H': hedge_ms = (int)strtol(optarg, NULL, 10); break;
     case 'c': a.conns = (unsigned)strtoul(optarg, NULL, 10); break;
     case 'q': a.qpc = (unsigned)strtoul(optarg, NULL, 10); break;
     case 'k': a.k = (unsigned)strtoul(optarg, NULL, 10); break;
@@ -313,9 +327,10 @@ int bench_rpc(int argc, char **argv) {
     default: usage(stderr); return 2;
     }
   }
-  if (a.server == NULL || a.conns == 0 || a.conns > 1024 || a.qpc == 0 || a.k == 0 ||
+  if ((a.server == NULL) == (a.cluster == NULL) || a.conns == 0 || a.conns > 1024 || a.qpc == 0 || a.k == 0 ||
       (have_duration && a.calls) || (!a.calls && !(a.duration > 0)) || a.rate < 0) {
-    fprintf(stderr, "m3-bench rpc: needs --server HOST:PORT, --connections 1..1024, Q and k > 0,\n"
+    fprintf(stderr, "m3-bench rpc: needs --server HOST:PORT or --cluster MAP, --connections 1..1024,\n"
+                    "Q and k > 0,\n"
                     "and one of --duration S > 0 or --calls N (see --help)\n");
     return 2;
   }
@@ -333,9 +348,31 @@ int bench_rpc(int argc, char **argv) {
   rpc_thread *th = calloc(a.conns, sizeof *th);
   size_t per_call = (size_t)a.qpc * a.k;
   int rc = 0, ex = 0;
+  m3_client_info cinfo;
+  if (a.cluster) {
+    m3_cluster_map *map = NULL;
+    if ((rc = m3_cluster_map_load(a.cluster, &map)) != 0) {
+      ex = bench_fail("cluster map", rc);
+      goto out;
+    }
+    m3_cluster_options co;
+    m3_cluster_options_init(&co);
+    if (a.token_file) co.token = sh.token;
+    co.call_timeout_ms = a.timeout_ms;
+    if (co.try_timeout_ms > co.call_timeout_ms) co.try_timeout_ms = co.call_timeout_ms;
+    co.hedge_delay_ms = hedge_ms;
+    co.client_name = "m3-bench rpc";
+    rc = m3_cluster_open(map, &co, &sh.cl);
+    m3_cluster_map_free(map);
+    if (rc == 0) rc = m3_cluster_info(sh.cl, &cinfo);
+    if (rc) {
+      ex = bench_fail("cluster", rc);
+      goto out;
+    }
+  }
   for (unsigned i = 0; i < a.conns; i++) {
     th[i] = (rpc_thread){.sh = &sh, .idx = i, .rng = a.seed * 0x9E3779B97F4A7C15ull + i + 1};
-    if ((rc = connect_one(&sh, &th[i].c)) != 0) {
+    if (!a.cluster && (rc = connect_one(&sh, &th[i].c)) != 0) {
       ex = bench_fail("connect", rc);
       goto out;
     }
@@ -344,7 +381,7 @@ int bench_rpc(int argc, char **argv) {
       th[i].sample_ids = malloc(th[i].max_samples * per_call * sizeof(uint64_t));
     }
   }
-  const m3_client_info *info = m3_client_info_get(th[0].c);
+  const m3_client_info *info = a.cluster ? &cinfo : m3_client_info_get(th[0].c);
   sh.dim = info->layout.emb_dim;
   if (!a.text && sh.dim == 0) {
     fprintf(stderr, "m3-bench rpc: m3-server %s announces no embedding_dim; use --text\n",
@@ -372,6 +409,8 @@ int bench_rpc(int argc, char **argv) {
   uint64_t warm_ns = a.warmup ? 500000000ull : 0;
   sh.t_start = bench_now_ns() + warm_ns;
   sh.t_end = a.calls ? 0 : sh.t_start + (uint64_t)(a.duration * 1e9);
+  m3_cluster_counters cc0 = {0}, cc1 = {0};
+  if (sh.cl) m3_cluster_counters_get(sh.cl, &cc0);
   for (unsigned i = 0; i < a.conns; i++) pthread_create(&th[i].tid, NULL, rpc_worker, &th[i]);
   for (unsigned i = 0; i < a.conns; i++) pthread_join(th[i].tid, NULL);
   uint64_t t_done = bench_now_ns();
@@ -387,6 +426,11 @@ int bench_rpc(int argc, char **argv) {
     memories += th[i].memories;
     payload += th[i].payload;
     wire += th[i].wire;
+  }
+  if (sh.cl) {
+    /* Warmup included: the cluster counts bytes per connection return. */
+    m3_cluster_counters_get(sh.cl, &cc1);
+    wire = cc1.bytes_read - cc0.bytes_read;
   }
   double *lat = malloc((nlat ? nlat : 1) * sizeof *lat), sum = 0;
   size_t p = 0;
@@ -407,7 +451,7 @@ int bench_rpc(int argc, char **argv) {
          p999 = bench_quantile(lat, nlat, 0.999);
   json_t *j = json_pack(
       "{s:s,s:s,s:i,s:i,s:i,s:f,s:f,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:I,s:f}",
-      "server", a.server, "mode", a.rate > 0 ? "open" : "closed", "connections", (int)a.conns,
+      a.cluster ? "cluster" : "server", a.cluster ? a.cluster : a.server, "mode", a.rate > 0 ? "open" : "closed", "connections", (int)a.conns,
       "queries_per_call", (int)a.qpc, "k", (int)a.k, "rate", a.rate, "seconds", secs, "calls",
       (json_int_t)calls, "errors", (json_int_t)errors, "memories", (json_int_t)memories,
       "memories_per_call", calls ? (double)memories / (double)calls : 0.0, "p50_us", p50,
@@ -427,6 +471,11 @@ int bench_rpc(int argc, char **argv) {
       json_object_set_new(j, "first_error", json_string(th[i].err));
       break;
     }
+  if (sh.cl) {
+    json_object_set_new(j, "shards", json_integer(m3_cluster_shards(sh.cl)));
+    json_object_set_new(j, "failovers", json_integer((json_int_t)(cc1.failovers - cc0.failovers)));
+    json_object_set_new(j, "hedges", json_integer((json_int_t)(cc1.hedges - cc0.hedges)));
+  }
   if (a.json) {
     bench_print_json(j);
   } else {
@@ -449,5 +498,6 @@ out:
     free(th[i].sample_ids);
   }
   free(th);
+  m3_cluster_close(sh.cl);
   return ex;
 }

@@ -27,6 +27,9 @@ static const char *usage_text =
     "  codec    --codec STR [--train N] [--test N] [--vectors FILE] [--json]\n"
     "           codec size, error and speed (see m3-bench codec --help)\n"
 #endif
+    "  encode   [--hidden 1024 --layers 8 --heads 16 --kv-heads 4 --head-dim 64 --batch 8\n"
+    "           --seq 128] [--json]\n"
+    "           encoder memory-layer forward + selection vs OpenBLAS sgemm\n"
     "\n"
     "Run `m3-bench <command> --help` for a command's options.\n";
 
@@ -68,6 +71,7 @@ int main(int argc, char **argv) {
 #ifdef M3_BENCH_CODEC
       {"codec", m3_bench_codec},
 #endif
+      {"encode", bench_encode},
   };
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
     fputs(usage_text, argc < 2 ? stderr : stdout);

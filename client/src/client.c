@@ -128,6 +128,7 @@ void m3_client_close(m3_client *c) {
   if (c == NULL) return;
   if (c->fd >= 0) close(c->fd);
   free(c->rbuf);
+  free(c->abuf);
   m3_wbuf_free(&c->out);
   free(c->arena.block);
   for (size_t i = 0; i < c->arena.nbig; i++) free(c->arena.big[i]);
@@ -242,7 +243,11 @@ static int on_memory(void *ud, const ProtobufCMessage *msg, const uint8_t *att, 
     out.status = M3_ECORRUPT;
     snprintf(err, sizeof err, "chunk %llu: payload CRC32C %08x, Memory says %08x",
              (unsigned long long)m->chunk_id, m3_crc32c(0, att, att_len), m->payload_crc);
-  } else if (m3_record_parse(att, att_len, M3_PARSE_MEM, &rec) != 0) {
+  } else if (m3_record_parse(att, att_len, M3_PARSE_HEADER, &rec) != 0 ||
+             M3_RECORD_HEADER_SIZE + (size_t)rec.mem_bytes != att_len) {
+    /* The payload CRC above covered every byte end to end (the server's
+     * store checked the record's own CRCs when it read it), so the header's
+     * fields and CRC are what is left to check here. */
     out.grpc_status = M3__STATUS_CODE__DATA_LOSS;
     out.status = M3_ECORRUPT;
     snprintf(err, sizeof err, "chunk %llu: bad record: %s", (unsigned long long)m->chunk_id,

@@ -317,6 +317,23 @@ static int read_frame(m3_client *c, m3_method method, uint64_t deadline, m3_fram
   if ((rc = fill(c, method, total, deadline)) != 0) return rc;
   *msg = c->rbuf + c->rpos + M3_FRAME_HEADER_SIZE;
   *att = *msg + f->msg_len;
+  if (f->att_len && ((uintptr_t)*att & 7)) {
+    /* Records are read in place (m3_record.positions is a u16 array, the
+     * codes may be read as wider words), so hand them out 8-aligned. */
+    if (c->acap < f->att_len) {
+      uint8_t *b = realloc(c->abuf, f->att_len);
+      if (b == NULL) {
+        c->broken = 1;
+        m3__client_status(c, method, M3__STATUS_CODE__RESOURCE_EXHAUSTED,
+                          "no memory for a %u-byte attachment", f->att_len);
+        return m3__seterr(M3_ENOMEM, "%s", c->last_msg);
+      }
+      c->abuf = b;
+      c->acap = f->att_len;
+    }
+    memcpy(c->abuf, *att, f->att_len);
+    *att = c->abuf;
+  }
   c->rpos += total;
   if (c->rpos == c->rlen) c->rpos = c->rlen = 0;
   c->ctr.frames_read++;

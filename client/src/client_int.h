@@ -37,6 +37,8 @@ struct m3_client {
 
   uint8_t *rbuf; /* input: frames are parsed in place; rbuf[rpos, rlen) unread */
   size_t rcap, rpos, rlen;
+  uint8_t *abuf;  /* an attachment that landed misaligned in rbuf, copied here */
+  size_t acap;
   m3_wbuf out;   /* output: out.data[out_off, out.len) not yet written */
   size_t out_off;
 

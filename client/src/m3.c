@@ -19,6 +19,10 @@
 int m3__cmd_query(int argc, char **argv);
 int m3__cmd_fetch(int argc, char **argv);
 int m3__cmd_stats(int argc, char **argv);
+/* m3 store split (m3_cluster_cmd.c). */
+int m3__cmd_store_split(int argc, char **argv);
+/* m3 store dump (m3_dump.c). */
+int m3__cmd_store_dump(int argc, char **argv);
 
 #define EXIT_PROBLEMS 1
 #define EXIT_FAILURE_ 2
@@ -32,11 +36,16 @@ static const char *usage_text =
     "  m3 store repair DIR [--json]    rebuild the catalog from the segments\n"
     "  m3 store compact DIR            rewrite segments without deleted records\n"
     "  m3 store get DIR --id N [--json]  one memory: location, checksum status, text\n"
+    "  m3 store dump DIR --id N [--json] [--codec FILE] [--model DIR]\n"
+    "                                  one memory decoded: text, tokens, positions, K, V\n"
+    "  m3 store split DIR --shards S --out OUTDIR\n"
+    "                                  split into OUTDIR/shard-<s> stores by chunk id % S\n"
     "\n"
     "Server commands (talk to an m3-server; exit 1 when it answers with a failure):\n"
-    "  m3 query --server HOST:PORT (--text \"...\" | --vector-file F) [-k 5] [--json]\n"
+    "  m3 query (--server HOST:PORT | --cluster MAP) (--text \"...\" | --vector-file F)\n"
+    "           [-k 5] [--json]\n"
     "                                  top-k memories of each query: ids, scores, texts\n"
-    "  m3 fetch --server HOST:PORT --id N [--id M ...] [--out FILE] [--json]\n"
+    "  m3 fetch (--server HOST:PORT | --cluster MAP) --id N [--id M ...] [--out FILE] [--json]\n"
     "                                  memories by chunk id: bytes, CRC check, text\n"
     "  m3 stats --server HOST:PORT [--json]  the server's layout, limits and counters\n"
     "  (all take --token-file F and --timeout-ms MS)\n"
@@ -322,14 +331,15 @@ static int cmd_store(int argc, char **argv) {
     const char *name;
     int (*fn)(int, char **);
   } cmds[] = {{"info", cmd_info}, {"verify", cmd_verify}, {"repair", cmd_repair},
-              {"compact", cmd_compact}, {"get", cmd_get}};
+              {"compact", cmd_compact}, {"get", cmd_get}, {"split", m3__cmd_store_split},
+              {"dump", m3__cmd_store_dump}};
   if (argc < 2) {
     fputs(usage_text, stderr);
     return EXIT_FAILURE_;
   }
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
     if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
-  fprintf(stderr, "m3 store: unknown command '%s' (info, verify, repair, compact, get)\n", argv[1]);
+  fprintf(stderr, "m3 store: unknown command '%s' (info, verify, repair, compact, get, split, dump)\n", argv[1]);
   return EXIT_FAILURE_;
 }
 

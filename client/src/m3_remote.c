@@ -1,6 +1,7 @@
 /*
  * m3 query, m3 fetch, m3 stats: the m3 commands that talk to an m3-server
- * through libm3client, one connection per command.
+ * through libm3client, one connection per command; query and fetch also
+ * to a whole cluster (--cluster MAP, m3/cluster.h), with the same output.
  *
  * Exit codes, as the rest of m3: 0 success; 1 the server answered with a
  * failure status (for the call, or for one of the fetched ids); 2 the
@@ -20,7 +21,9 @@
 #include <string.h>
 
 #include "m3/client.h"
+#include "m3/cluster.h"
 #include "m3/error.h"
+#include "m3/frame.h"
 
 #define EXIT_STATUS 1
 #define EXIT_USAGE 2
@@ -53,6 +56,7 @@ static int read_token(const char *path, char *buf, size_t cap) {
 
 typedef struct remote_args {
   const char *server;
+  const char *cluster;
   const char *token_file;
   const char *text;
   const char *vector_file;
@@ -66,14 +70,16 @@ typedef struct remote_args {
 
 static void usage(const char *cmd) {
   if (!strcmp(cmd, "query"))
-    fputs("usage: m3 query --server HOST:PORT (--text \"...\" | --vector-file F) [-k 5]\n"
-          "                [--token-file F] [--timeout-ms 10000] [--json]\n"
+    fputs("usage: m3 query (--server HOST:PORT | --cluster MAP) (--text \"...\" | --vector-file F)\n"
+          "                [-k 5] [--token-file F] [--timeout-ms 10000] [--json]\n"
           "Retrieve the top-k memories of each query; print ids, scores and chunk texts.\n"
-          "Vector file: one query per line, floats separated by whitespace ('#' comments).\n",
+          "Vector file: one query per line, floats separated by whitespace ('#' comments).\n"
+          "--cluster MAP: a cluster map file (docs/CLIENT.md); every shard is searched and\n"
+          "the global top-k fetched from the owning shards, with failover between replicas.\n",
           stdout);
   else if (!strcmp(cmd, "fetch"))
-    fputs("usage: m3 fetch --server HOST:PORT --id N [--id M ...] [--out FILE]\n"
-          "                [--token-file F] [--timeout-ms 10000] [--json]\n"
+    fputs("usage: m3 fetch (--server HOST:PORT | --cluster MAP) --id N [--id M ...]\n"
+          "                [--out FILE] [--token-file F] [--timeout-ms 10000] [--json]\n"
           "Fetch memories by chunk id: id, payload bytes, CRC check, text. --out writes\n"
           "the record bytes of the found memories back to back, in --id order.\n",
           stdout);
@@ -86,6 +92,7 @@ static void usage(const char *cmd) {
 static int parse_args(int argc, char **argv, remote_args *a) {
   static const struct option opts[] = {
       {"server", required_argument, NULL, 's'},     {"token-file", required_argument, NULL, 't'},
+      {"cluster", required_argument, NULL, 'C'},
       {"text", required_argument, NULL, 'x'},       {"vector-file", required_argument, NULL, 'v'},
       {"id", required_argument, NULL, 'i'},         {"out", required_argument, NULL, 'o'},
       {"timeout-ms", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
@@ -99,6 +106,7 @@ static int parse_args(int argc, char **argv, remote_args *a) {
     char *end;
     switch (c) {
     case 's': a->server = optarg; break;
+    case 'C': a->cluster = optarg; break;
     case 't': a->token_file = optarg; break;
     case 'x': a->text = optarg; break;
     case 'v': a->vector_file = optarg; break;
@@ -139,8 +147,10 @@ static int parse_args(int argc, char **argv, remote_args *a) {
     fprintf(stderr, "m3 %s: unexpected argument '%s'\n", argv[0], argv[optind]);
     return EXIT_USAGE;
   }
-  if (a->server == NULL) {
-    fprintf(stderr, "m3 %s: needs --server HOST:PORT\n", argv[0]);
+  int cluster_ok = strcmp(argv[0], "stats") != 0;
+  if ((a->server == NULL) == (a->cluster == NULL) || (a->cluster && !cluster_ok)) {
+    fprintf(stderr, "m3 %s: needs %s\n", argv[0],
+            cluster_ok ? "one of --server HOST:PORT or --cluster MAP" : "--server HOST:PORT");
     return EXIT_USAGE;
   }
   return 0;
@@ -169,6 +179,65 @@ static int call_failed(const char *cmd, m3_client *c, int rc) {
   m3_client_last_status(c, &msg);
   fprintf(stderr, "m3 %s: %s: %s\n", cmd, m3_strerror(rc), *msg ? msg : m3_errmsg());
   return m3_client_ok(c) ? EXIT_STATUS : EXIT_USAGE;
+}
+
+/* One server (m3_client) or a cluster (m3_cluster), as the command says. */
+typedef struct remote {
+  m3_client *c;
+  m3_cluster *cl;
+  const char *key, *where; /* "server" / "cluster" and its address or map */
+} remote;
+
+static int remote_open(const char *cmd, const remote_args *a, remote *r) {
+  memset(r, 0, sizeof *r);
+  r->key = a->cluster ? "cluster" : "server";
+  r->where = a->cluster ? a->cluster : a->server;
+  if (a->server) return connect_server(cmd, a, &r->c);
+  char token[512] = "";
+  if (a->token_file && read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
+  m3_cluster_map *map = NULL;
+  int rc = m3_cluster_map_load(a->cluster, &map);
+  if (rc == 0) {
+    m3_cluster_options o;
+    m3_cluster_options_init(&o);
+    if (a->token_file) o.token = token;
+    if (a->timeout_ms > 0) o.call_timeout_ms = a->timeout_ms;
+    if (o.try_timeout_ms > o.call_timeout_ms) o.try_timeout_ms = o.call_timeout_ms;
+    o.probe_interval_ms = 0; /* one call: no prober thread */
+    o.client_name = "m3 cli";
+    rc = m3_cluster_open(map, &o, &r->cl);
+    m3_cluster_map_free(map);
+  }
+  if (rc) {
+    fprintf(stderr, "m3 %s: %s: %s\n", cmd, m3_strerror(rc), m3_errmsg());
+    return EXIT_USAGE;
+  }
+  return 0;
+}
+
+static void remote_close(remote *r) {
+  m3_client_close(r->c);
+  m3_cluster_close(r->cl);
+}
+
+/* The reference Hello (layout) of the server or cluster. */
+static int remote_info(const char *cmd, remote *r, m3_client_info *out) {
+  if (r->c) {
+    *out = *m3_client_info_get(r->c);
+    return 0;
+  }
+  int rc = m3_cluster_info(r->cl, out);
+  if (rc) fprintf(stderr, "m3 %s: %s: %s\n", cmd, m3_strerror(rc), m3_errmsg());
+  return rc ? EXIT_USAGE : 0;
+}
+
+static int remote_failed(const char *cmd, remote *r, int rc) {
+  if (r->c) return call_failed(cmd, r->c, rc);
+  const char *msg;
+  int code = m3_cluster_last_status(NULL, &msg);
+  fprintf(stderr, "m3 %s: %s (%s): %s\n", cmd, m3_strerror(rc), m3_status_name(code),
+          *msg ? msg : m3_errmsg());
+  return EXIT_STATUS;
 }
 
 /* ---- query ---------------------------------------------------------- */
@@ -283,12 +352,14 @@ int m3__cmd_query(int argc, char **argv) {
   float *vecs = NULL;
   size_t nq = 1, dim = 0;
   if (a.vector_file && read_vectors(a.vector_file, &vecs, &nq, &dim) != 0) return EXIT_USAGE;
-  m3_client *c = NULL;
-  if ((ex = connect_server("query", &a, &c)) != 0) goto out;
-  const m3_client_info *info = m3_client_info_get(c);
+  remote rm = {0};
+  m3_client_info infob;
+  if ((ex = remote_open("query", &a, &rm)) != 0) goto out;
+  if ((ex = remote_info("query", &rm, &infob)) != 0) goto out;
+  const m3_client_info *info = &infob;
   if (vecs && dim != info->layout.emb_dim) {
-    fprintf(stderr, "m3 query: %s has %zu-dim vectors; m3-server %s embeds in %u dims\n",
-            a.vector_file, dim, a.server, info->layout.emb_dim);
+    fprintf(stderr, "m3 query: %s has %zu-dim vectors; %s %s embeds in %u dims\n",
+            a.vector_file, dim, rm.key, rm.where, info->layout.emb_dim);
     ex = EXIT_USAGE;
     goto out;
   }
@@ -299,9 +370,10 @@ int m3__cmd_query(int argc, char **argv) {
     if (vecs) qs[i] = (m3_client_query){.vector = vecs + i * dim, .dim = (uint32_t)dim};
     else qs[i] = (m3_client_query){.text = a.text};
   }
-  rc = m3_client_retrieve(c, qs, nq, a.k, 1, on_query_memory, &q);
+  rc = rm.c ? m3_client_retrieve(rm.c, qs, nq, a.k, 1, on_query_memory, &q)
+            : m3_cluster_retrieve(rm.cl, qs, nq, a.k, 1, on_query_memory, &q);
   if (rc) {
-    ex = call_failed("query", c, rc);
+    ex = remote_failed("query", &rm, rc);
   } else if (a.json) {
     json_t *arr = json_array();
     for (size_t i = 0; i < nq; i++) {
@@ -318,7 +390,7 @@ int m3__cmd_query(int argc, char **argv) {
       }
       json_array_append_new(arr, json_pack("{s:I,s:o}", "query", (json_int_t)i, "results", res));
     }
-    print_json(json_pack("{s:s,s:i,s:o}", "server", a.server, "k", a.k, "queries", arr));
+    print_json(json_pack("{s:s,s:i,s:o}", rm.key, rm.where, "k", a.k, "queries", arr));
   } else {
     for (size_t i = 0; i < nq; i++) {
       printf("query %zu%s%s%s\n", i, a.text ? " \"" : "", a.text ? a.text : "", a.text ? "\"" : "");
@@ -347,7 +419,7 @@ int m3__cmd_query(int argc, char **argv) {
   free(q.hits);
   free(qs);
 out:
-  m3_client_close(c);
+  remote_close(&rm);
   free(vecs);
   free(a.ids);
   return ex;
@@ -396,13 +468,14 @@ int m3__cmd_fetch(int argc, char **argv) {
     free(a.ids);
     return EXIT_USAGE;
   }
-  m3_client *c = NULL;
+  remote rm = {0};
   fetch_ctx f = {a.n_ids, calloc(a.n_ids, sizeof(json_t *)), calloc(a.n_ids, sizeof(uint8_t *)),
                  calloc(a.n_ids, sizeof(size_t)), 0, a.json};
-  if ((ex = connect_server("fetch", &a, &c)) != 0) goto out;
-  rc = m3_client_fetch(c, a.ids, a.n_ids, 1, on_fetch_memory, &f);
+  if ((ex = remote_open("fetch", &a, &rm)) != 0) goto out;
+  rc = rm.c ? m3_client_fetch(rm.c, a.ids, a.n_ids, 1, on_fetch_memory, &f)
+            : m3_cluster_fetch(rm.cl, a.ids, a.n_ids, 1, on_fetch_memory, &f);
   if (rc) {
-    ex = call_failed("fetch", c, rc);
+    ex = remote_failed("fetch", &rm, rc);
     goto out;
   }
   if (a.out) {
@@ -431,7 +504,7 @@ int m3__cmd_fetch(int argc, char **argv) {
     json_array_append(arr, f.items[i]);
   }
   if (a.json) {
-    print_json(json_pack("{s:s,s:o}", "server", a.server, "memories", arr));
+    print_json(json_pack("{s:s,s:o}", rm.key, rm.where, "memories", arr));
   } else {
     for (size_t i = 0; i < a.n_ids; i++) {
       json_t *o = f.items[i];
@@ -461,7 +534,7 @@ out:
   free(f.items);
   free(f.data);
   free(f.len);
-  m3_client_close(c);
+  remote_close(&rm);
   free(a.ids);
   return ex;
 }

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "endian.h"
+#include "m3_endian.h"
 #include "m3/error.h"
 #include "m3/fault.h"
 

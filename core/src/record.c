@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-#include "endian.h"
+#include "m3_endian.h"
 #include "m3/crc32c.h"
 #include "m3/error.h"
 

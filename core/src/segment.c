@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "endian.h"
+#include "m3_endian.h"
 #include "m3/crc32c.h"
 #include "m3/error.h"
 #include "m3/fault.h"

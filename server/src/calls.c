@@ -372,6 +372,14 @@ static void fetch_work(uv_work_t *w) {
   cl->status = m3_store_fetch(s->store, cl->items, n);
   if (cl->status) snprintf(cl->errmsg, sizeof cl->errmsg, "%s", m3_errmsg());
   for (size_t i = n; i < cl->nids; i++) cl->items[i].status = M3_ENOTFOUND;
+  /* The payloads' CRCs are computed here, off the loop thread. */
+  cl->crcs = malloc((cl->nids ? cl->nids : 1) * sizeof *cl->crcs);
+  if (cl->crcs == NULL) {
+    cl->status = M3_ENOMEM;
+    return;
+  }
+  for (size_t i = 0; i < cl->nids; i++)
+    cl->crcs[i] = cl->items[i].status == 0 ? m3_crc32c(0, cl->items[i].data, cl->items[i].len) : 0;
   if (cl->with_text)
     for (size_t i = 0; i < cl->nids; i++) {
       size_t len;
@@ -423,7 +431,7 @@ static void fetch_done(uv_work_t *w, int status) {
       att = it->data;
       att_len = it->len;
       m.payload_bytes = (uint32_t)it->len;
-      m.payload_crc = m3_crc32c(0, it->data, it->len);
+      m.payload_crc = cl->crcs[i];
       if (cl->texts && cl->texts[i]) m.text = cl->texts[i];
       s->m.memories_served++;
       s->m.payload_bytes_served += it->len;

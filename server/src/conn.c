@@ -204,6 +204,7 @@ static void call_free(call *cl) {
   free(cl->scores);
   free(cl->attach);
   free(cl->items);
+  free(cl->crcs);
   free(cl->arena);
   free(cl);
   conn_unref(c);

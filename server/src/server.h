@@ -103,6 +103,7 @@ struct call {
   int status;             /* m3 error of the work, 0 ok */
   char errmsg[256];
   m3_fetch_item *items;   /* Retrieve/Fetch */
+  uint32_t *crcs;         /* payload CRC32C per item (computed by the fetch job) */
   uint8_t *arena;         /* fetch buffers */
   char **texts;
   uint64_t count;         /* Put: written; Delete: deleted */

@@ -1,2 +1,8 @@
 m3_add_script_test(store_cli SCRIPT ${CMAKE_CURRENT_LIST_DIR}/test_store_cli.sh
   LABELS integration TIMEOUT 120)
+# An installed libm3client linked through pkg-config (not with sanitizers:
+# the worker program would need their runtimes).
+if(NOT M3_SANITIZE)
+  m3_add_script_test(install_pkgconfig SCRIPT ${CMAKE_CURRENT_LIST_DIR}/test_install.sh
+    LABELS integration TIMEOUT 180)
+endif()

@@ -122,7 +122,6 @@ void tu_dump_store(m3_store *s, tu_dump *d);
 void tu_dump_compare(const tu_dump *a, const tu_dump *b, int with_locations);
 void tu_dump_free(tu_dump *d);
 
-#endif /* M3_TESTUTIL_H */
 
 /* ---- child processes (integration tests) ---------------------------- */
 
@@ -156,3 +155,5 @@ int tu_child_finish(tu_child *c, int kill_it);
 void tu_child_free(tu_child *c);
 
 long long tu_now_ms(void);
+
+#endif /* M3_TESTUTIL_H */

@@ -1,0 +1,585 @@
+"""m3store: the Python binding of libm3client (ctypes + numpy).
+
+An inference worker's retrieval rounds from Python: open a client on one
+m3-server or on a cluster map, retrieve the top-k memories of a batch of
+queries (dense float32 vectors or texts), and get either the record bytes
+(codes) or K/V arrays decoded by the C library into the attention-buffer
+layout of docs/CLIENT.md:
+
+    kv         (Q, layers, 2 [K, V], kv_heads, k * n_tokens, head_dim)
+    positions  (Q, layers, kv_heads, k * n_tokens) int32, -1 = empty slot
+
+Slot s = rank * n_tokens + t. Empty slots (tokens a chunk did not have,
+ranks that got no memory) have position -1 and zero K/V: mask them
+(logit -inf where positions < 0).
+
+Works with Debian's python3-numpy; no compiled extension. The shared library
+is found at $M3_LIB (a file path), next to this package, in the repository's
+build*/lib/, or by the system loader (ctypes.util.find_library("m3client")).
+
+    import numpy as np, m3store
+    with m3store.Client(server="127.0.0.1:7600") as c:
+        r = c.retrieve(np.random.rand(32, 8).astype(np.float32), k=5, decoded="bf16")
+        r.kv, r.positions, r.ids, r.scores
+
+bf16 arrays are numpy uint16 (numpy has no bfloat16): in PyTorch,
+torch.from_numpy(r.kv).view(torch.bfloat16).
+"""
+
+import ctypes
+import ctypes.util
+import glob
+import os
+
+import numpy as np
+
+__all__ = ["Client", "Round", "M3Error", "load_library", "DTYPES"]
+
+# ---- the library -------------------------------------------------------------
+
+_lib = None
+
+
+def _candidates():
+    env = os.environ.get("M3_LIB")
+    if env:
+        yield env
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    yield os.path.join(here, "libm3client.so")
+    root = os.path.abspath(os.path.join(here, "..", "..", ".."))
+    builds = glob.glob(os.path.join(root, "build*", "lib", "libm3client.so"))
+    for p in sorted(builds, key=os.path.getmtime, reverse=True):
+        yield p
+    found = ctypes.util.find_library("m3client")
+    if found:
+        yield found
+
+
+c_u8p = ctypes.POINTER(ctypes.c_uint8)
+
+
+class _Spec(ctypes.Structure):
+    _fields_ = [("n_layers", ctypes.c_uint16), ("n_kv_heads", ctypes.c_uint16),
+                ("n_tokens", ctypes.c_uint16), ("head_dim", ctypes.c_uint16)]
+
+
+class _Layout(ctypes.Structure):
+    _fields_ = [("spec", _Spec), ("codec_kind", ctypes.c_uint16), ("code_bytes", ctypes.c_uint16),
+                ("codec_fp", ctypes.c_uint64), ("emb_dim", ctypes.c_uint16)]
+
+
+class _ClientOptions(ctypes.Structure):
+    _fields_ = [("connect_timeout_ms", ctypes.c_int), ("call_timeout_ms", ctypes.c_int),
+                ("token", ctypes.c_char_p), ("codec_fingerprint", ctypes.c_uint64),
+                ("check_fingerprint", ctypes.c_int), ("client_name", ctypes.c_char_p),
+                ("max_frame_bytes", ctypes.c_uint32)]
+
+
+class _ClientInfo(ctypes.Structure):
+    _fields_ = [("protocol_version", ctypes.c_uint32), ("layout", _Layout),
+                ("memory_bytes", ctypes.c_uint32), ("max_frame_bytes", ctypes.c_uint32),
+                ("max_inflight_calls", ctypes.c_uint32), ("max_queries_per_call", ctypes.c_uint32),
+                ("max_k", ctypes.c_uint32), ("max_ids_per_call", ctypes.c_uint32),
+                ("idle_timeout_ms", ctypes.c_uint32), ("records", ctypes.c_uint64),
+                ("admin", ctypes.c_int), ("shard", ctypes.c_uint32),
+                ("server_name", ctypes.c_char * 64)]
+
+
+class _Query(ctypes.Structure):
+    _fields_ = [("vector", ctypes.POINTER(ctypes.c_float)), ("dim", ctypes.c_uint32),
+                ("text", ctypes.c_char_p)]
+
+
+class _MethodStats(ctypes.Structure):
+    _fields_ = [("method", ctypes.c_char * 32), ("calls", ctypes.c_uint64),
+                ("errors", ctypes.c_uint64)]
+
+
+class _ClientStats(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in (
+        "records", "segment_bytes", "connections", "calls", "memories_served",
+        "payload_bytes_served", "cache_hits", "cache_misses", "uptime_ms", "index_vectors")] + [
+        ("io_backend", ctypes.c_char * 16), ("n_methods", ctypes.c_size_t),
+        ("methods", _MethodStats * 16)]
+
+
+class _ClusterOptions(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int) for n in (
+        "connect_timeout_ms", "call_timeout_ms", "try_timeout_ms", "hedge_delay_ms",
+        "max_conns_per_replica", "backoff_min_ms", "backoff_max_ms", "probe_interval_ms")] + [
+        ("token", ctypes.c_char_p), ("codec_fingerprint", ctypes.c_uint64),
+        ("check_fingerprint", ctypes.c_int), ("client_name", ctypes.c_char_p)]
+
+
+class _ClusterCounters(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in (
+        "calls", "failed", "failovers", "hedges", "connects", "probes", "probes_ok", "bytes_read")]
+
+
+class _ReplicaInfo(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_char * 256), ("up", ctypes.c_int), ("failures", ctypes.c_uint),
+                ("backoff_ms_left", ctypes.c_int), ("open_conns", ctypes.c_uint),
+                ("calls", ctypes.c_uint64), ("errors", ctypes.c_uint64),
+                ("last_error", ctypes.c_char * 256)]
+
+
+class _Geom(ctypes.Structure):
+    _fields_ = [("spec", _Spec), ("n_queries", ctypes.c_uint32), ("k", ctypes.c_uint32),
+                ("dtype", ctypes.c_int)] + [(n, ctypes.c_size_t) for n in (
+                    "kv_query_stride", "kv_layer_stride", "kv_kv_stride", "pos_query_stride",
+                    "pos_layer_stride")]
+
+
+class _AttnRound(ctypes.Structure):
+    _fields_ = [("kv", ctypes.c_void_p), ("pos", ctypes.POINTER(ctypes.c_int32)),
+                ("ids", ctypes.POINTER(ctypes.c_uint64)), ("scores", ctypes.POINTER(ctypes.c_float))]
+
+
+class _AttnStats(ctypes.Structure):
+    _fields_ = [("placed", ctypes.c_uint32), ("empty", ctypes.c_uint32),
+                ("failed", ctypes.c_uint32), ("masked_tokens", ctypes.c_uint32),
+                ("first_error", ctypes.c_int), ("error", ctypes.c_char * 256)]
+
+
+class _AttnCodes(ctypes.Structure):
+    _fields_ = [("n_queries", ctypes.c_uint32), ("k", ctypes.c_uint32),
+                ("rec_bytes", ctypes.c_size_t), ("buf", c_u8p),
+                ("ids", ctypes.POINTER(ctypes.c_uint64)), ("scores", ctypes.POINTER(ctypes.c_float)),
+                ("status", ctypes.POINTER(ctypes.c_int32)), ("placed", ctypes.c_uint32),
+                ("failed", ctypes.c_uint32)]
+
+
+_MIRRORS = {
+    "m3_layout": _Layout, "m3_client_options": _ClientOptions, "m3_client_info": _ClientInfo,
+    "m3_client_query": _Query, "m3_client_stats": _ClientStats,
+    "m3_cluster_options": _ClusterOptions, "m3_cluster_counters": _ClusterCounters,
+    "m3_cluster_replica_info": _ReplicaInfo, "m3_attn_geom": _Geom, "m3_attn_round": _AttnRound,
+    "m3_attn_stats": _AttnStats, "m3_attn_codes": _AttnCodes,
+}
+
+_P = ctypes.c_void_p
+_SIGS = {
+    # name: (restype, argtypes)
+    "m3_err_name": (ctypes.c_char_p, [ctypes.c_int]),
+    "m3_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+    "m3_errmsg": (ctypes.c_char_p, []),
+    "m3_attn_abi_sizeof": (ctypes.c_size_t, [ctypes.c_char_p]),
+    "m3_client_options_init": (None, [_P]),
+    "m3_client_connect": (ctypes.c_int, [ctypes.c_char_p, _P, ctypes.POINTER(_P)]),
+    "m3_client_close": (None, [_P]),
+    "m3_client_info_get": (ctypes.POINTER(_ClientInfo), [_P]),
+    "m3_client_last_status": (ctypes.c_int, [_P, ctypes.POINTER(ctypes.c_char_p)]),
+    "m3_client_search": (ctypes.c_int, [_P, _P, ctypes.c_size_t, ctypes.c_uint32, _P, _P, _P]),
+    "m3_client_retrieve": (ctypes.c_int, [_P, _P, ctypes.c_size_t, ctypes.c_uint32, ctypes.c_int,
+                                          _P, _P]),
+    "m3_client_fetch": (ctypes.c_int, [_P, _P, ctypes.c_size_t, ctypes.c_int, _P, _P]),
+    "m3_client_stats_get": (ctypes.c_int, [_P, _P]),
+    "m3_cluster_map_load": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_P)]),
+    "m3_cluster_map_parse": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(_P)]),
+    "m3_cluster_map_free": (None, [_P]),
+    "m3_cluster_options_init": (None, [_P]),
+    "m3_cluster_open": (ctypes.c_int, [_P, _P, ctypes.POINTER(_P)]),
+    "m3_cluster_close": (None, [_P]),
+    "m3_cluster_shards": (ctypes.c_uint32, [_P]),
+    "m3_cluster_info": (ctypes.c_int, [_P, _P]),
+    "m3_cluster_last_status": (ctypes.c_int, [ctypes.POINTER(ctypes.c_int),
+                                              ctypes.POINTER(ctypes.c_char_p)]),
+    "m3_cluster_search": (ctypes.c_int, [_P, _P, ctypes.c_size_t, ctypes.c_uint32, _P, _P, _P]),
+    "m3_cluster_retrieve": (ctypes.c_int, [_P, _P, ctypes.c_size_t, ctypes.c_uint32, ctypes.c_int,
+                                           _P, _P]),
+    "m3_cluster_fetch": (ctypes.c_int, [_P, _P, ctypes.c_size_t, ctypes.c_int, _P, _P]),
+    "m3_cluster_counters_get": (None, [_P, _P]),
+    "m3_cluster_map_replicas": (ctypes.c_uint32, [_P, ctypes.c_uint32]),
+    "m3_cluster_replica_get": (ctypes.c_int, [_P, ctypes.c_uint32, ctypes.c_uint32, _P]),
+    "m3_codec_set_open": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_P)]),
+    "m3_codec_set_create_raw": (ctypes.c_int, [ctypes.c_int, ctypes.c_uint16, ctypes.POINTER(_P)]),
+    "m3_codec_set_close": (None, [_P]),
+    "m3_codec_set_fingerprint": (ctypes.c_uint64, [_P]),
+    "m3_codec_set_check_layout": (ctypes.c_int, [_P, _P]),
+    "m3_record_mem_size": (ctypes.c_size_t, [_P]),
+    "m3_attn_geom_init": (ctypes.c_int, [_P, _P, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int]),
+    "m3_attn_kv_elems": (ctypes.c_size_t, [_P]),
+    "m3_attn_pos_elems": (ctypes.c_size_t, [_P]),
+    "m3_attn_create_host": (ctypes.c_int, [_P, _P, ctypes.POINTER(_P)]),
+    "m3_attn_destroy": (None, [_P]),
+    "m3_attn_begin": (ctypes.c_int, [_P, _P]),
+    "m3_attn_finish": (ctypes.c_int, [_P, _P]),
+    "m3_attn_codes_init": (None, [_P, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_size_t, _P, _P,
+                                  _P, _P]),
+}
+
+
+def load_library(path=None):
+    """Load (once) and return libm3client.so; checks the struct mirrors."""
+    global _lib
+    if _lib is not None and path is None:
+        return _lib
+    tried = []
+    lib = None
+    for p in ([path] if path else _candidates()):
+        try:
+            lib = ctypes.CDLL(p)
+            break
+        except OSError as e:
+            tried.append("%s (%s)" % (p, e))
+    if lib is None:
+        raise ImportError("m3store: libm3client.so not found; set M3_LIB. Tried: " +
+                          "; ".join(tried or ["nothing"]))
+    for name, (res, args) in _SIGS.items():
+        f = getattr(lib, name)
+        f.restype = res
+        f.argtypes = args
+    for name, cls in _MIRRORS.items():
+        want = lib.m3_attn_abi_sizeof(name.encode())
+        if want != ctypes.sizeof(cls):
+            raise ImportError("m3store: struct %s is %d bytes in %s but %d in this binding" %
+                              (name, want, getattr(lib, "_name", "?"), ctypes.sizeof(cls)))
+    _lib = lib
+    return lib
+
+
+# ---- errors ------------------------------------------------------------------
+
+class M3Error(Exception):
+    """An m3 call failed: .code (negative m3 code), .name ("M3_EFINGERPRINT"),
+    .message (what failed and where), .grpc_status (for calls; None else)."""
+
+    def __init__(self, code, name, message, grpc_status=None):
+        self.code, self.name, self.message, self.grpc_status = code, name, message, grpc_status
+        super().__init__("%s: %s" % (name, message))
+
+
+def _err(code, message=None, grpc_status=None):
+    lib = load_library()
+    if message is None:
+        message = (lib.m3_errmsg() or b"").decode(errors="replace")
+    if not message:
+        message = lib.m3_strerror(code).decode()
+    return M3Error(code, lib.m3_err_name(code).decode(), message, grpc_status)
+
+
+def _check(rc):
+    if rc != 0:
+        raise _err(rc)
+
+
+# ---- rounds ------------------------------------------------------------------
+
+DTYPES = {"f32": (1, np.float32), "f16": (2, np.float16), "bf16": (3, np.uint16)}
+_KINDS = {1: "raw-f32", 2: "raw-f16", 3: "raw-bf16", 16: "faiss", 255: "synthetic"}
+
+
+class Round:
+    """A retrieval round (or a fetch, with k = 1 and one row per id).
+
+    ids (Q, k) uint64 (2**64-1: empty), scores (Q, k) float32, and either
+    codes (Q, k, record_bytes) uint8 with status (Q, k) int32 (0, or the
+    item's m3 code; M3_ENOTFOUND when nothing arrived), or kv
+    (Q, layers, 2, kv_heads, k * n_tokens, head_dim) and positions
+    (Q, layers, kv_heads, k * n_tokens) int32, with stats (placed, empty,
+    failed, masked_tokens, first_error, error)."""
+
+    def __init__(self, **kw):
+        self.ids = self.scores = self.codes = self.status = None
+        self.kv = self.positions = self.stats = None
+        self.__dict__.update(kw)
+
+    def __repr__(self):
+        parts = ["%s=%s" % (k, getattr(v, "shape", v)) for k, v in self.__dict__.items()
+                 if v is not None]
+        return "Round(%s)" % ", ".join(parts)
+
+
+EMPTY_ID = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _ptr(a):
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+class Client:
+    """One m3-server (server="host:port") or a cluster (cluster=path of a
+    cluster map, or its JSON text). token: read token (default: none, or the
+    map's). codec: path of the codec set file to decode with (raw codecs
+    need none); its fingerprint must be the servers'. timeout_ms: deadline
+    of each call. A Client is not thread-safe for server=; cluster= handles
+    are (the C cluster is)."""
+
+    def __init__(self, server=None, cluster=None, token=None, codec=None, timeout_ms=10000,
+                 check_fingerprint=False):
+        if (server is None) == (cluster is None):
+            raise ValueError("give exactly one of server= or cluster=")
+        self._lib = lib = load_library()
+        self._c = self._cl = self._cs = None
+        self._token = token.encode() if isinstance(token, str) else token
+        info = _ClientInfo()
+        fp = 0
+        if codec is not None:
+            cs = ctypes.c_void_p()
+            _check(lib.m3_codec_set_open(os.fsencode(codec), ctypes.byref(cs)))
+            self._cs = cs
+            fp = lib.m3_codec_set_fingerprint(cs)
+        if server is not None:
+            o = _ClientOptions()
+            lib.m3_client_options_init(ctypes.byref(o))
+            o.call_timeout_ms = timeout_ms
+            o.token = self._token
+            o.client_name = b"m3store-python"
+            if check_fingerprint and fp:
+                o.codec_fingerprint, o.check_fingerprint = fp, 1
+            c = ctypes.c_void_p()
+            _check(lib.m3_client_connect(server.encode(), ctypes.byref(o), ctypes.byref(c)))
+            self._c = c
+            info = lib.m3_client_info_get(c).contents
+            self.address = server
+        else:
+            m = ctypes.c_void_p()
+            if cluster.lstrip().startswith("{"):
+                _check(lib.m3_cluster_map_parse(cluster.encode(), b"<python>", ctypes.byref(m)))
+            else:
+                _check(lib.m3_cluster_map_load(os.fsencode(cluster), ctypes.byref(m)))
+            self._map_shards = None
+            try:
+                o = _ClusterOptions()
+                lib.m3_cluster_options_init(ctypes.byref(o))
+                o.call_timeout_ms = timeout_ms
+                o.token = self._token
+                o.client_name = b"m3store-python"
+                if check_fingerprint and fp:
+                    o.codec_fingerprint, o.check_fingerprint = fp, 1
+                cl = ctypes.c_void_p()
+                _check(lib.m3_cluster_open(m, ctypes.byref(o), ctypes.byref(cl)))
+                self._cl = cl
+                self._map_shards = [lib.m3_cluster_map_replicas(m, s)
+                                    for s in range(lib.m3_cluster_shards(cl))]
+            finally:
+                lib.m3_cluster_map_free(m)
+            rc = lib.m3_cluster_info(self._cl, ctypes.byref(info))
+            if rc:
+                self.close()
+                raise _err(rc)
+            self.address = cluster
+        self._info = _ClientInfo()
+        ctypes.memmove(ctypes.byref(self._info), ctypes.byref(info), ctypes.sizeof(info))
+        lay = self._info.layout
+        if self._cs is not None:
+            rc = lib.m3_codec_set_check_layout(self._cs, ctypes.byref(lay))
+            if rc:
+                err = _err(rc)
+                self.close()
+                raise err
+        self.record_bytes = lib.m3_record_mem_size(ctypes.byref(lay))
+
+    # -- info ------------------------------------------------------------
+
+    @property
+    def info(self):
+        """The server's Hello: layout and limits, as a dict."""
+        i, lay = self._info, self._info.layout
+        return {
+            "protocol_version": i.protocol_version, "records": i.records,
+            "server_name": i.server_name.decode(errors="replace"), "shard": i.shard,
+            "layers": lay.spec.n_layers, "kv_heads": lay.spec.n_kv_heads,
+            "tokens": lay.spec.n_tokens, "head_dim": lay.spec.head_dim,
+            "codec": _KINDS.get(lay.codec_kind, str(lay.codec_kind)),
+            "code_bytes": lay.code_bytes, "codec_fingerprint": "%016x" % lay.codec_fp,
+            "embedding_dim": lay.emb_dim, "record_bytes": self.record_bytes,
+            "max_k": i.max_k, "max_queries_per_call": i.max_queries_per_call,
+        }
+
+    # -- calls -----------------------------------------------------------
+
+    def _queries(self, queries):
+        """(array of _Query, keep-alive objects)"""
+        dim = self._info.layout.emb_dim
+        if isinstance(queries, str):
+            queries = [queries]
+        if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
+            texts = [q.encode() for q in queries]
+            arr = (_Query * len(texts))()
+            for i, t in enumerate(texts):
+                arr[i].text = t
+            return arr, len(texts), texts
+        x = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != dim or x.shape[0] == 0:
+            raise ValueError("queries: want a float32 array (Q, %d) or a list of texts, got %s"
+                             % (dim, x.shape))
+        arr = (_Query * x.shape[0])()
+        fp = ctypes.POINTER(ctypes.c_float)
+        for i in range(x.shape[0]):
+            arr[i].vector = ctypes.cast(x.ctypes.data + 4 * dim * i, fp)
+            arr[i].dim = dim
+        return arr, x.shape[0], x
+
+    def _call_failed(self, rc):
+        lib = self._lib
+        msg = ctypes.c_char_p()
+        if self._c is not None:
+            st = lib.m3_client_last_status(self._c, ctypes.byref(msg))
+        else:
+            shard = ctypes.c_int()
+            st = lib.m3_cluster_last_status(ctypes.byref(shard), ctypes.byref(msg))
+        text = (msg.value or b"").decode(errors="replace") or None
+        return _err(rc, text, st)
+
+    def _stream(self, method, args, fn, ud):
+        """Run retrieve/fetch with a C callback (the GIL is released)."""
+        lib = self._lib
+        fnp = ctypes.cast(getattr(lib, fn), ctypes.c_void_p)
+        if self._c is not None:
+            rc = getattr(lib, "m3_client_" + method)(self._c, *args, fnp, ud)
+        else:
+            rc = getattr(lib, "m3_cluster_" + method)(self._cl, *args, fnp, ud)
+        if rc != 0:
+            raise self._call_failed(rc)
+
+    def _codec(self):
+        if self._cs is None:
+            lay = self._info.layout
+            if lay.codec_kind not in (1, 2, 3):
+                raise ValueError("decoding %s codes needs the codec set: Client(..., codec=PATH)"
+                                 % _KINDS.get(lay.codec_kind, lay.codec_kind))
+            cs = ctypes.c_void_p()
+            _check(self._lib.m3_codec_set_create_raw(lay.codec_kind, lay.spec.head_dim,
+                                                     ctypes.byref(cs)))
+            self._cs = cs
+        return self._cs
+
+    def _run(self, method, args, n, k, decoded):
+        lib = self._lib
+        ids = np.full((n, k), EMPTY_ID, dtype=np.uint64)
+        scores = np.zeros((n, k), dtype=np.float32)
+        if not decoded:
+            codes = np.zeros((n, k, self.record_bytes), dtype=np.uint8)
+            status = np.zeros((n, k), dtype=np.int32)
+            sink = _AttnCodes()
+            lib.m3_attn_codes_init(ctypes.byref(sink), n, k, self.record_bytes, _ptr(codes),
+                                   _ptr(ids), _ptr(scores), _ptr(status))
+            self._stream(method, args, "m3_attn_codes_fn", ctypes.byref(sink))
+            return Round(ids=ids, scores=scores, codes=codes, status=status)
+        if decoded is True:
+            decoded = "f32"
+        if decoded not in DTYPES:
+            raise ValueError("decoded: False, 'f32', 'f16' or 'bf16', not %r" % (decoded,))
+        code, npdt = DTYPES[decoded]
+        cs = self._codec()
+        lay = self._info.layout
+        sp = lay.spec
+        g = _Geom()
+        _check(lib.m3_attn_geom_init(ctypes.byref(g), ctypes.byref(sp), n, k, code))
+        S = k * sp.n_tokens
+        kv = np.empty((n, sp.n_layers, 2, sp.n_kv_heads, S, sp.head_dim), dtype=npdt)
+        pos = np.empty((n, sp.n_layers, sp.n_kv_heads, S), dtype=np.int32)
+        assert kv.size == lib.m3_attn_kv_elems(ctypes.byref(g))
+        assert pos.size == lib.m3_attn_pos_elems(ctypes.byref(g))
+        a = ctypes.c_void_p()
+        _check(lib.m3_attn_create_host(cs, ctypes.byref(g), ctypes.byref(a)))
+        try:
+            r = _AttnRound(kv=kv.ctypes.data,
+                           pos=ctypes.cast(pos.ctypes.data, ctypes.POINTER(ctypes.c_int32)),
+                           ids=ctypes.cast(ids.ctypes.data, ctypes.POINTER(ctypes.c_uint64)),
+                           scores=ctypes.cast(scores.ctypes.data, ctypes.POINTER(ctypes.c_float)))
+            _check(lib.m3_attn_begin(a, ctypes.byref(r)))
+            st = _AttnStats()
+            try:
+                self._stream(method, args, "m3_attn_memory_fn", a)
+            finally:
+                rc = lib.m3_attn_finish(a, ctypes.byref(st))
+            _check(rc)
+        finally:
+            lib.m3_attn_destroy(a)
+        stats = {"placed": st.placed, "empty": st.empty, "failed": st.failed,
+                 "masked_tokens": st.masked_tokens, "first_error": st.first_error,
+                 "error": st.error.decode(errors="replace")}
+        return Round(ids=ids, scores=scores, kv=kv, positions=pos, stats=stats)
+
+    def retrieve(self, queries, k=5, decoded=False, with_text=False):
+        """One retrieval round: queries as a float32 array (Q, embedding_dim)
+        or a list of texts. decoded=False: Round.codes (Q, k, record_bytes);
+        'f32' / 'f16' / 'bf16' (or True: f32): Round.kv and Round.positions
+        in the attention-buffer layout. Raises M3Error when the call fails
+        (a whole shard down, the deadline, a refused query)."""
+        arr, n, keep = self._queries(queries)
+        r = self._run("retrieve", (ctypes.byref(arr), n, k, 1 if with_text else 0), n, k,
+                      decoded)
+        del keep
+        return r
+
+    def search(self, queries, k=5):
+        """Search only: (ids (Q, k) uint64, scores (Q, k) float32)."""
+        arr, n, keep = self._queries(queries)
+        ids = np.full((n, k), EMPTY_ID, dtype=np.uint64)
+        scores = np.zeros((n, k), dtype=np.float32)
+        counts = np.zeros(n, dtype=np.uint32)
+        f = self._lib.m3_client_search if self._c is not None else self._lib.m3_cluster_search
+        rc = f(self._c if self._c is not None else self._cl, ctypes.byref(arr), n, k, _ptr(ids),
+               _ptr(scores), _ptr(counts))
+        del keep
+        if rc:
+            raise self._call_failed(rc)
+        return ids, scores
+
+    def fetch(self, ids, decoded=False):
+        """Memories of chunk ids, as a Round with k = 1: codes (n, 1,
+        record_bytes) and status, or kv (n, layers, 2, kv_heads, n_tokens,
+        head_dim) and positions."""
+        x = np.ascontiguousarray(np.asarray(ids, dtype=np.uint64).reshape(-1))
+        return self._run("fetch", (_ptr(x), x.size, 0), x.size, 1, decoded)
+
+    def stats(self):
+        """Server counters (server=), or the cluster's counters and each
+        replica's state (cluster=), as a dict."""
+        lib = self._lib
+        if self._c is not None:
+            s = _ClientStats()
+            rc = lib.m3_client_stats_get(self._c, ctypes.byref(s))
+            if rc:
+                raise self._call_failed(rc)
+            d = {n: getattr(s, n) for n, _ in _ClientStats._fields_[:10]}
+            d["io_backend"] = s.io_backend.decode()
+            d["methods"] = {s.methods[i].method.decode(): {"calls": s.methods[i].calls,
+                                                           "errors": s.methods[i].errors}
+                            for i in range(min(s.n_methods, 16))}
+            return d
+        c = _ClusterCounters()
+        lib.m3_cluster_counters_get(self._cl, ctypes.byref(c))
+        d = {n: getattr(c, n) for n, _ in _ClusterCounters._fields_}
+        shards = []
+        for s, nrep in enumerate(self._map_shards):
+            reps = []
+            for r in range(nrep):
+                ri = _ReplicaInfo()
+                _check(lib.m3_cluster_replica_get(self._cl, s, r, ctypes.byref(ri)))
+                reps.append({"addr": ri.addr.decode(), "up": bool(ri.up), "failures": ri.failures,
+                             "calls": ri.calls, "errors": ri.errors,
+                             "last_error": ri.last_error.decode(errors="replace")})
+            shards.append(reps)
+        d["shards"] = shards
+        return d
+
+    def close(self):
+        lib = self._lib
+        if self._c is not None:
+            lib.m3_client_close(self._c)
+            self._c = None
+        if self._cl is not None:
+            lib.m3_cluster_close(self._cl)
+            self._cl = None
+        if self._cs is not None:
+            lib.m3_codec_set_close(self._cs)
+            self._cs = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

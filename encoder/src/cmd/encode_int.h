@@ -1,0 +1,123 @@
+/*
+ * Internal interface of the m3-encode command (encoder/src/cmd/): the input
+ * reader that turns a knowledge base into token sequences, the BPE trainer
+ * of `m3-encode test-model`, and small helpers shared by the subcommands.
+ * Nothing here is public API; docs/ENCODER.md ("m3-encode") describes the
+ * behaviour users see.
+ */
+#ifndef M3_ENCODE_INT_H
+#define M3_ENCODE_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "m3/tokenizer.h"
+
+/* ---- input ------------------------------------------------------------- */
+
+/*
+ * One reference chunk, ready for the forward pass:
+ *   tokens = [BOS] + tokenize(prefix) + tokenize(text)
+ * where each tokenize() is the tokenizer's encode without BOS; n_prefix is
+ * the number of leading BOS + prefix tokens (never selected). Every buffer
+ * is owned by the chunk: enc_chunk_free.
+ */
+typedef struct enc_chunk {
+  uint64_t id;
+  char *text;          /* NUL-terminated, text_len bytes */
+  size_t text_len;
+  int32_t *tokens;     /* (n_tokens) */
+  int n_tokens;
+  int n_prefix;
+  float *emb;          /* external embedding (emb_dim) or NULL */
+  const char *src;     /* input file (owned by the reader) */
+  long line;           /* JSONL line, or the paragraph's first line */
+  int part;            /* index of this piece of a split line / paragraph */
+} enc_chunk;
+
+void enc_chunk_free(enc_chunk *c);
+
+typedef enum enc_id_scheme {
+  ENC_ID_HASH = 0,      /* hash of (file name, line, part) */
+  ENC_ID_SEQUENTIAL = 1 /* id_base + ordinal of the chunk in the input */
+} enc_id_scheme;
+
+typedef struct enc_input_opts {
+  const char *path;          /* a .jsonl file or a folder of .txt/.md */
+  m3_tokenizer *tok;         /* borrowed; used by the reader's thread only */
+  const int32_t *prefix_ids; /* BOS + prefix tokens (borrowed) */
+  int n_prefix;
+  int max_tokens;            /* n_prefix + chunk tokens <= max_tokens */
+  int external_emb;          /* 1: every JSONL line must carry "embedding" */
+  unsigned emb_dim;          /* with external_emb: expected dims (0: the
+                                first line's count sets it) */
+  enc_id_scheme ids;
+  uint64_t id_base;
+  int skip_bad;              /* 1: report bad lines and go on; 0: stop */
+  FILE *report;              /* where skipped lines are listed (borrowed) */
+  int sample_only;           /* train-codec: no embeddings, no id checks */
+} enc_input_opts;
+
+typedef struct enc_input enc_input;
+
+/* Open the input (lists and sorts a folder's documents). *out is owned by
+ * the caller: enc_input_close. Errors name the path. */
+int enc_input_open(const enc_input_opts *o, enc_input **out);
+
+/*
+ * The next chunk in input order into *c (owned by the caller afterwards).
+ * Returns 1, 0 at the end, or a negative m3 code with m3_errmsg() saying
+ * "FILE:LINE: what is wrong" (with skip_bad only for failures that are not
+ * the input's fault: I/O, memory).
+ */
+int enc_input_next(enc_input *in, enc_chunk *c);
+
+/* Input bytes consumed so far and in all (for progress and ETA). */
+void enc_input_progress(const enc_input *in, uint64_t *done, uint64_t *total);
+/* Bad lines skipped so far (skip_bad). */
+uint64_t enc_input_skipped(const enc_input *in);
+/* Embedding dims seen (external_emb; 0 before the first). */
+unsigned enc_input_emb_dim(const enc_input *in);
+void enc_input_close(enc_input *in); /* NULL: nothing */
+
+/* The encoded prefix: [BOS] + tokenize(prefix) into ids (cap entries).
+ * Returns the count or a negative m3 code. */
+int enc_prefix_ids(m3_tokenizer *tok, const char *prefix, int32_t *ids, int cap);
+
+/* ---- BPE trainer (test-model) ----------------------------------------- */
+
+typedef struct enc_bpe_opts {
+  unsigned vocab_size;    /* total ids: 3 specials + 256 bytes + chars + merges */
+  unsigned min_frequency; /* a pair merges only when seen this often (2) */
+} enc_bpe_opts;
+
+/*
+ * Learn BPE merges from the text at corpus (len bytes; lines are
+ * sentences) and write a Llama-style Hugging Face tokenizer.json to path:
+ * ids 0..2 = <unk>, <s>, </s>; 3..258 = <0x00>..<0xFF> byte-fallback
+ * pieces; then the corpus's most frequent characters and the merged pieces
+ * in merge order; normalizer Prepend("▁") + Replace(" ", "▁"), BPE with
+ * byte_fallback and fuse_unk. Words ("▁" + a run of non-space characters)
+ * never merge across a "▁" boundary, as SentencePiece BPE. *n_vocab
+ * receives the ids written (<= vocab_size). 0 or an m3 code.
+ */
+int enc_bpe_train(const char *corpus, size_t len, const enc_bpe_opts *o, const char *path,
+                  unsigned *n_vocab);
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* Whole file into a malloc'd NUL-terminated buffer. 0 or an m3 code. */
+int enc_read_file(const char *path, char **buf, size_t *len);
+/* Write len bytes to path atomically (path.tmp, fsync, rename). */
+int enc_write_file(const char *path, const void *buf, size_t len);
+/* mkdir -p. */
+int enc_mkdirs(const char *path);
+double enc_now(void);
+
+/* Subcommands (m3_encode.c dispatches). */
+int enc_cmd_encode(int argc, char **argv);
+int enc_cmd_train_codec(int argc, char **argv);
+int enc_cmd_test_model(int argc, char **argv);
+
+#endif /* M3_ENCODE_INT_H */

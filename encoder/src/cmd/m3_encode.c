@@ -1,0 +1,854 @@
+/*
+ * m3-encode: from a knowledge base of text to explicit memories in a store.
+ *
+ *   m3-encode --model DIR --input PATH --store DIR [options]   encode
+ *   m3-encode train-codec --model DIR --input PATH --out FILE   train a codec set
+ *   m3-encode test-model --out DIR                              random model + tokenizer
+ *
+ * This file holds the dispatcher, the shared helpers and the encode command:
+ * a pipeline of one reader (the main thread: input, chunking, tokenizing,
+ * batching in input order, skipping batches already in the store), N forward
+ * workers (one m3_forward runner each over one shared model: forward,
+ * embeddings, codec) and one writer that puts the batches into the store in
+ * input order, one group commit per batch. Batches are formed from the input
+ * alone, so every chunk is always computed in the same batch, and a rerun
+ * after kill -9 recomputes exactly the bytes of an uninterrupted run.
+ * docs/ENCODER.md ("m3-encode") is the user-facing description.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <cblas.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "encode_int.h"
+#include "m3/codec.h"
+#include "m3/embed.h"
+#include "m3/error.h"
+#include "m3/forward.h"
+#include "m3/index.h"
+#include "m3/model.h"
+#include "m3/store.h"
+#include "m3/tokenizer.h"
+
+#define EXIT_BAD_INPUT 1
+#define EXIT_FAIL 2
+
+static int fail_msg(const char *what, int rc) {
+  const char *msg = m3_errmsg();
+  fprintf(stderr, "m3-encode: %s%s%s\n", what ? what : "", what && *msg ? ": " : "", msg);
+  (void)rc;
+  return rc == M3_EBADFORMAT ? EXIT_BAD_INPUT : EXIT_FAIL;
+}
+
+static int parse_int(const char *opt, const char *s, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (!*s || *end || errno || v < lo || v > hi) {
+    fprintf(stderr, "m3-encode: %s '%s' is not an integer in %ld..%ld\n", opt, s, lo, hi);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* ---- the encode command ------------------------------------------------ */
+
+static const char *usage_text =
+    "usage: m3-encode --model DIR --input PATH --store DIR [options]\n"
+    "       m3-encode train-codec --model DIR --input PATH --out FILE [options]\n"
+    "       m3-encode test-model --out DIR [options]\n"
+    "\n"
+    "Encode a knowledge base into explicit memories (Memory3): each chunk is\n"
+    "[BOS] + tokenize(prefix) + tokenize(text), run through the memory layers;\n"
+    "the keys and values of the selected tokens are coded and stored.\n"
+    "\n"
+    "  --model DIR            Hugging Face style model folder (config.json,\n"
+    "                         safetensors, tokenizer.model or tokenizer.json)\n"
+    "  --input PATH           JSONL ({\"id\", \"text\", \"embedding\", \"meta\"} per line)\n"
+    "                         or a folder of .txt/.md documents (split by paragraphs)\n"
+    "  --store DIR            the store to fill (created if missing)\n"
+    "  --codec C              codec set: a file, a folder with codec.m3c, or raw-f32,\n"
+    "                         raw-f16, raw-bf16 (default: the store's DIR/codec.m3c,\n"
+    "                         else raw-bf16)\n"
+    "  --embed E              retrieval embedding: hash[:DIM] (default hash:256),\n"
+    "                         external (the lines' \"embedding\"), hidden[:LAYER]\n"
+    "  --index STR            FAISS index_factory of the retrieval index (IDMap,Flat)\n"
+    "  --threads N            forward workers (1)\n"
+    "  --batch B              chunks per forward batch and per store commit (8)\n"
+    "  --max-tokens N         BOS + prefix + chunk tokens at most (128)\n"
+    "  --prefix S             reference prefix (\"Reference:\")\n"
+    "  --tokens-per-head T    selected tokens per KV head and layer (8)\n"
+    "  --mem-layers N         memory layers (default: half of the model's layers)\n"
+    "  --backend B            cpu, cuda or auto (auto)\n"
+    "  --on-error fail|skip   a bad input line stops the run (fail, default) or is\n"
+    "                         listed in the report and skipped\n"
+    "  --report FILE          where skipped lines are listed (default stderr)\n"
+    "  --id-base N            chunks without an \"id\" get N, N+1, ... in input order\n"
+    "                         (default: a hash of file name, line and part)\n"
+    "  -h, --help\n"
+    "\n"
+    "Rerunning the same command resumes: chunks already in the store are skipped.\n"
+    "Exit: 0 done, 1 bad input (FILE:LINE named) or a store of another codec, 2 failure.\n";
+
+typedef enum emb_kind { EMB_HASH, EMB_EXTERNAL, EMB_HIDDEN } emb_kind;
+
+typedef struct enc_opts {
+  const char *model, *input, *store, *codec, *embed, *index, *prefix, *report, *backend;
+  int threads, batch, max_tokens, tokens_per_head, mem_layers, skip_bad, has_id_base;
+  uint64_t id_base;
+} enc_opts;
+
+/* One forward batch: B consecutive chunks of the input. */
+typedef struct batch {
+  uint64_t seq;
+  int n, skip;
+  enc_chunk *c;                 /* (B) */
+  int32_t *tokens, *lens, *npre; /* (B, max_seq), (B), (B) */
+  uint16_t *pos;                /* (B, L, Hkv, T) */
+  float *kv;                    /* (B, L, 2, Hkv, T, D) */
+  uint8_t *codes;               /* (B, codes bytes of a memory) */
+  float *emb;                   /* (B, emb_dim) */
+  struct batch *next;
+} batch;
+
+typedef struct worker {
+  struct run *r;
+  pthread_t th;
+  m3_forward *fwd;
+  float *hidden; /* (B, E) with --embed hidden */
+} worker;
+
+typedef struct run {
+  enc_opts o;
+  m3_model *model;
+  m3_codec_set *cs;
+  m3_spec spec;
+  m3_layout layout;
+  m3_store *store;
+  emb_kind ek;
+  unsigned emb_dim;
+  int hidden_layer, E;
+  size_t npos, ncodes; /* per memory: positions, code bytes */
+  /* queues, all under mu */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  batch *free_list, *work_head, *work_tail, *done;
+  int input_done, stop;
+  uint64_t n_made;
+  int err;
+  char errmsg[1024];
+  /* progress (mu) */
+  uint64_t chunks_written, chunks_present, tokens, in_done, in_total;
+  double t0, last_bar;
+  int tty;
+} run;
+
+static void set_err(run *r, int rc, const char *msg) {
+  pthread_mutex_lock(&r->mu);
+  if (!r->err) {
+    r->err = rc;
+    snprintf(r->errmsg, sizeof r->errmsg, "%s", msg);
+  }
+  r->stop = 1;
+  pthread_cond_broadcast(&r->cv);
+  pthread_mutex_unlock(&r->mu);
+}
+
+static void batch_free(batch *b, int B) {
+  if (!b) return;
+  for (int i = 0; i < B; i++) enc_chunk_free(&b->c[i]);
+  free(b->c), free(b->tokens), free(b->lens), free(b->npre), free(b->pos), free(b->kv);
+  free(b->codes), free(b->emb);
+  free(b);
+}
+
+static batch *batch_new(const run *r) {
+  int B = r->o.batch;
+  batch *b = calloc(1, sizeof *b);
+  if (!b) return NULL;
+  size_t nkv = m3_spec_vectors(&r->spec) * r->spec.head_dim;
+  b->c = calloc((size_t)B, sizeof *b->c);
+  b->tokens = calloc((size_t)B * r->o.max_tokens, sizeof *b->tokens);
+  b->lens = calloc((size_t)B, sizeof *b->lens);
+  b->npre = calloc((size_t)B, sizeof *b->npre);
+  b->pos = calloc((size_t)B * r->npos, sizeof *b->pos);
+  b->kv = calloc((size_t)B * nkv, sizeof *b->kv);
+  b->codes = calloc((size_t)B * r->ncodes, 1);
+  b->emb = calloc((size_t)B * (r->emb_dim ? r->emb_dim : 1), sizeof *b->emb);
+  if (!b->c || !b->tokens || !b->lens || !b->npre || !b->pos || !b->kv || !b->codes || !b->emb) {
+    batch_free(b, B);
+    return NULL;
+  }
+  return b;
+}
+
+/* Forward, embeddings and codes of one batch (a worker thread). */
+static int process(run *r, worker *w, batch *b) {
+  int S = 1;
+  for (int i = 0; i < b->n; i++) S = b->c[i].n_tokens > S ? b->c[i].n_tokens : S;
+  memset(b->tokens, 0, (size_t)b->n * S * sizeof *b->tokens);
+  for (int i = 0; i < b->n; i++) {
+    memcpy(b->tokens + (size_t)i * S, b->c[i].tokens, (size_t)b->c[i].n_tokens * sizeof *b->tokens);
+    b->lens[i] = b->c[i].n_tokens;
+    b->npre[i] = b->c[i].n_prefix;
+  }
+  m3_batch mb = {b->n, S, b->tokens, b->lens, b->npre};
+  m3_memories mo = {b->pos, b->kv, NULL};
+  int rc = m3_forward_run(w->fwd, &mb, &mo);
+  if (rc) return rc;
+  for (int i = 0; i < b->n && r->emb_dim; i++) {
+    float *e = b->emb + (size_t)i * r->emb_dim;
+    if (r->ek == EMB_HASH) {
+      rc = m3_embed_hash(b->c[i].text, b->c[i].text_len, e, r->emb_dim);
+      if (rc == M3_EINVAL) rc = 0; /* no words: a zero embedding, not retrievable */
+      if (rc) return rc;
+    } else if (r->ek == EMB_HIDDEN) {
+      memcpy(e, w->hidden + (size_t)i * r->E, (size_t)r->E * sizeof *e);
+    } else {
+      memcpy(e, b->c[i].emb, r->emb_dim * sizeof *e);
+    }
+  }
+  return m3_codec_encode(r->cs, &r->spec, b->kv, (size_t)b->n, b->codes);
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  run *r = w->r;
+  for (;;) {
+    pthread_mutex_lock(&r->mu);
+    while (!r->work_head && !r->stop && !r->input_done) pthread_cond_wait(&r->cv, &r->mu);
+    if (r->stop || !r->work_head) {
+      pthread_mutex_unlock(&r->mu);
+      return NULL;
+    }
+    batch *b = r->work_head;
+    r->work_head = b->next;
+    if (!r->work_head) r->work_tail = NULL;
+    pthread_mutex_unlock(&r->mu);
+    int rc = process(r, w, b);
+    if (rc) {
+      char msg[1024];
+      snprintf(msg, sizeof msg, "chunks %llu..: %s", (unsigned long long)b->c[0].id, m3_errmsg());
+      set_err(r, rc, msg);
+    }
+    pthread_mutex_lock(&r->mu);
+    b->next = r->done;
+    r->done = b;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+  }
+}
+
+static void fmt_time(double s, char *buf, size_t cap) {
+  if (s < 0 || s > 1e7) {
+    snprintf(buf, cap, "--:--");
+    return;
+  }
+  long t = (long)(s + 0.5);
+  if (t >= 3600) snprintf(buf, cap, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  else snprintf(buf, cap, "%ld:%02ld", t / 60, t % 60);
+}
+
+/* The TTY progress bar (caller holds mu). */
+static void progress(run *r, int final) {
+  if (!r->tty) return;
+  double now = enc_now();
+  if (!final && now - r->last_bar < 0.2) return;
+  r->last_bar = now;
+  double el = now - r->t0, frac = r->in_total ? (double)r->in_done / r->in_total : 0;
+  if (frac > 1) frac = 1;
+  char eta[32], bar[32];
+  fmt_time(frac > 0 ? el * (1 - frac) / frac : -1, eta, sizeof eta);
+  int fill = (int)(frac * 24);
+  for (int i = 0; i < 24; i++) bar[i] = i < fill ? '#' : '.';
+  bar[24] = '\0';
+  fprintf(stderr, "\r\033[K[%s] %3.0f%% %llu chunks, %.1f chunks/s, %.0f tokens/s, ETA %s%s", bar,
+          frac * 100, (unsigned long long)(r->chunks_written + r->chunks_present),
+          el > 0 ? r->chunks_written / el : 0, el > 0 ? r->tokens / el : 0, eta,
+          final ? "\r\033[K" : "");
+  fflush(stderr);
+}
+
+static void *writer_main(void *arg) {
+  run *r = arg;
+  uint64_t next = 0;
+  size_t B = (size_t)r->o.batch;
+  m3_record_in *items = calloc(B, sizeof *items);
+  if (!items) {
+    set_err(r, M3_ENOMEM, "writer: out of memory");
+    return NULL;
+  }
+  for (;;) {
+    pthread_mutex_lock(&r->mu);
+    batch *b = NULL, **pp;
+    for (;;) {
+      for (pp = &r->done; *pp; pp = &(*pp)->next)
+        if ((*pp)->seq == next) break;
+      if (*pp || r->stop || (r->input_done && next == r->n_made)) break;
+      pthread_cond_wait(&r->cv, &r->mu);
+    }
+    if (r->stop || !*pp) {
+      pthread_mutex_unlock(&r->mu);
+      break;
+    }
+    b = *pp;
+    *pp = b->next;
+    pthread_mutex_unlock(&r->mu);
+
+    int rc = 0;
+    uint64_t toks = 0;
+    if (!b->skip) {
+      for (int i = 0; i < b->n; i++) {
+        enc_chunk *c = &b->c[i];
+        items[i] = (m3_record_in){.chunk_id = c->id,
+                                  .chunk_len = (uint32_t)(c->n_tokens - c->n_prefix),
+                                  .positions = b->pos + (size_t)i * r->npos,
+                                  .codes = b->codes + (size_t)i * r->ncodes,
+                                  .text = c->text,
+                                  .text_len = c->text_len,
+                                  .embedding = r->emb_dim ? b->emb + (size_t)i * r->emb_dim : NULL};
+        toks += (uint64_t)c->n_tokens;
+      }
+      rc = m3_store_put(r->store, items, (size_t)b->n);
+      if (rc) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "store put: %s", m3_errmsg());
+        set_err(r, rc, msg);
+      }
+    }
+    pthread_mutex_lock(&r->mu);
+    if (!rc) {
+      if (b->skip) r->chunks_present += (uint64_t)b->n;
+      else r->chunks_written += (uint64_t)b->n, r->tokens += toks;
+    }
+    progress(r, 0);
+    for (int i = 0; i < b->n; i++) enc_chunk_free(&b->c[i]);
+    b->n = 0;
+    b->next = r->free_list;
+    r->free_list = b;
+    next++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    if (rc) break;
+  }
+  free(items);
+  return NULL;
+}
+
+/* Hand a filled batch on: skip it when every chunk is in the store (a
+ * resumed run), else to the workers. */
+static int dispatch(run *r, batch *b) {
+  int present = 1;
+  for (int i = 0; i < b->n && present; i++) {
+    int c = m3_store_contains(r->store, b->c[i].id);
+    if (c < 0) return c;
+    present = c;
+  }
+  pthread_mutex_lock(&r->mu);
+  b->seq = r->n_made++;
+  b->skip = present;
+  b->next = NULL;
+  if (present) {
+    b->next = r->done;
+    r->done = b;
+  } else if (r->work_tail) {
+    r->work_tail->next = b, r->work_tail = b;
+  } else {
+    r->work_head = r->work_tail = b;
+  }
+  pthread_cond_broadcast(&r->cv);
+  pthread_mutex_unlock(&r->mu);
+  return 0;
+}
+
+/* ---- store setup --------------------------------------------------------- */
+
+static int parse_embed(run *r, const char *s, int n_mem) {
+  if (!strncmp(s, "hash", 4) && (s[4] == '\0' || s[4] == ':')) {
+    r->ek = EMB_HASH;
+    m3_embed_spec sp;
+    char buf[64];
+    snprintf(buf, sizeof buf, "hash:%s", s[4] ? s + 5 : "256");
+    int rc = m3_embed_spec_parse(buf, &sp);
+    if (rc) return rc;
+    r->emb_dim = sp.dim;
+    return 0;
+  }
+  if (!strcmp(s, "external")) {
+    r->ek = EMB_EXTERNAL;
+    return 0;
+  }
+  if (!strncmp(s, "hidden", 6) && (s[6] == '\0' || s[6] == ':')) {
+    r->ek = EMB_HIDDEN;
+    r->hidden_layer = n_mem - 1;
+    if (s[6]) {
+      char *end;
+      long l = strtol(s + 7, &end, 10);
+      if (!s[7] || *end || l < 0 || l >= n_mem)
+        return m3__seterr(M3_EINVAL, "--embed %s: LAYER must be a memory layer, 0..%d", s, n_mem - 1);
+      r->hidden_layer = (int)l;
+    }
+    if (r->E > 65535) return m3__seterr(M3_EINVAL, "--embed hidden: hidden size %d > 65535", r->E);
+    r->emb_dim = (unsigned)r->E;
+    return 0;
+  }
+  return m3__seterr(M3_EINVAL, "--embed '%s': expected hash[:DIM], external or hidden[:LAYER]", s);
+}
+
+static int open_codec(const char *c, uint16_t head_dim, m3_codec_set **out) {
+  static const struct { const char *name; int kind; } raw[] = {
+      {"raw-f32", M3_CODEC_RAW_F32}, {"raw-f16", M3_CODEC_RAW_F16}, {"raw-bf16", M3_CODEC_RAW_BF16}};
+  for (size_t i = 0; i < 3; i++)
+    if (!strcmp(c, raw[i].name)) return m3_codec_set_create_raw(raw[i].kind, head_dim, out);
+  struct stat st;
+  char path[4200];
+  int dir = stat(c, &st) == 0 && S_ISDIR(st.st_mode);
+  if (snprintf(path, sizeof path, dir ? "%s/codec.m3c" : "%s", c) >= (int)sizeof path)
+    return m3__seterr(M3_EINVAL, "--codec %s: path too long", c);
+  return m3_codec_set_open(path, out);
+}
+
+static int file_exists(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0;
+}
+
+/* The manifest DIR/encode.json: how the store's chunks were encoded, for
+ * m3 store dump (re-tokenizing) and for refusing a rerun that would encode
+ * differently. */
+static json_t *manifest(const run *r, const char *tok_file, const int32_t *pre, int npre) {
+  json_t *ids = json_array();
+  for (int i = 0; i < npre; i++) json_array_append_new(ids, json_integer(pre[i]));
+  char fp[20];
+  snprintf(fp, sizeof fp, "%016llx", (unsigned long long)r->layout.codec_fp);
+  char emb[64];
+  if (r->ek == EMB_HASH) snprintf(emb, sizeof emb, "hash:%u", r->emb_dim);
+  else if (r->ek == EMB_HIDDEN) snprintf(emb, sizeof emb, "hidden:%d", r->hidden_layer);
+  else snprintf(emb, sizeof emb, "external");
+  return json_pack("{s:i,s:s,s:s,s:o,s:i,s:i,s:i,s:s,s:s,s:s}", "m3_encode", 1, "prefix", r->o.prefix,
+                   "tokenizer", tok_file, "prefix_ids", ids, "max_tokens", r->o.max_tokens,
+                   "tokens_per_head", r->spec.n_tokens, "mem_layers", r->spec.n_layers, "embed", emb,
+                   "codec_fingerprint", fp, "model", r->o.model);
+}
+
+/* Which tokenizer file of the model folder m3_tokenizer_load uses. */
+static const char *model_tokenizer_file(const char *dir, char *path, size_t cap) {
+  snprintf(path, cap, "%s/tokenizer.model", dir);
+  if (file_exists(path)) return "tokenizer.model";
+  snprintf(path, cap, "%s/tokenizer.json", dir);
+  if (file_exists(path)) return "tokenizer.json";
+  return NULL;
+}
+
+/* Open the store, or create it with the codec file, tokenizer and manifest
+ * beside it. An existing store must hold what this run produces. */
+static int setup_store(run *r, const int32_t *pre, int npre) {
+  char path[4200];
+  const char *dir = r->o.store;
+  m3_store_options so;
+  m3_store_options_init(&so);
+  int rc = m3_store_open(dir, &so, &r->store);
+  if (rc == 0) {
+    const m3_layout *have = m3_store_layout(r->store);
+    if (!m3_layout_equal(have, &r->layout)) {
+      char a[32], b[32];
+      m3_spec_format(&have->spec, a, sizeof a);
+      m3_spec_format(&r->layout.spec, b, sizeof b);
+      rc = m3__seterr(M3_EBADFORMAT,
+                      "store %s holds %s memories coded %s (%u bytes, codec fingerprint %016llx, "
+                      "embeddings %u dims); this run makes %s coded %s (%u bytes, fingerprint "
+                      "%016llx, embeddings %u dims): use another --store, or the store's own "
+                      "codec (%s/codec.m3c) and options",
+                      dir, a, m3_codec_kind_name(have->codec_kind), have->code_bytes,
+                      (unsigned long long)have->codec_fp, have->emb_dim, b,
+                      m3_codec_kind_name(r->layout.codec_kind), r->layout.code_bytes,
+                      (unsigned long long)r->layout.codec_fp, r->layout.emb_dim, dir);
+      return rc;
+    }
+    snprintf(path, sizeof path, "%s/encode.json", dir);
+    json_error_t je;
+    json_t *m = json_load_file(path, 0, &je);
+    if (m) {
+      const char *pfx = json_string_value(json_object_get(m, "prefix"));
+      json_int_t mt = json_integer_value(json_object_get(m, "max_tokens"));
+      const char *emb = json_string_value(json_object_get(m, "embed"));
+      json_t *mine = manifest(r, "", pre, npre);
+      const char *myemb = json_string_value(json_object_get(mine, "embed"));
+      if ((pfx && strcmp(pfx, r->o.prefix)) || mt != r->o.max_tokens || (emb && strcmp(emb, myemb)))
+        rc = m3__seterr(M3_EBADFORMAT,
+                        "store %s was encoded with --prefix '%s' --max-tokens %lld --embed %s; this "
+                        "run asks --prefix '%s' --max-tokens %d --embed %s (see %s)",
+                        dir, pfx ? pfx : "?", (long long)mt, emb ? emb : "?", r->o.prefix,
+                        r->o.max_tokens, myemb, path);
+      json_decref(mine);
+      json_decref(m);
+    }
+    return rc;
+  }
+  if (rc != M3_ENOTFOUND) return rc;
+  /* A new store: the files tools need to read it first, then the store. */
+  if ((rc = enc_mkdirs(dir)) != 0) return rc;
+  snprintf(path, sizeof path, "%s/codec.m3c", dir);
+  if ((rc = m3_codec_set_save(r->cs, path)) != 0) return rc;
+  char src[4200];
+  const char *tok_file = model_tokenizer_file(r->o.model, src, sizeof src);
+  if (tok_file) {
+    char *buf;
+    size_t len;
+    if ((rc = enc_read_file(src, &buf, &len)) != 0) return rc;
+    snprintf(path, sizeof path, "%s/%s", dir, tok_file);
+    rc = enc_write_file(path, buf, len);
+    free(buf);
+    if (rc) return rc;
+  }
+  json_t *m = manifest(r, tok_file ? tok_file : "", pre, npre);
+  char *s = json_dumps(m, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  json_decref(m);
+  if (!s) return m3__seterr(M3_ENOMEM, "manifest: out of memory");
+  snprintf(path, sizeof path, "%s/encode.json", dir);
+  rc = enc_write_file(path, s, strlen(s));
+  free(s);
+  if (rc) return rc;
+  so.create = 1;
+  so.layout = r->layout;
+  return m3_store_open(dir, &so, &r->store);
+}
+
+static int parse_encode_args(int argc, char **argv, enc_opts *o) {
+  static const struct option opts[] = {
+      {"model", required_argument, NULL, 'm'},     {"input", required_argument, NULL, 'i'},
+      {"store", required_argument, NULL, 's'},     {"codec", required_argument, NULL, 'c'},
+      {"embed", required_argument, NULL, 'e'},     {"index", required_argument, NULL, 'x'},
+      {"threads", required_argument, NULL, 't'},   {"batch", required_argument, NULL, 'b'},
+      {"max-tokens", required_argument, NULL, 'M'}, {"prefix", required_argument, NULL, 'p'},
+      {"tokens-per-head", required_argument, NULL, 'T'},
+      {"mem-layers", required_argument, NULL, 'L'}, {"on-error", required_argument, NULL, 'E'},
+      {"report", required_argument, NULL, 'r'},    {"id-base", required_argument, NULL, 'I'},
+      {"backend", required_argument, NULL, 'B'},   {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  memset(o, 0, sizeof *o);
+  o->embed = "hash:256";
+  o->index = M3_INDEX_DEFAULT_FACTORY;
+  o->prefix = "Reference:";
+  o->threads = 1, o->batch = 8, o->max_tokens = 128, o->tokens_per_head = 8;
+  o->backend = "auto";
+  optind = 1;
+  int c;
+  long v;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'm': o->model = optarg; break;
+    case 'i': o->input = optarg; break;
+    case 's': o->store = optarg; break;
+    case 'c': o->codec = optarg; break;
+    case 'e': o->embed = optarg; break;
+    case 'x': o->index = optarg; break;
+    case 'p': o->prefix = optarg; break;
+    case 'r': o->report = optarg; break;
+    case 'B': o->backend = optarg; break;
+    case 't': if (parse_int("--threads", optarg, 1, 256, &v)) return EXIT_FAIL; o->threads = (int)v; break;
+    case 'b': if (parse_int("--batch", optarg, 1, 4096, &v)) return EXIT_FAIL; o->batch = (int)v; break;
+    case 'M': if (parse_int("--max-tokens", optarg, 16, M3_SELECT_MAX_LEN, &v)) return EXIT_FAIL; o->max_tokens = (int)v; break;
+    case 'T': if (parse_int("--tokens-per-head", optarg, 1, 1024, &v)) return EXIT_FAIL; o->tokens_per_head = (int)v; break;
+    case 'L': if (parse_int("--mem-layers", optarg, 1, 65535, &v)) return EXIT_FAIL; o->mem_layers = (int)v; break;
+    case 'E':
+      if (!strcmp(optarg, "skip")) o->skip_bad = 1;
+      else if (strcmp(optarg, "fail")) {
+        fprintf(stderr, "m3-encode: --on-error '%s': fail or skip\n", optarg);
+        return EXIT_FAIL;
+      }
+      break;
+    case 'I': {
+      char *end;
+      errno = 0;
+      o->id_base = strtoull(optarg, &end, 10);
+      if (!*optarg || *end || errno || *optarg == '-') {
+        fprintf(stderr, "m3-encode: --id-base '%s' is not a chunk id\n", optarg);
+        return EXIT_FAIL;
+      }
+      o->has_id_base = 1;
+      break;
+    }
+    case 'h': fputs(usage_text, stdout); exit(0);
+    default: fputs(usage_text, stderr); return EXIT_FAIL;
+    }
+  }
+  if (optind != argc || !o->model || !o->input || !o->store) {
+    fprintf(stderr, "m3-encode: --model, --input and --store are required\n%s", usage_text);
+    return EXIT_FAIL;
+  }
+  return 0;
+}
+
+int enc_cmd_encode(int argc, char **argv) {
+  run R, *r = &R;
+  memset(r, 0, sizeof *r);
+  int ex = parse_encode_args(argc, argv, &r->o);
+  if (ex) return ex;
+  const enc_opts *o = &r->o;
+  m3_tokenizer *tok = NULL;
+  enc_input *in = NULL;
+  worker *ws = NULL;
+  batch **pool = NULL;
+  int npool = 0, nstarted = 0, writer_started = 0;
+  pthread_t wt;
+  FILE *report = NULL;
+  int32_t *pre = NULL;
+  int rc, npre = 0;
+  pthread_mutex_init(&r->mu, NULL);
+  pthread_cond_init(&r->cv, NULL);
+
+  if ((rc = m3_tokenizer_load(o->model, &tok)) != 0) { ex = fail_msg("tokenizer", rc); goto out; }
+  m3_model_opts mopts = {.n_mem_layers = o->mem_layers};
+  if ((rc = m3_model_open(o->model, &mopts, &r->model)) != 0) { ex = fail_msg("model", rc); goto out; }
+  const m3_model_config *cfg = m3_model_get_config(r->model);
+  if (m3_tokenizer_vocab_size(tok) > (size_t)cfg->vocab_size) {
+    fprintf(stderr, "m3-encode: the tokenizer has %zu ids, the model's vocabulary %d\n",
+            m3_tokenizer_vocab_size(tok), cfg->vocab_size);
+    ex = EXIT_FAIL;
+    goto out;
+  }
+  r->E = cfg->hidden_size;
+  int n_mem = m3_model_mem_layers(r->model);
+  r->spec = (m3_spec){(uint16_t)n_mem, (uint16_t)cfg->n_kv_heads, (uint16_t)o->tokens_per_head,
+                      (uint16_t)cfg->head_dim};
+  if (o->tokens_per_head > o->max_tokens) {
+    fprintf(stderr, "m3-encode: --tokens-per-head %d > --max-tokens %d\n", o->tokens_per_head, o->max_tokens);
+    ex = EXIT_FAIL;
+    goto out;
+  }
+  if ((rc = parse_embed(r, o->embed, n_mem)) != 0) { ex = fail_msg(NULL, rc), ex = EXIT_FAIL; goto out; }
+
+  /* The codec: --codec, else the store's own, else raw-bf16. */
+  char cpath[4200];
+  snprintf(cpath, sizeof cpath, "%s/codec.m3c", o->store);
+  const char *codec = o->codec ? o->codec : file_exists(cpath) ? cpath : "raw-bf16";
+  if ((rc = open_codec(codec, r->spec.head_dim, &r->cs)) != 0) { ex = fail_msg("codec", rc); goto out; }
+  if ((rc = m3_codec_set_layout(r->cs, &r->spec, &r->layout)) != 0) { ex = fail_msg("codec", rc); goto out; }
+  r->npos = m3_spec_positions(&r->spec);
+  r->ncodes = m3_layout_codes_bytes(&r->layout);
+
+  pre = malloc((size_t)o->max_tokens * sizeof *pre);
+  if (!pre || (npre = enc_prefix_ids(tok, o->prefix, pre, o->max_tokens)) < 0) {
+    ex = fail_msg("prefix", npre < 0 ? npre : M3_ENOMEM);
+    goto out;
+  }
+  if (o->report) {
+    report = fopen(o->report, "w");
+    if (!report) {
+      fprintf(stderr, "m3-encode: --report %s: %s\n", o->report, strerror(errno));
+      ex = EXIT_FAIL;
+      goto out;
+    }
+  }
+  enc_input_opts io = {.path = o->input, .tok = tok, .prefix_ids = pre, .n_prefix = npre,
+                       .max_tokens = o->max_tokens, .external_emb = r->ek == EMB_EXTERNAL,
+                       .ids = o->has_id_base ? ENC_ID_SEQUENTIAL : ENC_ID_HASH,
+                       .id_base = o->id_base, .skip_bad = o->skip_bad,
+                       .report = report ? report : stderr};
+
+  /* External embeddings: an existing store fixes the dims; else the first
+   * line does, and the store is created once it is known. */
+  if (r->ek == EMB_EXTERNAL) {
+    m3_store_options so;
+    m3_store_options_init(&so);
+    so.read_only = 1;
+    m3_store *s;
+    if (m3_store_open(o->store, &so, &s) == 0) {
+      io.emb_dim = r->emb_dim = m3_store_layout(s)->emb_dim;
+      m3_store_close(s);
+    }
+  }
+  r->layout.emb_dim = (uint16_t)r->emb_dim;
+  if ((rc = enc_input_open(&io, &in)) != 0) { ex = fail_msg("input", rc); goto out; }
+  if (r->emb_dim || r->ek != EMB_EXTERNAL) {
+    if ((rc = setup_store(r, pre, npre)) != 0) { ex = fail_msg(NULL, rc); goto out; }
+  }
+
+  /* Workers, one forward runner each, and the batch pool. */
+  if (o->threads > 1) openblas_set_num_threads(1); /* parallel runners instead */
+  ws = calloc((size_t)o->threads, sizeof *ws);
+  npool = 2 * o->threads + 2;
+  pool = calloc((size_t)npool, sizeof *pool);
+  if (!ws || !pool) { ex = fail_msg("out of memory", M3_ENOMEM); goto out; }
+  for (int i = 0; i < o->threads; i++) {
+    ws[i].r = r;
+    m3_forward_opts fo = {.backend = r->ek == EMB_HIDDEN ? "cpu" : o->backend,
+                          .max_batch = o->batch, .max_seq = o->max_tokens,
+                          .n_tokens = o->tokens_per_head};
+    if (r->ek == EMB_HIDDEN) {
+      ws[i].hidden = malloc((size_t)o->batch * r->E * sizeof(float));
+      if (!ws[i].hidden) { ex = fail_msg("out of memory", M3_ENOMEM); goto out; }
+      fo.hidden = ws[i].hidden;
+      fo.hidden_layer = r->hidden_layer;
+    }
+    if ((rc = m3_forward_create(r->model, &fo, &ws[i].fwd)) != 0) { ex = fail_msg("forward", rc); goto out; }
+  }
+  for (int i = 0; i < npool; i++) {
+    if (!(pool[i] = batch_new(r))) { ex = fail_msg("out of memory for batches", M3_ENOMEM); goto out; }
+    pool[i]->next = r->free_list;
+    r->free_list = pool[i];
+  }
+  r->tty = isatty(2);
+  r->t0 = enc_now();
+
+  /* The reader: batches of consecutive chunks, in input order. */
+  batch *cur = NULL;
+  int end = 0;
+  while (!end) {
+    if (!cur) {
+      pthread_mutex_lock(&r->mu);
+      while (!r->free_list && !r->stop) pthread_cond_wait(&r->cv, &r->mu);
+      if (r->stop) { pthread_mutex_unlock(&r->mu); break; }
+      cur = r->free_list;
+      r->free_list = cur->next;
+      pthread_mutex_unlock(&r->mu);
+      cur->n = 0;
+    }
+    int got = enc_input_next(in, &cur->c[cur->n]);
+    if (got < 0) {
+      char msg[1024];
+      snprintf(msg, sizeof msg, "%s", m3_errmsg());
+      set_err(r, got, msg);
+      break;
+    }
+    if (got == 1) cur->n++;
+    else end = 1;
+    pthread_mutex_lock(&r->mu);
+    enc_input_progress(in, &r->in_done, &r->in_total);
+    pthread_mutex_unlock(&r->mu);
+    if (!r->store && got == 1) { /* external embeddings: dims now known */
+      r->emb_dim = r->layout.emb_dim = (uint16_t)enc_input_emb_dim(in);
+      if ((rc = setup_store(r, pre, npre)) != 0) {
+        set_err(r, rc, m3_errmsg());
+        break;
+      }
+    }
+    if (!writer_started && r->store) {
+      /* emb_dim is known now (external embeddings: from the first line) */
+      for (int i = 0; i < npool; i++) {
+        float *e = realloc(pool[i]->emb, (size_t)o->batch * (r->emb_dim ? r->emb_dim : 1) * sizeof *e);
+        if (!e) {
+          set_err(r, M3_ENOMEM, "out of memory for embeddings");
+          break;
+        }
+        pool[i]->emb = e;
+      }
+      if (r->err) break;
+      for (; nstarted < o->threads; nstarted++)
+        if (pthread_create(&ws[nstarted].th, NULL, worker_main, &ws[nstarted]) != 0) break;
+      if (nstarted == 0 || pthread_create(&wt, NULL, writer_main, r) != 0) {
+        set_err(r, M3_ENOMEM, "cannot start threads");
+        break;
+      }
+      writer_started = 1;
+    }
+    if (cur->n == o->batch || (end && cur->n)) {
+      if ((rc = dispatch(r, cur)) != 0) {
+        set_err(r, rc, m3_errmsg());
+        break;
+      }
+      cur = NULL;
+    }
+  }
+  if (cur) { /* not dispatched: back to the pool for freeing */
+    for (int i = 0; i < cur->n; i++) enc_chunk_free(&cur->c[i]);
+    cur->n = 0;
+  }
+  pthread_mutex_lock(&r->mu);
+  r->input_done = 1;
+  pthread_cond_broadcast(&r->cv);
+  pthread_mutex_unlock(&r->mu);
+  for (int i = 0; i < nstarted; i++) pthread_join(ws[i].th, NULL);
+  if (writer_started) pthread_join(wt, NULL);
+  pthread_mutex_lock(&r->mu);
+  progress(r, 1);
+  pthread_mutex_unlock(&r->mu);
+  double secs = enc_now() - r->t0;
+
+  if (r->err) {
+    fprintf(stderr, "m3-encode: %s\n", r->errmsg);
+    if (r->chunks_written)
+      fprintf(stderr, "m3-encode: %llu chunks were stored before the failure; rerun the same command to resume\n",
+              (unsigned long long)r->chunks_written);
+    ex = r->err == M3_EBADFORMAT ? EXIT_BAD_INPUT : EXIT_FAIL;
+    goto out;
+  }
+  if (!r->store) { /* external embeddings and no chunk at all */
+    fprintf(stderr, "m3-encode: %s: no chunks in the input; nothing stored\n", o->input);
+    ex = EXIT_BAD_INPUT;
+    goto out;
+  }
+
+  /* The retrieval index, so that m3-server can serve the store at once. */
+  size_t indexed = 0;
+  const char *why = "";
+  if (r->emb_dim) {
+    m3_index_options xo;
+    m3_index_options_init(&xo);
+    xo.factory = o->index;
+    m3_index *ix;
+    if ((rc = m3_index_open(r->store, &xo, &ix)) != 0) { ex = fail_msg("retrieval index", rc); goto out; }
+    m3_index_info info;
+    m3_index_info_get(ix, &info);
+    indexed = info.count;
+    why = info.loaded ? "current" : "rebuilt";
+    m3_index_close(ix);
+  }
+  m3_store_stats st;
+  if ((rc = m3_store_stats_get(r->store, &st)) != 0) { ex = fail_msg("store stats", rc); goto out; }
+  fprintf(stderr,
+          "m3-encode: %llu chunks encoded, %llu already in the store, %llu bad lines skipped; "
+          "%llu tokens in %.2f s (%.1f chunks/s, %.0f tokens/s); store %s: %llu records; "
+          "index %s: %zu vectors (%s)\n",
+          (unsigned long long)r->chunks_written, (unsigned long long)r->chunks_present,
+          (unsigned long long)enc_input_skipped(in), (unsigned long long)r->tokens, secs,
+          secs > 0 ? r->chunks_written / secs : 0, secs > 0 ? r->tokens / secs : 0, o->store,
+          (unsigned long long)st.records, r->emb_dim ? o->index : "none", indexed, why);
+  ex = 0;
+out:
+  if (ws) {
+    for (int i = 0; i < o->threads; i++) {
+      m3_forward_destroy(ws[i].fwd);
+      free(ws[i].hidden);
+    }
+    free(ws);
+  }
+  if (pool) {
+    for (int i = 0; i < npool; i++) batch_free(pool[i], o->batch);
+    free(pool);
+  }
+  enc_input_close(in);
+  if (report) fclose(report);
+  m3_store_close(r->store);
+  m3_codec_set_close(r->cs);
+  m3_model_close(r->model);
+  m3_tokenizer_free(tok);
+  free(pre);
+  pthread_mutex_destroy(&r->mu);
+  pthread_cond_destroy(&r->cv);
+  return ex;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 2 && !strcmp(argv[1], "train-codec")) return enc_cmd_train_codec(argc - 1, argv + 1);
+  if (argc >= 2 && !strcmp(argv[1], "test-model")) return enc_cmd_test_model(argc - 1, argv + 1);
+  if (argc >= 2 && !strcmp(argv[1], "encode")) return enc_cmd_encode(argc - 1, argv + 1);
+  if (argc < 2) {
+    fputs(usage_text, stderr);
+    return EXIT_FAIL;
+  }
+  return enc_cmd_encode(argc, argv);
+}

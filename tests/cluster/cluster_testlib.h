@@ -1,0 +1,43 @@
+/*
+ * Shared by the cluster tests: a local cluster started with
+ * deploy/local/m3-cluster (real m3-server processes on loopback over shard
+ * stores split from a store written by `m3-bench gen`), its servers' pids
+ * and addresses, and a cluster handle over its map.
+ */
+#ifndef M3_CLUSTER_TESTLIB_H
+#define M3_CLUSTER_TESTLIB_H
+
+#include "client/client_testlib.h"
+#include "m3/cluster.h"
+
+#define CL_MAX_SERVERS 16
+
+typedef struct cl_cluster {
+  char dir[600]; /* RUNDIR */
+  char map[700]; /* RUNDIR/cluster.json */
+  unsigned shards, replicas;
+  int pid[CL_MAX_SERVERS];       /* s * replicas + r */
+  char addr[CL_MAX_SERVERS][64]; /* "127.0.0.1:PORT" */
+} cl_cluster;
+
+/* `m3-cluster up --store store --shards S --replicas R --dir rundir`; skips
+ * the test (exit 77) when m3-server is not built. Stopped at exit (atexit)
+ * if the test does not stop it first. */
+void cl_up(cl_cluster *c, const char *store, const char *rundir, unsigned shards,
+           unsigned replicas);
+/* `m3-cluster down`. */
+void cl_down(cl_cluster *c);
+/* SIGKILL replica r of shard s and wait until it is gone. */
+void cl_kill(cl_cluster *c, unsigned s, unsigned r);
+/* Start replica r of shard s again (after cl_kill) on its old port and
+ * store copy, wait until it listens, and record its pid for cl_down. */
+void cl_restart(cl_cluster *c, unsigned s, unsigned r);
+
+/* A handle on the cluster's map with o (NULL: defaults). */
+m3_cluster *cl_open(const cl_cluster *c, const m3_cluster_options *o);
+
+/* Run a shell command line; returns its exit status (fails the test when
+ * it cannot run). */
+int cl_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

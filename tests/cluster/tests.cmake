@@ -1,0 +1,35 @@
+# Cluster tests: a local 2-shard x 2-replica cluster (deploy/local/m3-cluster
+# over real m3-server processes on loopback) against one unsharded server,
+# under replica kills, with a shard down, and with servers of another layout.
+# Skipped (exit 77) when m3-server is not built.
+set(_cldir ${CMAKE_CURRENT_LIST_DIR})
+set(_clutil ${_cldir}/cluster_testlib.c ${_cldir}/../client/client_testlib.c
+  ${_cldir}/../unit/testutil.c)
+
+m3_add_test(test_cluster_map SOURCES ${_cldir}/test_cluster_map.c ${_cldir}/../unit/testutil.c
+  LABELS unit TIMEOUT 60 LIBS m3client)
+
+function(m3_cluster_test name labels timeout)
+  m3_add_test(${name} SOURCES ${_cldir}/${name}.c ${_clutil} LABELS ${labels}
+    TIMEOUT ${timeout} LIBS m3client m ${ARGN})
+  add_dependencies(${name} m3 m3-bench)
+  if(TARGET m3-server)
+    add_dependencies(${name} m3-server)
+  endif()
+endfunction()
+
+m3_cluster_test(test_cluster_equiv "integration" 120)
+m3_cluster_test(test_cluster_shard_down "integration;fault" 120)
+m3_cluster_test(test_cluster_fingerprint "integration" 120)
+m3_cluster_test(test_cluster_failover "integration;fault" 180)
+
+# The same kill run as a soak: 25 s x $M3_SOAK_SCALE (1 in CI; 10 for a few
+# minutes) with 2 + 4 x scale replica kills, all but the last two restarted
+# (M3_CLUSTER_LOAD_S and M3_FAILOVER_KILLS override both tests).
+add_test(NAME test_cluster_failover_slow COMMAND test_cluster_failover soak)
+set_tests_properties(test_cluster_failover_slow PROPERTIES TIMEOUT 3600
+  LABELS "integration;fault;slow" SKIP_RETURN_CODE 77
+  ENVIRONMENT "M3_BIN_DIR=${PROJECT_BINARY_DIR}/bin;M3_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+
+m3_add_script_test(cluster_cli SCRIPT ${_cldir}/test_cluster_cli.sh LABELS integration
+  TIMEOUT 180)

@@ -1,0 +1,36 @@
+# Codec layer tests (m3/codec.h). Private headers are included by path
+# ("../../core/src/..."), not with -I core/src, whose endian.h would shadow
+# the system one. Small members of the paper's codec family
+# ("OPQ4_16,Residual2x4,PQ4x4") on a few thousand vectors keep each test
+# within seconds on a 2-core machine.
+set(_cdir ${CMAKE_CURRENT_LIST_DIR})
+
+# m3core only (no FAISS), except codec_raw which encodes
+m3_add_test(codec_bits SOURCES ${_cdir}/test_codec_bits.c LABELS unit TIMEOUT 60)
+m3_add_test(codec_raw SOURCES ${_cdir}/test_codec_raw.c LABELS unit TIMEOUT 60
+  LIBS m3codec)
+m3_add_test(codec_file SOURCES ${_cdir}/test_codec_file.c LABELS unit TIMEOUT 60)
+
+# m3codec: FAISS
+m3_add_test(codec_layout SOURCES ${_cdir}/test_codec_layout.c LABELS unit TIMEOUT 60
+  LIBS m3codec)
+m3_add_test(codec_tables SOURCES ${_cdir}/test_codec_tables.c LABELS unit TIMEOUT 120
+  LIBS m3codec)
+m3_add_test(codec_fingerprint SOURCES ${_cdir}/test_codec_fingerprint.c LABELS unit TIMEOUT 60
+  LIBS m3codec)
+m3_add_test(codec_record SOURCES ${_cdir}/test_codec_record.c LABELS unit TIMEOUT 60
+  LIBS m3codec)
+m3_add_test(codec_decode SOURCES ${_cdir}/test_codec_decode.c LABELS unit TIMEOUT 60
+  LIBS m3codec)
+
+# FAISS trains with OpenMP; on a small shared machine its spinning threads
+# make OPQ training several times slower than one thread.
+foreach(_t codec_raw codec_layout codec_tables codec_fingerprint codec_record codec_decode)
+  set_property(TEST ${_t} APPEND PROPERTY ENVIRONMENT OMP_NUM_THREADS=1)
+endforeach()
+
+if(M3_HAVE_CUDA)
+  m3_add_test(codec_cuda SOURCES ${_cdir}/test_codec_cuda.c LABELS unit TIMEOUT 60
+    LIBS m3codec m3cuda)
+  set_property(TEST codec_cuda APPEND PROPERTY ENVIRONMENT OMP_NUM_THREADS=1)
+endif()

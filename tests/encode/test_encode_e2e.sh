@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# m3-encode end to end on the bundled knowledge base (examples/kb/) with a
+# test model (m3-encode test-model): kb.jsonl into a store that verifies and
+# holds 297 records; the same bytes with 1 and 2 threads; a rerun stores
+# nothing new; m3-server answers text queries with the chunk that has the
+# words (hash embeddings); a folder of documents with --id-base; a long
+# line split into consecutive ids; a trained FAISS codec; hidden-state
+# embeddings; external embeddings.
+set -euo pipefail
+bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
+src=${M3_SOURCE_DIR:?M3_SOURCE_DIR must point at the source tree}
+py=/usr/bin/python3
+[ -x "$bin/m3-encode" ] || { echo "no $bin/m3-encode: skipped"; exit 77; }
+work=$(mktemp -d /tmp/m3-encode-e2e.XXXXXX)
+srv=
+cleanup() {
+  if [ -n "$srv" ]; then kill -TERM "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fails=0
+pass=0
+check() { # check NAME COMMAND...
+  local name=$1
+  shift
+  if "$@"; then pass=$((pass + 1)); else echo "FAIL: $name" >&2; fails=$((fails + 1)); fi
+}
+json_get() { "$py" -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
+digest() { "$bin/encode_store_digest" "$1"; }
+enc() { "$bin/m3-encode" --model "$work/model" "$@"; }
+
+"$bin/m3-encode" test-model --out "$work/model" 2>"$work/tm.log"
+kb=$src/examples/kb/kb.jsonl
+
+# 1. kb.jsonl, default hash:256 embeddings, 2 threads
+enc --input "$kb" --store "$work/kb" --threads 2 --batch 8 2>"$work/enc.log"
+cat "$work/enc.log"
+check "summary line" grep -q "297 chunks encoded, 0 already in the store" "$work/enc.log"
+check "verify" "$bin/m3" store verify "$work/kb"
+"$bin/m3" store info "$work/kb" --json >"$work/info"
+check "297 records" test "$(json_get "$work/info" "j['records']")" = 297
+check "hash:256 embeddings" test "$(json_get "$work/info" "j['layout']['embedding_dim']")" = 256
+check "codec file in the store" test -s "$work/kb/codec.m3c"
+check "manifest" test "$(json_get "$work/kb/encode.json" "j['prefix'] + ' ' + j['tokenizer']")" = "Reference: tokenizer.json"
+check "index saved" test -s "$work/kb/index/stamp"
+check "explicit ids" test "$(digest "$work/kb" | awk '{print $1}' | sort -n | tr '\n' ' ')" = "$(seq 0 296 | tr '\n' ' ')"
+
+# 2. one thread: the same bytes; a rerun: nothing new
+enc --input "$kb" --store "$work/kb1" --threads 1 2>/dev/null
+check "threads 1 == threads 2" test "$(digest "$work/kb")" = "$(digest "$work/kb1")"
+digest "$work/kb" >"$work/before"
+enc --input "$kb" --store "$work/kb" --threads 2 2>"$work/rerun.log"
+check "rerun skips" grep -q "0 chunks encoded, 297 already in the store" "$work/rerun.log"
+check "rerun unchanged" test "$(digest "$work/kb")" = "$(cat "$work/before")"
+
+# 3. m3-server on the store: text queries find the chunk with the words
+"$bin/m3-server" --store "$work/kb" --listen 127.0.0.1:0 --http off --port-file "$work/port" \
+  2>"$work/server.log" &
+srv=$!
+for _ in $(seq 200); do [ -s "$work/port" ] && break; sleep 0.05; done
+port=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/port")
+[ -n "$port" ] || { echo "m3-server did not start"; cat "$work/server.log"; exit 1; }
+for q in "Jupiter largest planet" "Saturn bright rings" "Andromeda Galaxy"; do
+  "$bin/m3" query --server "127.0.0.1:$port" --text "$q" -k 3 --json >"$work/q.json"
+  word=$(echo "$q" | awk '{print $1}')
+  check "query '$q'" grep -q "$word" <(json_get "$work/q.json" "j['queries'][0]['results'][0]['text']")
+done
+kill -TERM "$srv"; wait "$srv" || true; srv=
+
+# 4. a folder of documents, sequential ids from --id-base
+mkdir -p "$work/docs/sub"
+cp "$src/examples/kb/corpus.txt" "$work/docs/a.txt"
+printf '# Notes\n\nVolcanoes erupt lava,\nash and gas.\n\n\nA second paragraph.\n' >"$work/docs/sub/b.md"
+echo "ignored" >"$work/docs/c.csv"
+enc --input "$work/docs" --store "$work/docs_st" --id-base 1000 --embed hash:64 2>"$work/docs.log"
+check "docs verify" "$bin/m3" store verify "$work/docs_st"
+n=$(digest "$work/docs_st" | wc -l)
+check "docs chunks > 3" test "$n" -gt 3
+check "docs ids sequential" test "$(digest "$work/docs_st" | awk '{print $1}' | tr '\n' ' ')" = "$(seq 1000 $((1000 + n - 1)) | tr '\n' ' ')"
+"$bin/m3" store get "$work/docs_st" --id $((1000 + n - 2)) --json >"$work/g.json"
+check "paragraph joined" test "$(json_get "$work/g.json" "j['text']")" = "Volcanoes erupt lava, ash and gas."
+check "docs chunks fit" test "$(json_get "$work/g.json" "j['chunk_len']")" -le 128
+# 5. a long line is split into consecutive ids, each chunk within the budget
+"$py" -c "
+import json
+words = open('$src/examples/kb/corpus.txt').read().split()
+print(json.dumps({'id': 500, 'text': ' '.join(words[:600])}))
+print(json.dumps({'id': 900, 'text': 'short one'}))" >"$work/long.jsonl"
+enc --input "$work/long.jsonl" --store "$work/long" --max-tokens 64 --embed hash:32 2>/dev/null
+ids=$(digest "$work/long" | awk '{print $1}' | tr '\n' ' ')
+check "split ids consecutive" test "$(echo "$ids" | awk '{print $1, $2, $NF}')" = "500 501 900"
+ok=1
+for id in $(digest "$work/long" | awk '{print $1}'); do
+  "$bin/m3" store dump "$work/long" --id "$id" --json >"$work/d.json" || ok=0
+  [ "$(json_get "$work/d.json" "len(j['tokens']) <= 64 and j['n_prefix_tokens'] > 1")" = True ] || ok=0
+done
+check "split chunks fit and re-tokenize" test "$ok" = 1
+
+# 6. train a FAISS codec on the KB, encode with it
+"$bin/m3-encode" train-codec --model "$work/model" --input "$kb" --out "$work/pq.m3c" --codec PQ4x6 \
+  --sample 100 2>"$work/train.log" || { cat "$work/train.log"; false; }
+enc --input "$kb" --store "$work/pq" --codec "$work/pq.m3c" --threads 2 2>/dev/null
+check "pq verify" "$bin/m3" store verify "$work/pq"
+"$bin/m3" store info "$work/pq" --json >"$work/pqinfo"
+check "pq code bytes" test "$(json_get "$work/pqinfo" "j['layout']['codec'], j['layout']['code_bytes']")" = "faiss 3"
+check "pq dump decodes" "$bin/m3" store dump "$work/pq" --id 7 --json >/dev/null
+
+# 7. hidden-state embeddings (layer 1 of the 2 memory layers)
+enc --input "$kb" --store "$work/hid" --embed hidden:1 2>"$work/hid.log"
+check "hidden index" grep -q "index IDMap,Flat: 297 vectors" "$work/hid.log"
+"$bin/m3" store info "$work/hid" --json >"$work/hinfo"
+check "hidden dims" test "$(json_get "$work/hinfo" "j['layout']['embedding_dim']")" = 64
+
+# 8. external embeddings
+"$py" -c "
+import json
+for i, l in enumerate(open('$kb')):
+    j = json.loads(l); j['embedding'] = [float((i * 7 + k) % 5) - 2 for k in range(8)]
+    print(json.dumps(j))" >"$work/ext.jsonl"
+enc --input "$work/ext.jsonl" --store "$work/ext" --embed external 2>"$work/ext.log"
+check "external" grep -q "index IDMap,Flat: 297 vectors" "$work/ext.log"
+enc --input "$work/ext.jsonl" --store "$work/ext" --embed external 2>"$work/ext2.log"
+check "external rerun" grep -q "297 already in the store" "$work/ext2.log"
+
+echo "$pass checks passed, $fails failed"
+[ "$fails" = 0 ]
