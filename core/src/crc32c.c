@@ -3,6 +3,8 @@
  * chainable form for any size. */
 #include "m3/crc32c.h"
 
+#include <pthread.h>
+
 #include <isa-l/crc.h>
 
 uint32_t m3_crc32c(uint32_t crc, const void *buf, size_t len) {
@@ -15,4 +17,42 @@ uint32_t m3_crc32c(uint32_t crc, const void *buf, size_t len) {
     len -= (size_t)n;
   }
   return ~reg;
+}
+
+/* ---- combine (after zlib's crc32.c: multiplication in GF(2)[x] modulo the
+ * reflected Castagnoli polynomial) -------------------------------------- */
+
+#define POLY 0x82F63B78u /* CRC32C, reflected */
+
+/* a * b mod p, both reflected polynomials. */
+static uint32_t multmodp(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31, p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = b & 1 ? (b >> 1) ^ POLY : b >> 1;
+  }
+  return p;
+}
+
+static uint32_t x2n_table[32]; /* x^(2^k) mod p */
+static pthread_once_t x2n_once = PTHREAD_ONCE_INIT;
+
+static void x2n_init(void) {
+  uint32_t p = 1u << 30; /* x^1 */
+  x2n_table[0] = p;
+  for (int k = 1; k < 32; k++) x2n_table[k] = p = multmodp(p, p);
+}
+
+uint32_t m3_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+  pthread_once(&x2n_once, x2n_init);
+  /* x^(8 * len_b) mod p, from the squares table. */
+  uint32_t p = 1u << 31; /* x^0 */
+  unsigned k = 3;        /* 2^3 = 8 bits a byte */
+  for (uint64_t n = len_b; n; n >>= 1, k++)
+    if (n & 1) p = multmodp(x2n_table[k & 31], p);
+  return multmodp(p, crc_a) ^ crc_b;
 }

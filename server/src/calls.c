@@ -157,6 +157,8 @@ static void fetch_start(call *cl);
 
 static void search_work(uv_work_t *w) {
   server *s = w->data;
+  /* OpenMP's thread count is per calling thread: set it on this one. */
+  if (s->omp_set_num_threads) s->omp_set_num_threads((int)s->cfg.search_threads);
   /* One index call for every query of every call in the batch. */
   size_t nq = 0, kmax = 0;
   for (call *cl = s->search_batch; cl; cl = cl->qnext) {
@@ -372,14 +374,26 @@ static void fetch_work(uv_work_t *w) {
   cl->status = m3_store_fetch(s->store, cl->items, n);
   if (cl->status) snprintf(cl->errmsg, sizeof cl->errmsg, "%s", m3_errmsg());
   for (size_t i = n; i < cl->nids; i++) cl->items[i].status = M3_ENOTFOUND;
-  /* The payloads' CRCs are computed here, off the loop thread. */
+  /* Payload CRCs without another pass over the bytes: the store has just
+   * checked each record's memory against the mem_crc in its header, so the
+   * CRC of header + memory is that CRC combined with the header's. */
   cl->crcs = malloc((cl->nids ? cl->nids : 1) * sizeof *cl->crcs);
   if (cl->crcs == NULL) {
     cl->status = M3_ENOMEM;
     return;
   }
-  for (size_t i = 0; i < cl->nids; i++)
-    cl->crcs[i] = cl->items[i].status == 0 ? m3_crc32c(0, cl->items[i].data, cl->items[i].len) : 0;
+  for (size_t i = 0; i < cl->nids; i++) {
+    m3_fetch_item *it = &cl->items[i];
+    m3_record r;
+    cl->crcs[i] = 0;
+    if (it->status != 0) continue;
+    if (m3_record_parse(it->data, it->len, M3_PARSE_HEADER, &r) == 0 &&
+        it->len == M3_RECORD_HEADER_SIZE + (size_t)r.mem_bytes)
+      cl->crcs[i] = m3_crc32c_combine(m3_crc32c(0, it->data, M3_RECORD_HEADER_SIZE), r.mem_crc,
+                                      r.mem_bytes);
+    else
+      cl->crcs[i] = m3_crc32c(0, it->data, it->len);
+  }
   if (cl->with_text)
     for (size_t i = 0; i < cl->nids; i++) {
       size_t len;

@@ -5,8 +5,10 @@
  * Configuration: defaults, then the config file (--config, `key = value`
  * lines with the long option names), then command-line flags: flags win.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <getopt.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +30,11 @@ static const char *usage_text =
     "  --admin-token-file F      admin token for Put and Delete (off without it)\n"
     "  --port-file F             write the bound ports (\"rpc=N http=M\") once listening\n"
     "  --index STR               FAISS index_factory string of the retrieval index (IDMap,Flat)\n"
-    "  --cache-mb N              hot-memory cache (256)\n"
+    "  --cache-mb N              hot-memory cache (256 with --direct; 0 otherwise: the\n"
+    "                            page cache already holds hot memories)\n"
+    "  --search-threads N        OpenMP/BLAS threads of an index search (1: the libuv\n"
+    "                            pool runs searches beside reads; spinning BLAS threads\n"
+    "                            would take their cores)\n"
     "  --direct                  read memories with O_DIRECT\n"
     "  --max-connections N       (1024)\n"
     "  --max-frame-mb N          (64)\n"
@@ -64,7 +70,8 @@ void server_config_defaults(server_config *c) {
   c->default_timeout_ms = 30000;
   c->drain_timeout_ms = 10000;
   c->write_high_water = 16u << 20;
-  c->cache_bytes = 256u << 20;
+  c->cache_bytes = SIZE_MAX;
+  c->search_threads = 1;
 }
 
 static const struct option opts[] = {
@@ -91,6 +98,7 @@ static const struct option opts[] = {
     {"write-high-water-mb", required_argument, NULL, 13},
     {"shard", required_argument, NULL, 14},
     {"name", required_argument, NULL, 15},
+    {"search-threads", required_argument, NULL, 16},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
@@ -132,6 +140,7 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
   case 13: c->write_high_water = (size_t)num(name, v, where) << 20; break;
   case 14: c->shard = (unsigned)num(name, v, where); break;
   case 15: c->name = v; break;
+  case 16: c->search_threads = (unsigned)num(name, v, where); break;
   }
 }
 
@@ -327,7 +336,17 @@ int main(int argc, char **argv) {
   m3_store_options so;
   m3_store_options_init(&so);
   so.direct = s.cfg.direct;
-  so.cache_bytes = s.cfg.cache_bytes;
+  so.cache_bytes = s.cfg.cache_bytes != SIZE_MAX ? s.cfg.cache_bytes
+                  : s.cfg.direct                 ? (size_t)256 << 20
+                                                 : 0;
+  /* BLAS and OpenMP threads that spin between calls would compete with the
+   * loop and the read workers for the cores: size them once here (OpenBLAS's
+   * count is global) and per search (OpenMP's is per thread). Looked up, not
+   * linked: whatever BLAS and OpenMP FAISS brought in. */
+  if (s.cfg.search_threads == 0) s.cfg.search_threads = 1;
+  void (*blas_threads)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
+  if (blas_threads) blas_threads((int)s.cfg.search_threads);
+  s.omp_set_num_threads = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
   int rc = m3_store_open(s.cfg.store_dir, &so, &s.store);
   if (rc) {
     fprintf(stderr, "m3-server: %s: %s: %s\n", s.cfg.store_dir, m3_strerror(rc), m3_errmsg());

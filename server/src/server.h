@@ -36,7 +36,8 @@ typedef struct server_config {
   unsigned default_timeout_ms; /* calls without a deadline get this one */
   unsigned drain_timeout_ms;
   size_t write_high_water;     /* stop reading a connection with more queued */
-  size_t cache_bytes;
+  size_t cache_bytes;          /* SIZE_MAX: auto (256 MB with --direct, else 0) */
+  unsigned search_threads;     /* OpenMP and BLAS threads of an index search */
   int direct;
   unsigned shard;
 } server_config;
@@ -72,6 +73,7 @@ typedef struct server {
   int search_running;
   uv_work_t search_work;
   call *search_batch;        /* the calls the running job serves */
+  void (*omp_set_num_threads)(int); /* from the OpenMP runtime FAISS uses, if loaded */
 } server;
 
 /* A call in flight. Owned by its connection; freed once it has ended (END or

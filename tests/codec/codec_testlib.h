@@ -19,32 +19,11 @@
 
 #include <cmocka.h>
 
+#include "check.h"
+
 #include "m3/codec.h"
 #include "m3/crc32c.h"
 #include "m3/error.h"
-
-#define CHECK_OK(expr)                                                          \
-  do {                                                                          \
-    int rc_ = (int)(expr);                                                      \
-    if (rc_ != 0)                                                               \
-      fail_msg("%s returned %d (%s), want 0: %s", #expr, rc_, m3_err_name(rc_), \
-               m3_errmsg());                                                    \
-  } while (0)
-
-#define CHECK_RC(expr, want)                                                    \
-  do {                                                                          \
-    int rc_ = (int)(expr), want_ = (int)(want);                                 \
-    if (rc_ != want_)                                                           \
-      fail_msg("%s returned %d (%s), want %d (%s); errmsg: %s", #expr, rc_,     \
-               m3_err_name(rc_), want_, m3_err_name(want_), m3_errmsg());       \
-  } while (0)
-
-#define CHECK_CONTAINS(hay, needle)                                             \
-  do {                                                                          \
-    const char *h_ = (hay), *n_ = (needle);                                     \
-    if (h_ == NULL || strstr(h_, n_) == NULL)                                   \
-      fail_msg("'%s' does not contain '%s'", h_ ? h_ : "(null)", n_);           \
-  } while (0)
 
 static inline uint64_t ct_rand(uint64_t *s) {
   uint64_t z = (*s += 0x9e3779b97f4a7c15ull);

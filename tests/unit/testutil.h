@@ -15,43 +15,15 @@
 
 #include <cmocka.h>
 
+#include "check.h"
+
 #include "m3/error.h"
 #include "m3/record.h"
 #include "m3/spec.h"
 #include "m3/store.h"
 
 /* rc must be 0; otherwise print the code's name and the detail message. */
-#define CHECK_OK(expr)                                                          \
-  do {                                                                          \
-    int rc_ = (int)(expr);                                                      \
-    if (rc_ != 0)                                                               \
-      fail_msg("%s returned %d (%s), want 0: %s", #expr, rc_, m3_err_name(rc_), \
-               m3_errmsg());                                                    \
-  } while (0)
-
 /* rc must equal want. */
-#define CHECK_RC(expr, want)                                                    \
-  do {                                                                          \
-    int rc_ = (int)(expr), want_ = (int)(want);                                 \
-    if (rc_ != want_)                                                           \
-      fail_msg("%s returned %d (%s), want %d (%s); errmsg: %s", #expr, rc_,     \
-               m3_err_name(rc_), want_, m3_err_name(want_), m3_errmsg());       \
-  } while (0)
-
-#define CHECK_U64(a, b)                                                         \
-  do {                                                                          \
-    unsigned long long a_ = (unsigned long long)(a), b_ = (unsigned long long)(b); \
-    if (a_ != b_)                                                               \
-      fail_msg("%s == %s: %llu != %llu", #a, #b, a_, b_);                        \
-  } while (0)
-
-#define CHECK_CONTAINS(hay, needle)                                             \
-  do {                                                                          \
-    const char *h_ = (hay), *n_ = (needle);                                     \
-    if (h_ == NULL || strstr(h_, n_) == NULL)                                   \
-      fail_msg("'%s' does not contain '%s'", h_ ? h_ : "(null)", n_);           \
-  } while (0)
-
 /* splitmix64 */
 uint64_t tu_rand(uint64_t *state);
 

@@ -14,4 +14,9 @@
  * is 0xE3069283, the standard check value. */
 uint32_t m3_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/* The CRC32C of A followed by B from crc_a = CRC32C(A), crc_b = CRC32C(B) and
+ * B's length, without touching the bytes (zlib's crc32_combine, for the
+ * Castagnoli polynomial): O(log len_b) work. */
+uint32_t m3_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+
 #endif /* M3_CRC32C_H */
