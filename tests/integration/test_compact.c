@@ -22,13 +22,7 @@ typedef struct fixture {
   m3_store *s;
 } fixture;
 
-static m3_store *reopen(fixture *f) {
-  m3_store_options o;
-  tu_opts(&o, &f->l, 0, SEG);
-  m3_store *s = NULL;
-  CHECK_OK(m3_store_open(f->dir, &o, &s));
-  return s;
-}
+static m3_store *reopen(fixture *f) { return tu_open(f->dir, &f->l, 0, SEG); }
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);

@@ -29,13 +29,7 @@ static void on_problem(void *ud, const m3_problem *p) {
                 m3_err_name(p->err), p->detail);
 }
 
-static m3_store *reopen(fixture *f) {
-  m3_store_options o;
-  tu_opts(&o, &f->l, 0, SEG);
-  m3_store *s = NULL;
-  CHECK_OK(m3_store_open(f->dir, &o, &s));
-  return s;
-}
+static m3_store *reopen(fixture *f) { return tu_open(f->dir, &f->l, 0, SEG); }
 
 /* 40 puts, 5 replaced (new text too), 5 deleted, one of them put again, an
  * idempotent re-put: 6 tombstones... recorded in the report. */

@@ -164,6 +164,14 @@ void tu_opts(m3_store_options *o, const m3_layout *l, int create, uint64_t segme
   if (segment_bytes) o->segment_bytes = segment_bytes;
 }
 
+m3_store *tu_open(const char *dir, const m3_layout *l, int create, uint64_t segment_bytes) {
+  m3_store_options o;
+  tu_opts(&o, l, create, segment_bytes);
+  m3_store *s = NULL;
+  CHECK_OK(m3_store_open(dir, &o, &s));
+  return s;
+}
+
 long long tu_file_size(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 ? (long long)st.st_size : -1;

@@ -64,6 +64,9 @@ void tu_check_fetch(m3_store *s, uint64_t id, uint32_t version);
 /* Store options: defaults plus layout, create and segment_bytes. */
 void tu_opts(m3_store_options *o, const m3_layout *l, int create, uint64_t segment_bytes);
 
+/* Open (create) the store in dir with tu_opts; fails the test on error. */
+m3_store *tu_open(const char *dir, const m3_layout *l, int create, uint64_t segment_bytes);
+
 /* Bytes of a file, or -1. */
 long long tu_file_size(const char *path);
 
