@@ -16,11 +16,7 @@
 
 #define SEG 200000
 
-typedef struct fixture {
-  char *dir;
-  m3_layout l;
-  m3_store *s;
-} fixture;
+typedef tu_fixture fixture;
 
 static m3_store *reopen(fixture *f) { return tu_open(f->dir, &f->l, 0, SEG); }
 
@@ -34,15 +30,6 @@ static int setup(void **state) {
   CHECK_OK(m3_store_open(f->dir, &o, &f->s));
   for (uint64_t i = 0; i < 30; i += 6) CHECK_OK(tu_put_range(f->s, i, 6, 0));
   *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  m3_store_close(f->s);
-  tu_rmrf(f->dir);
-  free(f->dir);
-  free(f);
   return 0;
 }
 
@@ -216,10 +203,10 @@ static void test_compact_killed(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_reclaims, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_compact_everything_deleted, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_orphan_segments_removed, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_compact_killed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_reclaims, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_compact_everything_deleted, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_orphan_segments_removed, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_compact_killed, setup, tu_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -26,11 +26,7 @@ static void collect(void *ud, const m3_problem *p) {
   ps->n++;
 }
 
-typedef struct fixture {
-  char *dir;
-  m3_layout l;
-  m3_store *s;
-} fixture;
+typedef tu_fixture fixture;
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
@@ -42,15 +38,6 @@ static int setup(void **state) {
   CHECK_OK(tu_put_range(f->s, 0, 12, 0));
   CHECK_OK(m3_store_verify(f->s, NULL, NULL, NULL));
   *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  m3_store_close(f->s);
-  tu_rmrf(f->dir);
-  free(f->dir);
-  free(f);
   return 0;
 }
 
@@ -169,12 +156,12 @@ static void test_two_flips(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_payload_flip, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_payload_flip_with_cache, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_header_flip, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_magic_flip, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_text_flip, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_two_flips, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_payload_flip, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_payload_flip_with_cache, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_header_flip, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_magic_flip, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_text_flip, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_two_flips, setup, tu_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,11 +14,7 @@
 
 #define SEG 300000
 
-typedef struct fixture {
-  char *dir;
-  m3_layout l;
-  m3_store *s;
-} fixture;
+typedef tu_fixture fixture;
 
 static int count_problems(int *n) { return *n; }
 
@@ -50,15 +46,6 @@ static int setup(void **state) {
   CHECK_OK(tu_put_range(f->s, 0, 4, 0)); /* idempotent */
   CHECK_OK(tu_put_range(f->s, 7, 1, 3)); /* replaced twice */
   *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  m3_store_close(f->s);
-  tu_rmrf(f->dir);
-  free(f->dir);
-  free(f);
   return 0;
 }
 
@@ -341,12 +328,12 @@ static void test_repair_errors(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_rebuild_same_content, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_torn_tail_open, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_torn_tail_repair, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_repair_busy, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_missing_segment, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_repair_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rebuild_same_content, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_torn_tail_open, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_torn_tail_repair, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_repair_busy, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_missing_segment, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_repair_errors, setup, tu_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,26 +13,13 @@
 static const char *g_backend = "pread";    /* M3_IO value */
 static const char *g_backend_name = "pread"; /* m3_store_io_backend() */
 
-typedef struct fixture {
-  char *dir;
-  m3_layout l;
-  m3_store *s;
-} fixture;
+typedef tu_fixture fixture;
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
   f->dir = tu_mkdtemp("rw");
   f->l = tu_layout_m3_14();
   *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  m3_store_close(f->s);
-  tu_rmrf(f->dir);
-  free(f->dir);
-  free(f);
   return 0;
 }
 
@@ -458,18 +445,18 @@ int main(int argc, char **argv) {
     }
   }
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_backend_selected, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_put_fetch_batches, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_idempotent_and_replace, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_replace_chunk_len_only, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_iterate_order, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_segment_roll, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_batch_spanning_many_segments, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_direct_io, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_reopen_persists, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_layout_padding_junk, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_backend_selected, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_put_fetch_batches, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_idempotent_and_replace, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_replace_chunk_len_only, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_delete, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_iterate_order, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_segment_roll, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_batch_spanning_many_segments, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_direct_io, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_reopen_persists, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_open_errors, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_layout_padding_junk, setup, tu_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -405,3 +405,12 @@ void tu_child_free(tu_child *c) {
   free(c->out);
   memset(c, 0, sizeof *c);
 }
+
+int tu_teardown(void **state) {
+  tu_fixture *f = *state;
+  m3_store_close(f->s);
+  tu_rmrf(f->dir);
+  free(f->dir);
+  free(f);
+  return 0;
+}

@@ -64,6 +64,18 @@ void tu_check_fetch(m3_store *s, uint64_t id, uint32_t version);
 /* Store options: defaults plus layout, create and segment_bytes. */
 void tu_opts(m3_store_options *o, const m3_layout *l, int create, uint64_t segment_bytes);
 
+/* The store fixture most store tests share: a temporary directory, the
+ * layout, the open store. Tests fill it in their setup. */
+typedef struct tu_fixture {
+  char *dir;  /* tu_mkdtemp'ed; removed by tu_teardown */
+  m3_layout l;
+  m3_store *s;
+} tu_fixture;
+
+/* cmocka teardown for a tu_fixture in *state: close the store, remove the
+ * directory, free. */
+int tu_teardown(void **state);
+
 /* Open (create) the store in dir with tu_opts; fails the test on error. */
 m3_store *tu_open(const char *dir, const m3_layout *l, int create, uint64_t segment_bytes);
 
