@@ -63,6 +63,35 @@ void m3__store_io_put(m3_store *s, m3_io *io) {
   if (io) io->ops->destroy(io);
 }
 
+void m3__store_retire(m3_store *s, m3_segment *seg) {
+  pthread_mutex_lock(&s->retire_lock);
+  if (atomic_load(&s->aio_reads) > 0) {
+    if (s->nretired + 2 > s->capretired) {
+      size_t cap = s->capretired ? 2 * s->capretired : 16;
+      int *n = realloc(s->retired, cap * sizeof *n);
+      if (n == NULL) goto keep; /* the descriptors stay open until close */
+      s->retired = n;
+      s->capretired = cap;
+    }
+    if (seg->fd >= 0) s->retired[s->nretired++] = seg->fd;
+    if (seg->dfd >= 0) s->retired[s->nretired++] = seg->dfd;
+  keep:
+    seg->fd = seg->dfd = -1;
+  } else {
+    m3__segment_close(seg);
+  }
+  pthread_mutex_unlock(&s->retire_lock);
+}
+
+void m3__store_retire_sweep(m3_store *s) {
+  pthread_mutex_lock(&s->retire_lock);
+  if (atomic_load(&s->aio_reads) == 0) {
+    for (size_t i = 0; i < s->nretired; i++) close(s->retired[i]);
+    s->nretired = 0;
+  }
+  pthread_mutex_unlock(&s->retire_lock);
+}
+
 char *m3_store_segment_path(const m3_store *s, uint32_t segment, char *buf, size_t cap) {
   return m3__segment_path(s->dir, segment, buf, cap);
 }
@@ -280,6 +309,7 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   s->dir = strdup(dir);
   s->opts = *o;
   pthread_mutex_init(&s->iolock, NULL);
+  pthread_mutex_init(&s->retire_lock, NULL);
   pthread_rwlockattr_t rwa;
   pthread_rwlockattr_init(&rwa);
   /* Writers must not starve behind a steady stream of fetches. */
@@ -384,6 +414,10 @@ void m3_store_close(m3_store *s) {
   if (s->io) s->io->ops->destroy(s->io);
   for (int i = 0; i < s->niopool; i++) s->iopool[i]->ops->destroy(s->iopool[i]);
   pthread_mutex_destroy(&s->iolock);
+  s->aio_reads = 0; /* m3_store_aio_close has waited for every read */
+  m3__store_retire_sweep(s);
+  free(s->retired);
+  pthread_mutex_destroy(&s->retire_lock);
   pthread_rwlock_destroy(&s->rw);
   m3__cache_destroy(s->cache);
   free(s->wbuf);
@@ -511,6 +545,7 @@ static int put_locked(m3_store *s, const m3_record_in *items, size_t n);
 
 int m3_store_put(m3_store *s, const m3_record_in *items, size_t n) {
   pthread_rwlock_wrlock(&s->rw);
+  s->gen++;
   int rc = put_locked(s, items, n);
   pthread_rwlock_unlock(&s->rw);
   return rc;
@@ -585,6 +620,7 @@ static int delete_locked(m3_store *s, const uint64_t *ids, size_t n, size_t *del
 
 int m3_store_delete(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted) {
   pthread_rwlock_wrlock(&s->rw);
+  s->gen++;
   int rc = delete_locked(s, ids, n, deleted);
   pthread_rwlock_unlock(&s->rw);
   return rc;
@@ -739,6 +775,79 @@ static int check_fetched(m3_store *s, m3_fetch_item *it, const m3_location *loc)
   return 0;
 }
 
+int m3__fetch_item_init(m3_store *s, m3_fetch_item *it, size_t i) {
+  size_t need = s->opts.direct ? m3_store_fetch_cap(s) : m3_record_mem_size(&s->ident.layout);
+  it->data = NULL;
+  it->len = 0;
+  it->status = 0;
+  if (it->buf == NULL || it->cap < need || (s->opts.direct && ((uintptr_t)it->buf % BUF_ALIGN)))
+    return m3__seterr(M3_EINVAL, "fetch item %zu: buffer of %zu bytes at %p; need %zu bytes%s", i,
+                      it->cap, it->buf, need,
+                      s->opts.direct ? " aligned to 4096 (m3_store_buf_alloc)" : "");
+  if (s->cache) {
+    size_t got = m3__cache_get(s->cache, it->chunk_id, it->buf, it->cap);
+    if (got) {
+      it->data = it->buf;
+      it->len = got;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+int m3__fetch_plan(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_read *r) {
+  m3_segment *seg = m3__store_seg(s, loc->segment);
+  if (seg == NULL || loc->offset + loc->mem_len > seg->size) {
+    char path[4096];
+    it->status = m3__seterr(M3_ECORRUPT, "chunk %llu: catalog points at %s offset %llu, past the data",
+                            (unsigned long long)it->chunk_id,
+                            m3__segment_path(s->dir, loc->segment, path, sizeof path),
+                            (unsigned long long)loc->offset);
+    M3_ERROR("store", "%s", m3_errmsg());
+    return 0;
+  }
+  uint64_t start = loc->offset, end = loc->offset + loc->mem_len;
+  if (seg->dfd >= 0) {
+    start = start / seg->dio_align * seg->dio_align;
+    end = m3__round_up(end, seg->dio_align);
+    r->fd = seg->dfd;
+  } else {
+    r->fd = seg->fd;
+  }
+  r->off = start;
+  r->len = (uint32_t)(end - start);
+  r->buf = it->buf;
+  r->res = 0;
+  it->data = (const uint8_t *)it->buf + (loc->offset - start);
+  it->len = loc->mem_len;
+  it->status = 1; /* pending */
+  return 1;
+}
+
+void m3__fetch_finish(m3_store *s, m3_fetch_item *it, const m3_location *loc, const m3_read *r,
+                      int cache) {
+  uint64_t need = (loc->offset - r->off) + loc->mem_len;
+  if (r->res < 0 || (uint64_t)r->res < need) {
+    char path[4096];
+    m3__segment_path(s->dir, loc->segment, path, sizeof path);
+    if (r->res < 0)
+      it->status = m3__syserr(-r->res, "read chunk %llu from %s offset %llu",
+                              (unsigned long long)it->chunk_id, path, (unsigned long long)r->off);
+    else
+      it->status = m3__seterr(M3_ECORRUPT, "chunk %llu: %s ends inside its record",
+                              (unsigned long long)it->chunk_id, path);
+    M3_ERROR("store", "%s", m3_errmsg());
+  } else {
+    it->status = check_fetched(s, it, loc);
+  }
+  if (it->status != 0) {
+    it->data = NULL;
+    it->len = 0;
+  } else if (cache && s->cache) {
+    m3__cache_put(s->cache, it->chunk_id, it->data, it->len);
+  }
+}
+
 static int fetch_locked(m3_store *s, m3_io *io, m3_fetch_item *items, size_t n);
 
 int m3_store_fetch(m3_store *s, m3_fetch_item *items, size_t n) {
@@ -764,7 +873,6 @@ static int fetch_locked(m3_store *s, m3_io *io, m3_fetch_item *items, size_t n) 
   int *st = st_s;
   size_t *miss = miss_s;
   m3_read *reads = reads_s;
-  size_t cap = m3_store_fetch_cap(s), mem_len = m3_record_mem_size(&s->ident.layout);
   int rc = 0;
 
   if (n > STACK) {
@@ -780,26 +888,13 @@ static int fetch_locked(m3_store *s, m3_io *io, m3_fetch_item *items, size_t n) 
   }
   size_t nmiss = 0;
   for (size_t i = 0; i < n; i++) {
-    m3_fetch_item *it = &items[i];
-    it->data = NULL;
-    it->len = 0;
-    it->status = 0;
-    if (it->buf == NULL || it->cap < (s->opts.direct ? cap : mem_len) ||
-        (s->opts.direct && ((uintptr_t)it->buf % BUF_ALIGN))) {
-      rc = m3__seterr(M3_EINVAL, "fetch item %zu: buffer of %zu bytes at %p; need %zu bytes%s", i,
-                      it->cap, it->buf, s->opts.direct ? cap : mem_len,
-                      s->opts.direct ? " aligned to 4096 (m3_store_buf_alloc)" : "");
+    int got = m3__fetch_item_init(s, &items[i], i);
+    if (got < 0) {
+      rc = got;
       goto out;
     }
-    if (s->cache) {
-      size_t got = m3__cache_get(s->cache, it->chunk_id, it->buf, it->cap);
-      if (got) {
-        it->data = it->buf;
-        it->len = got;
-        continue;
-      }
-    }
-    ids[nmiss] = it->chunk_id;
+    if (got) continue; /* from the cache */
+    ids[nmiss] = items[i].chunk_id;
     miss[nmiss++] = i;
   }
   if (nmiss == 0) goto out;
@@ -808,63 +903,15 @@ static int fetch_locked(m3_store *s, m3_io *io, m3_fetch_item *items, size_t n) 
   size_t nreads = 0;
   for (size_t j = 0; j < nmiss; j++) {
     m3_fetch_item *it = &items[miss[j]];
-    if (st[j] != 0) {
-      it->status = st[j];
-      continue;
-    }
-    m3_segment *seg = m3__store_seg(s, locs[j].segment);
-    if (seg == NULL || locs[j].offset + locs[j].mem_len > seg->size) {
-      char path[4096];
-      it->status = m3__seterr(M3_ECORRUPT, "chunk %llu: catalog points at %s offset %llu, past the data",
-                              (unsigned long long)it->chunk_id,
-                              m3__segment_path(s->dir, locs[j].segment, path, sizeof path),
-                              (unsigned long long)locs[j].offset);
-      M3_ERROR("store", "%s", m3_errmsg());
-      continue;
-    }
-    m3_read *r = &reads[nreads++];
-    uint64_t start = locs[j].offset, end = locs[j].offset + locs[j].mem_len;
-    if (seg->dfd >= 0) {
-      start = start / seg->dio_align * seg->dio_align;
-      end = m3__round_up(end, seg->dio_align);
-      r->fd = seg->dfd;
-    } else {
-      r->fd = seg->fd;
-    }
-    r->off = start;
-    r->len = (uint32_t)(end - start);
-    r->buf = it->buf;
-    it->data = (const uint8_t *)it->buf + (locs[j].offset - start);
-    it->len = locs[j].mem_len;
-    it->status = 1; /* pending */
+    if (st[j] != 0) it->status = st[j];
+    else nreads += (size_t)m3__fetch_plan(s, it, &locs[j], &reads[nreads]);
   }
   if (nreads && (rc = io->ops->read_batch(io, reads, nreads)) != 0) goto out;
 
   size_t k = 0;
   for (size_t j = 0; j < nmiss; j++) {
     m3_fetch_item *it = &items[miss[j]];
-    if (it->status != 1) continue;
-    m3_read *r = &reads[k++];
-    uint64_t need = (locs[j].offset - r->off) + locs[j].mem_len;
-    if (r->res < 0 || (uint64_t)r->res < need) {
-      char path[4096];
-      m3__segment_path(s->dir, locs[j].segment, path, sizeof path);
-      if (r->res < 0)
-        it->status = m3__syserr(-r->res, "read chunk %llu from %s offset %llu",
-                                (unsigned long long)it->chunk_id, path, (unsigned long long)r->off);
-      else
-        it->status = m3__seterr(M3_ECORRUPT, "chunk %llu: %s ends inside its record",
-                                (unsigned long long)it->chunk_id, path);
-      M3_ERROR("store", "%s", m3_errmsg());
-    } else {
-      it->status = check_fetched(s, it, &locs[j]);
-    }
-    if (it->status != 0) {
-      it->data = NULL;
-      it->len = 0;
-    } else if (s->cache) {
-      m3__cache_put(s->cache, it->chunk_id, it->data, it->len);
-    }
+    if (it->status == 1) m3__fetch_finish(s, it, &locs[j], &reads[k++], 1);
   }
 out:
   if (ids != ids_s) {

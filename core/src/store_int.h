@@ -4,6 +4,7 @@
 #define M3_STORE_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "cache.h"
 #include "catalog.h"
@@ -29,6 +30,17 @@ struct m3_store {
   m3_cache *cache;    /* NULL when disabled; locks itself */
   uint8_t *wbuf;      /* write staging, grown as batches need */
   size_t wcap;
+  /* Asynchronous reads (store_aio.c) run without the lock, so whatever they
+   * use must outlive a writer: compaction hands the descriptors of dropped
+   * segments to `retired` while reads are in flight, and the last read to
+   * complete closes them. `gen` counts commits (under the exclusive lock) so
+   * that a read that started before a put or delete does not cache what
+   * that commit replaced. */
+  atomic_size_t aio_reads;
+  _Atomic uint64_t gen;
+  pthread_mutex_t retire_lock;
+  int *retired;
+  size_t nretired, capretired;
 };
 
 /* A read backend for this thread's batch; give it back with m3__store_io_put. */
@@ -37,6 +49,22 @@ void m3__store_io_put(m3_store *s, m3_io *io);
 
 /* Segment by id, or NULL. */
 m3_segment *m3__store_seg(m3_store *s, uint32_t id);
+
+/* Close seg's descriptors now, or once the asynchronous reads in flight
+ * have completed. */
+void m3__store_retire(m3_store *s, m3_segment *seg);
+/* Close retired descriptors if no asynchronous read is in flight. */
+void m3__store_retire_sweep(m3_store *s);
+
+/* The steps of a fetch, shared by m3_store_fetch and store_aio.c:
+ * item_init checks item i's buffer (M3_EINVAL) and fills it from the cache
+ * (1) or not (0); plan fills r for the read of the record at loc (1) or
+ * sets it->status (0); finish checks the bytes r read and sets it->status,
+ * data and len, caching good bytes when `cache`. */
+int m3__fetch_item_init(m3_store *s, m3_fetch_item *it, size_t i);
+int m3__fetch_plan(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_read *r);
+void m3__fetch_finish(m3_store *s, m3_fetch_item *it, const m3_location *loc, const m3_read *r,
+                      int cache);
 
 /* Make sure wbuf holds size bytes. */
 int m3__store_wbuf(m3_store *s, size_t size);

@@ -235,6 +235,7 @@ static int compact_locked(m3_store *s, uint64_t *reclaimed);
 
 int m3_store_compact(m3_store *s, uint64_t *reclaimed) {
   pthread_rwlock_wrlock(&s->rw);
+  s->gen++;
   int rc = compact_locked(s, reclaimed);
   pthread_rwlock_unlock(&s->rw);
   return rc;
@@ -327,10 +328,11 @@ static int compact_locked(m3_store *s, uint64_t *reclaimed) {
   m3__batch_put_next_seg(b, id);
   if ((rc = m3__catalog_commit(&s->cat, b, 1)) != 0) goto out;
 
-  /* 3. The old segments are now orphans: drop them. */
+  /* 3. The old segments are now orphans: drop them (reads in flight keep
+   * their descriptors until they complete). */
   for (size_t i = 0; i < s->nsegs; i++) {
     char path[4096];
-    m3__segment_close(&s->segs[i]);
+    m3__store_retire(s, &s->segs[i]);
     unlink(m3__segment_path(s->dir, s->segs[i].id, path, sizeof path));
   }
   fsync_dir(s->dir);
@@ -341,11 +343,7 @@ static int compact_locked(m3_store *s, uint64_t *reclaimed) {
   s->next_seg = id;
   out = NULL;
   nout = 0;
-  if (s->cache) {
-    m3__cache_destroy(s->cache);
-    s->cache = NULL;
-    m3__cache_create(s->opts.cache_bytes, &s->cache);
-  }
+  /* The cache stays: compaction moves records, it does not change them. */
   if (reclaimed) *reclaimed = before > after ? before - after : 0;
   M3_INFO("store", "%s: compacted %llu records, %llu -> %llu segment bytes", s->dir,
           (unsigned long long)e.n, (unsigned long long)before, (unsigned long long)after);

@@ -1,12 +1,13 @@
 /*
  * The methods of m3.proto: request checks on the loop thread, blocking work
- * (index search, store reads, writes) on the threadpool, answers back on the
- * loop thread.
+ * (index search, writes, reads without io_uring) on the threadpool, memory
+ * reads with io_uring on the loop itself, answers from the loop thread.
  *
  * Search and Retrieve share one search pipeline: calls queue up while a
  * search job runs, and the next job searches every queued query in one index
  * call (micro-batching: under load, N concurrent calls cost one FAISS search).
  */
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -349,106 +350,103 @@ static void do_retrieve(call *cl) {
   if (load_queries(cl, r->queries, r->n_queries) == 0) search_enqueue(cl);
 }
 
-/* ---- fetch and stream ----------------------------------------------- */
+/* ---- reading and streaming memories ---------------------------------- */
 
-static void fetch_work(uv_work_t *w) {
-  call *cl = w->data;
-  server *s = cl->c->s;
-  size_t cap = m3_store_fetch_cap(s->store);
-  cl->items = calloc(cl->nids ? cl->nids : 1, sizeof *cl->items);
-  cl->arena = m3_store_buf_alloc(s->store, cap * (cl->nids ? cl->nids : 1));
-  if (cl->with_text) cl->texts = calloc(cl->nids ? cl->nids : 1, sizeof *cl->texts);
-  if (!cl->items || !cl->arena || (cl->with_text && !cl->texts)) {
-    cl->status = M3_ENOMEM;
-    return;
-  }
-  size_t n = 0;
-  for (size_t i = 0; i < cl->nids; i++) {
-    cl->items[i].chunk_id = cl->ids[i];
-    cl->items[i].buf = cl->arena + i * cap;
-    cl->items[i].cap = cap;
-    if (cl->ids[i] == UINT64_MAX) cl->items[i].status = M3_ENOTFOUND;
-    else n = i + 1;
-  }
-  /* One batched read for the whole call: every memory of every query. */
-  cl->status = m3_store_fetch(s->store, cl->items, n);
-  if (cl->status) snprintf(cl->errmsg, sizeof cl->errmsg, "%s", m3_errmsg());
-  for (size_t i = n; i < cl->nids; i++) cl->items[i].status = M3_ENOTFOUND;
-  /* Payload CRCs without another pass over the bytes: the store has just
-   * checked each record's memory against the mem_crc in its header, so the
-   * CRC of header + memory is that CRC combined with the header's. */
-  cl->crcs = malloc((cl->nids ? cl->nids : 1) * sizeof *cl->crcs);
-  if (cl->crcs == NULL) {
-    cl->status = M3_ENOMEM;
-    return;
-  }
-  for (size_t i = 0; i < cl->nids; i++) {
-    m3_fetch_item *it = &cl->items[i];
-    m3_record r;
-    cl->crcs[i] = 0;
-    if (it->status != 0) continue;
-    if (m3_record_parse(it->data, it->len, M3_PARSE_HEADER, &r) == 0 &&
-        it->len == M3_RECORD_HEADER_SIZE + (size_t)r.mem_bytes)
-      cl->crcs[i] = m3_crc32c_combine(m3_crc32c(0, it->data, M3_RECORD_HEADER_SIZE), r.mem_crc,
-                                      r.mem_bytes);
-    else
-      cl->crcs[i] = m3_crc32c(0, it->data, it->len);
-  }
-  if (cl->with_text)
-    for (size_t i = 0; i < cl->nids; i++) {
-      size_t len;
-      if (cl->items[i].status == 0) m3_store_get_text(s->store, cl->ids[i], &cl->texts[i], &len);
-    }
+/*
+ * A Retrieve (after its search) or Fetch becomes nitems store reads, one
+ * buffer each. Buffers come from the server's budget (fetch_memory): a call
+ * waits in s->fetch_queue until it gets some, oldest call first, and none
+ * while its connection's queued writes are past the high-water mark.
+ *
+ * With io_uring the reads are submitted from the loop (m3_store_aio) as
+ * buffers allow, and every memory read by the time the loop looks is sent
+ * in one write; a buffer returns to the budget when the write that carried
+ * it completes. So a call's memories stream out as they are read, and a
+ * call larger than the budget goes through it piece by piece.
+ *
+ * Otherwise (pread backend, or with_text: chunk texts come from the
+ * catalog, a blocking lookup) the reads run as threadpool jobs, one at a
+ * time per call, each over as many items as it got buffers for.
+ */
+
+static void fetch_settle(call *cl) {
+  cl->working = cl->reading > 0 || cl->queued_for_bufs || cl->flushing || cl->job_running;
+  call_maybe_free(cl);
 }
 
-static void fetch_done(uv_work_t *w, int status) {
-  call *cl = w->data;
+static void *buf_get(server *s) {
+  void *b = s->nbufs ? s->bufs[--s->nbufs] : m3_store_buf_alloc(s->store, s->buf_cap);
+  if (b && ++s->bufs_out > s->bufs_peak) s->bufs_peak = s->bufs_out;
+  return b;
+}
+
+/* Give buffers back without starting anything (callers pump later). */
+static void bufs_return(server *s, conn *c, void **bufs, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (bufs[i] == NULL) continue;
+    if (s->nbufs < s->bufs_max) s->bufs[s->nbufs++] = bufs[i];
+    else free(bufs[i]);
+    s->bufs_out--;
+    c->lent--;
+  }
+}
+
+void fetch_bufs_put(server *s, conn *c, void **bufs, size_t n) { bufs_return(s, c, bufs, n); }
+
+/* The payload CRC32C without another pass over the bytes: the store has
+ * just checked the record's memory against the mem_crc in its header, so
+ * the CRC of header + memory is that CRC combined with the header's. */
+static uint32_t payload_crc(const m3_fetch_item *it) {
+  m3_record r;
+  if (m3_record_parse(it->data, it->len, M3_PARSE_HEADER, &r) == 0 &&
+      it->len == M3_RECORD_HEADER_SIZE + (size_t)r.mem_bytes)
+    return m3_crc32c_combine(m3_crc32c(0, it->data, M3_RECORD_HEADER_SIZE), r.mem_crc,
+                             r.mem_bytes);
+  return m3_crc32c(0, it->data, it->len);
+}
+
+/* Send the call's memories that were read since the last time, in one
+ * write whose completion gives their buffers back; ends the call after its
+ * last memory. Buffers of failed items (and of a call that already ended)
+ * go back at once. Never starts reads: the caller pumps. */
+static void send_ready(call *cl) {
   conn *c = cl->c;
   server *s = c->s;
-  cl->working = 0;
-  c->fetching -= cl->fetch_bytes;
-  cl->fetch_bytes = 0;
-  if (cl->ended) {
-    conn_release_held(c);
-    call_maybe_free(cl);
-    return;
-  }
-  if (status != 0 || cl->status != 0) {
-    call_end(cl, m3_status_from_err(cl->status ? cl->status : M3_EINTERNAL), "fetch: %s",
-             cl->errmsg[0] ? cl->errmsg : m3_strerror(cl->status));
-    conn_release_held(c);
-    return;
-  }
+  size_t n = cl->nready;
+  if (n == 0) return;
+  cl->nready = 0;
+  cl->sent += n;
+  c->fetching -= n * s->buf_cap; /* queued for writing (or given back) now */
   int retrieve = cl->method == M3_METHOD_RETRIEVE;
-  /* Every memory of the call goes out in one write (one writev), each frame
-   * followed by its record straight from the fetch buffer. */
   m3_wbuf frames = {0};
-  size_t *ends = malloc((cl->nids ? cl->nids : 1) * sizeof *ends);
-  const void **atts = malloc((cl->nids ? cl->nids : 1) * sizeof *atts);
-  size_t *att_lens = malloc((cl->nids ? cl->nids : 1) * sizeof *att_lens);
-  size_t nf = 0;
-  if (!ends || !atts || !att_lens) {
+  size_t *ends = malloc(n * sizeof *ends);
+  const void **atts = malloc(n * sizeof *atts);
+  size_t *att_lens = malloc(n * sizeof *att_lens);
+  void **lent = malloc(n * sizeof *lent), **back = malloc(n * sizeof *back);
+  size_t nlent = 0, nback = 0;
+  if (!ends || !atts || !att_lens || !lent || !back) {
     call_end(cl, ST_EXHAUSTED, "out of memory");
+    for (size_t r = 0; r < n; r++) bufs_return(s, c, &cl->items[cl->ready[r]].buf, 1);
     goto out;
   }
-  for (size_t i = 0; i < cl->nids; i++) {
-    m3_fetch_item *it = &cl->items[i];
-    if (retrieve && cl->ids[i] == UINT64_MAX) continue; /* fewer than k memories */
+  size_t nf = 0;
+  for (size_t r = 0; r < n; r++) {
+    m3_fetch_item *it = &cl->items[cl->ready[r]];
+    size_t i = cl->slot[cl->ready[r]];
+    if (cl->ended || it->status != 0) back[nback++] = it->buf;
+    if (cl->ended) continue; /* deadline, CANCEL, lost connection: drop */
     M3__Memory m = M3__MEMORY__INIT;
-    m.chunk_id = cl->ids[i];
+    m.chunk_id = it->chunk_id;
     m.query = retrieve ? (uint32_t)(i / cl->k) : (uint32_t)i;
     m.rank = retrieve ? (uint32_t)(i % cl->k) : 0;
     m.score = retrieve ? cl->scores[i] : 0;
-    const void *att = NULL;
     size_t att_len = 0;
     if (it->status == 0) {
-      att = it->data;
       att_len = it->len;
       m.payload_bytes = (uint32_t)it->len;
-      m.payload_crc = cl->crcs[i];
-      if (cl->texts && cl->texts[i]) m.text = cl->texts[i];
-      s->m.memories_served++;
-      s->m.payload_bytes_served += it->len;
+      m.payload_crc = payload_crc(it);
+      if (cl->texts && cl->texts[cl->ready[r]]) m.text = cl->texts[cl->ready[r]];
+      lent[nlent++] = it->buf;
     } else {
       m.status = (M3__StatusCode)m3_status_from_err(it->status);
       m.error = it->status == M3_ENOTFOUND ? "not in the store" : (char *)m3_strerror(it->status);
@@ -456,71 +454,268 @@ static void fetch_done(uv_work_t *w, int status) {
     m3_frame f = {M3_FRAME_RESPONSE, 0, cl->method, cl->stream, 0, (uint32_t)att_len, 0};
     if (m3_frame_append(&frames, &f, &m.base) != 0) {
       call_end(cl, ST_EXHAUSTED, "out of memory");
-      goto out;
+      continue;
     }
     ends[nf] = frames.len;
-    atts[nf] = att;
+    atts[nf] = att_len ? it->data : NULL;
     att_lens[nf] = att_len;
     nf++;
   }
-  if (nf && conn_send_batch(cl->c, cl, &frames, ends, atts, att_lens, nf) != 0) {
-    call_end(cl, ST_UNAVAILABLE, "connection lost");
-    goto out;
+  if (!cl->ended && nf && conn_send_batch(c, cl, &frames, ends, atts, att_lens, nf, lent, nlent) == 0) {
+    for (size_t f = 0; f < nf; f++) {
+      s->m.memories_served += att_lens[f] != 0;
+      s->m.payload_bytes_served += att_lens[f];
+    }
+    lent = NULL; /* the write gives them back */
+  } else {
+    if (!cl->ended) call_end(cl, ST_UNAVAILABLE, "connection lost");
+    bufs_return(s, c, lent, nlent);
   }
-  call_end(cl, ST_OK, "%s", "");
+  if (!cl->ended && cl->sent == cl->nitems) call_end(cl, ST_OK, "%s", "");
 out:
+  if (back) bufs_return(s, c, back, nback);
   m3_wbuf_free(&frames);
   free(ends);
   free(atts);
   free(att_lens);
-  conn_release_held(c);
+  free(lent);
+  free(back);
 }
 
-static void fetch_run(call *cl) {
-  conn *c = cl->c;
-  cl->fetch_bytes = m3_store_fetch_cap(c->s->store) * (cl->nids ? cl->nids : 1);
-  c->fetching += cl->fetch_bytes;
-  cl->work.data = cl;
-  uv_queue_work(c->s->loop, &cl->work, fetch_work, fetch_done);
+/* An item's read completed (from m3_store_aio_reap, on the loop). */
+static void on_read(void *ud, m3_fetch_item *it) {
+  call *cl = ud;
+  server *s = cl->c->s;
+  cl->reading--;
+  cl->ready[cl->nready++] = (size_t)(it - cl->items);
+  if (!cl->flushing) {
+    cl->flushing = 1;
+    cl->flnext = s->flush;
+    s->flush = cl;
+  }
 }
 
-/* A connection whose queued answers plus running fetches are past the write
- * high-water mark starts no more fetches: a client that does not read cannot
- * make the server read memories into RAM for it (stopping to read it is not
- * enough: the calls it pipelined before are already dispatched). The call
- * waits in c->held, marked working so that nothing frees it, until writes or
- * fetches complete (conn_release_held). */
+static void flush_all(server *s) {
+  call *list = s->flush;
+  s->flush = NULL;
+  for (call *cl = list, *next; cl; cl = next) {
+    next = cl->flnext;
+    cl->flushing = 0;
+    send_ready(cl);
+    fetch_settle(cl);
+  }
+}
+
+static void on_aio(uv_poll_t *h, int status, int events) {
+  server *s = h->data;
+  (void)events;
+  if (status < 0) M3_ERROR("server", "polling store reads: %s", uv_strerror(status));
+  if (m3_store_aio_reap(s->aio) < 0) M3_ERROR("server", "store reads: %s", m3_errmsg());
+  flush_all(s);
+  if (s->fetch_queue) fetch_pump(s);
+}
+
+static void on_aio_retry(uv_timer_t *t) {
+  server *s = t->data;
+  s->aio_busy = 0;
+  fetch_pump(s);
+}
+
+/* Threadpool reads: the items [job_first, job_first + job_n) of a call. */
+static void pool_work(uv_work_t *w) {
+  call *cl = w->data;
+  server *s = cl->c->s;
+  m3_fetch_item *items = cl->items + cl->job_first;
+  cl->status = m3_store_fetch(s->store, items, cl->job_n);
+  if (cl->status) snprintf(cl->errmsg, sizeof cl->errmsg, "%s", m3_errmsg());
+  if (cl->texts)
+    for (size_t j = 0; j < cl->job_n; j++) {
+      size_t len;
+      if (items[j].status == 0)
+        m3_store_get_text(s->store, items[j].chunk_id, &cl->texts[cl->job_first + j], &len);
+    }
+}
+
+static void pool_done(uv_work_t *w, int status) {
+  call *cl = w->data;
+  server *s = cl->c->s;
+  cl->job_running = 0;
+  if (status != 0 || cl->status != 0)
+    call_end(cl, m3_status_from_err(cl->status ? cl->status : M3_EINTERNAL), "fetch: %s",
+             cl->errmsg[0] ? cl->errmsg : m3_strerror(cl->status));
+  for (size_t j = 0; j < cl->job_n; j++) cl->ready[cl->nready++] = cl->job_first + j;
+  cl->reading -= cl->job_n;
+  send_ready(cl); /* or, after an error, gives the buffers back */
+  fetch_settle(cl);
+  if (s->fetch_queue) fetch_pump(s);
+}
+
+/* Lend up to n buffers to cl's items from cl->started on; returns how many. */
+static size_t lend(server *s, call *cl, size_t n) {
+  size_t k = 0;
+  for (; k < n; k++) {
+    void *b = buf_get(s);
+    if (b == NULL) break;
+    cl->items[cl->started + k].buf = b;
+    cl->items[cl->started + k].cap = s->buf_cap;
+  }
+  cl->c->fetching += k * s->buf_cap;
+  cl->c->lent += k;
+  return k;
+}
+
+/* Start the reads of k items from cl->started on (buffers lent): 0, or an
+ * m3 code (M3_EBUSY: a writer holds the store; nothing started). */
+static int start_reads(server *s, call *cl, size_t k) {
+  if (!cl->pool_job) {
+    int rc = m3_store_aio_submit(s->aio, &cl->items[cl->started], k, on_read, cl);
+    if (rc) return rc;
+  } else {
+    cl->job_first = cl->started;
+    cl->job_n = k;
+    cl->job_running = 1;
+    cl->work.data = cl;
+    uv_queue_work(s->loop, &cl->work, pool_work, pool_done);
+  }
+  cl->started += k;
+  cl->reading += k;
+  return 0;
+}
+
+/*
+ * Lend buffers and start reads, oldest call first; a call leaves the queue
+ * once all its reads have started (or it ended). A call gets no more than
+ * its connection may take: nothing while the connection's answers are past
+ * the write high-water mark, and at most a quarter of the budget lent to
+ * one connection at a time (buffers stay lent until the client has read
+ * their memories: a client that stops reading pins its share until the
+ * idle timeout closes it, and no more).
+ */
+void fetch_pump(server *s) {
+  size_t share = s->bufs_max / 4 ? s->bufs_max / 4 : 1, hw = s->cfg.write_high_water;
+  call *prev = NULL;
+  for (call *cl = s->fetch_queue, *next; cl; cl = next) {
+    next = cl->fqnext;
+    conn *c = cl->c;
+    size_t avail = s->bufs_max > s->bufs_out ? s->bufs_max - s->bufs_out : 0;
+    int leave = cl->ended;
+    size_t busy = c->queued + c->fetching;
+    if (!leave && (avail == 0 || s->aio_busy)) {
+      prev = cl; /* later calls may have ended: they still leave */
+      continue;
+    }
+    if (!leave && busy > 0 && busy >= hw) {
+      /* Its client is not reading: no buffers for it, and no more calls
+       * from it until its writes drain (on_write reads it again). */
+      conn_pause_reading(c);
+    } else if (!leave && !cl->job_running && c->lent < share) {
+      size_t want = cl->nitems - cl->started;
+      size_t room = busy < hw ? (hw - busy + s->buf_cap - 1) / s->buf_cap : 1;
+      if (want > avail) want = avail;
+      if (want > room) want = room;
+      if (want > share - c->lent) want = share - c->lent;
+      size_t k = lend(s, cl, want);
+      int rc = k ? start_reads(s, cl, k) : M3_ENOMEM;
+      if (rc) {
+        for (size_t j = 0; j < k; j++) bufs_return(s, c, &cl->items[cl->started + j].buf, 1);
+        c->fetching -= k * s->buf_cap;
+        if (rc == M3_EBUSY) { /* a commit holds the store: try again in a moment */
+          s->m.reads_deferred++;
+          s->aio_busy = 1;
+          uv_timer_start(&s->aio_retry, on_aio_retry, 1, 0);
+          break;
+        }
+        call_end(cl, rc == M3_ENOMEM ? ST_EXHAUSTED : m3_status_from_err(rc), "fetch: %s",
+                 rc == M3_ENOMEM ? "out of memory for read buffers" : m3_errmsg());
+        leave = 1;
+      } else {
+        leave = cl->started == cl->nitems;
+      }
+    }
+    if (!leave) {
+      prev = cl;
+      continue;
+    }
+    if (prev) prev->fqnext = next;
+    else s->fetch_queue = next;
+    if (s->fetch_tail == cl) s->fetch_tail = prev;
+    cl->fqnext = NULL;
+    cl->queued_for_bufs = 0;
+    fetch_settle(cl);
+  }
+}
+
+/* Plan the call's reads (one item per id, skipping a Retrieve's empty
+ * ranks) and queue it for buffers. */
 static void fetch_start(call *cl) {
-  conn *c = cl->c;
-  size_t busy = c->queued + c->fetching;
-  cl->working = 1;
-  if (c->held || (busy > 0 && busy >= c->s->cfg.write_high_water)) {
-    cl->held = 1;
-    cl->hnext = NULL;
-    if (c->held_tail) c->held_tail->hnext = cl;
-    else c->held = cl;
-    c->held_tail = cl;
+  server *s = cl->c->s;
+  size_t n = 0;
+  for (size_t i = 0; i < cl->nids; i++) n += cl->ids[i] != UINT64_MAX;
+  cl->items = calloc(n ? n : 1, sizeof *cl->items);
+  cl->slot = malloc((n ? n : 1) * sizeof *cl->slot);
+  cl->ready = malloc((n ? n : 1) * sizeof *cl->ready);
+  if (cl->with_text) cl->texts = calloc(n ? n : 1, sizeof *cl->texts);
+  if (!cl->items || !cl->slot || !cl->ready || (cl->with_text && !cl->texts)) {
+    call_end(cl, ST_EXHAUSTED, "out of memory");
+    fetch_settle(cl);
     return;
   }
-  fetch_run(cl);
+  n = 0;
+  for (size_t i = 0; i < cl->nids; i++)
+    if (cl->ids[i] != UINT64_MAX) {
+      cl->items[n].chunk_id = cl->ids[i];
+      cl->slot[n++] = i;
+    }
+  cl->nitems = n;
+  if (n == 0) { /* a Retrieve over an empty store */
+    call_end(cl, ST_OK, "%s", "");
+    fetch_settle(cl);
+    return;
+  }
+  cl->pool_job = s->aio == NULL || cl->with_text;
+  cl->queued_for_bufs = 1;
+  cl->working = 1;
+  if (s->fetch_tail) s->fetch_tail->fqnext = cl;
+  else s->fetch_queue = cl;
+  s->fetch_tail = cl;
+  fetch_pump(s);
 }
 
-void conn_release_held(conn *c) {
-  while (c->held && !c->closing) {
-    size_t busy = c->queued + c->fetching;
-    if (busy > 0 && busy >= c->s->cfg.write_high_water) break;
-    call *cl = c->held;
-    c->held = cl->hnext;
-    if (c->held == NULL) c->held_tail = NULL;
-    cl->hnext = NULL;
-    cl->held = 0;
-    if (cl->ended) { /* deadline or CANCEL while it waited */
-      cl->working = 0;
-      call_maybe_free(cl);
-    } else {
-      fetch_run(cl);
-    }
+int fetch_init(server *s) {
+  s->buf_cap = m3_store_fetch_cap(s->store);
+  s->bufs_max = s->cfg.fetch_memory / s->buf_cap;
+  if (s->bufs_max == 0) s->bufs_max = 1;
+  s->bufs = malloc(s->bufs_max * sizeof *s->bufs);
+  if (s->bufs == NULL) return m3__seterr(M3_ENOMEM, "read buffer pool: out of memory");
+  uv_timer_init(s->loop, &s->aio_retry);
+  s->aio_retry.data = s;
+  int rc = m3_store_aio_open(s->store, 256, &s->aio);
+  if (rc != 0) {
+    M3_INFO("server", "memory reads run on the threadpool: %s", m3_errmsg());
+    s->aio = NULL;
+    return 0;
   }
+  uv_poll_init(s->loop, &s->aio_poll, m3_store_aio_fd(s->aio));
+  s->aio_poll.data = s;
+  uv_poll_start(&s->aio_poll, UV_READABLE, on_aio);
+  return 0;
+}
+
+void fetch_close(server *s) {
+  /* Calls that ended (deadline, closed connection) may still have reads in
+   * flight: complete them, so that their buffers and the calls are freed. */
+  for (int i = 0; s->aio && m3_store_aio_pending(s->aio) > 0 && i < 500; i++) {
+    struct pollfd p = {m3_store_aio_fd(s->aio), POLLIN, 0};
+    poll(&p, 1, 10);
+    m3_store_aio_reap(s->aio);
+    flush_all(s);
+  }
+  m3_store_aio_close(s->aio);
+  s->aio = NULL;
+  for (size_t i = 0; i < s->nbufs; i++) free(s->bufs[i]);
+  free(s->bufs);
+  s->bufs = NULL;
+  s->nbufs = 0;
 }
 
 static void do_fetch(call *cl) {
@@ -717,7 +912,11 @@ void call_dispatch(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_t
     return;
   }
   if (find_call(c, f->stream)) {
-    refuse(c, f, ST_INVALID, "stream id already has a call in flight");
+    /* An END on that stream would end one of two calls the client can no
+     * longer tell apart: a protocol error, as in HTTP/2. */
+    char why[96];
+    snprintf(why, sizeof why, "stream %u reused while its call is in flight", f->stream);
+    conn_protocol_error(c, why);
     return;
   }
   if (!c->hello && f->method != M3_METHOD_HELLO) {

@@ -33,6 +33,8 @@ typedef struct wreq {
   size_t bytes;
   uv_buf_t *bufs; /* inline[] or malloc'ed for a batch */
   uint8_t *owned; /* batch: the frames' headers and messages */
+  void **lent;    /* batch: read buffers to give back once written */
+  size_t nlent;
   uv_buf_t inline_bufs[2];
   uint8_t data[]; /* single frame: header + message */
 } wreq;
@@ -52,6 +54,8 @@ static void on_write(uv_write_t *req, int status) {
   }
   if (w->bufs != w->inline_bufs) free(w->bufs);
   free(w->owned);
+  if (w->nlent) fetch_bufs_put(c->s, c, w->lent, w->nlent);
+  free(w->lent);
   free(w);
   if (status < 0 && !c->closing) {
     M3_DEBUG("server", "%s: write failed: %s", c->peer, uv_strerror(status));
@@ -59,7 +63,8 @@ static void on_write(uv_write_t *req, int status) {
   } else if (!c->closing && !c->reading && c->queued < c->s->cfg.write_high_water / 2) {
     resume_reading(c);
   }
-  if (!c->closing) conn_release_held(c);
+  /* Under the high-water mark again: its calls may get read buffers. */
+  if (!c->closing && c->s->fetch_queue) fetch_pump(c->s);
   conn_unref(c);
 }
 
@@ -76,6 +81,8 @@ int conn_send(conn *c, call *cl, m3_frame *f, const ProtobufCMessage *msg, const
   w->c = c;
   w->cl = cl;
   w->owned = NULL;
+  w->lent = NULL;
+  w->nlent = 0;
   w->bytes = M3_FRAME_HEADER_SIZE + mlen + att_len;
   w->bufs = w->inline_bufs;
   w->bufs[0] = uv_buf_init((char *)w->data, (unsigned)(M3_FRAME_HEADER_SIZE + mlen));
@@ -91,7 +98,8 @@ int conn_send(conn *c, call *cl, m3_frame *f, const ProtobufCMessage *msg, const
 }
 
 int conn_send_batch(conn *c, call *cl, m3_wbuf *frames, const size_t *frame_ends,
-                    const void *const *atts, const size_t *att_lens, size_t n) {
+                    const void *const *atts, const size_t *att_lens, size_t n, void **lent,
+                    size_t nlent) {
   if (c->closing) return M3_EIO;
   wreq *w = calloc(1, sizeof *w);
   uv_buf_t *bufs = malloc(2 * n * sizeof *bufs);
@@ -115,8 +123,10 @@ int conn_send_batch(conn *c, call *cl, m3_wbuf *frames, const size_t *frame_ends
   w->cl = cl;
   w->bytes = bytes;
   w->bufs = bufs;
-  /* The write owns the frame bytes from here on. */
+  /* The write owns the frame bytes and the lent buffers from here on. */
   w->owned = frames->data;
+  w->lent = lent;
+  w->nlent = nlent;
   int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nb, on_write);
   if (rc < 0) {
     free(bufs);
@@ -197,15 +207,15 @@ static void call_free(call *cl) {
   c->ncalls--;
   if (cl->req) protobuf_c_message_free_unpacked(cl->req, NULL);
   if (cl->texts)
-    for (size_t i = 0; i < cl->nids; i++) free(cl->texts[i]);
+    for (size_t i = 0; i < cl->nitems; i++) free(cl->texts[i]);
   free(cl->texts);
   free(cl->queries);
   free(cl->ids);
   free(cl->scores);
   free(cl->attach);
   free(cl->items);
-  free(cl->crcs);
-  free(cl->arena);
+  free(cl->slot);
+  free(cl->ready);
   free(cl);
   conn_unref(c);
 }
@@ -240,18 +250,14 @@ void conn_close(conn *c) {
   else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   s->nconns--;
-  /* Held fetches never start: they are no longer working. */
-  for (call *cl = c->held; cl; cl = cl->hnext) {
-    cl->held = 0;
-    cl->working = 0;
-  }
-  c->held = c->held_tail = NULL;
-  /* Calls still working finish quietly: their results are dropped. */
+  /* Calls still working finish quietly: their results are dropped (those
+   * waiting for read buffers leave the queue at the next pump). */
   for (call *cl = c->calls, *next; cl; cl = next) {
     next = cl->next;
     if (!cl->ended) finish(cl, M3__STATUS_CODE__CANCELLED);
     call_maybe_free(cl);
   }
+  if (s->fetch_queue) fetch_pump(s);
   uv_timer_stop(&c->idle);
   uv_close((uv_handle_t *)&c->idle, idle_closed);
   uv_close((uv_handle_t *)&c->tcp, conn_freed);
@@ -275,7 +281,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 }
 
 /* Framing is lost or the peer broke the protocol: say why and hang up. */
-static void protocol_error(conn *c, const char *why) {
+void conn_protocol_error(conn *c, const char *why) {
   c->s->m.bad_frames++;
   M3_WARN("server", "%s: closing connection: %s", c->peer, why);
   M3__Status st = M3__STATUS__INIT;
@@ -298,11 +304,11 @@ static void process(conn *c) {
       st.message = (char *)m3_errmsg();
       m3_frame e = {M3_FRAME_END, 0, f.method, f.stream, 0, 0, M3__STATUS_CODE__RESOURCE_EXHAUSTED};
       conn_send(c, NULL, &e, &st.base, NULL, 0);
-      protocol_error(c, m3_errmsg());
+      conn_protocol_error(c, m3_errmsg());
       return;
     }
     if (rc != 0) {
-      protocol_error(c, m3_errmsg());
+      conn_protocol_error(c, m3_errmsg());
       return;
     }
     size_t total = M3_FRAME_HEADER_SIZE + (size_t)f.msg_len + f.att_len;
@@ -329,6 +335,12 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   c->s->m.bytes_in += (uint64_t)n;
   c->last_activity_ns = now_ns();
   process(c);
+}
+
+void conn_pause_reading(conn *c) {
+  if (!c->reading || c->closing) return;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->reading = 0;
 }
 
 static void resume_reading(conn *c) {

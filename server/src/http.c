@@ -92,6 +92,10 @@ static void handle(http_conn *hc) {
     m3_store_cache_counters(s->store, &g.cache_hits, &g.cache_misses, &g.cache_bytes);
     g.uptime_s = (now_ns() - s->started_ns) / 1000000000ull;
     g.draining = (uint64_t)s->draining;
+    g.read_buffer_bytes = s->bufs_out * s->buf_cap;
+    g.read_buffer_peak = s->bufs_peak * s->buf_cap;
+    g.read_buffer_budget = s->bufs_max * s->buf_cap;
+    for (call *cl = s->fetch_queue; cl; cl = cl->fqnext) g.calls_waiting_for_buffers++;
     g.io_backend = m3_store_io_backend(s->store);
     size_t len;
     char *text = metrics_render(&s->m, &g, &len);

@@ -47,6 +47,8 @@ static const char *usage_text =
     "  --default-timeout-ms N    deadline of calls that set none (30000)\n"
     "  --drain-timeout-ms N      on SIGTERM, wait this long for calls (10000)\n"
     "  --write-high-water-mb N   stop reading a connection with more queued (16)\n"
+    "  --fetch-memory-mb N       read buffers of all calls together; calls beyond\n"
+    "                            wait for buffers, oldest first (256)\n"
     "  --shard N                 shard number announced in Hello (0)\n"
     "  --name NAME               server name announced in Hello\n"
     "  -h, --help\n"
@@ -72,6 +74,7 @@ void server_config_defaults(server_config *c) {
   c->write_high_water = 16u << 20;
   c->cache_bytes = SIZE_MAX;
   c->search_threads = 1;
+  c->fetch_memory = (size_t)256 << 20;
 }
 
 static const struct option opts[] = {
@@ -99,6 +102,7 @@ static const struct option opts[] = {
     {"shard", required_argument, NULL, 14},
     {"name", required_argument, NULL, 15},
     {"search-threads", required_argument, NULL, 16},
+    {"fetch-memory-mb", required_argument, NULL, 17},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
@@ -141,6 +145,7 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
   case 14: c->shard = (unsigned)num(name, v, where); break;
   case 15: c->name = v; break;
   case 16: c->search_threads = (unsigned)num(name, v, where); break;
+  case 17: c->fetch_memory = (size_t)num(name, v, where) << 20; break;
   }
 }
 
@@ -375,6 +380,10 @@ int main(int argc, char **argv) {
 
   s.loop = uv_default_loop();
   s.started_ns = now_ns();
+  if (fetch_init(&s) != 0) {
+    fprintf(stderr, "m3-server: %s\n", m3_errmsg());
+    return 2;
+  }
   s.listener.data = &s;
   if (bind_addr(s.loop, &s.listener, s.cfg.listen, "listen") != 0) return 2;
   if ((rc = uv_listen((uv_stream_t *)&s.listener, 1024, on_connection)) != 0) {
@@ -407,9 +416,10 @@ int main(int argc, char **argv) {
   uv_signal_start(&s.sigint, on_signal, SIGINT);
   signal(SIGPIPE, SIG_IGN);
 
-  M3_INFO("server", "serving %s (%llu memories, %s, io %s) on port %d, http port %d", s.cfg.store_dir,
-          (unsigned long long)s.records, s.index ? "retrieval index on" : "no retrieval index",
-          m3_store_io_backend(s.store), rpc_port, http_port);
+  M3_INFO("server", "serving %s (%llu memories, %s, io %s%s) on port %d, http port %d",
+          s.cfg.store_dir, (unsigned long long)s.records,
+          s.index ? "retrieval index on" : "no retrieval index", m3_store_io_backend(s.store),
+          s.aio ? " on the loop" : " on the threadpool", rpc_port, http_port);
   uv_run(s.loop, UV_RUN_DEFAULT);
 
   /* Drained (or stopped): close what is left and let the callbacks run. */
@@ -418,6 +428,7 @@ int main(int argc, char **argv) {
   uv_walk(s.loop, close_walk, NULL);
   while (uv_run(s.loop, UV_RUN_NOWAIT)) {
   }
+  fetch_close(&s);
   if (s.index) {
     if ((rc = m3_index_save(s.index, m3_store_seqno(s.store))) != 0)
       M3_WARN("server", "saving the retrieval index: %s (it is rebuilt at the next start)",

@@ -93,6 +93,8 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
   COUNTER("m3_search_batches_total", "Index searches run (each serves one or more calls).",
           m->search_batches);
   COUNTER("m3_search_queries_total", "Queries searched.", m->search_queries);
+  COUNTER("m3_reads_deferred_total", "Loop read submissions put off while a store commit ran.",
+          m->reads_deferred);
   COUNTER("m3_cache_hits_total", "Hot-memory cache hits.", g->cache_hits);
   COUNTER("m3_cache_misses_total", "Hot-memory cache misses.", g->cache_misses);
   GAUGE("m3_connections", "Open client connections.", g->connections);
@@ -103,6 +105,13 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
   GAUGE("m3_cache_bytes", "Bytes held by the hot-memory cache.", g->cache_bytes);
   GAUGE("m3_uptime_seconds", "Seconds since the server started.", g->uptime_s);
   GAUGE("m3_draining", "1 while the server drains after SIGTERM.", g->draining);
+  GAUGE("m3_read_buffer_bytes", "Bytes of read buffers lent to calls.", g->read_buffer_bytes);
+  GAUGE("m3_read_buffer_bytes_peak", "Most bytes of read buffers lent at once.",
+        g->read_buffer_peak);
+  GAUGE("m3_read_buffer_budget_bytes", "Most bytes of read buffers (--fetch-memory-mb).",
+        g->read_buffer_budget);
+  GAUGE("m3_calls_waiting_for_buffers", "Fetches waiting for read buffers.",
+        g->calls_waiting_for_buffers);
   put(&b, "# HELP m3_io_backend The store's read backend.\n# TYPE m3_io_backend gauge\n"
           "m3_io_backend{backend=\"%s\"} 1\n", g->io_backend);
 #undef COUNTER

@@ -23,6 +23,7 @@ typedef struct metrics {
   uint64_t connections_accepted;
   uint64_t connections_refused;
   uint64_t bad_frames;
+  uint64_t reads_deferred;   /* read submissions put off by a store commit */
   uint64_t search_batches;
   uint64_t search_queries;
 } metrics;
@@ -36,7 +37,8 @@ void metrics_observe(metrics *m, unsigned method, int status, double seconds);
  * string; *len receives its length. */
 typedef struct metrics_gauges {
   uint64_t connections, inflight, records, segment_bytes, index_vectors, cache_hits,
-      cache_misses, cache_bytes, uptime_s, draining;
+      cache_misses, cache_bytes, uptime_s, draining, read_buffer_bytes, read_buffer_peak, read_buffer_budget,
+      calls_waiting_for_buffers;
   const char *io_backend;
 } metrics_gauges;
 

@@ -833,3 +833,34 @@ m3_layout st_layout_from_hello(const M3__Layout *l) {
   out.emb_dim = (uint16_t)l->embedding_dim;
   return out;
 }
+
+/* One deterministic record for chunk id in layout l with embedding emb. */
+uint8_t *st_make_record(const m3_layout *l, uint64_t id, const float *emb, const char *text,
+                        size_t *len) {
+  size_t npos = m3_spec_positions(&l->spec), ncode = m3_layout_codes_bytes(l);
+  uint16_t *pos = malloc(npos * sizeof *pos);
+  uint8_t *codes = malloc(ncode);
+  assert_true(pos && codes);
+  uint64_t seed = id * 7919;
+  for (size_t i = 0; i < npos; i++) pos[i] = (uint16_t)(1 + i % l->spec.n_tokens * 15);
+  for (size_t i = 0; i < ncode; i++) codes[i] = (uint8_t)st_rand(&seed);
+  m3_record_in in = {.chunk_id = id, .chunk_len = 128, .positions = pos, .codes = codes,
+                     .text = text, .text_len = strlen(text), .embedding = emb};
+  size_t cap = m3_record_size(l, strlen(text));
+  uint8_t *buf = malloc(cap);
+  assert_non_null(buf);
+  long n = m3_record_encode(buf, cap, l, &in);
+  if (n < 0) fail_msg("m3_record_encode: %ld", n);
+  *len = (size_t)n;
+  free(pos);
+  free(codes);
+  return buf;
+}
+
+double st_server_metric(const st_server *s, const char *series) {
+  char *body;
+  ST_EQ_U64(st_http_get(s->http_port, "/metrics", &body), 200);
+  double v = st_metric(body, series, NULL);
+  free(body);
+  return v;
+}

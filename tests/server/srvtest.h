@@ -240,6 +240,10 @@ int st_http_raw(int port, const char *request, char **body);
  * *present (may be NULL) says which. */
 double st_metric(const char *text, const char *series, int *present);
 
+/* GET /metrics from server s and return the sample `series` (0 when the
+ * series is absent). */
+double st_server_metric(const st_server *s, const char *series);
+
 /* Check that every non-comment line is `name{labels} value` with a valid
  * metric name, well-formed labels and a number; fails the test naming the
  * line. Returns the number of samples. */
@@ -275,6 +279,11 @@ double st_cosine(const st_ref *r, const float *q, size_t i);
 /* splitmix64, and a random unit vector of dim floats. */
 uint64_t st_rand(uint64_t *state);
 void st_rand_unit(uint64_t *state, float *v, unsigned dim);
+
+/* One complete record (deterministic codes) for chunk id in layout l with
+ * embedding emb and text, as Put carries it; malloc'ed, *len its size. */
+uint8_t *st_make_record(const m3_layout *l, uint64_t id, const float *emb, const char *text,
+                        size_t *len);
 
 /* m3_layout from a HelloResponse's Layout. */
 m3_layout st_layout_from_hello(const M3__Layout *l);

@@ -139,29 +139,6 @@ static void test_fingerprint(void **state) {
   st_conn_close(&c);
 }
 
-/* One deterministic record for chunk id in layout l with embedding emb. */
-static uint8_t *make_record(const m3_layout *l, uint64_t id, const float *emb, const char *text,
-                            size_t *len) {
-  size_t npos = m3_spec_positions(&l->spec), ncode = m3_layout_codes_bytes(l);
-  uint16_t *pos = malloc(npos * sizeof *pos);
-  uint8_t *codes = malloc(ncode);
-  assert_true(pos && codes);
-  uint64_t seed = id * 7919;
-  for (size_t i = 0; i < npos; i++) pos[i] = (uint16_t)(1 + i % l->spec.n_tokens * 15);
-  for (size_t i = 0; i < ncode; i++) codes[i] = (uint8_t)st_rand(&seed);
-  m3_record_in in = {.chunk_id = id, .chunk_len = 128, .positions = pos, .codes = codes,
-                     .text = text, .text_len = strlen(text), .embedding = emb};
-  size_t cap = m3_record_size(l, strlen(text));
-  uint8_t *buf = malloc(cap);
-  assert_non_null(buf);
-  long n = m3_record_encode(buf, cap, l, &in);
-  if (n < 0) fail_msg("m3_record_encode: %ld", n);
-  *len = (size_t)n;
-  free(pos);
-  free(codes);
-  return buf;
-}
-
 static void admin_call(st_conn *c, uint16_t method, uint32_t stream, const ProtobufCMessage *req,
                        const void *att, size_t att_len, int want, st_result *r) {
   st_call(c, method, stream, 0, req, att, att_len, r);
@@ -191,8 +168,8 @@ static void test_put_delete(void **state) {
   uint64_t seed = 99;
   st_rand_unit(&seed, e, DIM);
   size_t la, lb;
-  uint8_t *ra = make_record(&l, A, e, "the admin put this one", &la);
-  uint8_t *rb = make_record(&l, B, e, "and this one too", &lb);
+  uint8_t *ra = st_make_record(&l, A, e, "the admin put this one", &la);
+  uint8_t *rb = st_make_record(&l, B, e, "and this one too", &lb);
   uint8_t *att = malloc(la + lb);
   memcpy(att, ra, la);
   memcpy(att + la, rb, lb);
@@ -221,7 +198,7 @@ static void test_put_delete(void **state) {
   m3_layout other = l;
   other.codec_fp ^= 1;
   size_t lo;
-  uint8_t *ro = make_record(&other, 1000002, e, "wrong codec", &lo);
+  uint8_t *ro = st_make_record(&other, 1000002, e, "wrong codec", &lo);
   M3__PutRequest put_other = M3__PUT_REQUEST__INIT;
   uint32_t so[1] = {(uint32_t)lo};
   put_other.sizes = so;

@@ -84,7 +84,21 @@ static void test_sigterm_drain(void **state) {
   M3__FetchRequest fr = M3__FETCH_REQUEST__INIT;
   fr.ids = ids;
   fr.n_ids = HEAVY;
-  for (uint32_t i = 0; i < NHEAVY; i++) st_send(&a, M3_FRAME_REQUEST, M3_METHOD_FETCH, 10 + i, 0, &fr.base, NULL, 0);
+  /* All four in one send, so that the server reads them together: it stops
+   * reading A once A's unread answers pass the write high-water mark, and a
+   * request still unread then would be refused by the drain. */
+  size_t flen, all_len = 0;
+  uint8_t *all = NULL;
+  for (uint32_t i = 0; i < NHEAVY; i++) {
+    uint8_t *one = st_frame_build(M3_FRAME_REQUEST, M3_METHOD_FETCH, 10 + i, 0, &fr.base, NULL, 0, &flen);
+    all = realloc(all, all_len + flen);
+    assert_non_null(all);
+    memcpy(all + all_len, one, flen);
+    all_len += flen;
+    free(one);
+  }
+  st_send_bytes(&a, all, all_len);
+  free(all);
   /* The calls are in flight once the first memory comes back. */
   st_frame first;
   if (st_recv(&a, &first, 30000) != 1) fail_msg("no answer to the heavy calls");

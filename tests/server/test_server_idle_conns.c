@@ -21,15 +21,6 @@
 #define DIM 32
 #define IDLE 1000
 
-static double metric_now(const st_server *srv, const char *series) {
-  char *body;
-  int code = st_http_get(srv->http_port, "/metrics", &body);
-  ST_EQ_U64(code, 200);
-  double v = st_metric(body, series, NULL);
-  free(body);
-  return v;
-}
-
 static void test_idle_connections(void **state) {
   (void)state;
   long lim = st_raise_nofile(IDLE + 200);
@@ -68,7 +59,7 @@ static void test_idle_connections(void **state) {
   }
   fprintf(stderr, "# %d connections with Hello in %lld ms, server RSS %ld kB\n", IDLE,
           st_now_ms() - t0, st_server_rss_kb(&srv));
-  double conns = metric_now(&srv, "m3_connections");
+  double conns = st_server_metric(&srv, "m3_connections");
   if (conns != IDLE + 1) fail_msg("m3_connections %g, want %d", conns, IDLE + 1);
 
   float q[32 * DIM];
@@ -98,7 +89,7 @@ static void test_idle_connections(void **state) {
   st_conn_open(&extra, srv.rpc_port);
   if (!st_wait_closed(&extra, 10000, NULL)) fail_msg("connection %d (past --max-connections 1001) stays open", IDLE + 2);
   st_conn_close(&extra);
-  double refused = metric_now(&srv, "m3_connections_refused_total");
+  double refused = st_server_metric(&srv, "m3_connections_refused_total");
   if (refused != 1) fail_msg("m3_connections_refused_total %g, want 1", refused);
   for (int i = 0; i < IDLE; i += 333) {
     M3__HealthRequest hq = M3__HEALTH_REQUEST__INIT;
@@ -113,7 +104,7 @@ static void test_idle_connections(void **state) {
   for (int i = 0; i < IDLE; i++) st_conn_close(&idle[i]);
   free(idle);
   long long end = st_now_ms() + 10000;
-  while ((conns = metric_now(&srv, "m3_connections")) != 1) {
+  while ((conns = st_server_metric(&srv, "m3_connections")) != 1) {
     if (st_now_ms() > end) fail_msg("m3_connections %g 10 s after closing the idle ones, want 1", conns);
     st_sleep_ms(20);
   }

@@ -14,7 +14,7 @@
  *  - Search gives the same ids and scores;
  *  - text queries (Query.text) equal m3_embed_hash + exact search, for
  *    Search and Retrieve (with_text returns the chunk texts);
- *  - Fetch streams the asked ids in order, a missing id gets a per-item
+ *  - Fetch streams every asked id once (tagged with its index), a missing id gets a per-item
  *    NOT_FOUND while the others succeed, with_text returns the texts;
  *  - requests out of bounds (k 0, k past --max-k, wrong dims, no query)
  *    get INVALID_ARGUMENT or RESOURCE_EXHAUSTED and the connection goes on.

@@ -52,15 +52,6 @@ static void bystander_call(void) {
   if (took > 5000) fail_msg("a bystander's Retrieve took %lld ms while another client does not read", took);
 }
 
-static double metric_now(const char *series) {
-  char *body;
-  int code = st_http_get(srv.http_port, "/metrics", &body);
-  ST_EQ_U64(code, 200);
-  double v = st_metric(body, series, NULL);
-  free(body);
-  return v;
-}
-
 static void test_never_reads(void **state) {
   (void)state;
   char *dir = st_mkdtemp("slowreader");
@@ -116,7 +107,7 @@ static void test_never_reads(void **state) {
     sample_rss();
     bystander_call();
     if (st_now_ms() - last_progress > 1000) stalled = 1;
-    if (stalled && metric_now("m3_connections") <= 1) break;
+    if (stalled && st_server_metric(&srv, "m3_connections") <= 1) break;
     st_sleep_ms(50);
   }
   free(frame);
@@ -125,7 +116,7 @@ static void test_never_reads(void **state) {
   fprintf(stderr, "# slow reader: %zu calls sent, server RSS peak %ld kB, stalled %lld ms\n", calls,
           rss_peak, waited);
   if (!stalled) fail_msg("S sent %zu calls in 20 s without the server ever stopping to read it", calls);
-  double conns = metric_now("m3_connections");
+  double conns = st_server_metric(&srv, "m3_connections");
   if (conns != 1)
     fail_msg("m3_connections %g %lld ms after S's last progress (--idle-timeout-ms 3000), want 1", conns, waited);
   if (waited > 3000 + 5000) fail_msg("S was closed %lld ms after its last progress, want < 8000", waited);
@@ -133,7 +124,7 @@ static void test_never_reads(void **state) {
   if (!st_wait_closed(&S, 10000, NULL)) fail_msg("S: no close seen");
   st_conn_close(&S);
   long long end = st_now_ms() + 10000;
-  while (metric_now("m3_calls_in_flight") != 0) {
+  while (st_server_metric(&srv, "m3_calls_in_flight") != 0) {
     if (st_now_ms() > end) fail_msg("m3_calls_in_flight stays above 0 after S was closed");
     st_sleep_ms(20);
   }

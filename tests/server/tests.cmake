@@ -22,4 +22,10 @@ if(TARGET m3-server AND TARGET m3proto AND TARGET m3index)
   m3_server_test(test_server_slow_reader LABELS integration fault server TIMEOUT 120)
   m3_server_test(test_server_idle_conns LABELS integration fault server TIMEOUT 120)
   m3_server_test(test_server_config LABELS integration server TIMEOUT 60)
+  # The read buffer budget: reads on the loop (io_uring), then on the
+  # threadpool (pread).
+  m3_server_test(test_server_budget LABELS integration server TIMEOUT 120)
+  add_test(NAME test_server_budget_pread COMMAND test_server_budget pread)
+  set_tests_properties(test_server_budget_pread PROPERTIES LABELS "integration;server" TIMEOUT 120
+    ENVIRONMENT "M3_BIN_DIR=${PROJECT_BINARY_DIR}/bin;M3_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
 endif()

@@ -17,3 +17,7 @@ m3_add_test(test_store_rw_pread SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_rw.
   LABELS unit TIMEOUT 120 ARGS pread)
 m3_add_test(test_overhead SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_overhead.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 60)
+
+# Asynchronous reads for the server's event loop (io_uring only).
+m3_add_test(test_store_aio SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_aio.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 120)

@@ -125,6 +125,58 @@ void *m3_store_buf_alloc(const m3_store *s, size_t size);
  */
 int m3_store_fetch(m3_store *s, m3_fetch_item *items, size_t n);
 
+/* ---- asynchronous reads, for an event loop ---------------------------- */
+
+/*
+ * An m3_store_aio reads memories with its own io_uring whose completions
+ * signal an eventfd, so an event loop (m3-server's libuv loop) can poll that
+ * descriptor and handle each memory as soon as its read completes, with no
+ * thread blocked on the disk. It needs the io_uring backend: with pread,
+ * open fails with M3_EUNSUPPORTED and the caller uses m3_store_fetch on
+ * worker threads instead.
+ *
+ * One aio is used by one thread (submit and reap on the loop thread); the
+ * store's other readers and writers run alongside it. A read in flight
+ * keeps the bytes it was planned against: a compaction that drops the
+ * segment meanwhile closes its file only after the read completed.
+ */
+typedef struct m3_store_aio m3_store_aio;
+
+/* Called from m3_store_aio_reap once per submitted item, with status, data
+ * and len set as m3_store_fetch sets them. It may submit more items. */
+typedef void (*m3_store_aio_fn)(void *ud, m3_fetch_item *it);
+
+/* Make an aio for s with depth reads in the kernel at once (64 when 0).
+ * Close it before the store. */
+int m3_store_aio_open(m3_store *s, unsigned depth, m3_store_aio **out);
+
+/* The eventfd that becomes readable when m3_store_aio_reap has work. */
+int m3_store_aio_fd(const m3_store_aio *a);
+
+/*
+ * Start reading n items (buffers as for m3_store_fetch); each is completed
+ * through fn(ud, item) from a later m3_store_aio_reap, never from within
+ * submit, including items that need no read (cache hits, ids not in the
+ * store). The items and their buffers must stay valid until then. Returns
+ * 0 when every item was accepted; M3_EBUSY, accepting none, while a writer
+ * (put, delete, compact) holds or waits for the store, so that an event
+ * loop never blocks behind a commit (try again later, or fetch on a
+ * worker); M3_EINVAL for a bad buffer; M3_ENOMEM; a catalog error.
+ */
+int m3_store_aio_submit(m3_store_aio *a, m3_fetch_item *items, size_t n, m3_store_aio_fn fn,
+                        void *ud);
+
+/* Complete what is ready: clears the eventfd, checks each finished read,
+ * calls fn for it, and starts reads that waited for room in the ring.
+ * Never blocks. Returns how many items it completed, or a negative code. */
+int m3_store_aio_reap(m3_store_aio *a);
+
+/* Items submitted and not yet completed. */
+size_t m3_store_aio_pending(const m3_store_aio *a);
+
+/* Wait for reads in flight (without calling their fn) and free. NULL: no-op. */
+void m3_store_aio_close(m3_store_aio *a);
+
 /* Chunk text into *text (malloc'ed, NUL-terminated, caller frees) and its
  * length into *len. M3_ENOTFOUND when absent. */
 int m3_store_get_text(m3_store *s, uint64_t chunk_id, char **text, size_t *len);
