@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "client_int.h"
@@ -122,6 +123,10 @@ int m3_client_connect(const char *addr, const m3_client_options *o, m3_client **
 fail:
   m3_client_close(c);
   return rc;
+}
+
+void m3__client_interrupt(m3_client *c) {
+  if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
 }
 
 void m3_client_close(m3_client *c) {

@@ -74,6 +74,15 @@ int m3__client_dial(m3_client *c, int timeout_ms);
 int m3__client_status(m3_client *c, m3_method method, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/*
+ * Make the call in flight on c fail at once (shutdown of the socket: its
+ * poll wakes, the read sees the end, c is broken). The one function that
+ * may be called while another thread uses c; the caller must know that c
+ * is not closed meanwhile (the cluster's hedged races hold a lock that the
+ * attempt takes before it gives its connection back).
+ */
+void m3__client_interrupt(m3_client *c);
+
 /* The m3 code libm3client returns for a gRPC status code. */
 int m3__client_err(int code);
 

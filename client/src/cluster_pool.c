@@ -1,18 +1,23 @@
 /*
- * The cluster handle's replicas: per replica a pool of m3_client
- * connections (lazily opened, bounded, LIFO so that warm connections are
- * reused), health state with exponential backoff, the reference layout that
- * every server must match, and the prober thread that brings backed-off
- * replicas back after a Hello and a Health call.
+ * The cluster handle and its replicas: open and close (the worker pool,
+ * the async ops and the event fd are started and stopped here), per
+ * replica a pool of m3_client connections (lazily opened, bounded, LIFO so
+ * that warm connections are reused), health state with exponential
+ * backoff, the reference layout that every server must match, and the
+ * prober thread that brings backed-off replicas back after a Hello and a
+ * Health call.
  *
  * Workload: a handful of shards x replicas, tens of worker threads, calls of
  * a few ms; every lock here is held for a few instructions, never across
  * I/O.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cluster_int.h"
 #include "m3/error.h"
@@ -54,6 +59,8 @@ void m3_cluster_options_init(m3_cluster_options *o) {
   o->backoff_max_ms = 5000;
   o->probe_interval_ms = 100;
   o->client_name = "libm3client cluster";
+  o->threads = 0;
+  o->completion = M3_CLUSTER_COMPLETION_CALLBACK;
 }
 
 /* ---- open / close --------------------------------------------------- */
@@ -71,8 +78,19 @@ int m3_cluster_open(const m3_cluster_map *map, const m3_cluster_options *o, m3_c
       o->backoff_max_ms < o->backoff_min_ms || o->hedge_delay_ms < 0 || o->probe_interval_ms < 0)
     return m3__seterr(M3_EINVAL, "m3_cluster_open: timeouts, backoffs and max_conns_per_replica "
                                  "must be positive (backoff_max_ms >= backoff_min_ms)");
+  if (o->threads < 0 || o->threads > 1024)
+    return m3__seterr(M3_EINVAL, "m3_cluster_open: threads %d is not 0 (2 x shards) .. 1024",
+                      o->threads);
+  if (o->completion != M3_CLUSTER_COMPLETION_CALLBACK &&
+      o->completion != M3_CLUSTER_COMPLETION_DISPATCH)
+    return m3__seterr(M3_EINVAL, "m3_cluster_open: completion %d is neither "
+                                 "M3_CLUSTER_COMPLETION_CALLBACK nor _DISPATCH", o->completion);
   m3_cluster *cl = calloc(1, sizeof *cl);
   if (cl == NULL) return m3__seterr(M3_ENOMEM, "m3_cluster_open: out of memory");
+  cl->efd = -1;
+  pthread_mutex_init(&cl->amu, NULL);
+  pthread_cond_init(&cl->acv, NULL);
+  pthread_mutex_init(&cl->dispatch_mu, NULL);
   cl->o = *o;
   const char *tok = o->token ? o->token : map->token;
   cl->token = strdup(tok ? tok : "");
@@ -112,6 +130,24 @@ int m3_cluster_open(const m3_cluster_map *map, const m3_cluster_options *o, m3_c
       if (rep->idle == NULL) goto nomem;
     }
   }
+  if (o->completion == M3_CLUSTER_COMPLETION_DISPATCH &&
+      (cl->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+    int rc = m3__syserr(errno, "m3_cluster_open: eventfd for dispatch mode");
+    m3_cluster_close(cl);
+    return rc;
+  }
+  /* A call keeps a job per shard busy (one on the caller); with hedging
+   * each also runs up to two attempts at once: 3 x shards lets one hedged
+   * call race every shard without running an attempt on its waiting job. */
+  unsigned threads = o->threads ? (unsigned)o->threads
+                                : (o->hedge_delay_ms > 0 ? 3 : 2) * map->n_shards;
+  int rc = m3__workers_start(&cl->workers, threads < 2 ? 2 : threads);
+  if (rc) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "%s", m3_errmsg());
+    m3_cluster_close(cl);
+    return m3__seterr(rc, "%s", msg);
+  }
   if (o->probe_interval_ms > 0) {
     if (pthread_create(&cl->prober, NULL, m3__cluster_prober, cl) != 0) {
       m3_cluster_close(cl);
@@ -128,13 +164,15 @@ nomem:
 
 void m3_cluster_close(m3_cluster *cl) {
   if (cl == NULL) return;
+  /* Async ops first: they need the workers to finish. */
+  m3__cluster_async_close(cl);
   pthread_mutex_lock(&cl->mu);
   cl->stop = 1;
   pthread_cond_broadcast(&cl->cv);
-  /* Abandoned hedged attempts hold connections: let them finish. */
-  while (cl->detached > 0) pthread_cond_wait(&cl->cv, &cl->mu);
   pthread_mutex_unlock(&cl->mu);
   if (cl->prober_on) pthread_join(cl->prober, NULL);
+  /* Abandoned hedged attempts hold connections: the workers finish them. */
+  m3__workers_stop(&cl->workers);
   for (uint32_t s = 0; cl->shards && s < cl->n_shards; s++) {
     m3__shard *sh = &cl->shards[s];
     for (uint32_t r = 0; sh->r && r < sh->n; r++) {
@@ -150,6 +188,10 @@ void m3_cluster_close(m3_cluster *cl) {
     free(sh->r);
   }
   free(cl->shards);
+  if (cl->efd >= 0) close(cl->efd);
+  pthread_mutex_destroy(&cl->amu);
+  pthread_cond_destroy(&cl->acv);
+  pthread_mutex_destroy(&cl->dispatch_mu);
   pthread_mutex_destroy(&cl->mu);
   pthread_cond_destroy(&cl->cv);
   free(cl->token);
@@ -340,10 +382,24 @@ void m3__replica_fail(m3_cluster *cl, m3__replica *rep, int refused, const char 
   m3__replica_drop_idle(cl, rep);
 }
 
+void m3__replica_slow(m3_cluster *cl, m3__replica *rep) {
+  pthread_mutex_lock(&rep->mu);
+  unsigned sh = rep->slow_streak < 20 ? rep->slow_streak : 20;
+  rep->slow_streak++;
+  int64_t b = (int64_t)cl->o.backoff_min_ms << sh;
+  if (b > cl->o.backoff_max_ms) b = cl->o.backoff_max_ms;
+  rep->slow_until = m3__now_ms() + b;
+  pthread_mutex_unlock(&rep->mu);
+  M3_DEBUG("cluster", "shard %u replica %s lost a hedge race still working: tried after the "
+                      "others for %lld ms", rep->shard, rep->addr, (long long)b);
+}
+
 void m3__replica_ok(m3_cluster *cl, m3__replica *rep) {
   (void)cl;
   pthread_mutex_lock(&rep->mu);
   int was_down = rep->down;
+  rep->slow_streak = 0;
+  rep->slow_until = 0;
   rep->failures = 0;
   rep->down = 0;
   rep->refused = 0;
@@ -354,9 +410,9 @@ void m3__replica_ok(m3_cluster *cl, m3__replica *rep) {
 
 uint32_t m3__replica_order(m3_cluster *cl, uint32_t shard, uint32_t *order) {
   m3__shard *sh = &cl->shards[shard];
-  uint32_t n = sh->n, start = atomic_fetch_add(&sh->rr, 1) % n, nu = 0, nd = 0;
+  uint32_t n = sh->n, start = atomic_fetch_add(&sh->rr, 1) % n, nu = 0, ns = 0, nd = 0;
   int64_t until[256];
-  uint32_t downs[256];
+  uint32_t downs[256], slows[256];
   int64_t now = m3__now_ms();
   int probing = cl->prober_on;
   for (uint32_t i = 0; i < n && i < 256; i++) {
@@ -365,10 +421,13 @@ uint32_t m3__replica_order(m3_cluster *cl, uint32_t shard, uint32_t *order) {
     /* Without a prober, a replica whose backoff ended is tried again by
      * the next call as if it were up. */
     int down = rep->down && (probing || now < rep->down_until);
+    int slow = now < rep->slow_until;
     int64_t u = rep->down_until;
     pthread_mutex_unlock(&rep->mu);
-    if (!down) {
+    if (!down && !slow) {
       order[nu++] = rep->idx;
+    } else if (!down) {
+      slows[ns++] = rep->idx;
     } else {
       uint32_t j = nd++;
       while (j > 0 && until[j - 1] > u) {
@@ -380,8 +439,9 @@ uint32_t m3__replica_order(m3_cluster *cl, uint32_t shard, uint32_t *order) {
       downs[j] = rep->idx;
     }
   }
-  for (uint32_t j = 0; j < nd; j++) order[nu + j] = downs[j];
-  return nu + nd;
+  for (uint32_t j = 0; j < ns; j++) order[nu + j] = slows[j];
+  for (uint32_t j = 0; j < nd; j++) order[nu + ns + j] = downs[j];
+  return nu + ns + nd;
 }
 
 int m3__cluster_ensure_ref(m3_cluster *cl, int64_t deadline) {

@@ -1,7 +1,8 @@
 /*
  * m3 query, m3 fetch, m3 stats: the m3 commands that talk to an m3-server
  * through libm3client, one connection per command; query and fetch also
- * to a whole cluster (--cluster MAP, m3/cluster.h), with the same output.
+ * to a whole cluster (--cluster MAP, m3/cluster.h), with the same output;
+ * stats --cluster asks every replica of the map for its counters.
  *
  * Exit codes, as the rest of m3: 0 success; 1 the server answered with a
  * failure status (for the call, or for one of the fetched ids); 2 the
@@ -84,8 +85,11 @@ static void usage(const char *cmd) {
           "the record bytes of the found memories back to back, in --id order.\n",
           stdout);
   else
-    fputs("usage: m3 stats --server HOST:PORT [--token-file F] [--timeout-ms 10000] [--json]\n"
-          "The server's Hello (layout, limits) and counters.\n",
+    fputs("usage: m3 stats (--server HOST:PORT | --cluster MAP) [--token-file F]\n"
+          "                [--timeout-ms 10000] [--json]\n"
+          "The server's Hello (layout, limits) and counters. --cluster MAP: every replica\n"
+          "of the map (address, shard, up or down with its error, records, calls, memories\n"
+          "served) and the cluster's totals; exit 2 only when no replica answers.\n",
           stdout);
 }
 
@@ -147,10 +151,8 @@ static int parse_args(int argc, char **argv, remote_args *a) {
     fprintf(stderr, "m3 %s: unexpected argument '%s'\n", argv[0], argv[optind]);
     return EXIT_USAGE;
   }
-  int cluster_ok = strcmp(argv[0], "stats") != 0;
-  if ((a->server == NULL) == (a->cluster == NULL) || (a->cluster && !cluster_ok)) {
-    fprintf(stderr, "m3 %s: needs %s\n", argv[0],
-            cluster_ok ? "one of --server HOST:PORT or --cluster MAP" : "--server HOST:PORT");
+  if ((a->server == NULL) == (a->cluster == NULL)) {
+    fprintf(stderr, "m3 %s: needs one of --server HOST:PORT or --cluster MAP\n", argv[0]);
     return EXIT_USAGE;
   }
   return 0;
@@ -541,10 +543,149 @@ out:
 
 /* ---- stats ---------------------------------------------------------- */
 
+/* One replica's answer for stats --cluster. */
+typedef struct replica_stats {
+  const char *addr;
+  uint32_t shard, replica;
+  int up;
+  char error[700];
+  char server_name[64];
+  m3_client_stats st;
+} replica_stats;
+
+static void replica_stats_get(const remote_args *a, const char *token, replica_stats *r) {
+  m3_client_options o;
+  m3_client_options_init(&o);
+  o.token = token;
+  o.call_timeout_ms = a->timeout_ms;
+  if (a->timeout_ms > 0 && a->timeout_ms < o.connect_timeout_ms)
+    o.connect_timeout_ms = a->timeout_ms;
+  o.client_name = "m3 cli";
+  m3_client *c = NULL;
+  int rc = m3_client_connect(r->addr, &o, &c);
+  if (rc == 0 && (rc = m3_client_stats_get(c, &r->st)) != 0) {
+    const char *msg;
+    m3_client_last_status(c, &msg);
+    snprintf(r->error, sizeof r->error, "Stats: %s", *msg ? msg : m3_errmsg());
+  } else if (rc) {
+    snprintf(r->error, sizeof r->error, "%s", m3_errmsg());
+  }
+  if (rc == 0)
+    snprintf(r->server_name, sizeof r->server_name, "%s", m3_client_info_get(c)->server_name);
+  r->up = rc == 0;
+  m3_client_close(c);
+}
+
+/*
+ * stats --cluster: every replica's counters (one connection each, in map
+ * order), and totals: records of the knowledge base (per shard, the most
+ * any answering replica holds), calls and memories served by all. A
+ * replica that does not answer is listed down with its error; the command
+ * fails (exit 2) only when none answers.
+ */
+static int cluster_stats(const remote_args *a) {
+  char token[512] = "";
+  if (a->token_file && read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
+  m3_cluster_map *map = NULL;
+  int rc = m3_cluster_map_load(a->cluster, &map);
+  if (rc) {
+    fprintf(stderr, "m3 stats: %s: %s\n", m3_strerror(rc), m3_errmsg());
+    return EXIT_USAGE;
+  }
+  const char *tok = a->token_file ? token : m3_cluster_map_token(map);
+  uint32_t ns = m3_cluster_map_shards(map), n = 0;
+  for (uint32_t s = 0; s < ns; s++) n += m3_cluster_map_replicas(map, s);
+  replica_stats *rs = calloc(n, sizeof *rs);
+  if (rs == NULL) {
+    m3_cluster_map_free(map);
+    return EXIT_USAGE;
+  }
+  uint64_t records = 0, calls = 0, served = 0;
+  uint32_t up = 0, shards_down = 0, i = 0;
+  for (uint32_t s = 0; s < ns; s++) {
+    uint64_t shard_records = 0;
+    int shard_up = 0;
+    for (uint32_t r = 0; r < m3_cluster_map_replicas(map, s); r++, i++) {
+      rs[i].addr = m3_cluster_map_replica(map, s, r);
+      rs[i].shard = s;
+      rs[i].replica = r;
+      replica_stats_get(a, tok, &rs[i]);
+      if (!rs[i].up) continue;
+      up++;
+      shard_up = 1;
+      calls += rs[i].st.calls;
+      served += rs[i].st.memories_served;
+      if (rs[i].st.records > shard_records) shard_records = rs[i].st.records;
+    }
+    records += shard_records;
+    shards_down += !shard_up;
+  }
+  if (a->json) {
+    json_t *arr = json_array();
+    for (i = 0; i < n; i++) {
+      json_t *o = json_pack("{s:i,s:i,s:s,s:b}", "shard", (int)rs[i].shard, "replica",
+                            (int)rs[i].replica, "address", rs[i].addr, "up", rs[i].up);
+      if (rs[i].up) {
+        json_object_set_new(o, "server_name", json_string(rs[i].server_name));
+        json_object_set_new(o, "records", json_integer((json_int_t)rs[i].st.records));
+        json_object_set_new(o, "calls", json_integer((json_int_t)rs[i].st.calls));
+        json_object_set_new(o, "memories_served",
+                            json_integer((json_int_t)rs[i].st.memories_served));
+        json_object_set_new(o, "payload_bytes_served",
+                            json_integer((json_int_t)rs[i].st.payload_bytes_served));
+        json_object_set_new(o, "connections", json_integer((json_int_t)rs[i].st.connections));
+        json_object_set_new(o, "uptime_ms", json_integer((json_int_t)rs[i].st.uptime_ms));
+      } else {
+        json_object_set_new(o, "error", json_string(rs[i].error));
+      }
+      json_array_append_new(arr, o);
+    }
+    json_t *tot = json_pack("{s:i,s:i,s:i,s:i,s:I,s:I,s:I}", "replicas", (int)n, "up", (int)up,
+                            "down", (int)(n - up), "shards_down", (int)shards_down, "records",
+                            (json_int_t)records, "calls", (json_int_t)calls, "memories_served",
+                            (json_int_t)served);
+    print_json(json_pack("{s:s,s:i,s:o,s:o}", "cluster", a->cluster, "shards", (int)ns,
+                         "replicas", arr, "totals", tot));
+  } else {
+    printf("cluster %s: %u shards, %u replicas, %u up, %u down\n", a->cluster, ns, n, up, n - up);
+    printf("%-5s %-7s %-22s %-5s %10s %10s %15s\n", "shard", "replica", "address", "state",
+           "records", "calls", "memories_served");
+    for (i = 0; i < n; i++) {
+      if (rs[i].up)
+        printf("%-5u %-7u %-22s %-5s %10llu %10llu %15llu\n", rs[i].shard, rs[i].replica,
+               rs[i].addr, "up", (unsigned long long)rs[i].st.records,
+               (unsigned long long)rs[i].st.calls, (unsigned long long)rs[i].st.memories_served);
+      else
+        printf("%-5u %-7u %-22s %-5s %s\n", rs[i].shard, rs[i].replica, rs[i].addr, "down",
+               rs[i].error);
+    }
+    printf("%-5s %-7s %-22s %-5s %10llu %10llu %15llu\n", "total", "", "", "",
+           (unsigned long long)records, (unsigned long long)calls, (unsigned long long)served);
+  }
+  for (i = 0; i < n; i++)
+    if (!rs[i].up)
+      fprintf(stderr, "m3 stats: shard %u replica %s down: %s\n", rs[i].shard, rs[i].addr,
+              rs[i].error);
+  if (shards_down && up)
+    fprintf(stderr, "m3 stats: %u of %u shards have no replica answering\n", shards_down, ns);
+  free(rs);
+  m3_cluster_map_free(map);
+  if (up == 0) {
+    fprintf(stderr, "m3 stats: no replica of %s answers\n", a->cluster);
+    return EXIT_USAGE;
+  }
+  return 0;
+}
+
 int m3__cmd_stats(int argc, char **argv) {
   remote_args a;
   int rc = parse_args(argc, argv, &a), ex = 0;
   if (rc) return rc;
+  if (a.cluster) {
+    ex = cluster_stats(&a);
+    free(a.ids);
+    return ex;
+  }
   m3_client *c = NULL;
   if ((ex = connect_server("stats", &a, &c)) != 0) goto out;
   m3_client_stats st;

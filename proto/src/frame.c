@@ -120,6 +120,7 @@ int m3_status_from_err(int err) {
   case M3_EBUSY: return M3__STATUS_CODE__UNAVAILABLE;
   case M3_EUNSUPPORTED: return M3__STATUS_CODE__UNIMPLEMENTED;
   case M3_EEXIST: return M3__STATUS_CODE__ALREADY_EXISTS;
+  case M3_ECANCELED: return M3__STATUS_CODE__CANCELLED;
   default: return M3__STATUS_CODE__INTERNAL;
   }
 }
@@ -135,6 +136,7 @@ int m3_err_from_status(int code) {
   case M3__STATUS_CODE__UNIMPLEMENTED: return M3_EUNSUPPORTED;
   case M3__STATUS_CODE__ALREADY_EXISTS: return M3_EEXIST;
   case M3__STATUS_CODE__UNAVAILABLE: return M3_EBUSY;
+  case M3__STATUS_CODE__CANCELLED: return M3_ECANCELED;
   default: return M3_EIO;
   }
 }

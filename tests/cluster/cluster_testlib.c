@@ -154,6 +154,28 @@ void cl_restart(cl_cluster *c, unsigned s, unsigned r) {
   }
 }
 
+static int paused[CL_MAX_SERVERS * 8];
+static int n_paused;
+
+static void resume_all(void) {
+  for (int i = 0; i < n_paused; i++)
+    if (paused[i] > 0) kill(paused[i], SIGCONT);
+}
+
+void cl_pause(cl_cluster *c, unsigned s, unsigned r) {
+  int pid = c->pid[s * c->replicas + r];
+  if (n_paused == 0) atexit(resume_all); /* runs before down_all: registered later */
+  if (n_paused < (int)(sizeof paused / sizeof paused[0])) paused[n_paused++] = pid;
+  if (kill(pid, SIGSTOP) != 0) fail_msg("SIGSTOP %d: %s", pid, strerror(errno));
+}
+
+void cl_resume(cl_cluster *c, unsigned s, unsigned r) {
+  int pid = c->pid[s * c->replicas + r];
+  if (kill(pid, SIGCONT) != 0) fail_msg("SIGCONT %d: %s", pid, strerror(errno));
+  for (int i = 0; i < n_paused; i++)
+    if (paused[i] == pid) paused[i] = 0;
+}
+
 m3_cluster *cl_open(const cl_cluster *c, const m3_cluster_options *o) {
   m3_cluster_map *map = NULL;
   CHECK_OK(m3_cluster_map_load(c->map, &map));
@@ -161,4 +183,82 @@ m3_cluster *cl_open(const cl_cluster *c, const m3_cluster_options *o) {
   CHECK_OK(m3_cluster_open(map, o, &cl));
   m3_cluster_map_free(map);
   return cl;
+}
+
+void cl_round_init(cl_round *r, size_t nq, uint32_t k) {
+  memset(r, 0, sizeof *r);
+  r->nq = nq;
+  r->k = k;
+  r->h = calloc(nq * k, sizeof *r->h);
+  if (r->h == NULL) fail_msg("out of memory");
+}
+
+void cl_round_free(cl_round *r) {
+  for (size_t i = 0; r->h && i < r->nq * r->k; i++) free(r->h[i].data);
+  free(r->h);
+  r->h = NULL;
+}
+
+static int round_bad(cl_round *r, const char *why, const m3_client_memory *m) {
+  if (r->bad++ == 0)
+    snprintf(r->why, sizeof r->why, "%s (query %u rank %u chunk %llu)", why, m->query, m->rank,
+             (unsigned long long)m->chunk_id);
+  return 0;
+}
+
+int cl_round_on_mem(void *ud, const m3_client_memory *m) {
+  cl_round *r = ud;
+  if (m->query >= r->nq || m->rank >= r->k) return round_bad(r, "tag out of range", m);
+  if (m->record) {
+    const uint8_t *lo = m->data, *hi = m->data + m->len;
+    const uint8_t *codes = m->record->codes, *pos = (const uint8_t *)m->record->positions;
+    if (m->data == NULL || m->record->chunk_id != m->chunk_id || codes < lo || codes >= hi ||
+        pos < lo || pos >= hi)
+      return round_bad(r, "m.record is not the parse of m.data", m);
+  }
+  cl_hit *h = &r->h[(size_t)m->query * r->k + m->rank];
+  h->seen++;
+  h->id = m->chunk_id;
+  h->score = m->score;
+  h->status = m->status;
+  free(h->data);
+  h->data = NULL;
+  h->len = 0;
+  if (m->data) {
+    h->data = malloc(m->len);
+    if (h->data == NULL) fail_msg("out of memory");
+    memcpy(h->data, m->data, m->len);
+    h->len = m->len;
+  }
+  snprintf(h->text, sizeof h->text, "%s", m->text ? m->text : "");
+  return 0;
+}
+
+void cl_round_expect_equal(const cl_round *want, const cl_round *got, const char *what) {
+  if (want->bad || got->bad)
+    fail_msg("%s: bad deliveries: %d (%s) / %d (%s)", what, want->bad, want->why, got->bad,
+             got->why);
+  if (want->nq != got->nq || want->k != got->k)
+    fail_msg("%s: shapes differ: %zu x %u vs %zu x %u", what, want->nq, want->k, got->nq, got->k);
+  for (size_t i = 0; i < want->nq * want->k; i++) {
+    const cl_hit *x = &want->h[i], *y = &got->h[i];
+    size_t q = i / want->k, rk = i % want->k;
+    if (x->seen != y->seen || y->seen > 1)
+      fail_msg("%s: query %zu rank %zu delivered %d times, want %d", what, q, rk, y->seen,
+               x->seen);
+    if (!x->seen) continue;
+    if (x->id != y->id || x->status != y->status)
+      fail_msg("%s: query %zu rank %zu: chunk %llu status %d (%.7f), want chunk %llu status %d "
+               "(%.7f)", what, q, rk, (unsigned long long)y->id, y->status, (double)y->score,
+               (unsigned long long)x->id, x->status, (double)x->score);
+    if (x->score != y->score && (x->score - y->score > 1e-6f || y->score - x->score > 1e-6f))
+      fail_msg("%s: query %zu rank %zu chunk %llu: score %.7f, want %.7f", what, q, rk,
+               (unsigned long long)y->id, (double)y->score, (double)x->score);
+    if (x->len != y->len || (x->len && memcmp(x->data, y->data, x->len) != 0))
+      fail_msg("%s: query %zu rank %zu chunk %llu: record bytes differ (%zu vs %zu bytes)", what,
+               q, rk, (unsigned long long)y->id, y->len, x->len);
+    if (strcmp(x->text, y->text) != 0)
+      fail_msg("%s: query %zu rank %zu chunk %llu: text '%s', want '%s'", what, q, rk,
+               (unsigned long long)y->id, y->text, x->text);
+  }
 }

@@ -33,8 +33,44 @@ void cl_kill(cl_cluster *c, unsigned s, unsigned r);
  * store copy, wait until it listens, and record its pid for cl_down. */
 void cl_restart(cl_cluster *c, unsigned s, unsigned r);
 
+/* SIGSTOP replica r of shard s: it keeps accepting connections (the
+ * kernel does) but answers nothing, a replica gone slow. Resumed by
+ * cl_resume, or at exit (before the cluster is stopped). */
+void cl_pause(cl_cluster *c, unsigned s, unsigned r);
+void cl_resume(cl_cluster *c, unsigned s, unsigned r);
+
 /* A handle on the cluster's map with o (NULL: defaults). */
 m3_cluster *cl_open(const cl_cluster *c, const m3_cluster_options *o);
+
+/* What a retrieval round (or a fetch: k 1, m.query the index) delivered,
+ * per (query, rank). */
+typedef struct cl_hit {
+  uint64_t id;
+  float score;
+  int status, seen;
+  uint8_t *data; /* malloc'ed copy */
+  size_t len;
+  char text[64];
+} cl_hit;
+
+typedef struct cl_round {
+  size_t nq;
+  uint32_t k;
+  cl_hit *h;  /* (nq, k) */
+  int bad;    /* out-of-range tags, or a parsed record that does not match */
+  char why[200];
+} cl_round;
+
+void cl_round_init(cl_round *r, size_t nq, uint32_t k);
+void cl_round_free(cl_round *r);
+/* An m3_client_memory_fn filling the cl_round in ud (not thread-safe: one
+ * call's callbacks are serialised). Checks that m.record, when set, is the
+ * parse of m.data (chunk id, codes and positions inside data). */
+int cl_round_on_mem(void *ud, const m3_client_memory *m);
+/* got equals want: each (query, rank) delivered once by both, same id,
+ * status, score (1e-6), record bytes and text; fails the test naming
+ * `what` and the first difference. */
+void cl_round_expect_equal(const cl_round *want, const cl_round *got, const char *what);
 
 /* Run a shell command line; returns its exit status (fails the test when
  * it cannot run). */

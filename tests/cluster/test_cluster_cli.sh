@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The cluster from the command line: deploy/local/m3-cluster up/status/down,
 # `m3 query --cluster` and `m3 fetch --cluster` printing what --server prints
-# against one unsharded server on the original store, and
-# `m3-bench rpc --cluster` running without errors.
+# against one unsharded server on the original store, `m3 stats --cluster`
+# (every replica's counters and the totals, down replicas with their error),
+# and `m3-bench rpc --cluster` running without errors.
 set -euo pipefail
 B=${M3_BIN_DIR:?}
 L=${M3_SOURCE_DIR:?}/deploy/local/m3-cluster
@@ -16,6 +17,13 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+py=/usr/bin/python3
+# jcheck FILE EXPR: the Python expression EXPR over the JSON in FILE (as j)
+# must be true.
+jcheck() {
+  "$py" -c 'import json, sys; j = json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$1" "$2" \
+    || { cat "$1" >&2; fail "$1: not true: $2"; }
+}
 
 "$B/m3-bench" gen --store "$T/store" --count 600 --emb-dim 32 >/dev/null
 bash "$L" up --store "$T/store" --shards 2 --replicas 2 --dir "$T/run"
@@ -55,6 +63,28 @@ diff "$T/s.txt" "$T/c.txt" || fail "m3 fetch --cluster output differs"
 rc=0; "$B/m3" fetch --cluster "$T/run/cluster.json" --id 1 --id 100000 >/dev/null 2>&1 || rc=$?
 [[ $rc == 1 ]] || fail "m3 fetch --cluster of a missing id exited $rc, want 1"
 
+# stats --cluster: every replica up with its half of the records, totals
+# that add up, and the memories a fetch serves counted.
+M=$T/run/cluster.json
+"$B/m3" stats --cluster "$M" --json >"$T/st0.json"
+jcheck "$T/st0.json" 'j["shards"] == 2 and len(j["replicas"]) == 4'
+jcheck "$T/st0.json" 'all(r["up"] and r["records"] == 300 and r["server_name"] for r in j["replicas"])'
+jcheck "$T/st0.json" 'sorted((r["shard"], r["replica"]) for r in j["replicas"]) == [(0, 0), (0, 1), (1, 0), (1, 1)]'
+jcheck "$T/st0.json" 'j["totals"]["records"] == 600 and j["totals"]["up"] == 4 and j["totals"]["down"] == 0 and j["totals"]["shards_down"] == 0'
+jcheck "$T/st0.json" 'j["totals"]["calls"] == sum(r["calls"] for r in j["replicas"]) > 0'
+jcheck "$T/st0.json" 'j["totals"]["memories_served"] == sum(r["memories_served"] for r in j["replicas"]) > 0'
+while read -r s r _ port _; do
+  jcheck "$T/st0.json" "any(x['shard'] == $s and x['replica'] == $r and x['address'] == '127.0.0.1:$port' for x in j['replicas'])"
+done <"$T/run/servers"
+"$B/m3" fetch --cluster "$M" --id 10 --id 11 --id 12 --id 13 --id 14 --id 15 --id 16 >/dev/null
+"$B/m3" stats --cluster "$M" --json >"$T/st1.json"
+served0=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["totals"]["memories_served"])' "$T/st0.json")
+jcheck "$T/st1.json" "j['totals']['memories_served'] == $served0 + 7"
+"$B/m3" stats --cluster "$M" >"$T/st.txt"
+cat "$T/st.txt"
+[[ $(grep -c ' up ' "$T/st.txt") == 4 ]] || fail "stats --cluster text: not 4 replicas up"
+grep -q '^total .* 600 ' "$T/st.txt" || fail "stats --cluster text: no total of 600 records"
+
 # Bad maps are usage errors that name the file.
 echo '{"shards": [' >"$T/bad.json"
 rc=0; "$B/m3" query --cluster "$T/bad.json" --text x 2>"$T/err" || rc=$?
@@ -72,13 +102,25 @@ grep -q '"errors": 0,' "$T/bench.json" || fail "m3-bench rpc --cluster --hedge-m
 grep '"hedges"' "$T/bench.json"
 
 # A whole shard down from the CLI: exit 1 and a message naming the shard.
-read -r _ _ p10 _ < <(awk '$1 == 1 && $2 == 0' "$T/run/servers")
+read -r _ _ p10 p10x _ < <(awk '$1 == 1 && $2 == 0' "$T/run/servers")
 read -r _ _ p11 _ < <(awk '$1 == 1 && $2 == 1' "$T/run/servers")
 kill -9 "$p10" "$p11"
 sleep 0.5
 rc=0; "$B/m3" query --cluster "$T/run/cluster.json" --vector-file "$T/q.txt" 2>"$T/err" >/dev/null || rc=$?
 [[ $rc == 1 ]] && grep -q "UNAVAILABLE" "$T/err" && grep -q "shard 1" "$T/err" || fail "shard down: exit $rc, $(cat "$T/err")"
 cat "$T/err"
+# stats --cluster with shard 1 gone: its replicas listed down with their
+# error, the rest counted, exit 0; a map of dead replicas only: exit 2.
+rc=0; "$B/m3" stats --cluster "$M" --json >"$T/st2.json" 2>"$T/err" || rc=$?
+[[ $rc == 0 ]] || fail "stats --cluster with a shard down exited $rc: $(cat "$T/err")"
+jcheck "$T/st2.json" 'j["totals"]["up"] == 2 and j["totals"]["down"] == 2 and j["totals"]["shards_down"] == 1 and j["totals"]["records"] == 300'
+jcheck "$T/st2.json" 'all((not r["up"]) == (r["shard"] == 1) for r in j["replicas"])'
+jcheck "$T/st2.json" 'all("refused" in r["error"] and "records" not in r for r in j["replicas"] if r["shard"] == 1)'
+grep -q "shard 1 replica 127.0.0.1:$p10x down" "$T/err" || fail "stats --cluster: no warning naming the down replica: $(cat "$T/err")"
+"$py" -c 'import json,sys; m = json.load(open(sys.argv[1])); m["shards"] = [dict(s, id=0) for s in m["shards"] if s["id"] == 1]; json.dump(m, open(sys.argv[2], "w"))' "$M" "$T/dead.json"
+rc=0; "$B/m3" stats --cluster "$T/dead.json" >/dev/null 2>"$T/err" || rc=$?
+[[ $rc == 2 ]] && grep -q "no replica of" "$T/err" || fail "stats --cluster, all down: exit $rc, $(cat "$T/err")"
+
 rc=0; bash "$L" status --dir "$T/run" >"$T/status" || rc=$?
 [[ $rc == 1 && $(grep -c ' dead ' "$T/status") == 2 ]] || fail "status after kills: exit $rc"
 

@@ -1,6 +1,7 @@
 # Cluster tests: a local 2-shard x 2-replica cluster (deploy/local/m3-cluster
 # over real m3-server processes on loopback) against one unsharded server,
-# under replica kills, with a shard down, and with servers of another layout.
+# under replica kills, with a shard down, with servers of another layout,
+# with a replica stopped, and through async calls.
 # Skipped (exit 77) when m3-server is not built.
 set(_cldir ${CMAKE_CURRENT_LIST_DIR})
 set(_clutil ${_cldir}/cluster_testlib.c ${_cldir}/../client/client_testlib.c
@@ -22,6 +23,18 @@ m3_cluster_test(test_cluster_equiv "integration" 120)
 m3_cluster_test(test_cluster_shard_down "integration;fault" 120)
 m3_cluster_test(test_cluster_fingerprint "integration" 120)
 m3_cluster_test(test_cluster_failover "integration;fault" 180)
+# The worker pool and async calls (callback mode), cancel and close with ops
+# in flight, hedged Fetch around a stopped replica.
+m3_cluster_test(test_cluster_pool "integration" 120)
+m3_cluster_test(test_cluster_async "integration" 120)
+m3_cluster_test(test_cluster_async_cancel "integration" 120)
+m3_cluster_test(test_cluster_hedge_fetch "integration;fault" 120)
+# Dispatch mode driven by a real libuv loop (libuv is the server's
+# dependency; the test is left out where it is missing).
+pkg_check_modules(M3_TEST_LIBUV QUIET IMPORTED_TARGET libuv)
+if(M3_TEST_LIBUV_FOUND)
+  m3_cluster_test(test_cluster_uv "integration" 120 PkgConfig::M3_TEST_LIBUV)
+endif()
 
 # The same kill run as a soak: 25 s x $M3_SOAK_SCALE (1 in CI; 10 for a few
 # minutes) with 2 + 4 x scale replica kills, all but the last two restarted

@@ -40,9 +40,16 @@
  * whose layout or fingerprint differs is refused (M3_EFINGERPRINT, the
  * message names the server and its shard) and treated as a failed replica.
  *
+ * Workers: the handle owns a fixed pool of threads (options.threads,
+ * started by m3_cluster_open, joined by m3_cluster_close). A call hands
+ * its per-shard work to the pool and runs one shard itself; while it waits
+ * it takes back and runs the shards no worker has started, so no call ever
+ * waits on the queue and a pool smaller than the work only serialises it.
+ * Calls create no threads.
+ *
  * A retrieval round (m3_cluster_retrieve): Search on every shard in
- * parallel (one thread per shard, one replica each), merge to the global
- * top-k of each query (score descending, then chunk id ascending: the
+ * parallel (a job per shard on the pool, one replica each), merge to the
+ * global top-k of each query (score descending, then chunk id ascending: the
  * server's index order, so the round equals what one unsharded store
  * gives), then Fetch the winners from their owning shards in parallel
  * (each distinct id once) and hand each memory to the callback tagged with
@@ -63,10 +70,24 @@
  * NOT_FOUND, UNIMPLEMENTED, UNAUTHENTICATED, PERMISSION_DENIED, ...) are the
  * same on every replica and end the call at once.
  *
- * Hedging (hedge_delay_ms > 0): a Search attempt that has not answered
- * after hedge_delay_ms is also sent to the next replica; the first answer
- * wins and the other is abandoned (it finishes on its own connection
- * within try_timeout_ms and the connection goes back to the pool).
+ * Hedging (hedge_delay_ms > 0, shards with 2 replicas or more): a Search
+ * or Fetch attempt on a shard that has not answered after hedge_delay_ms
+ * is also sent to the next replica; the first complete answer wins. A
+ * loser still waiting for its answer is interrupted (its connection is shut
+ * and closed, freeing its worker at once; one still connecting ends within
+ * connect_timeout_ms), and its replica, not failed, is tried after the
+ * others for a backoff (backoff_min_ms doubling per race it loses in a row,
+ * up to backoff_max_ms; an answer ends it): a replica gone slow stops
+ * taking first attempts instead of costing every call the hedge delay.
+ * Each attempt runs on a pool thread; when every pool thread is busy, the
+ * shard's job runs the attempt itself and cannot hedge it. With hedging
+ * on, a Fetch attempt copies each memory
+ * it receives into a buffer and the callback gets the winner's copies once
+ * it has finished (so no memory reaches the callback twice): hedged Fetch
+ * costs one copy of each memory and delivers a shard's memories only when
+ * its whole answer is in, instead of as they arrive. Items that failed
+ * alone on the winner (bad bytes) are then asked of the other replicas, as
+ * without hedging. counters.hedges counts the second attempts sent.
  *
  * Errors: 0 or a negative m3 code. When every replica of a shard failed,
  * the call fails with M3_EBUSY and gRPC status UNAVAILABLE, and the message
@@ -80,8 +101,57 @@
  * m3_cluster_last_status() (per thread) hold the message.
  *
  * Threads: an m3_cluster is thread-safe: any number of threads may call it
- * at once. Callbacks of one call run on the cluster's per-shard threads,
- * one at a time (serialised by the call), never after the call returned.
+ * at once. Callbacks of one sync call run on the calling thread or the
+ * cluster's worker threads, one at a time (serialised by the call), never
+ * after the call returned.
+ *
+ * Async calls (m3_cluster_search_async, _retrieve_async, _fetch_async):
+ * the call copies its request (queries with their vectors and texts, ids)
+ * and returns at once; the caller may free its arrays then. The op runs on
+ * the worker pool like a sync call (same failover, hedging and results; its
+ * deadline, call_timeout_ms, counts from submission), and completes in the
+ * mode options.completion chose for the handle:
+ *
+ *   M3_CLUSTER_COMPLETION_CALLBACK (default): the memory callback and then
+ *   the done callback run on the cluster's worker threads. The memory
+ *   callbacks of one op are serialised and all run before its done
+ *   callback; different ops run concurrently.
+ *
+ *   M3_CLUSTER_COMPLETION_DISPATCH (loop integration): each memory is
+ *   copied into a per-cluster queue as it arrives (record bytes, text,
+ *   error and parsed header: m.data and m.record point into the copy), and
+ *   m3_cluster_event_fd() becomes readable while the queue is not empty.
+ *   The application calls m3_cluster_dispatch() on its own thread (an event
+ *   loop's, e.g. a libuv uv_poll_t on that fd): it runs the queued memory
+ *   callbacks and done callbacks there, in arrival order, a memory of an op
+ *   always before its done. The copies live until dispatched: a loop that
+ *   does not dispatch lets them pile up.
+ *
+ * Every successfully submitted op gets exactly one done callback, with
+ * what the sync call would have returned (m3_cluster_result); a submission
+ * that fails returns its code and never calls back (no done either).
+ * Cancel (m3_cluster_op_cancel) is best effort: no memory callback starts
+ * after it returned (in dispatch mode, queued memories are dropped); a
+ * shard request in flight is not interrupted (it ends at its next memory,
+ * or within try_timeout_ms) but no new one starts; an op not started yet
+ * does nothing. If the cancel came before the done callback started, done
+ * reports rc M3_ECANCELED with status 1 (CANCELLED) and a message starting
+ * "cancelled", even if every memory had been delivered. A memory
+ * callback returning non-zero stops its op the same way, and done gets
+ * that value.
+ *
+ * Ops and memory: m3_cluster_op is a handle the caller asked for (op_out
+ * not NULL) and must give back with m3_cluster_op_free, before or after
+ * the op completed (even after m3_cluster_close); the op itself is freed
+ * when it is both completed (done callback returned) and given back.
+ * m3_cluster_op_cancel is safe on any op not yet given back, also after
+ * its done callback ran (then it does nothing).
+ *
+ * m3_cluster_close with ops outstanding cancels them, waits until the
+ * workers finished them, and, in dispatch mode, runs the done callbacks
+ * still queued on the closing thread (their memories are dropped): every
+ * op has had its done callback when close returns. No callback may call
+ * m3_cluster_close; async submissions during close fail with M3_EBUSY.
  */
 #ifndef M3_CLUSTER_H
 #define M3_CLUSTER_H
@@ -130,8 +200,8 @@ typedef struct m3_cluster_options {
   int call_timeout_ms;       /* overall deadline of each call, search and
                                 fetch and every failover included (10000) */
   int try_timeout_ms;        /* most one replica gets within a call (3000) */
-  int hedge_delay_ms;        /* Search: also ask the next replica after this
-                                long without an answer; 0: off (0) */
+  int hedge_delay_ms;        /* Search and Fetch: also ask the next replica
+                                after this long without an answer; 0: off (0) */
   int max_conns_per_replica; /* pooled connections per replica; callers
                                 beyond wait for one (16) */
   int backoff_min_ms;        /* first backoff of a failed replica (100) */
@@ -144,7 +214,18 @@ typedef struct m3_cluster_options {
                                 worker decodes with (0) */
   int check_fingerprint;     /* (0) */
   const char *client_name;   /* ("libm3client cluster"); borrowed for open */
+  int threads;               /* worker threads running the shards' work of
+                                every call and the async ops; 0: 2 x shards,
+                                3 x shards with hedging, at least 2 (0) */
+  int completion;            /* m3_cluster_completion: how async ops
+                                complete (M3_CLUSTER_COMPLETION_CALLBACK) */
 } m3_cluster_options;
+
+/* How async ops deliver their memories and completion (see the top). */
+typedef enum m3_cluster_completion {
+  M3_CLUSTER_COMPLETION_CALLBACK = 0, /* on the cluster's worker threads */
+  M3_CLUSTER_COMPLETION_DISPATCH = 1, /* queued; m3_cluster_dispatch runs them */
+} m3_cluster_completion;
 
 void m3_cluster_options_init(m3_cluster_options *o);
 
@@ -156,7 +237,10 @@ void m3_cluster_options_init(m3_cluster_options *o);
  */
 int m3_cluster_open(const m3_cluster_map *map, const m3_cluster_options *o, m3_cluster **out);
 
-/* Stop the prober, close every connection, free. No call may be running.
+/* Cancel and finish the async ops (their done callbacks all run, see the
+ * top), stop the prober and the workers (abandoned hedged attempts finish
+ * first, within try_timeout_ms), close every connection and the event fd,
+ * free. No sync call may be running, and no callback may call it.
  * m3_cluster_close(NULL) does nothing. */
 void m3_cluster_close(m3_cluster *cl);
 
@@ -217,6 +301,79 @@ int m3_cluster_retrieve(m3_cluster *cl, const m3_client_query *queries, size_t n
 int m3_cluster_fetch(m3_cluster *cl, const uint64_t *ids, size_t n, int with_text,
                      m3_client_memory_fn fn, void *ud);
 
+/* ---- async calls ---------------------------------------------------- */
+
+typedef struct m3_cluster_op m3_cluster_op;
+
+/* How an async op ended, for its done callback; every pointer is owned by
+ * the op and valid during the callback only. */
+typedef struct m3_cluster_result {
+  int rc;                 /* what the sync call returns: 0, an m3 code, or
+                             the memory callback's non-zero value */
+  int status;             /* gRPC status, as m3_cluster_last_status */
+  int shard;              /* the shard that failed the op, or -1 */
+  const char *msg;        /* why it failed; "" on success */
+  /* m3_cluster_search_async (NULL for the others): the global top-k as
+   * m3_cluster_search fills its arrays, ids and scores (nq, k), counts (nq);
+   * only meaningful when rc is 0 */
+  const uint64_t *ids;
+  const float *scores;
+  const uint32_t *counts;
+  size_t nq;
+  uint32_t k;
+} m3_cluster_result;
+
+/* Called once per op, after its last memory callback. */
+typedef void (*m3_cluster_done_fn)(void *ud, const m3_cluster_result *res);
+
+/*
+ * The async forms of m3_cluster_retrieve, m3_cluster_fetch and
+ * m3_cluster_search: same arguments and results (fn gets the same memories
+ * tagged the same way), delivered as options.completion says (see the top);
+ * done (may be NULL) and fn get ud. The request (queries with their vector
+ * and text, ids) is copied: the caller's arrays are free to go when the
+ * call returns. op_out (may be NULL: no handle, no cancel) receives a handle
+ * the caller must give back with m3_cluster_op_free.
+ * Returns 0 when the op was queued; otherwise an m3 code and nothing is
+ * called back: M3_EINVAL (no queries, k 0, no ids, no fn), M3_ENOMEM,
+ * M3_EBUSY (the cluster is closing).
+ */
+int m3_cluster_retrieve_async(m3_cluster *cl, const m3_client_query *queries, size_t nq,
+                              uint32_t k, int with_text, m3_client_memory_fn fn,
+                              m3_cluster_done_fn done, void *ud, m3_cluster_op **op_out);
+int m3_cluster_fetch_async(m3_cluster *cl, const uint64_t *ids, size_t n, int with_text,
+                           m3_client_memory_fn fn, m3_cluster_done_fn done, void *ud,
+                           m3_cluster_op **op_out);
+int m3_cluster_search_async(m3_cluster *cl, const m3_client_query *queries, size_t nq,
+                            uint32_t k, m3_cluster_done_fn done, void *ud,
+                            m3_cluster_op **op_out);
+
+/* Best effort cancel (see the top): thread-safe, from any thread or
+ * callback, any time before m3_cluster_op_free; a no-op once done ran. */
+void m3_cluster_op_cancel(m3_cluster_op *op);
+
+/* Give back the caller's handle; the op is freed once it has also
+ * completed. Does not cancel. m3_cluster_op_free(NULL) does nothing. */
+void m3_cluster_op_free(m3_cluster_op *op);
+
+/*
+ * Dispatch mode: the eventfd (non-blocking, close-on-exec, owned by the
+ * cluster, closed by m3_cluster_close) that is readable while completions
+ * wait; watch it for reading in the application's loop. M3_EINVAL in
+ * callback mode.
+ */
+int m3_cluster_event_fd(m3_cluster *cl);
+
+/*
+ * Dispatch mode: run the completions queued now (memory callbacks, done
+ * callbacks) on this thread, and clear the event fd's readiness. Returns
+ * how many callbacks ran (0 when nothing waited), M3_EINVAL in callback
+ * mode, M3_EBUSY when another thread is dispatching or when called from a
+ * dispatched callback (one dispatcher at a time keeps an op's callbacks
+ * serialised).
+ */
+int m3_cluster_dispatch(m3_cluster *cl);
+
 /* ---- observation ---------------------------------------------------- */
 
 typedef struct m3_cluster_replica_info {
@@ -234,7 +391,7 @@ int m3_cluster_replica_get(m3_cluster *cl, uint32_t shard, uint32_t replica,
                            m3_cluster_replica_info *out);
 
 typedef struct m3_cluster_counters {
-  uint64_t calls;       /* search, retrieve and fetch calls */
+  uint64_t calls;       /* search, retrieve and fetch calls, async included */
   uint64_t failed;      /* calls that returned an error (not callback stops) */
   uint64_t failovers;   /* attempts moved to another replica */
   uint64_t hedges;      /* hedged second attempts sent */

@@ -109,7 +109,8 @@ class _ClusterOptions(ctypes.Structure):
         "connect_timeout_ms", "call_timeout_ms", "try_timeout_ms", "hedge_delay_ms",
         "max_conns_per_replica", "backoff_min_ms", "backoff_max_ms", "probe_interval_ms")] + [
         ("token", ctypes.c_char_p), ("codec_fingerprint", ctypes.c_uint64),
-        ("check_fingerprint", ctypes.c_int), ("client_name", ctypes.c_char_p)]
+        ("check_fingerprint", ctypes.c_int), ("client_name", ctypes.c_char_p),
+        ("threads", ctypes.c_int), ("completion", ctypes.c_int)]
 
 
 class _ClusterCounters(ctypes.Structure):

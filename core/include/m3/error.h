@@ -30,7 +30,8 @@
   XX(UNSUPPORTED, -12, "operation not supported")                        \
   XX(RANGE,       -13, "value out of range")                             \
   XX(SHAPE,       -14, "memory shape mismatch")                          \
-  XX(INTERNAL,    -15, "internal error")
+  XX(INTERNAL,    -15, "internal error")                                 \
+  XX(CANCELED,    -16, "cancelled")
 
 typedef enum m3_errno {
   M3_OK = 0,
