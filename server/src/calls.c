@@ -582,65 +582,71 @@ static int start_reads(server *s, call *cl, size_t k) {
   return 0;
 }
 
+static void unqueue(server *s, call *cl) {
+  if (!cl->queued_for_bufs) return;
+  if (cl->fqprev) cl->fqprev->fqnext = cl->fqnext;
+  else s->fetch_queue = cl->fqnext;
+  if (cl->fqnext) cl->fqnext->fqprev = cl->fqprev;
+  else s->fetch_tail = cl->fqprev;
+  cl->fqnext = cl->fqprev = NULL;
+  cl->queued_for_bufs = 0;
+  s->fetch_waiting--;
+}
+
+void fetch_forget(call *cl) {
+  if (!cl->queued_for_bufs) return;
+  unqueue(cl->c->s, cl);
+  /* Reads it started still complete (and give their buffers back). */
+  cl->working = cl->reading > 0 || cl->flushing || cl->job_running;
+}
+
 /*
  * Lend buffers and start reads, oldest call first; a call leaves the queue
- * once all its reads have started (or it ended). A call gets no more than
- * its connection may take: nothing while the connection's answers are past
- * the write high-water mark, and at most a quarter of the budget lent to
- * one connection at a time (buffers stay lent until the client has read
- * their memories: a client that stops reading pins its share until the
- * idle timeout closes it, and no more).
+ * once all its reads have started (a call that ends leaves at once:
+ * fetch_forget). A call gets no more than its connection may take: nothing
+ * while the connection's answers are past the write high-water mark, and
+ * at most a quarter of the budget lent to one connection at a time
+ * (buffers stay lent until the client has read their memories: a client
+ * that stops reading pins its share until the idle timeout closes it, and
+ * no more).
  */
 void fetch_pump(server *s) {
   size_t share = s->bufs_max / 4 ? s->bufs_max / 4 : 1, hw = s->cfg.write_high_water;
-  call *prev = NULL;
   for (call *cl = s->fetch_queue, *next; cl; cl = next) {
     next = cl->fqnext;
-    conn *c = cl->c;
     size_t avail = s->bufs_max > s->bufs_out ? s->bufs_max - s->bufs_out : 0;
-    int leave = cl->ended;
+    if (avail == 0 || s->aio_busy) break;
+    conn *c = cl->c;
     size_t busy = c->queued + c->fetching;
-    if (!leave && (avail == 0 || s->aio_busy)) {
-      prev = cl; /* later calls may have ended: they still leave */
-      continue;
-    }
-    if (!leave && busy > 0 && busy >= hw) {
+    if (busy > 0 && busy >= hw) {
       /* Its client is not reading: no buffers for it, and no more calls
        * from it until its writes drain (on_write reads it again). */
       conn_pause_reading(c);
-    } else if (!leave && !cl->job_running && c->lent < share) {
-      size_t want = cl->nitems - cl->started;
-      size_t room = busy < hw ? (hw - busy + s->buf_cap - 1) / s->buf_cap : 1;
-      if (want > avail) want = avail;
-      if (want > room) want = room;
-      if (want > share - c->lent) want = share - c->lent;
-      size_t k = lend(s, cl, want);
-      int rc = k ? start_reads(s, cl, k) : M3_ENOMEM;
-      if (rc) {
-        for (size_t j = 0; j < k; j++) bufs_return(s, c, &cl->items[cl->started + j].buf, 1);
-        c->fetching -= k * s->buf_cap;
-        if (rc == M3_EBUSY) { /* a commit holds the store: try again in a moment */
-          s->m.reads_deferred++;
-          s->aio_busy = 1;
-          uv_timer_start(&s->aio_retry, on_aio_retry, 1, 0);
-          break;
-        }
-        call_end(cl, rc == M3_ENOMEM ? ST_EXHAUSTED : m3_status_from_err(rc), "fetch: %s",
-                 rc == M3_ENOMEM ? "out of memory for read buffers" : m3_errmsg());
-        leave = 1;
-      } else {
-        leave = cl->started == cl->nitems;
-      }
-    }
-    if (!leave) {
-      prev = cl;
       continue;
     }
-    if (prev) prev->fqnext = next;
-    else s->fetch_queue = next;
-    if (s->fetch_tail == cl) s->fetch_tail = prev;
-    cl->fqnext = NULL;
-    cl->queued_for_bufs = 0;
+    if (cl->job_running || c->lent >= share) continue;
+    size_t want = cl->nitems - cl->started;
+    size_t room = busy < hw ? (hw - busy + s->buf_cap - 1) / s->buf_cap : 1;
+    if (want > avail) want = avail;
+    if (want > room) want = room;
+    if (want > share - c->lent) want = share - c->lent;
+    size_t k = lend(s, cl, want);
+    int rc = k ? start_reads(s, cl, k) : M3_ENOMEM;
+    if (rc) {
+      for (size_t j = 0; j < k; j++) bufs_return(s, c, &cl->items[cl->started + j].buf, 1);
+      c->fetching -= k * s->buf_cap;
+      if (rc == M3_EBUSY) { /* a commit holds the store: try again in a moment */
+        s->m.reads_deferred++;
+        s->aio_busy = 1;
+        uv_timer_start(&s->aio_retry, on_aio_retry, 1, 0);
+        break;
+      }
+      call_end(cl, rc == M3_ENOMEM ? ST_EXHAUSTED : m3_status_from_err(rc), "fetch: %s",
+               rc == M3_ENOMEM ? "out of memory for read buffers" : m3_errmsg());
+    } else if (cl->started < cl->nitems) {
+      continue;
+    }
+    unqueue(s, cl);
     fetch_settle(cl);
   }
 }
@@ -675,9 +681,12 @@ static void fetch_start(call *cl) {
   cl->pool_job = s->aio == NULL || cl->with_text;
   cl->queued_for_bufs = 1;
   cl->working = 1;
+  cl->fqprev = s->fetch_tail;
+  cl->fqnext = NULL;
   if (s->fetch_tail) s->fetch_tail->fqnext = cl;
   else s->fetch_queue = cl;
   s->fetch_tail = cl;
+  s->fetch_waiting++;
   fetch_pump(s);
 }
 

@@ -161,6 +161,7 @@ static void timer_closed(uv_handle_t *h) {
 
 static void finish(call *cl, int code) {
   cl->ended = 1;
+  fetch_forget(cl);
   server *s = cl->c->s;
   s->inflight--;
   metrics_observe(&s->m, cl->method, code, (double)(now_ns() - cl->t0_ns) / 1e9);
@@ -250,14 +251,12 @@ void conn_close(conn *c) {
   else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   s->nconns--;
-  /* Calls still working finish quietly: their results are dropped (those
-   * waiting for read buffers leave the queue at the next pump). */
+  /* Calls still working finish quietly: their results are dropped. */
   for (call *cl = c->calls, *next; cl; cl = next) {
     next = cl->next;
     if (!cl->ended) finish(cl, M3__STATUS_CODE__CANCELLED);
     call_maybe_free(cl);
   }
-  if (s->fetch_queue) fetch_pump(s);
   uv_timer_stop(&c->idle);
   uv_close((uv_handle_t *)&c->idle, idle_closed);
   uv_close((uv_handle_t *)&c->tcp, conn_freed);

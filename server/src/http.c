@@ -95,7 +95,7 @@ static void handle(http_conn *hc) {
     g.read_buffer_bytes = s->bufs_out * s->buf_cap;
     g.read_buffer_peak = s->bufs_peak * s->buf_cap;
     g.read_buffer_budget = s->bufs_max * s->buf_cap;
-    for (call *cl = s->fetch_queue; cl; cl = cl->fqnext) g.calls_waiting_for_buffers++;
+    g.calls_waiting_for_buffers = s->fetch_waiting;
     g.io_backend = m3_store_io_backend(s->store);
     size_t len;
     char *text = metrics_render(&s->m, &g, &len);

@@ -96,6 +96,7 @@ typedef struct server {
   void **bufs;               /* free buffers */
   size_t nbufs;
   call *fetch_queue, *fetch_tail;
+  size_t fetch_waiting;      /* calls in fetch_queue */
 } server;
 
 /* A call in flight. Owned by its connection; freed once it has ended (END or
@@ -140,7 +141,7 @@ struct call {
   size_t job_first, job_n;
   int queued_for_bufs;    /* in s->fetch_queue */
   int flushing;           /* in s->flush */
-  call *fqnext, *flnext;
+  call *fqnext, *fqprev, *flnext;
   char **texts;           /* per item, with_text */
   uint64_t count;         /* Put: written; Delete: deleted */
   uv_work_t work;
@@ -207,6 +208,8 @@ void server_goaway_all(server *s);
 void call_dispatch(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_t *att);
 /* Start reads that wait for buffers, oldest call first. */
 void fetch_pump(server *s);
+/* A call that ended leaves the queue for buffers (conn.c, when it ends). */
+void fetch_forget(call *cl);
 /* Give n read buffers lent to c back to the server's budget (the caller
  * starts the reads that waited for them: fetch_pump). */
 void fetch_bufs_put(server *s, conn *c, void **bufs, size_t n);
