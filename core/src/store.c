@@ -69,7 +69,9 @@ void m3__store_retire(m3_store *s, m3_segment *seg) {
     if (s->nretired + 2 > s->capretired) {
       size_t cap = s->capretired ? 2 * s->capretired : 16;
       int *n = realloc(s->retired, cap * sizeof *n);
-      if (n == NULL) goto keep; /* the descriptors stay open until close */
+      /* Out of memory: leak the two descriptors rather than close them
+       * under a read that still waits to use them. */
+      if (n == NULL) goto keep;
       s->retired = n;
       s->capretired = cap;
     }

@@ -51,7 +51,32 @@ struct m3_store_aio {
   op_list wait;      /* reads waiting for room in the ring */
   op_list done;      /* completed items waiting for reap to call fn */
   aio_op *free;
+  /* Submit's lookup arrays, kept between calls (one thread uses an aio). */
+  uint64_t *ids;
+  m3_location *locs;
+  int *st;
+  aio_op **miss;
+  size_t cap;
 };
+
+/* Make the lookup arrays hold n items. */
+static int scratch(m3_store_aio *a, size_t n) {
+  if (n <= a->cap) return 0;
+  size_t cap = a->cap ? a->cap : 64;
+  while (cap < n) cap *= 2;
+  uint64_t *ids = realloc(a->ids, cap * sizeof *ids);
+  if (ids) a->ids = ids;
+  m3_location *locs = realloc(a->locs, cap * sizeof *locs);
+  if (locs) a->locs = locs;
+  int *st = realloc(a->st, cap * sizeof *st);
+  if (st) a->st = st;
+  aio_op **miss = realloc(a->miss, cap * sizeof *miss);
+  if (miss) a->miss = miss;
+  if (!ids || !locs || !st || !miss)
+    return m3__seterr(M3_ENOMEM, "asynchronous fetch of %zu memories: out of memory", n);
+  a->cap = cap;
+  return 0;
+}
 
 static void push(op_list *l, aio_op *op) {
   op->next = NULL;
@@ -151,16 +176,13 @@ int m3_store_aio_submit(m3_store_aio *a, m3_fetch_item *items, size_t n, m3_stor
   if (pthread_rwlock_tryrdlock(&s->rw) != 0)
     return m3__seterr(M3_EBUSY, "store %s: a write is in progress", s->dir);
   op_list mine = {NULL, NULL};
-  uint64_t *ids = malloc(n * sizeof *ids);
-  m3_location *locs = malloc(n * sizeof *locs);
-  int *st = malloc(n * sizeof *st);
-  aio_op **miss = malloc(n * sizeof *miss);
   size_t nmiss = 0;
-  int rc = 0;
-  if (!ids || !locs || !st || !miss) {
-    rc = m3__seterr(M3_ENOMEM, "asynchronous fetch of %zu memories: out of memory", n);
-    goto out;
-  }
+  int rc = scratch(a, n);
+  uint64_t *ids = a->ids;
+  m3_location *locs = a->locs;
+  int *st = a->st;
+  aio_op **miss = a->miss;
+  if (rc) goto out;
   for (size_t i = 0; i < n; i++) {
     aio_op *op = op_get(a);
     if (op == NULL) {
@@ -214,10 +236,6 @@ out:
     pump(a);
     if (woke) wake(a);
   }
-  free(ids);
-  free(locs);
-  free(st);
-  free(miss);
   return rc;
 }
 
@@ -311,5 +329,9 @@ void m3_store_aio_close(m3_store_aio *a) {
   }
   io_uring_queue_exit(&a->ring);
   close(a->efd);
+  free(a->ids);
+  free(a->locs);
+  free(a->st);
+  free(a->miss);
   free(a);
 }

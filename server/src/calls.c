@@ -369,8 +369,14 @@ static void do_retrieve(call *cl) {
  * time per call, each over as many items as it got buffers for.
  */
 
+/* Whether the fetch still holds the call: reads out, waiting for buffers,
+ * memories to send, or a threadpool job. */
+static int fetch_busy(const call *cl) {
+  return cl->reading > 0 || cl->queued_for_bufs || cl->flushing || cl->job_running;
+}
+
 static void fetch_settle(call *cl) {
-  cl->working = cl->reading > 0 || cl->queued_for_bufs || cl->flushing || cl->job_running;
+  cl->working = fetch_busy(cl);
   call_maybe_free(cl);
 }
 
@@ -380,8 +386,7 @@ static void *buf_get(server *s) {
   return b;
 }
 
-/* Give buffers back without starting anything (callers pump later). */
-static void bufs_return(server *s, conn *c, void **bufs, size_t n) {
+void fetch_bufs_put(server *s, conn *c, void **bufs, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (bufs[i] == NULL) continue;
     if (s->nbufs < s->bufs_max) s->bufs[s->nbufs++] = bufs[i];
@@ -390,8 +395,6 @@ static void bufs_return(server *s, conn *c, void **bufs, size_t n) {
     c->lent--;
   }
 }
-
-void fetch_bufs_put(server *s, conn *c, void **bufs, size_t n) { bufs_return(s, c, bufs, n); }
 
 /* The payload CRC32C without another pass over the bytes: the store has
  * just checked the record's memory against the mem_crc in its header, so
@@ -403,6 +406,24 @@ static uint32_t payload_crc(const m3_fetch_item *it) {
     return m3_crc32c_combine(m3_crc32c(0, it->data, M3_RECORD_HEADER_SIZE), r.mem_crc,
                              r.mem_bytes);
   return m3_crc32c(0, it->data, it->len);
+}
+
+/* Make send_ready's arrays hold n memories. */
+static int send_scratch(server *s, size_t n) {
+  if (n <= s->send.cap) return 0;
+  size_t cap = s->send.cap ? s->send.cap : 256;
+  while (cap < n) cap *= 2;
+  size_t *ends = realloc(s->send.ends, cap * sizeof *ends);
+  if (ends) s->send.ends = ends;
+  size_t *att_lens = realloc(s->send.att_lens, cap * sizeof *att_lens);
+  if (att_lens) s->send.att_lens = att_lens;
+  const void **atts = realloc(s->send.atts, cap * sizeof *atts);
+  if (atts) s->send.atts = atts;
+  void **back = realloc(s->send.back, cap * sizeof *back);
+  if (back) s->send.back = back;
+  if (!ends || !att_lens || !atts || !back) return M3_ENOMEM;
+  s->send.cap = cap;
+  return 0;
 }
 
 /* Send the call's memories that were read since the last time, in one
@@ -419,16 +440,17 @@ static void send_ready(call *cl) {
   c->fetching -= n * s->buf_cap; /* queued for writing (or given back) now */
   int retrieve = cl->method == M3_METHOD_RETRIEVE;
   m3_wbuf frames = {0};
-  size_t *ends = malloc(n * sizeof *ends);
-  const void **atts = malloc(n * sizeof *atts);
-  size_t *att_lens = malloc(n * sizeof *att_lens);
-  void **lent = malloc(n * sizeof *lent), **back = malloc(n * sizeof *back);
+  void **lent = malloc(n * sizeof *lent); /* the write takes it */
   size_t nlent = 0, nback = 0;
-  if (!ends || !atts || !att_lens || !lent || !back) {
+  if (lent == NULL || send_scratch(s, n) != 0) {
     call_end(cl, ST_EXHAUSTED, "out of memory");
-    for (size_t r = 0; r < n; r++) bufs_return(s, c, &cl->items[cl->ready[r]].buf, 1);
-    goto out;
+    for (size_t r = 0; r < n; r++) fetch_bufs_put(s, c, &cl->items[cl->ready[r]].buf, 1);
+    free(lent);
+    return;
   }
+  size_t *ends = s->send.ends, *att_lens = s->send.att_lens;
+  const void **atts = s->send.atts;
+  void **back = s->send.back;
   size_t nf = 0;
   for (size_t r = 0; r < n; r++) {
     m3_fetch_item *it = &cl->items[cl->ready[r]];
@@ -469,17 +491,12 @@ static void send_ready(call *cl) {
     lent = NULL; /* the write gives them back */
   } else {
     if (!cl->ended) call_end(cl, ST_UNAVAILABLE, "connection lost");
-    bufs_return(s, c, lent, nlent);
+    fetch_bufs_put(s, c, lent, nlent);
   }
   if (!cl->ended && cl->sent == cl->nitems) call_end(cl, ST_OK, "%s", "");
-out:
-  if (back) bufs_return(s, c, back, nback);
+  fetch_bufs_put(s, c, back, nback);
   m3_wbuf_free(&frames);
-  free(ends);
-  free(atts);
-  free(att_lens);
   free(lent);
-  free(back);
 }
 
 /* An item's read completed (from m3_store_aio_reap, on the loop). */
@@ -597,7 +614,7 @@ void fetch_forget(call *cl) {
   if (!cl->queued_for_bufs) return;
   unqueue(cl->c->s, cl);
   /* Reads it started still complete (and give their buffers back). */
-  cl->working = cl->reading > 0 || cl->flushing || cl->job_running;
+  cl->working = fetch_busy(cl);
 }
 
 /*
@@ -633,7 +650,7 @@ void fetch_pump(server *s) {
     size_t k = lend(s, cl, want);
     int rc = k ? start_reads(s, cl, k) : M3_ENOMEM;
     if (rc) {
-      for (size_t j = 0; j < k; j++) bufs_return(s, c, &cl->items[cl->started + j].buf, 1);
+      for (size_t j = 0; j < k; j++) fetch_bufs_put(s, c, &cl->items[cl->started + j].buf, 1);
       c->fetching -= k * s->buf_cap;
       if (rc == M3_EBUSY) { /* a commit holds the store: try again in a moment */
         s->m.reads_deferred++;
@@ -725,6 +742,10 @@ void fetch_close(server *s) {
   free(s->bufs);
   s->bufs = NULL;
   s->nbufs = 0;
+  free(s->send.ends);
+  free(s->send.att_lens);
+  free(s->send.atts);
+  free(s->send.back);
 }
 
 static void do_fetch(call *cl) {

@@ -97,6 +97,13 @@ typedef struct server {
   size_t nbufs;
   call *fetch_queue, *fetch_tail;
   size_t fetch_waiting;      /* calls in fetch_queue */
+  /* send_ready's arrays, grown as needed (the loop thread only). */
+  struct {
+    size_t *ends, *att_lens;
+    const void **atts;
+    void **back;
+    size_t cap;
+  } send;
 } server;
 
 /* A call in flight. Owned by its connection; freed once it has ended (END or
@@ -210,8 +217,8 @@ void call_dispatch(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_t
 void fetch_pump(server *s);
 /* A call that ended leaves the queue for buffers (conn.c, when it ends). */
 void fetch_forget(call *cl);
-/* Give n read buffers lent to c back to the server's budget (the caller
- * starts the reads that waited for them: fetch_pump). */
+/* Give n read buffers lent to c back to the server's budget (NULL entries
+ * are skipped); starts nothing: the caller pumps (fetch_pump). */
 void fetch_bufs_put(server *s, conn *c, void **bufs, size_t n);
 /* Set up and tear down loop reads (aio NULL: threadpool reads only). */
 int fetch_init(server *s);

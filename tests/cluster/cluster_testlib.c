@@ -262,3 +262,16 @@ void cl_round_expect_equal(const cl_round *want, const cl_round *got, const char
                (unsigned long long)y->id, y->text, x->text);
   }
 }
+
+void cl_store_up(cl_cluster *c, ct_store *st, size_t n, unsigned emb_dim, unsigned shards,
+                 unsigned replicas) {
+  ct_store_make(st, n, emb_dim);
+  char run[600];
+  snprintf(run, sizeof run, "%s/run", st->dir);
+  cl_up(c, st->store, run, shards, replicas);
+}
+
+void cl_store_down(cl_cluster *c, ct_store *st) {
+  cl_down(c);
+  ct_store_free(st);
+}

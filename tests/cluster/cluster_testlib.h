@@ -27,6 +27,12 @@ void cl_up(cl_cluster *c, const char *store, const char *rundir, unsigned shards
            unsigned replicas);
 /* `m3-cluster down`. */
 void cl_down(cl_cluster *c);
+/* The usual test setup: a store of n memories with emb_dim-dim embeddings
+ * (ct_store_make) and a shards x replicas cluster over it in st->dir/run;
+ * and its teardown (cl_down, ct_store_free). */
+void cl_store_up(cl_cluster *c, ct_store *st, size_t n, unsigned emb_dim, unsigned shards,
+                 unsigned replicas);
+void cl_store_down(cl_cluster *c, ct_store *st);
 /* SIGKILL replica r of shard s and wait until it is gone. */
 void cl_kill(cl_cluster *c, unsigned s, unsigned r);
 /* Start replica r of shard s again (after cl_kill) on its old port and

@@ -79,17 +79,13 @@ static void wait_done(int n) {
 static int setup(void **state) {
   (void)state;
   main_thread = pthread_self();
-  ct_store_make(&st, 600, DIM);
-  char run[600];
-  snprintf(run, sizeof run, "%s/run", st.dir);
-  cl_up(&cc, st.store, run, 2, 2);
+  cl_store_up(&cc, &st, 600, DIM, 2, 2);
   return 0;
 }
 
 static int teardown(void **state) {
   (void)state;
-  cl_down(&cc);
-  ct_store_free(&st);
+  cl_store_down(&cc, &st);
   return 0;
 }
 

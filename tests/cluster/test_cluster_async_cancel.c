@@ -87,10 +87,7 @@ static float qv[8 * DIM];
 static int setup(void **state) {
   (void)state;
   main_thread = pthread_self();
-  ct_store_make(&st, 600, DIM);
-  char run[600];
-  snprintf(run, sizeof run, "%s/run", st.dir);
-  cl_up(&cc, st.store, run, 2, 2);
+  cl_store_up(&cc, &st, 600, DIM, 2, 2);
   uint64_t rng = 17;
   for (int j = 0; j < 8; j++) {
     ct_unit_vector(&rng, qv + j * DIM, DIM);
@@ -101,8 +98,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  cl_down(&cc);
-  ct_store_free(&st);
+  cl_store_down(&cc, &st);
   return 0;
 }
 

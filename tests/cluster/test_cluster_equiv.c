@@ -68,10 +68,7 @@ static m3_cluster *cl;
 
 static int setup(void **state) {
   (void)state;
-  ct_store_make(&st, 600, 32);
-  char run[600];
-  snprintf(run, sizeof run, "%s/run", st.dir);
-  cl_up(&cc, st.store, run, 2, 2);
+  cl_store_up(&cc, &st, 600, 32, 2, 2);
   ct_server_start(&single, &st, NULL);
   sc = ct_connect(&single, NULL);
   cl = cl_open(&cc, NULL);
@@ -83,8 +80,7 @@ static int teardown(void **state) {
   m3_cluster_close(cl);
   m3_client_close(sc);
   ct_server_stop(&single);
-  cl_down(&cc);
-  ct_store_free(&st);
+  cl_store_down(&cc, &st);
   return 0;
 }
 

@@ -200,10 +200,7 @@ typedef struct run_args {
 static void test_kill_one_replica_per_shard_under_load(void **state) {
   const run_args *a = *state;
   int seconds = a->seconds, kills = a->kills;
-  ct_store_make(&st, 600, 32);
-  char run[600];
-  snprintf(run, sizeof run, "%s/run", st.dir);
-  cl_up(&cc, st.store, run, 2, 2);
+  cl_store_up(&cc, &st, 600, 32, 2, 2);
   m3_cluster_options o;
   m3_cluster_options_init(&o);
   o.call_timeout_ms = deadline_ms;
@@ -279,8 +276,7 @@ static void test_kill_one_replica_per_shard_under_load(void **state) {
   CHECK_OK(m3_cluster_replica_get(cl, 1, 1, &ri));
   CHECK_U64(ri.up, 0);
   m3_cluster_close(cl);
-  cl_down(&cc);
-  ct_store_free(&st);
+  cl_store_down(&cc, &st);
 }
 
 int main(int argc, char **argv) {

@@ -33,10 +33,8 @@ static m3_cluster *open_json(const char *json, const m3_cluster_options *o) {
 
 static int setup(void **state) {
   (void)state;
-  ct_store_make(&st, 600, 32);
-  char run[600], bad_store[400];
-  snprintf(run, sizeof run, "%s/run", st.dir);
-  cl_up(&cc, st.store, run, 2, 1);
+  cl_store_up(&cc, &st, 600, 32, 2, 1);
+  char bad_store[400];
   snprintf(bad_store, sizeof bad_store, "%.300s/bad", st.dir);
   char bench[4096];
   tu_bin_path(bench, sizeof bench, "m3-bench");
@@ -57,8 +55,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   (void)state;
   ct_server_stop(&bad);
-  cl_down(&cc);
-  ct_store_free(&st);
+  cl_store_down(&cc, &st);
   return 0;
 }
 

@@ -44,10 +44,7 @@ static void timed_retrieve(m3_cluster *cl, const m3_client_query *q, cl_round *r
 
 static void test_hedged_fetch_around_a_stopped_replica(void **state) {
   (void)state;
-  ct_store_make(&st, 600, DIM);
-  char run[600];
-  snprintf(run, sizeof run, "%s/run", st.dir);
-  cl_up(&cc, st.store, run, 2, 2);
+  cl_store_up(&cc, &st, 600, DIM, 2, 2);
   m3_cluster *ref = cl_open(&cc, NULL);
   m3_cluster_options o;
   m3_cluster_options_init(&o);
@@ -136,8 +133,7 @@ static void test_hedged_fetch_around_a_stopped_replica(void **state) {
   }
   m3_cluster_close(hed);
   m3_cluster_close(ref);
-  cl_down(&cc);
-  ct_store_free(&st);
+  cl_store_down(&cc, &st);
 }
 
 int main(void) {

@@ -150,17 +150,13 @@ static void test_small_pool_many_hedged_callers(void **state) {
 
 static int setup(void **state) {
   (void)state;
-  ct_store_make(&st, 600, DIM);
-  char dir[600];
-  snprintf(dir, sizeof dir, "%s/run", st.dir);
-  cl_up(&cc, st.store, dir, 2, 2);
+  cl_store_up(&cc, &st, 600, DIM, 2, 2);
   return 0;
 }
 
 static int teardown(void **state) {
   (void)state;
-  cl_down(&cc);
-  ct_store_free(&st);
+  cl_store_down(&cc, &st);
   return 0;
 }
 

@@ -30,10 +30,7 @@ static void test_whole_shard_down_is_unavailable(void **state) {
   (void)state;
   ct_store st;
   cl_cluster cc;
-  ct_store_make(&st, 600, 32);
-  char run[600];
-  snprintf(run, sizeof run, "%s/run", st.dir);
-  cl_up(&cc, st.store, run, 2, 2);
+  cl_store_up(&cc, &st, 600, 32, 2, 2);
   m3_cluster_options o;
   m3_cluster_options_init(&o);
   o.call_timeout_ms = 8000;
@@ -82,8 +79,7 @@ static void test_whole_shard_down_is_unavailable(void **state) {
   m3_cluster_counters_get(cl, &ctr);
   if (ctr.failed < 6) fail_msg("counters say %llu failed calls", (unsigned long long)ctr.failed);
   m3_cluster_close(cl);
-  cl_down(&cc);
-  ct_store_free(&st);
+  cl_store_down(&cc, &st);
 }
 
 int main(void) {

@@ -130,10 +130,7 @@ static void submit(int gen, int slot) {
 
 static void test_libuv_loop_dispatch(void **state) {
   (void)state;
-  ct_store_make(&st, 600, DIM);
-  char run[600];
-  snprintf(run, sizeof run, "%s/run", st.dir);
-  cl_up(&cc, st.store, run, 2, 2);
+  cl_store_up(&cc, &st, 600, DIM, 2, 2);
   m3_cluster_options o;
   m3_cluster_options_init(&o);
   o.completion = M3_CLUSTER_COMPLETION_DISPATCH;
@@ -177,8 +174,7 @@ static void test_libuv_loop_dispatch(void **state) {
                 n_dispatches, n_callbacks);
   if (n_callbacks < n_done) fail_msg("dispatch ran %d callbacks for %d ops", n_callbacks, n_done);
   m3_cluster_close(cl);
-  cl_down(&cc);
-  ct_store_free(&st);
+  cl_store_down(&cc, &st);
 }
 
 int main(void) {
