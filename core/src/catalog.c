@@ -14,6 +14,11 @@
 #include "m3/fault.h"
 
 #define LOC_BYTES 28
+/* Texts and embeddings are read through it (get_text, get_embedding, the
+ * put path's checks); locations are served by the store's location table,
+ * so this only needs to hold the hot part of the rest and the index and
+ * filter blocks, which are pinned in it. */
+#define CATALOG_CACHE_BYTES (64u << 20)
 
 static void be32(uint8_t *p, uint32_t v) {
   for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
@@ -55,11 +60,17 @@ int m3__catalog_open(m3_catalog *c, const char *path, int create, int read_only)
   rocksdb_filterpolicy_t *bloom = rocksdb_filterpolicy_create_bloom(10);
   rocksdb_block_based_options_set_filter_policy(t, bloom);
   rocksdb_block_based_options_set_cache_index_and_filter_blocks(t, 1);
+  rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(t, 1);
+  c->cache = rocksdb_cache_create_lru(CATALOG_CACHE_BYTES);
+  rocksdb_block_based_options_set_block_cache(t, c->cache);
   rocksdb_options_set_block_based_table_factory(c->opts, t);
   rocksdb_block_based_options_destroy(t);
   rocksdb_options_set_info_log_level(c->opts, 3 /* ERROR */);
   rocksdb_options_set_keep_log_file_num(c->opts, 2);
   c->ropts = rocksdb_readoptions_create();
+  c->scan_ropts = rocksdb_readoptions_create();
+  rocksdb_readoptions_set_fill_cache(c->scan_ropts, 0);
+  rocksdb_readoptions_set_readahead_size(c->scan_ropts, 2u << 20);
   c->wopts_async = rocksdb_writeoptions_create();
   c->wopts_sync = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(c->wopts_sync, 1);
@@ -88,6 +99,8 @@ void m3__catalog_close(m3_catalog *c) {
   if (c->db) rocksdb_close(c->db);
   if (c->opts) rocksdb_options_destroy(c->opts);
   if (c->ropts) rocksdb_readoptions_destroy(c->ropts);
+  if (c->scan_ropts) rocksdb_readoptions_destroy(c->scan_ropts);
+  if (c->cache) rocksdb_cache_destroy(c->cache);
   if (c->wopts_async) rocksdb_writeoptions_destroy(c->wopts_async);
   if (c->wopts_sync) rocksdb_writeoptions_destroy(c->wopts_sync);
   free(c->path);
@@ -233,7 +246,7 @@ int m3__catalog_get_text(m3_catalog *c, uint64_t chunk_id, char **text, size_t *
 static int walk(m3_catalog *c, char p,
                 int (*fn)(void *ud, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl),
                 void *ud) {
-  rocksdb_iterator_t *it = rocksdb_create_iterator(c->db, c->ropts);
+  rocksdb_iterator_t *it = rocksdb_create_iterator(c->db, c->scan_ropts);
   int rc = 0;
   for (rocksdb_iter_seek(it, &p, 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
     size_t kl, vl;
@@ -329,6 +342,18 @@ int m3__catalog_embeddings(m3_catalog *c,
                            void *ud) {
   emb_walk w = {fn, ud};
   return walk(c, 'E', emb_entry, &w);
+}
+
+static uint64_t prop(m3_catalog *c, const char *name) {
+  uint64_t v = 0;
+  return rocksdb_property_int(c->db, name, &v) == 0 ? v : 0;
+}
+
+uint64_t m3__catalog_estimate_chunks(m3_catalog *c) { return prop(c, "rocksdb.estimate-num-keys") / 3; }
+
+uint64_t m3__catalog_ram_bytes(m3_catalog *c) {
+  return (uint64_t)rocksdb_cache_get_usage(c->cache) + prop(c, "rocksdb.cur-size-all-mem-tables") +
+         prop(c, "rocksdb.estimate-table-readers-mem");
 }
 
 uint64_t m3__catalog_disk_bytes(m3_catalog *c) {

@@ -29,6 +29,8 @@ typedef struct m3_catalog {
   rocksdb_t *db;
   rocksdb_options_t *opts;
   rocksdb_readoptions_t *ropts;
+  rocksdb_readoptions_t *scan_ropts; /* full walks: no block caching, readahead */
+  rocksdb_cache_t *cache;            /* block cache (CATALOG_CACHE_BYTES) */
   rocksdb_writeoptions_t *wopts_async;
   rocksdb_writeoptions_t *wopts_sync;
   char *path;
@@ -64,6 +66,13 @@ int m3__catalog_embeddings(m3_catalog *c,
 /* Walk the 'C' entries in id order. */
 int m3__catalog_chunks(m3_catalog *c,
                        int (*fn)(void *ud, uint64_t id, const m3_location *loc), void *ud);
+
+/* About how many 'C' entries there are (RocksDB's key estimate / 3), for
+ * sizing; may be 0 or off by a factor. */
+uint64_t m3__catalog_estimate_chunks(m3_catalog *c);
+/* RAM RocksDB holds for the catalog: block cache in use, memtables, table
+ * readers (index and filter blocks outside the cache). */
+uint64_t m3__catalog_ram_bytes(m3_catalog *c);
 
 /* Approximate bytes of the catalog's files. */
 uint64_t m3__catalog_disk_bytes(m3_catalog *c);

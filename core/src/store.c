@@ -398,6 +398,7 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   }
   if (rc) goto fail;
   if (o->cache_bytes && (rc = m3__cache_create(o->cache_bytes, &s->cache)) != 0) goto fail;
+  if ((rc = m3__store_loc_build(s)) != 0) goto fail;
 
   free(ends);
   *out = s;
@@ -413,6 +414,7 @@ void m3_store_close(m3_store *s) {
   for (size_t i = 0; i < s->nsegs; i++) m3__segment_close(&s->segs[i]);
   free(s->segs);
   m3__catalog_close(&s->cat);
+  m3__loctab_destroy(s->loc);
   if (s->io) s->io->ops->destroy(s->io);
   for (int i = 0; i < s->niopool; i++) s->iopool[i]->ops->destroy(s->iopool[i]);
   pthread_mutex_destroy(&s->iolock);
@@ -572,7 +574,7 @@ static int put_locked(m3_store *s, const m3_record_in *items, size_t n) {
     ids[i] = items[i].chunk_id;
     total += m3__round_up(m3_record_size(l, items[i].text_len), align);
   }
-  if ((rc = m3__catalog_get_locs(&s->cat, ids, n, old, st)) != 0) goto out;
+  if ((rc = m3__store_locs(s, ids, n, old, st)) != 0) goto out;
   if ((rc = m3__store_wbuf(s, total)) != 0) goto out;
 
   size_t written = 0;
@@ -600,10 +602,15 @@ static int put_locked(m3_store *s, const m3_record_in *items, size_t n) {
     loc_of(&r, seg_id, off, (uint32_t)size, &loc);
     m3__batch_put_chunk(c.b, r.chunk_id, &loc, items[i].text, items[i].text_len,
                         rec + size - 4u * l->emb_dim, 4u * l->emb_dim);
+    old[i] = loc; /* from here on: where item i now lives */
+    st[i] = 1;
     written++;
   }
   if (written == 0) goto out;
   if ((rc = finish_commit(&c)) != 0) goto out;
+  /* In item order, so that the last of a repeated id wins, as in the batch. */
+  for (size_t i = 0; i < n; i++)
+    if (st[i] == 1) m3__store_loc_set(s, ids[i], &old[i]);
   if (s->cache)
     for (size_t i = 0; i < n; i++) m3__cache_drop(s->cache, ids[i]);
   goto out;
@@ -639,7 +646,7 @@ static int delete_locked(m3_store *s, const uint64_t *ids, size_t n, size_t *del
     rc = m3__seterr(M3_ENOMEM, "store %s: out of memory", s->dir);
     goto out;
   }
-  if ((rc = m3__catalog_get_locs(&s->cat, ids, n, locs, st)) != 0) goto out;
+  if ((rc = m3__store_locs(s, ids, n, locs, st)) != 0) goto out;
   uint32_t align = s->ident.align;
   for (size_t i = 0; i < n; i++) present += st[i] == 0;
   if (present == 0) goto out;
@@ -656,6 +663,8 @@ static int delete_locked(m3_store *s, const uint64_t *ids, size_t n, size_t *del
     m3__batch_del_chunk(c.b, ids[i]);
   }
   if ((rc = finish_commit(&c)) != 0) goto out;
+  for (size_t i = 0; i < n; i++)
+    if (st[i] == 0) m3__store_loc_set(s, ids[i], NULL);
   if (s->cache)
     for (size_t i = 0; i < n; i++) m3__cache_drop(s->cache, ids[i]);
   goto out;
@@ -681,19 +690,6 @@ void *m3_store_buf_alloc(const m3_store *s, size_t size) {
   void *p = NULL;
   if (posix_memalign(&p, BUF_ALIGN, m3__round_up(size ? size : 1, BUF_ALIGN)) != 0) return NULL;
   return p;
-}
-
-int m3_store_locate(m3_store *s, uint64_t chunk_id, m3_location *loc) {
-  int rc = m3__catalog_get_loc(&s->cat, chunk_id, loc);
-  if (rc == M3_ENOTFOUND)
-    return m3__seterr(rc, "chunk %llu: not in the store", (unsigned long long)chunk_id);
-  return rc;
-}
-
-int m3_store_contains(m3_store *s, uint64_t chunk_id) {
-  m3_location loc;
-  int rc = m3__catalog_get_loc(&s->cat, chunk_id, &loc);
-  return rc == 0 ? 1 : rc == M3_ENOTFOUND ? 0 : rc;
 }
 
 int m3_store_get_embedding(m3_store *s, uint64_t chunk_id, float *out) {
@@ -900,7 +896,7 @@ static int fetch_locked(m3_store *s, m3_io *io, m3_fetch_item *items, size_t n) 
     miss[nmiss++] = i;
   }
   if (nmiss == 0) goto out;
-  if ((rc = m3__catalog_get_locs(&s->cat, ids, nmiss, locs, st)) != 0) goto out;
+  if ((rc = m3__store_locs(s, ids, nmiss, locs, st)) != 0) goto out;
 
   size_t nreads = 0;
   for (size_t j = 0; j < nmiss; j++) {

@@ -9,6 +9,7 @@
 #include "cache.h"
 #include "catalog.h"
 #include "io.h"
+#include "loctab.h"
 #include "m3/store.h"
 #include "segment.h"
 
@@ -17,6 +18,10 @@ struct m3_store {
   m3_store_options opts;
   m3_ident ident;     /* uuid, layout, alignment */
   m3_catalog cat;
+  /* id -> location for fetches (loctab.h), built at open and changed after
+   * each catalog commit under the exclusive lock; NULL after it could not
+   * follow a commit (out of memory), and lookups go to the catalog. */
+  m3_loctab *loc;
   m3_segment *segs;   /* live segments, sorted by id; the last is active */
   size_t nsegs, capsegs;
   uint32_t next_seg;  /* id of the next segment to create */
@@ -46,6 +51,19 @@ struct m3_store {
 /* A read backend for this thread's batch; give it back with m3__store_io_put. */
 int m3__store_io_get(m3_store *s, m3_io **io);
 void m3__store_io_put(m3_store *s, m3_io *io);
+
+/* Locations of n ids (status[i] 0, M3_ENOTFOUND or M3_ECORRUPT) from the
+ * location table, or the catalog when there is none. Caller holds the lock
+ * (either side). */
+int m3__store_locs(m3_store *s, const uint64_t *ids, size_t n, m3_location *locs, int *status);
+
+/* After a committed catalog change: record (or, loc NULL, forget) id in the
+ * location table. On failure the table is dropped, with an error logged,
+ * and lookups fall back to the catalog. Caller holds the exclusive lock. */
+void m3__store_loc_set(m3_store *s, uint64_t id, const m3_location *loc);
+
+/* Build the location table from the catalog's 'C' entries. */
+int m3__store_loc_build(m3_store *s);
 
 /* Segment by id, or NULL. */
 m3_segment *m3__store_seg(m3_store *s, uint32_t id);

@@ -69,21 +69,31 @@ int m3_store_stats_get(m3_store *s, m3_store_stats *st) {
   return rc;
 }
 
+typedef struct stats_ctx {
+  m3_store_stats *st;
+  uint64_t used; /* aligned bytes live records take */
+  uint32_t align;
+} stats_ctx;
+
+static int stats_entry(void *ud, uint64_t id, const m3_location *l) {
+  (void)id;
+  stats_ctx *c = ud;
+  c->st->records++;
+  c->st->payload_bytes += l->mem_len - M3_RECORD_HEADER_SIZE;
+  c->st->text_bytes += l->rec_len - l->mem_len;
+  c->st->record_bytes += l->rec_len;
+  c->used += (l->rec_len + c->align - 1) / c->align * c->align;
+  return 0;
+}
+
 static int stats_locked(m3_store *s, m3_store_stats *st) {
   memset(st, 0, sizeof *st);
-  entries e;
-  int rc = list_by_location(s, &e);
+  stats_ctx c = {st, 0, s->ident.align};
+  /* The table when there is one: no RocksDB walk, no sort. */
+  int rc = s->loc ? m3__loctab_each(s->loc, stats_entry, &c)
+                  : m3__catalog_chunks(&s->cat, stats_entry, &c);
   if (rc) return rc;
-  uint64_t used = 0;
-  for (size_t i = 0; i < e.n; i++) {
-    const m3_location *l = &e.v[i].loc;
-    st->records++;
-    st->payload_bytes += l->mem_len - M3_RECORD_HEADER_SIZE;
-    st->text_bytes += l->rec_len - l->mem_len;
-    st->record_bytes += l->rec_len;
-    used += (l->rec_len + s->ident.align - 1) / s->ident.align * s->ident.align;
-  }
-  free(e.v);
+  uint64_t used = c.used;
   for (size_t i = 0; i < s->nsegs; i++) {
     st->segment_bytes += s->segs[i].size;
     used += s->ident.align; /* segment header */
@@ -93,6 +103,8 @@ static int stats_locked(m3_store *s, m3_store_stats *st) {
   uint64_t payload = st->payload_bytes + st->text_bytes;
   st->overhead = payload ? (double)st->segment_bytes / (double)payload - 1.0 : 0.0;
   st->catalog_bytes = m3__catalog_disk_bytes(&s->cat);
+  st->loc_table_bytes = s->loc ? m3__loctab_bytes(s->loc) : 0;
+  st->catalog_ram_bytes = m3__catalog_ram_bytes(&s->cat);
   if (s->cache) {
     m3_cache_stats cs;
     m3__cache_stats(s->cache, &cs);
@@ -316,6 +328,7 @@ static int compact_locked(m3_store *s, uint64_t *reclaimed) {
     loc.segment = dst->id;
     loc.offset = dst->size;
     m3__batch_put_loc(b, en->id, &loc);
+    e.v[i].loc = loc; /* for the location table, once committed */
     dst->size += padded;
   }
 
@@ -327,6 +340,7 @@ static int compact_locked(m3_store *s, uint64_t *reclaimed) {
   }
   m3__batch_put_next_seg(b, id);
   if ((rc = m3__catalog_commit(&s->cat, b, 1)) != 0) goto out;
+  for (size_t i = 0; i < e.n; i++) m3__store_loc_set(s, e.v[i].id, &e.v[i].loc);
 
   /* 3. The old segments are now orphans: drop them (reads in flight keep
    * their descriptors until they complete). */

@@ -21,3 +21,8 @@ m3_add_test(test_overhead SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_overhead.c ${M3
 # Asynchronous reads for the server's event loop (io_uring only).
 m3_add_test(test_store_aio SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_aio.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 120)
+
+# The in-RAM location table against the catalog after puts, deletes,
+# compaction and repair.
+m3_add_test(test_loctab SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_loctab.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 120)

@@ -233,11 +233,27 @@ typedef struct m3_store_stats {
   uint64_t dead_bytes;     /* segment bytes not held by live records */
   double overhead;         /* segment_bytes / (payload_bytes + text_bytes) - 1 */
   uint64_t catalog_bytes;  /* RocksDB files */
+  uint64_t loc_table_bytes;   /* RAM of the id -> location table */
+  uint64_t catalog_ram_bytes; /* RAM RocksDB holds: block cache in use,
+                                 memtables, index/filter readers */
   uint64_t cache_hits, cache_misses;
 } m3_store_stats;
 
 /* Walks the catalog: O(records). For a cheap look, see m3_store_cache_counters. */
 int m3_store_stats_get(m3_store *s, m3_store_stats *st);
+
+/* RAM the store holds to serve fetches: the location table and RocksDB's
+ * block cache, memtables and table readers (not the hot-memory cache).
+ * Constant time, for metrics. */
+size_t m3_store_ram_bytes(m3_store *s);
+
+/*
+ * Check that the in-RAM location table (what fetches use) equals the
+ * catalog's locations (the truth): same ids, same locations. Walks the
+ * catalog: O(records). 0 when equal, M3_ECORRUPT (details logged) when not.
+ * *checked (may be NULL) receives how many catalog entries were compared.
+ */
+int m3_store_check_locations(m3_store *s, uint64_t *checked);
 
 /* Bytes of all live segment files; constant time per segment, for metrics. */
 uint64_t m3_store_segment_bytes(m3_store *s);
