@@ -82,6 +82,7 @@ typedef rocksdb_writebatch_t m3__wbatch;
 
 m3__wbatch *m3__batch_new(void);
 void m3__batch_free(m3__wbatch *b);
+void m3__batch_clear(m3__wbatch *b);
 void m3__batch_put_meta(m3__wbatch *b, const m3_ident *ident);
 void m3__batch_put_next_seg(m3__wbatch *b, uint32_t next);
 void m3__batch_put_segment(m3__wbatch *b, uint32_t seg, uint64_t end);
@@ -94,5 +95,27 @@ void m3__batch_del_chunk(m3__wbatch *b, uint64_t id);
 
 /* Apply the batch atomically (fault point catalog.write). */
 int m3__catalog_commit(m3_catalog *c, m3__wbatch *b, int sync);
+
+/* ---- bulk ingest ----------------------------------------------------- */
+
+/* One memory's catalog entries ('C', 'E', 'T'), for m3__catalog_ingest. */
+typedef struct m3__chunk_entry {
+  uint64_t id;
+  m3_location loc;
+  const char *text;   /* text_len bytes, borrowed */
+  size_t text_len;
+  const uint8_t *emb; /* emb_bytes bytes (little-endian f32), borrowed; NULL when 0 */
+  size_t emb_bytes;
+} m3__chunk_entry;
+
+/*
+ * Write the entries of v (n, sorted by id, no id twice) as one sorted SST
+ * file at tmp_path and ingest it into the catalog (RocksDB
+ * IngestExternalFile, the file moved in): all of them become visible at
+ * once, or none. Entries replace what the catalog held for those ids. A
+ * file left at tmp_path by a crash is garbage (the store removes
+ * bulk-*.sst at open). Fault point catalog.ingest.
+ */
+int m3__catalog_ingest(m3_catalog *c, const char *tmp_path, const m3__chunk_entry *v, size_t n);
 
 #endif /* M3_CATALOG_H */

@@ -138,6 +138,11 @@ int m3__loctab_get(const m3_loctab *t, uint64_t id, m3_location *loc) {
   return 0;
 }
 
+void m3__loctab_clear(m3_loctab *t) {
+  memset(t->v, 0, (t->mask + 1) * sizeof *t->v);
+  t->n = 0;
+}
+
 size_t m3__loctab_count(const m3_loctab *t) { return t->n; }
 
 size_t m3__loctab_bytes(const m3_loctab *t) { return sizeof *t + (t->mask + 1) * sizeof(slot); }

@@ -47,6 +47,9 @@ int m3__loctab_del(m3_loctab *t, uint64_t id);
 /* 0 and *loc, or M3_ENOTFOUND. */
 int m3__loctab_get(const m3_loctab *t, uint64_t id, m3_location *loc);
 
+/* Remove every entry (the capacity stays). */
+void m3__loctab_clear(m3_loctab *t);
+
 size_t m3__loctab_count(const m3_loctab *t);
 /* Bytes of RAM the table holds (slots and struct). */
 size_t m3__loctab_bytes(const m3_loctab *t);

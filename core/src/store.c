@@ -178,6 +178,8 @@ static void remove_orphans(m3_store *s) {
     uint32_t id;
     size_t len = strlen(e->d_name);
     int tmp = len > 8 && !strncmp(e->d_name, "seg-", 4) && !strcmp(e->d_name + len - 4, ".tmp");
+    /* An SST a bulk ingest wrote but had not moved into the catalog. */
+    tmp |= len > 9 && !strncmp(e->d_name, "bulk-", 5) && !strcmp(e->d_name + len - 4, ".sst");
     if (!tmp && (!m3__segment_parse_name(e->d_name, &id) || m3__store_seg(s, id) != NULL))
       continue;
     char p[4400];
@@ -215,7 +217,14 @@ static int roll_record(void *ud, const m3_segment *seg, uint64_t off, const m3_r
     m3__batch_put_chunk(ctx->b, r->chunk_id, &loc, r->text, r->text_bytes, r->embedding,
                         4u * r->layout.emb_dim);
   }
-  ctx->applied++;
+  /* A bulk ingest's tail can hold 10^5 records: bound the batch. Applying
+   * them again after a crash here is harmless (same entries), and the
+   * segment's end is committed only after the last of them. */
+  if (++ctx->applied % 4096 == 0) {
+    int rc = m3__catalog_commit(&ctx->s->cat, ctx->b, 0);
+    m3__batch_clear(ctx->b);
+    if (rc) return rc;
+  }
   return 0;
 }
 
@@ -431,8 +440,7 @@ void m3_store_close(m3_store *s) {
 
 /* ---- writing -------------------------------------------------------- */
 
-/* Create the next segment and make it the active one. */
-static int roll_segment(m3_store *s) {
+int m3__store_roll_segment(m3_store *s) {
   m3_segment seg;
   int rc = m3__segment_create(s->dir, s->next_seg, &s->ident, s->opts.direct, &seg);
   if (rc) return rc;
@@ -504,7 +512,7 @@ static int place(commit *c, size_t len, uint32_t *seg_id, uint64_t *off) {
   if (seg == NULL ||
       (seg->size + pending + len > s->opts.segment_bytes && seg->size + pending > s->ident.align)) {
     if ((rc = flush_run(c)) != 0) return rc;
-    if ((rc = roll_segment(s)) != 0) return rc;
+    if ((rc = m3__store_roll_segment(s)) != 0) return rc;
     seg = active(s);
     pending = 0;
   }
@@ -557,6 +565,7 @@ int m3_store_put(m3_store *s, const m3_record_in *items, size_t n) {
 
 static int put_locked(m3_store *s, const m3_record_in *items, size_t n) {
   if (s->opts.read_only) return m3__seterr(M3_EUNSUPPORTED, "store %s: opened read-only", s->dir);
+  if (s->bulk) return m3__store_bulk_busy(s);
   if (n == 0) return 0;
   const m3_layout *l = &s->ident.layout;
   uint32_t align = s->ident.align;
@@ -637,6 +646,7 @@ int m3_store_delete(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted)
 
 static int delete_locked(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted) {
   if (s->opts.read_only) return m3__seterr(M3_EUNSUPPORTED, "store %s: opened read-only", s->dir);
+  if (s->bulk) return m3__store_bulk_busy(s);
   size_t present = 0;
   int rc = 0;
   m3_location *locs = malloc((n ? n : 1) * sizeof *locs);

@@ -33,6 +33,8 @@ struct m3_store {
    * they change the segment array that readers walk. */
   pthread_rwlock_t rw;
   m3_cache *cache;    /* NULL when disabled; locks itself */
+  m3_store_bulk *bulk; /* the open bulk ingest, or NULL; set and cleared
+                         under the exclusive lock */
   uint8_t *wbuf;      /* write staging, grown as batches need */
   size_t wcap;
   /* Asynchronous reads (store_aio.c) run without the lock, so whatever they
@@ -83,6 +85,14 @@ int m3__fetch_item_init(m3_store *s, m3_fetch_item *it, size_t i);
 int m3__fetch_plan(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_read *r);
 void m3__fetch_finish(m3_store *s, m3_fetch_item *it, const m3_location *loc, const m3_read *r,
                       int cache);
+
+/* Create the next segment and make it the active one (the catalog lists
+ * it, header only). Caller holds the exclusive lock. */
+int m3__store_roll_segment(m3_store *s);
+
+/* M3_EBUSY naming the open bulk ingest: puts, deletes and compaction wait
+ * for it to finish. */
+int m3__store_bulk_busy(m3_store *s);
 
 /* Make sure wbuf holds size bytes. */
 int m3__store_wbuf(m3_store *s, size_t size);

@@ -255,6 +255,7 @@ int m3_store_compact(m3_store *s, uint64_t *reclaimed) {
 
 static int compact_locked(m3_store *s, uint64_t *reclaimed) {
   if (s->opts.read_only) return m3__seterr(M3_EUNSUPPORTED, "store %s: opened read-only", s->dir);
+  if (s->bulk) return m3__store_bulk_busy(s);
   m3_store_stats st;
   int rc = stats_locked(s, &st);
   if (reclaimed) *reclaimed = 0;

@@ -26,3 +26,7 @@ m3_add_test(test_store_aio SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_aio.c ${
 # compaction and repair.
 m3_add_test(test_loctab SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_loctab.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 120)
+
+# Bulk ingest: checkpoints, repeats, resume, abort, puts refused meanwhile.
+m3_add_test(test_bulk SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_bulk.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 120)

@@ -96,6 +96,87 @@ int m3_store_put(m3_store *s, const m3_record_in *items, size_t n);
  * *deleted, when not NULL, receives how many were present. */
 int m3_store_delete(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted);
 
+/* ---- bulk ingest ---------------------------------------------------- */
+
+/*
+ * Bulk ingest: write many memories (m3-bench gen, m3-encode, a merge of
+ * partial stores) at disk speed. Records are appended to segments without
+ * a sync per batch; at each checkpoint the segments are fdatasync'ed, the
+ * checkpoint's catalog entries are written as one sorted RocksDB SST file
+ * and ingested (IngestExternalFile: all visible at once), then the segments'
+ * ends are committed. A put costs a sync and a write batch per call; a
+ * checkpoint costs one sync and one file per ~10^5 records.
+ *
+ *   m3_store_bulk *b;
+ *   m3_store_bulk_begin(s, NULL, &b);
+ *   while (more) m3_store_bulk_add(b, items, n);   // any batch size
+ *   rc = m3_store_bulk_finish(b);                  // last checkpoint, frees b
+ *
+ * Contract:
+ * - What is durable: everything added before a checkpoint that returned 0
+ *   (m3_store_bulk_checkpoint, one made automatically inside add every
+ *   checkpoint_records, or finish). After a crash (kill -9 at any point) the
+ *   store opens, verifies and holds every checkpointed memory intact; records
+ *   added after the last checkpoint are either present whole (rolled forward
+ *   from the segment at open) or absent, never partial. Resuming is adding
+ *   again: re-adding an id with identical content (same checksums and
+ *   length) is skipped, so a resumed ingest writes no duplicates.
+ * - Visibility: fetches, get_text, iterate ... see a memory from the
+ *   checkpoint that made it durable on, never before.
+ * - An id added twice in one bulk ends with the content added last; an id
+ *   already in the store is replaced (its old record becomes dead bytes for
+ *   compaction). Bulk ingest only adds or replaces; delete with
+ *   m3_store_delete after finishing.
+ * - Threads: one bulk per store at a time, used by one thread. Fetches and
+ *   other reads run on other threads meanwhile; m3_store_put, delete and
+ *   compact return M3_EBUSY until the bulk is finished or aborted.
+ * - Errors: add and checkpoint return M3_EINVAL (an item without the
+ *   store's layout, nothing of the call staged), M3_ENOSPC / M3_EIO (naming
+ *   the file), M3_ENOMEM. After a failed checkpoint the bulk accepts nothing
+ *   more (M3_EIO): abort it; what earlier checkpoints made durable stays.
+ */
+typedef struct m3_store_bulk m3_store_bulk;
+
+typedef struct m3_store_bulk_options {
+  size_t checkpoint_records; /* automatic checkpoint after this many records
+                                were staged (262144) */
+  size_t checkpoint_bytes;   /* ... or this many bytes of catalog entries
+                                (texts, embeddings) were staged (256 MiB):
+                                bounds the RAM a bulk holds */
+} m3_store_bulk_options;
+
+void m3_store_bulk_options_init(m3_store_bulk_options *o);
+
+/* Start a bulk ingest into s (o NULL: defaults). *out owns it until
+ * m3_store_bulk_finish or m3_store_bulk_abort. M3_EBUSY when one is open,
+ * M3_EUNSUPPORTED on a read-only store. */
+int m3_store_bulk_begin(m3_store *s, const m3_store_bulk_options *o, m3_store_bulk **out);
+
+/* Stage n memories (items borrowed for the call, copied). May run a
+ * checkpoint. */
+int m3_store_bulk_add(m3_store_bulk *b, const m3_record_in *items, size_t n);
+
+/* Make everything staged durable and visible now. */
+int m3_store_bulk_checkpoint(m3_store_bulk *b);
+
+/* Counters of a bulk so far. */
+typedef struct m3_store_bulk_stats {
+  uint64_t added;       /* items given to add */
+  uint64_t skipped;     /* of those, already stored with identical content */
+  uint64_t durable;     /* records made durable by checkpoints */
+  uint64_t checkpoints;
+} m3_store_bulk_stats;
+
+void m3_store_bulk_stats_get(const m3_store_bulk *b, m3_store_bulk_stats *st);
+
+/* Checkpoint, then free b (also when the checkpoint failed). Returns the
+ * checkpoint's code. NULL: 0. */
+int m3_store_bulk_finish(m3_store_bulk *b);
+
+/* Drop what was staged since the last checkpoint (cut from the segments)
+ * and free b. NULL: no-op. */
+void m3_store_bulk_abort(m3_store_bulk *b);
+
 /* ---- reading -------------------------------------------------------- */
 
 /* One memory to fetch. */
