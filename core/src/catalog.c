@@ -265,6 +265,46 @@ static int walk(m3_catalog *c, char p,
   return rc;
 }
 
+int m3__catalog_texts(m3_catalog *c,
+                      int (*fn)(void *ud, uint64_t id, const uint8_t *text, size_t tlen,
+                                const uint8_t *emb, size_t elen),
+                      void *ud) {
+  rocksdb_iterator_t *t = rocksdb_create_iterator(c->db, c->scan_ropts);
+  rocksdb_iterator_t *e = rocksdb_create_iterator(c->db, c->scan_ropts);
+  int rc = 0;
+  rocksdb_iter_seek(e, "E", 1);
+  for (rocksdb_iter_seek(t, "T", 1); rocksdb_iter_valid(t); rocksdb_iter_next(t)) {
+    size_t kl, vl, ekl = 0, evl = 0;
+    const char *k = rocksdb_iter_key(t, &kl);
+    if (kl == 0 || k[0] != 'T') break;
+    if (kl != 9) {
+      rc = m3__seterr(M3_ECORRUPT, "catalog %s: malformed text entry", c->path);
+      break;
+    }
+    uint64_t id = ld_be((const uint8_t *)k + 1, 8);
+    const char *v = rocksdb_iter_value(t, &vl), *ev = NULL;
+    /* Step the embedding iterator up to id. */
+    while (rocksdb_iter_valid(e)) {
+      const char *ek = rocksdb_iter_key(e, &ekl);
+      if (ekl != 9 || ek[0] != 'E' || ld_be((const uint8_t *)ek + 1, 8) >= id) break;
+      rocksdb_iter_next(e);
+    }
+    if (rocksdb_iter_valid(e)) {
+      const char *ek = rocksdb_iter_key(e, &ekl);
+      if (ekl == 9 && ek[0] == 'E' && ld_be((const uint8_t *)ek + 1, 8) == id)
+        ev = rocksdb_iter_value(e, &evl);
+    }
+    if ((rc = fn(ud, id, (const uint8_t *)v, vl, (const uint8_t *)ev, ev ? evl : 0)) != 0) break;
+  }
+  char *err = NULL;
+  if (rc == 0) rocksdb_iter_get_error(t, &err);
+  if (rc == 0 && !err) rocksdb_iter_get_error(e, &err);
+  if (err) rc = from_rocks(err, "iterate texts", c->path);
+  rocksdb_iter_destroy(t);
+  rocksdb_iter_destroy(e);
+  return rc;
+}
+
 typedef struct seg_walk {
   int (*fn)(void *ud, uint32_t seg, uint64_t end);
   void *ud;

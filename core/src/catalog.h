@@ -63,6 +63,13 @@ int m3__catalog_embeddings(m3_catalog *c,
                            int (*fn)(void *ud, uint64_t id, const uint8_t *emb, size_t n),
                            void *ud);
 
+/* Walk the 'T' entries in id order with each id's 'E' entry beside it
+ * (emb NULL, elen 0 when it has none): two iterators in step. */
+int m3__catalog_texts(m3_catalog *c,
+                      int (*fn)(void *ud, uint64_t id, const uint8_t *text, size_t tlen,
+                                const uint8_t *emb, size_t elen),
+                      void *ud);
+
 /* Walk the 'C' entries in id order. */
 int m3__catalog_chunks(m3_catalog *c,
                        int (*fn)(void *ud, uint64_t id, const m3_location *loc), void *ud);

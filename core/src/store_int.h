@@ -94,6 +94,20 @@ int m3__store_roll_segment(m3_store *s);
  * for it to finish. */
 int m3__store_bulk_busy(m3_store *s);
 
+/* Verify every live record by reading it at the catalog's location and
+ * comparing with the catalog's text and embedding (point lookups): names
+ * each problem. The streaming verify (store_verify.c) falls back to it when
+ * its counts disagree. Caller holds the shared lock. */
+int m3__store_verify_entries(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud,
+                             uint64_t *checked);
+
+/* m3_store_check_locations without taking the lock (caller holds it). */
+int m3__store_loc_check(m3_store *s, uint64_t *checked);
+
+/* Report progress of a long walk to the hook m3_store_set_progress set
+ * (when done is a multiple of 2^16, or done == total). */
+void m3__progress(const char *what, uint64_t done, uint64_t total);
+
 /* Make sure wbuf holds size bytes. */
 int m3__store_wbuf(m3_store *s, size_t size);
 

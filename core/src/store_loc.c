@@ -11,8 +11,16 @@
 #include "m3/log.h"
 #include "store_int.h"
 
+typedef struct build_ctx {
+  m3_loctab *t;
+  uint64_t n, expect;
+} build_ctx;
+
 static int build_entry(void *ud, uint64_t id, const m3_location *loc) {
-  return m3__loctab_put(ud, id, loc);
+  build_ctx *b = ud;
+  b->n++;
+  m3__progress("locations", b->n, b->expect > b->n ? b->expect : b->n);
+  return m3__loctab_put(b->t, id, loc);
 }
 
 int m3__store_loc_build(m3_store *s) {
@@ -21,7 +29,8 @@ int m3__store_loc_build(m3_store *s) {
   int rc = m3__loctab_create((uint32_t)m3_record_mem_size(&s->ident.layout), s->ident.align,
                              (size_t)expect, &t);
   if (rc) return rc;
-  if ((rc = m3__catalog_chunks(&s->cat, build_entry, t)) != 0) {
+  build_ctx bc = {t, 0, expect};
+  if ((rc = m3__catalog_chunks(&s->cat, build_entry, &bc)) != 0) {
     m3__loctab_destroy(t);
     return rc;
   }
@@ -81,6 +90,7 @@ static int check_entry(void *ud, uint64_t id, const m3_location *want) {
   check_ctx *c = ud;
   m3_location got;
   c->seen++;
+  m3__progress("locations", c->seen, m3__loctab_count(c->s->loc));
   if (m3__loctab_get(c->s->loc, id, &got) != 0) {
     if (c->bad++ < 8) M3_ERROR("store", "%s: chunk %llu is in the catalog, not in the location table",
                                c->s->dir, (unsigned long long)id);
@@ -96,9 +106,15 @@ static int check_entry(void *ud, uint64_t id, const m3_location *want) {
 }
 
 int m3_store_check_locations(m3_store *s, uint64_t *checked) {
+  pthread_rwlock_rdlock(&s->rw);
+  int rc = m3__store_loc_check(s, checked);
+  pthread_rwlock_unlock(&s->rw);
+  return rc;
+}
+
+int m3__store_loc_check(m3_store *s, uint64_t *checked) {
   check_ctx c = {s, 0, 0};
   int rc = 0;
-  pthread_rwlock_rdlock(&s->rw);
   if (s->loc == NULL) {
     rc = m3__seterr(M3_ECORRUPT, "store %s: no location table (dropped after a failure)", s->dir);
     goto out;
@@ -111,7 +127,6 @@ int m3_store_check_locations(m3_store *s, uint64_t *checked) {
     rc = m3__seterr(M3_ECORRUPT, "store %s: location table differs from the catalog (%llu of %llu)",
                     s->dir, (unsigned long long)c.bad, (unsigned long long)c.seen);
 out:
-  pthread_rwlock_unlock(&s->rw);
   if (checked) *checked = c.seen;
   return rc;
 }

@@ -123,20 +123,10 @@ static void problem(m3_problem_fn fn, void *ud, uint64_t id, uint32_t seg, uint6
   fn(ud, &p);
 }
 
-static int verify_locked(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud, uint64_t *checked);
-
-int m3_store_verify(m3_store *s, m3_problem_fn fn, void *ud, uint64_t *checked) {
-  m3_io *io;
-  int rc = m3__store_io_get(s, &io);
-  if (rc) return rc;
-  pthread_rwlock_rdlock(&s->rw);
-  rc = verify_locked(s, io, fn, ud, checked);
-  pthread_rwlock_unlock(&s->rw);
-  m3__store_io_put(s, io);
-  return rc;
-}
-
-static int verify_locked(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud, uint64_t *checked) {
+/* Verify record by record, in file order, from the catalog's list: the slow
+ * path that names every problem (m3__store_verify_entries, store_int.h). */
+int m3__store_verify_entries(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud,
+                             uint64_t *checked) {
   enum { BATCH = 16 };
   entries e;
   int rc = list_by_location(s, &e), bad = 0;

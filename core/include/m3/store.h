@@ -343,6 +343,15 @@ uint64_t m3_store_segment_bytes(m3_store *s);
  * constant time, for metrics. */
 void m3_store_cache_counters(m3_store *s, uint64_t *hits, uint64_t *misses, uint64_t *bytes);
 
+/* Progress of a long walk: open's location table, verify, repair. what
+ * names the phase ("locations", "verify bytes", "verify texts", "repair
+ * bytes"); done of total, in that phase's unit. */
+typedef void (*m3_progress_fn)(void *ud, const char *what, uint64_t done, uint64_t total);
+
+/* Process-wide hook for progress (NULL: none), for command-line tools; it
+ * is called from the thread doing the walk, every 65536 units. */
+void m3_store_set_progress(m3_progress_fn fn, void *ud);
+
 /* One failure found by verify or repair. */
 typedef struct m3_problem {
   uint64_t chunk_id;  /* UINT64_MAX when the record's header is unreadable */
@@ -357,7 +366,9 @@ typedef void (*m3_problem_fn)(void *ud, const m3_problem *p);
 /*
  * Scrub: read every live record, check every checksum and that the record is
  * the one the catalog points at; also check that every segment the catalog
- * names exists. fn (may be NULL) is called once per problem. Returns 0 when
+ * names exists, and that the location table equals the catalog. Streams
+ * each segment once in file order (disk speed); only when something is
+ * wrong does it re-check record by record to name each problem. fn (may be NULL) is called once per problem. Returns 0 when
  * all is well, M3_ECORRUPT when any problem was found, or another code when
  * verify itself could not run. *checked receives how many records were read.
  */
