@@ -31,6 +31,8 @@ APT_PACKAGES=(
   libprotobuf-c-dev protobuf-c-compiler
   # JSON
   libjansson-dev
+  # Benchmark figures: m3-bench scale plots each figure against N (PNG, no X)
+  gnuplot-nox
   # Tests: unit framework, Python tooling (ctypes binding + numpy)
   libcmocka-dev python3 python3-numpy
   # Tokenizer parity: spm_train and spm_encode (SentencePiece reference tools)
