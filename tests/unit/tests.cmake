@@ -30,3 +30,7 @@ m3_add_test(test_loctab SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_loctab.c ${M3_TES
 # Bulk ingest: checkpoints, repeats, resume, abort, puts refused meanwhile.
 m3_add_test(test_bulk SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_bulk.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 120)
+
+# A hard io_uring_enter failure mid-batch: drained, ring replaced, pread finish.
+m3_add_test(test_io_uring_fault SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_io_uring_fault.c ${M3_TESTUTIL}
+  LABELS unit fault TIMEOUT 60)
