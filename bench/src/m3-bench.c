@@ -23,10 +23,8 @@ static const char *usage_text =
     "           throughput, wire overhead, raw disk time of the same memories\n"
     "  storage  --store DIR [--ops N] [--batch 5] [--direct] [--warmup N] [--seed S] [--json]\n"
     "           store fetches of random batches vs raw io_uring reads of the same bytes\n"
-#ifdef M3_BENCH_CODEC
     "  codec    --codec STR [--train N] [--test N] [--vectors FILE] [--json]\n"
     "           codec size, error and speed (see m3-bench codec --help)\n"
-#endif
     "  encode   [--hidden 1024 --layers 8 --heads 16 --kv-heads 4 --head-dim 64 --batch 8\n"
     "           --seq 128] [--json]\n"
     "           encoder memory-layer forward + selection vs OpenBLAS sgemm\n"
@@ -68,9 +66,7 @@ int main(int argc, char **argv) {
       {"gen", bench_gen},
       {"storage", bench_storage},
       {"rpc", bench_rpc},
-#ifdef M3_BENCH_CODEC
       {"codec", m3_bench_codec},
-#endif
       {"encode", bench_encode},
   };
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
