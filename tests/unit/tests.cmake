@@ -21,3 +21,7 @@ m3_add_test(test_overhead SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_overhead.c ${M3
 # Asynchronous reads for the server's event loop (io_uring only).
 m3_add_test(test_store_aio SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_aio.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 120)
+
+# The wire status table (proto/include/m3/status.h), both ways.
+m3_add_test(test_status SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_status.c LABELS unit TIMEOUT 30
+  LIBS m3proto)
