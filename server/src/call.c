@@ -209,6 +209,20 @@ void call_reply(call *cl, const ProtobufCMessage *msg) {
   finish(cl, 0);
 }
 
+int call_work_back(call *cl, int uv_status, int err, const char *what, const char *errmsg) {
+  cl->working = 0;
+  if (cl->ended) {
+    call_maybe_free(cl);
+    return 0;
+  }
+  if (uv_status != 0 || err != 0) {
+    call_fail(cl, err ? err : M3_EINTERNAL, "%s: %s", what, errmsg[0] ? errmsg : m3_strerror(err));
+    call_maybe_free(cl);
+    return 0;
+  }
+  return 1;
+}
+
 static void call_free(call *cl) {
   conn *c = cl->c;
   if (cl->prev) cl->prev->next = cl->next;

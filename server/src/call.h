@@ -78,6 +78,13 @@ void call_fail(call *cl, int err, const char *fmt, ...) __attribute__((format(pr
 /* End a unary call with its response (RESPONSE + FLAG_END). */
 void call_reply(call *cl, const ProtobufCMessage *msg);
 
+/* A threadpool job of cl is back (uv_status from libuv, err its m3 code,
+ * errmsg its detail): cl is no longer held. Returns 1 when the job
+ * succeeded and the call is still open (the caller answers it); else 0,
+ * having ended it with "<what>: <detail>" on failure, or freed it if it had
+ * ended meanwhile (deadline, CANCEL, closed connection). */
+int call_work_back(call *cl, int uv_status, int err, const char *what, const char *errmsg);
+
 /* A write that references the call's memory was queued / is done (for
  * writes queued with conn_send_batch by the call's layers). */
 void call_write_queued(call *cl);

@@ -30,17 +30,8 @@ static void delete_done(uv_work_t *w, int status) {
   call *cl = w->data;
   delete_state *st = cl->state;
   server *s = cl->c->s;
-  cl->working = 0;
   if (st->status == 0 && status == 0) s->records -= st->count;
-  if (cl->ended) {
-    call_maybe_free(cl);
-    return;
-  }
-  if (status != 0 || st->status != 0) {
-    call_fail(cl, st->status ? st->status : M3_EINTERNAL, "Delete: %s",
-              st->errmsg[0] ? st->errmsg : m3_strerror(st->status));
-    return;
-  }
+  if (!call_work_back(cl, status, st->status, "Delete", st->errmsg)) return;
   M3__DeleteResponse out = M3__DELETE_RESPONSE__INIT;
   out.deleted = (uint32_t)st->count;
   call_reply(cl, &out.base);

@@ -70,22 +70,13 @@ static void put_done(uv_work_t *w, int status) {
   call *cl = w->data;
   put_state *st = cl->state;
   server *s = cl->c->s;
-  cl->working = 0;
   if (st->status == 0 && status == 0) {
     /* Replacements leave the count unchanged; recount cheaply from the index
      * when there is one. */
     if (s->index) s->records = m3_index_count(s->index);
     else s->records += st->count;
   }
-  if (cl->ended) {
-    call_maybe_free(cl);
-    return;
-  }
-  if (status != 0 || st->status != 0) {
-    call_fail(cl, st->status ? st->status : M3_EINTERNAL, "Put: %s",
-              st->errmsg[0] ? st->errmsg : m3_strerror(st->status));
-    return;
-  }
+  if (!call_work_back(cl, status, st->status, "Put", st->errmsg)) return;
   M3__PutResponse out = M3__PUT_RESPONSE__INIT;
   out.written = (uint32_t)st->count;
   call_reply(cl, &out.base);

@@ -65,20 +65,8 @@ static void search_done(uv_work_t *w, int status) {
   for (search_req *r = batch, *next; r; r = next) {
     next = r->qnext;
     r->qnext = NULL;
-    call *cl = r->cl;
-    cl->working = 0;
     s->m.search_queries += r->nq;
-    if (cl->ended) { /* deadline, cancel or closed connection meanwhile */
-      call_maybe_free(cl);
-      continue;
-    }
-    if (status != 0 || r->status != 0) {
-      call_fail(cl, r->status ? r->status : M3_EINTERNAL, "search: %s",
-                r->errmsg[0] ? r->errmsg : m3_strerror(r->status));
-      call_maybe_free(cl);
-    } else {
-      r->done(r);
-    }
+    if (call_work_back(r->cl, status, r->status, "search", r->errmsg)) r->done(r);
   }
   if (s->search_queue) search_start(s);
 }

@@ -46,15 +46,10 @@ static int count_ok(void *ud, const m3_client_memory *m) {
 static void test_put_enospc_is_enospc(void **state) {
   (void)state;
   m3_client *c = ct_connect(&SRV, ADMIN_TOKEN);
-  tu_mem m;
-  tu_mem_make(&m, &S.layout, 7000, 0);
   float emb[DIM];
   uint64_t rng = 9;
-  ct_unit_vector(&rng, emb, DIM);
-  m.in.embedding = emb;
-  size_t size = m3_record_size(&S.layout, m.in.text_len);
-  uint8_t *rec = malloc(size);
-  assert_int_equal(m3_record_encode(rec, size, &S.layout, &m.in), (long)size);
+  size_t size;
+  uint8_t *rec = ct_record_make(&S, 7000, &rng, emb, &size);
   uint32_t sz = (uint32_t)size, written = 99;
   CHECK_RC(m3_client_put(c, rec, &sz, 1, &written), M3_ENOSPC);
   const char *msg = NULL;
@@ -79,7 +74,6 @@ static void test_put_enospc_is_enospc(void **state) {
   CHECK_OK(m3_client_fetch(c, &id, 1, 0, count_ok, &missing));
   assert_int_equal(missing, 0);
   free(rec);
-  tu_mem_free(&m);
   m3_client_close(c);
 }
 
