@@ -209,6 +209,12 @@ void call_reply(call *cl, const ProtobufCMessage *msg) {
   finish(cl, 0);
 }
 
+void call_queue_job(call *cl, call_job *j, uv_work_cb work, uv_after_work_cb done) {
+  cl->working = 1;
+  j->work.data = cl;
+  uv_queue_work(cl->c->s->loop, &j->work, work, done);
+}
+
 int call_work_back(call *cl, int uv_status, int err, const char *what, const char *errmsg) {
   cl->working = 0;
   if (cl->ended) {

@@ -78,6 +78,19 @@ void call_fail(call *cl, int err, const char *fmt, ...) __attribute__((format(pr
 /* End a unary call with its response (RESPONSE + FLAG_END). */
 void call_reply(call *cl, const ProtobufCMessage *msg);
 
+/* A method's threadpool job, in its state: the work function fills status
+ * (an m3 code), errmsg and count. */
+typedef struct call_job {
+  uv_work_t work;
+  int status;
+  char errmsg[256];
+  uint64_t count; /* what the method counts (Put: written; Delete: deleted) */
+} call_job;
+
+/* Run work(j->work) on the threadpool, then done on the loop; the job holds
+ * cl until done calls call_work_back. j->work.data is cl. */
+void call_queue_job(call *cl, call_job *j, uv_work_cb work, uv_after_work_cb done);
+
 /* A threadpool job of cl is back (uv_status from libuv, err its m3 code,
  * errmsg its detail): cl is no longer held. Returns 1 when the job
  * succeeded and the call is still open (the caller answers it); else 0,

@@ -6,16 +6,9 @@
 #include "m3/error.h"
 #include "m3_handlers.h"
 
-typedef struct delete_state {
-  int status; /* the job's m3 code */
-  char errmsg[256];
-  uint64_t count; /* deleted */
-  uv_work_t work;
-} delete_state;
-
 static void delete_work(uv_work_t *w) {
   call *cl = w->data;
-  delete_state *st = cl->state;
+  call_job *st = cl->state;
   server *s = cl->c->s;
   M3__DeleteRequest *r = (M3__DeleteRequest *)cl->req;
   size_t deleted = 0;
@@ -28,7 +21,7 @@ static void delete_work(uv_work_t *w) {
 
 static void delete_done(uv_work_t *w, int status) {
   call *cl = w->data;
-  delete_state *st = cl->state;
+  call_job *st = cl->state;
   server *s = cl->c->s;
   if (st->status == 0 && status == 0) s->records -= st->count;
   if (!call_work_back(cl, status, st->status, "Delete", st->errmsg)) return;
@@ -45,12 +38,10 @@ void method_delete(call *cl, const uint8_t *att, size_t att_len) {
     call_end(cl, M3_STATUS_INVALID_ARGUMENT, "Delete: no ids");
     return;
   }
-  delete_state *st = cl->state = call_alloc(cl, sizeof *st);
+  call_job *st = cl->state = call_alloc(cl, sizeof *st);
   if (st == NULL) {
     call_end(cl, M3_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  cl->working = 1;
-  st->work.data = cl;
-  uv_queue_work(cl->c->s->loop, &st->work, delete_work, delete_done);
+  call_queue_job(cl, st, delete_work, delete_done);
 }

@@ -9,11 +9,8 @@
 #include "m3_handlers.h"
 
 typedef struct put_state {
+  call_job job;
   uint8_t *attach; /* the records, copied into the arena */
-  int status;      /* the job's m3 code */
-  char errmsg[256];
-  uint64_t count;  /* written */
-  uv_work_t work;
 } put_state;
 
 static void put_work(uv_work_t *w) {
@@ -26,7 +23,7 @@ static void put_work(uv_work_t *w) {
   float *emb = l->emb_dim ? malloc(r->n_sizes * l->emb_dim * sizeof *emb) : NULL;
   uint64_t *ids = malloc((r->n_sizes ? r->n_sizes : 1) * sizeof *ids);
   if (!in || !ids || (l->emb_dim && !emb)) {
-    st->status = M3_ENOMEM;
+    st->job.status = M3_ENOMEM;
     goto out;
   }
   size_t off = 0;
@@ -38,8 +35,8 @@ static void put_work(uv_work_t *w) {
     if (rc == 0 && !m3_layout_equal(&rec.layout, l))
       rc = m3__seterr(M3_ESHAPE, "its shape, codec or fingerprint differ from the store's");
     if (rc) {
-      st->status = rc == M3_ECORRUPT ? M3_ECORRUPT : M3_EINVAL;
-      snprintf(st->errmsg, sizeof st->errmsg, "record %zu: %s", i, m3_errmsg());
+      st->job.status = rc == M3_ECORRUPT ? M3_ECORRUPT : M3_EINVAL;
+      snprintf(st->job.errmsg, sizeof st->job.errmsg, "record %zu: %s", i, m3_errmsg());
       goto out;
     }
     in[i].chunk_id = rec.chunk_id;
@@ -56,10 +53,10 @@ static void put_work(uv_work_t *w) {
     off += r->sizes[i];
   }
   /* Store first, then index (the lock order in server.h). */
-  st->status = m3_store_put(s->store, in, r->n_sizes);
-  if (st->status == 0 && s->index) st->status = m3_index_add(s->index, ids, emb, r->n_sizes);
-  if (st->status) snprintf(st->errmsg, sizeof st->errmsg, "%s", m3_errmsg());
-  else st->count = r->n_sizes;
+  st->job.status = m3_store_put(s->store, in, r->n_sizes);
+  if (st->job.status == 0 && s->index) st->job.status = m3_index_add(s->index, ids, emb, r->n_sizes);
+  if (st->job.status) snprintf(st->job.errmsg, sizeof st->job.errmsg, "%s", m3_errmsg());
+  else st->job.count = r->n_sizes;
 out:
   free(in);
   free(emb);
@@ -70,15 +67,15 @@ static void put_done(uv_work_t *w, int status) {
   call *cl = w->data;
   put_state *st = cl->state;
   server *s = cl->c->s;
-  if (st->status == 0 && status == 0) {
+  if (st->job.status == 0 && status == 0) {
     /* Replacements leave the count unchanged; recount cheaply from the index
      * when there is one. */
     if (s->index) s->records = m3_index_count(s->index);
-    else s->records += st->count;
+    else s->records += st->job.count;
   }
-  if (!call_work_back(cl, status, st->status, "Put", st->errmsg)) return;
+  if (!call_work_back(cl, status, st->job.status, "Put", st->job.errmsg)) return;
   M3__PutResponse out = M3__PUT_RESPONSE__INIT;
-  out.written = (uint32_t)st->count;
+  out.written = (uint32_t)st->job.count;
   call_reply(cl, &out.base);
 }
 
@@ -99,7 +96,5 @@ void method_put(call *cl, const uint8_t *att, size_t att_len) {
     return;
   }
   memcpy(st->attach, att, att_len);
-  cl->working = 1;
-  st->work.data = cl;
-  uv_queue_work(cl->c->s->loop, &st->work, put_work, put_done);
+  call_queue_job(cl, &st->job, put_work, put_done);
 }
