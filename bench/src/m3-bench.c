@@ -27,15 +27,11 @@ static const char *usage_text =
     "           the same rounds served by m3-server (Fetch) and by Redis (pipelined GETs)\n"
     "  storage  --store DIR [--ops N] [--batch 5] [--direct] [--warmup N] [--seed S] [--json]\n"
     "           store fetches of random batches vs raw io_uring reads of the same bytes\n"
-#ifdef M3_BENCH_SCALE
     "  scale    --dir DIR [--sizes 10000,100000,1000000] [--big] [--emb-dim 256] [--plot DIR]\n"
     "           [--json]  bulk write, open, fetch vs raw reads, bytes per memory and trained\n"
     "           index search/recall against the number of memories\n"
-#endif
-#ifdef M3_BENCH_CODEC
     "  codec    --codec STR [--train N] [--test N] [--vectors FILE] [--json]\n"
     "           codec size, error and speed (see m3-bench codec --help)\n"
-#endif
     "  encode   [--hidden 1024 --layers 8 --heads 16 --kv-heads 4 --head-dim 64 --batch 8\n"
     "           --seq 128] [--json]\n"
     "           encoder memory-layer forward + selection vs OpenBLAS sgemm\n"
@@ -77,13 +73,9 @@ int main(int argc, char **argv) {
       {"gen", bench_gen},
       {"storage", bench_storage},
       {"rpc", bench_rpc},
-#ifdef M3_BENCH_SCALE
       {"scale", bench_scale},
-#endif
       {"peer", bench_peer},
-#ifdef M3_BENCH_CODEC
       {"codec", m3_bench_codec},
-#endif
       {"encode", bench_encode},
   };
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
