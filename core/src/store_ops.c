@@ -388,6 +388,7 @@ static int repair_record(void *ud, const m3_segment *seg, uint64_t off, const m3
     m3__batch_put_chunk(ctx->b, r->chunk_id, &loc, r->text, r->text_bytes, r->embedding,
                         4u * r->layout.emb_dim);
   }
+  m3__progress("repair records", ++ctx->rep->records, 0);
   /* Bound the batch's memory; order is kept because batches commit in order. */
   if (++ctx->pending == 4096) {
     int rc = m3__catalog_commit(ctx->cat, ctx->b, 0);
@@ -531,6 +532,7 @@ int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_repor
   m3__batch_put_meta(ctx.b, &ident);
   m3__batch_put_next_seg(ctx.b, ids[nids - 1] + 1);
   if ((rc = m3__catalog_commit(&cat, ctx.b, 1)) != 0) goto out;
+  rep->records = 0; /* counted as scanned above; now the live ones */
   if ((rc = m3__catalog_chunks(&cat, count_chunk, &rep->records)) != 0) goto out;
   m3__catalog_close(&cat);
   opened = 0;

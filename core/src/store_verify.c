@@ -138,10 +138,15 @@ static int verify_stream(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud, uin
             "and %llu texts; checking each", s->dir, (unsigned long long)c.bad,
             (unsigned long long)c.live, (unsigned long long)c.total, (unsigned long long)c.texts);
     rc = m3__store_verify_entries(s, io, fn, ud, checked);
-    if (rc == 0)
+    if (rc == 0) {
       rc = m3__seterr(M3_ECORRUPT, "store %s: the catalog's texts and locations disagree "
                       "(%llu texts for %llu memories)", s->dir, (unsigned long long)c.texts,
                       (unsigned long long)c.total);
+      if (fn) {
+        m3_problem p = {UINT64_MAX, 0, 0, rc, m3_errmsg()};
+        fn(ud, &p);
+      }
+    }
     return rc;
   }
   if (checked) *checked = c.live;
