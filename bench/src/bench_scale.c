@@ -265,7 +265,7 @@ static void plot(const char *dir, const scale_row *rows, int nrows) {
   };
   f = fopen(gp, "w");
   if (!f) return;
-  fprintf(f, "set terminal pngcairo size 800,500\nset logscale x\nset xlabel 'memories (N)'\n"
+  fprintf(f, "set terminal pngcairo size 800,500 noenhanced\nset logscale x\nset xlabel 'memories (N)'\n"
              "set key left top\nset grid\n");
   for (size_t i = 0; i < sizeof figs / sizeof figs[0]; i++)
     fprintf(f, "set output '%s/scale_%s.png'\nset ylabel '%s'\nplot '%s' u 1:%s\n", dir,
