@@ -21,8 +21,8 @@ static ct_server SRV;
 
 static int setup(void **state) {
   ct_store_make(&S, N, DIM);
-  char *rt = ct_write_file(&S, "read.token", READ_TOKEN);
-  char *at = ct_write_file(&S, "admin.token", ADMIN_TOKEN);
+  char *rt = m3t_write_file(S.dir, "read.token", READ_TOKEN);
+  char *at = m3t_write_file(S.dir, "admin.token", ADMIN_TOKEN);
   const char *extra[] = {"--token-file", rt, "--admin-token-file", at, NULL};
   ct_server_start(&SRV, &S, extra);
   free(rt);
@@ -97,7 +97,7 @@ static void test_admin_put_search_delete(void **state) {
   tu_mem_make(&m, &S.layout, id, 0);
   float emb[DIM];
   uint64_t rng = 5;
-  ct_unit_vector(&rng, emb, DIM);
+  m3t_rand_unit(&rng, emb, DIM);
   m.in.embedding = emb;
   size_t size = m3_record_size(&S.layout, m.in.text_len);
   uint8_t *rec = malloc(size);

@@ -19,7 +19,7 @@ endif()
 # Writes a small store (raw-f32 or a trained PQ codec) for the binding test.
 add_executable(worker_mkstore ${_wdir}/worker_mkstore.c ${_wlib})
 target_include_directories(worker_mkstore PRIVATE ${PROJECT_SOURCE_DIR}/tests)
-target_link_libraries(worker_mkstore PRIVATE m3attn m3codec m3core PkgConfig::CMOCKA m)
+target_link_libraries(worker_mkstore PRIVATE m3attn m3codec m3core m3test PkgConfig::CMOCKA m)
 
 if(M3_HAVE_CUDA AND TARGET m3attn_cuda)
   m3_add_test(worker_attn_cuda SOURCES ${_wdir}/test_attn_cuda.c ${_wlib} LABELS unit
