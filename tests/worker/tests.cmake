@@ -32,6 +32,11 @@ add_dependencies(worker_mkstore m3client_shared m3)
 if(TARGET m3-server)
   add_dependencies(worker_mkstore m3-server)
 endif()
-set_property(TEST worker_python APPEND PROPERTY ENVIRONMENT
-  "M3_LIB=$<TARGET_FILE:m3client_shared>" "M3_MKSTORE=$<TARGET_FILE:worker_mkstore>"
-  "M3_SANITIZE=${M3_SANITIZE}" OMP_NUM_THREADS=1)
+# Which library the binding loads without M3_LIB (release builds only).
+m3_add_script_test(worker_python_lib SCRIPT ${_wdir}/test_python_lib.sh LABELS integration
+  TIMEOUT 120)
+foreach(_t worker_python worker_python_lib)
+  set_property(TEST ${_t} APPEND PROPERTY ENVIRONMENT
+    "M3_LIB=$<TARGET_FILE:m3client_shared>" "M3_MKSTORE=$<TARGET_FILE:worker_mkstore>"
+    "M3_SANITIZE=${M3_SANITIZE}" OMP_NUM_THREADS=1)
+endforeach()
