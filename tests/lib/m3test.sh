@@ -88,12 +88,15 @@ runx() {
 # (parsed as `j`).
 json_get() { "$py" -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
+# json_true FILE EXPR: whether EXPR over the JSON in FILE (as j) is true
+# (for check: `check NAME json_true FILE EXPR`).
+json_true() {
+  "$py" -c 'import json, sys; j = json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$1" "$2"
+}
+
 # jcheck FILE EXPR: EXPR over the JSON in FILE (as j) must be true; stops
 # the test (printing FILE) otherwise.
-jcheck() {
-  "$py" -c 'import json, sys; j = json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$1" "$2" \
-    || { cat "$1" >&2; fail "$1: not true: $2"; }
-}
+jcheck() { json_true "$1" "$2" || { cat "$1" >&2; fail "$1: not true: $2"; }; }
 
 # m3t_wait_file FILE [TRIES]: wait (50 ms steps, 200 by default) until FILE
 # is non-empty; 1 when it never is.
