@@ -28,25 +28,25 @@ static double recall(m3_index *ix, const it_ref *ref, const float *q, const char
 
 static void test_recall(void **state) {
   (void)state;
-  char *dir = it_mkdtemp("recall");
+  char *dir = m3t_mkdtemp("recall");
   m3_store *s = it_store_open(dir, DIM);
   it_ref ref;
   it_ref_init(&ref, DIM);
   uint64_t seed = 5;
   float *centers = malloc(CLUSTERS * DIM * sizeof *centers), *embs = malloc(N * DIM * sizeof *embs);
   uint64_t *ids = malloc(N * sizeof *ids);
-  for (int i = 0; i < CLUSTERS * DIM; i++) centers[i] = it_randf(&seed);
+  for (int i = 0; i < CLUSTERS * DIM; i++) centers[i] = m3t_randf(&seed);
   for (int i = 0; i < N; i++) {
     ids[i] = (uint64_t)i * 7 + 1;
-    const float *c = centers + (it_rand(&seed) % CLUSTERS) * DIM;
-    for (int d = 0; d < DIM; d++) embs[i * DIM + d] = c[d] + 0.15f * it_randf(&seed);
+    const float *c = centers + (m3t_rand(&seed) % CLUSTERS) * DIM;
+    for (int d = 0; d < DIM; d++) embs[i * DIM + d] = c[d] + 0.15f * m3t_randf(&seed);
     it_ref_set(&ref, ids[i], embs + i * DIM);
   }
   for (int i = 0; i < N; i += 500) CHECK_OK(it_put(s, ids + i, embs + i * DIM, 500));
   float q[NQ * DIM];
   for (int i = 0; i < NQ; i++) { /* queries near stored vectors */
-    const float *e = embs + (it_rand(&seed) % N) * DIM;
-    for (int d = 0; d < DIM; d++) q[i * DIM + d] = e[d] + 0.1f * it_randf(&seed);
+    const float *e = embs + (m3t_rand(&seed) % N) * DIM;
+    for (int d = 0; d < DIM; d++) q[i * DIM + d] = e[d] + 0.1f * m3t_randf(&seed);
   }
 
   m3_index_options o;
@@ -100,7 +100,7 @@ static void test_recall(void **state) {
   free(centers);
   free(embs);
   free(ids);
-  it_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

@@ -46,7 +46,7 @@ int main(int argc, char **argv) {
   tu_mem m[64];
   m3_record_in in[64];
   for (uint64_t next = 0; next < count;) {
-    size_t n = 1 + (size_t)(tu_rand(&rng) % 64);
+    size_t n = 1 + (size_t)(m3t_rand(&rng) % 64);
     if (n > count - next) n = (size_t)(count - next);
     for (size_t i = 0; i < n; i++) {
       tu_mem_make(&m[i], &l, next + i, 0);
@@ -56,7 +56,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < n; i++) tu_mem_free(&m[i]);
     if (rc) die("bulk add", rc);
     next += n;
-    if (tu_rand(&rng) % 16 == 0) {
+    if (m3t_rand(&rng) % 16 == 0) {
       if ((rc = m3_store_bulk_checkpoint(b)) != 0) die("checkpoint", rc);
       printf("c %llu\n", (unsigned long long)next);
       fflush(stdout);

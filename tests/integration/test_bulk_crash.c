@@ -86,7 +86,7 @@ static char *g_root;
 
 static int teardown(void **state) {
   (void)state;
-  tu_rmrf(g_root);
+  m3t_rmrf(g_root);
   free(g_root);
   return 0;
 }
@@ -99,9 +99,9 @@ static void test_bulk_kill_loop(void **state) {
   print_message("seed %llu (set M3_TEST_SEED to repeat), %d iterations\n",
                 (unsigned long long)rng, iters);
   char writer[4096];
-  tu_bin_path(writer, sizeof writer, "bulk_writer");
+  m3t_bin_path(writer, sizeof writer, "bulk_writer");
   if (access(writer, X_OK) != 0) fail_msg("%s: not found (M3_BIN_DIR)", writer);
-  g_root = tu_mkdtemp("bulkkill");
+  g_root = m3t_mkdtemp("bulkkill");
   char dir[4200];
   snprintf(dir, sizeof dir, "%s/store", g_root);
   uint64_t durable = 0;
@@ -110,13 +110,13 @@ static void test_bulk_kill_loop(void **state) {
     int last = i == iters;
     char count[32], seed[32], segb[32];
     snprintf(count, sizeof count, "%d", COUNT);
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)tu_rand(&rng));
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)m3t_rand(&rng));
     snprintf(segb, sizeof segb, "%u", SEGMENT_BYTES);
     char *argv[] = {writer, dir, count, seed, segb, CHECKPOINT, NULL};
     tu_child c;
     tu_child_start(&c, argv, NULL);
-    long long delay = last ? 120000 : (long long)(tu_rand(&rng) % 400);
-    int eof = tu_child_read_until(&c, tu_now_ms() + delay);
+    long long delay = last ? 120000 : (long long)(m3t_rand(&rng) % 400);
+    int eof = tu_child_read_until(&c, m3t_now_ms() + delay);
     int status = tu_child_finish(&c, !last);
     if (strstr(c.out, "\nerr") || !strncmp(c.out, "err", 3)) fail_msg("writer failed: %s", c.out);
     int was_killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;

@@ -44,7 +44,7 @@ static void check_content(m3_store *s, int replaced) {
 
 static void test_bulk(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("bulk");
+  char *dir = m3t_mkdtemp("bulk");
   m3_layout l = tu_layout_small();
   m3_store *s = tu_open(dir, &l, 1, SEG);
   m3_store_bulk_options bo;
@@ -111,7 +111,7 @@ static void test_bulk(void **state) {
   s = tu_open(dir, &l, 0, SEG);
   check_content(s, 1);
   m3_store_close(s);
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

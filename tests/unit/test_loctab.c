@@ -59,7 +59,7 @@ static void check_all(m3_store *s, const model *m, const char *when) {
 
 static void test_table_follows_catalog(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("loctab");
+  char *dir = m3t_mkdtemp("loctab");
   m3_layout l = tu_layout_m3_14();
   model *m = calloc(1, sizeof *m);
   for (size_t i = 0; i < N; i++) m->id[i] = scatter(i), m->version[i] = -1;
@@ -70,7 +70,7 @@ static void test_table_follows_catalog(void **state) {
   uint64_t rng = 7, del[N];
   size_t nd = 0;
   for (size_t i = 0; i < N; i++)
-    if (tu_rand(&rng) % 3 == 0) del[nd++] = m->id[i], m->version[i] = -1;
+    if (m3t_rand(&rng) % 3 == 0) del[nd++] = m->id[i], m->version[i] = -1;
   size_t deleted = 0;
   CHECK_OK(m3_store_delete(s, del, nd, &deleted));
   CHECK_U64(deleted, nd);
@@ -94,7 +94,7 @@ static void test_table_follows_catalog(void **state) {
   assert_true(st.loc_table_bytes >= st.records * 28);
   assert_true(m3_store_ram_bytes(s) >= st.loc_table_bytes);
   m3_store_close(s);
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
   free(m);
 }
