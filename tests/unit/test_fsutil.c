@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,40 +15,31 @@
 #include "m3/internal/hash.h"
 #include "testutil.h"
 
-static char *slurp(const char *path, size_t *len) {
+/* path holds exactly want[0..n), and path.tmp is gone. */
+static void check_file(const char *path, const char *want, size_t n) {
+  char buf[4096], tmp[4200];
   FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  static char buf[4096];
-  *len = fread(buf, 1, sizeof buf, f);
+  if (!f) fail_msg("open %s: %s", path, strerror(errno));
+  size_t got = fread(buf, 1, sizeof buf, f);
   fclose(f);
-  return buf;
-}
-
-static int exists(const char *path) {
+  CHECK_U64(got, n);
+  assert_memory_equal(buf, want, n);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
   struct stat st;
-  return stat(path, &st) == 0;
+  if (stat(tmp, &st) == 0) fail_msg("%s left behind", tmp);
 }
 
 static void test_replace(void **state) {
   (void)state;
   char *dir = tu_mkdtemp("fsutil");
-  char path[4200], tmp[4200];
+  char path[4200];
   snprintf(path, sizeof path, "%s/f.bin", dir);
-  snprintf(tmp, sizeof tmp, "%s/f.bin.tmp", dir);
-  size_t n = 0;
   CHECK_OK(m3__fs_replace(path, "first", 5));
-  char *got = slurp(path, &n);
-  assert_non_null(got);
-  CHECK_U64(n, 5);
-  assert_memory_equal(got, "first", 5);
+  check_file(path, "first", 5);
   CHECK_OK(m3__fs_replace(path, "the second", 10)); /* over an existing file */
-  got = slurp(path, &n);
-  CHECK_U64(n, 10);
-  assert_memory_equal(got, "the second", 10);
-  assert_false(exists(tmp));
+  check_file(path, "the second", 10);
   CHECK_OK(m3__fs_replace(path, "", 0)); /* empty contents */
-  got = slurp(path, &n);
-  CHECK_U64(n, 0);
+  check_file(path, "", 0);
   CHECK_OK(m3__fsync_dir(dir));
   tu_rmrf(dir);
   free(dir);
@@ -62,17 +54,12 @@ static int fail_after_some(int fd, const char *tmp, void *ud) {
 static void test_failed_write_keeps_old(void **state) {
   (void)state;
   char *dir = tu_mkdtemp("fsutil");
-  char path[4200], tmp[4200];
+  char path[4200];
   snprintf(path, sizeof path, "%s/keep", dir);
-  snprintf(tmp, sizeof tmp, "%s/keep.tmp", dir);
   CHECK_OK(m3__fs_replace(path, "old", 3));
   CHECK_RC(m3__fs_replace_fn(path, fail_after_some, NULL), M3_ENOSPC);
   CHECK_CONTAINS(m3_errmsg(), "keep.tmp");
-  size_t n = 0;
-  char *got = slurp(path, &n);
-  CHECK_U64(n, 3);
-  assert_memory_equal(got, "old", 3);
-  assert_false(exists(tmp));
+  check_file(path, "old", 3);
   tu_rmrf(dir);
   free(dir);
 }
