@@ -31,7 +31,7 @@ static void check_file(const char *path, const char *want, size_t n) {
 
 static void test_replace(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("fsutil");
+  char *dir = m3t_mkdtemp("fsutil");
   char path[4200];
   snprintf(path, sizeof path, "%s/f.bin", dir);
   CHECK_OK(m3__fs_replace(path, "first", 5));
@@ -41,7 +41,7 @@ static void test_replace(void **state) {
   CHECK_OK(m3__fs_replace(path, "", 0)); /* empty contents */
   check_file(path, "", 0);
   CHECK_OK(m3__fsync_dir(dir));
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 
@@ -53,20 +53,20 @@ static int fail_after_some(int fd, const char *tmp, void *ud) {
 
 static void test_failed_write_keeps_old(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("fsutil");
+  char *dir = m3t_mkdtemp("fsutil");
   char path[4200];
   snprintf(path, sizeof path, "%s/keep", dir);
   CHECK_OK(m3__fs_replace(path, "old", 3));
   CHECK_RC(m3__fs_replace_fn(path, fail_after_some, NULL), M3_ENOSPC);
   CHECK_CONTAINS(m3_errmsg(), "keep.tmp");
   check_file(path, "old", 3);
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 
 static void test_errors_name_the_file(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("fsutil");
+  char *dir = m3t_mkdtemp("fsutil");
   char missing[4096], path[4200];
   snprintf(missing, sizeof missing, "%s/no-such-dir", dir);
   snprintf(path, sizeof path, "%s/f", missing);
@@ -76,7 +76,7 @@ static void test_errors_name_the_file(void **state) {
   rc = m3__fsync_dir(missing);
   assert_true(rc < 0);
   CHECK_CONTAINS(m3_errmsg(), "no-such-dir");
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

@@ -12,7 +12,7 @@
 
 static void test_interrupted_create(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("store-create");
+  char *dir = m3t_mkdtemp("store-create");
   char cat[4200];
   snprintf(cat, sizeof cat, "%s/catalog", dir);
   /* The state a kill leaves: RocksDB created the catalog, no meta yet. */
@@ -41,7 +41,7 @@ static void test_interrupted_create(void **state) {
   assert_non_null(s);
   tu_check_fetch(s, 2, 0);
   m3_store_close(s);
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 
