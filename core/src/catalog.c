@@ -13,7 +13,7 @@
 #include "m3/error.h"
 #include "m3/fault.h"
 
-#define LOC_BYTES 28
+#define LOC_BYTES M3__CATALOG_LOC_BYTES
 
 static void be32(uint8_t *p, uint32_t v) {
   for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
@@ -379,6 +379,19 @@ void m3__batch_del_segment(m3__wbatch *b, uint32_t seg) {
   uint8_t k[5] = {'S'};
   be32(k + 1, seg);
   rocksdb_writebatch_delete(b, (const char *)k, sizeof k);
+}
+
+int m3__catalog_rocks_err(char *err, const char *what, const char *path) {
+  return from_rocks(err, what, path);
+}
+
+void m3__catalog_chunk_key(uint8_t key[9], char kind, uint64_t id) {
+  key[0] = (uint8_t)kind;
+  be64(key + 1, id);
+}
+
+void m3__catalog_loc_encode(uint8_t v[M3__CATALOG_LOC_BYTES], const m3_location *loc) {
+  loc_encode(v, loc);
 }
 
 void m3__batch_put_loc(m3__wbatch *b, uint64_t id, const m3_location *loc) {

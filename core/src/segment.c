@@ -61,7 +61,7 @@ int m3__ident_equal(const m3_ident *a, const m3_ident *b) {
          a->layout.codec_fp == b->layout.codec_fp && a->layout.emb_dim == b->layout.emb_dim;
 }
 
-static int fsync_dir(const char *dir) {
+int m3__fsync_dir(const char *dir) {
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return m3__syserr(errno, "open directory %s", dir);
   int rc = fsync(fd) ? m3__syserr(errno, "fsync directory %s", dir) : 0;
@@ -131,7 +131,7 @@ int m3__segment_create(const char *dir, uint32_t id, const m3_ident *ident, int 
     rc = m3__syserr(errno, "rename %s to %s", tmp, path);
     goto out;
   }
-  if ((rc = fsync_dir(dir)) != 0) goto out;
+  if ((rc = m3__fsync_dir(dir)) != 0) goto out;
 
   memset(out, 0, sizeof *out);
   out->id = id;
