@@ -86,30 +86,26 @@ void m3__batch_del_chunk(m3__wbatch *b, uint64_t id);
 /* Apply the batch atomically (fault point catalog.write). */
 int m3__catalog_commit(m3_catalog *c, m3__wbatch *b, int sync);
 
-/* ---- bulk ingest (catalog_ingest.c) ------------------------------------- */
+/* ---- bulk ingest ----------------------------------------------------- */
 
-/* The key of chunk id's entry of kind 'C', 'T' or 'E' (9 bytes) and the
- * value of a 'C' entry (M3__CATALOG_LOC_BYTES), as the catalog writes them. */
-#define M3__CATALOG_LOC_BYTES 28
-/* A RocksDB errptr string as an m3 code (frees err), as everywhere here. */
-int m3__catalog_rocks_err(char *err, const char *what, const char *path);
-void m3__catalog_chunk_key(uint8_t key[9], char kind, uint64_t id);
-void m3__catalog_loc_encode(uint8_t v[M3__CATALOG_LOC_BYTES], const m3_location *loc);
+/* One memory's catalog entries ('C', 'E', 'T'), for m3__catalog_ingest. */
+typedef struct m3__chunk_entry {
+  uint64_t id;
+  m3_location loc;
+  const char *text;   /* text_len bytes, borrowed */
+  size_t text_len;
+  const uint8_t *emb; /* emb_bytes bytes (little-endian f32), borrowed; NULL when 0 */
+  size_t emb_bytes;
+} m3__chunk_entry;
 
 /*
- * An SST file of chunk entries for m3__catalog_ingest: written with
- * RocksDB's SstFileWriter, keys strictly increasing (all 'C' entries in id
- * order, then all 'E', then all 'T'). Owned by the caller: m3__sst_free,
- * which also removes an unfinished file.
+ * Write the entries of v (n, sorted by id, no id twice) as one sorted SST
+ * file at tmp_path and ingest it into the catalog (RocksDB
+ * IngestExternalFile, the file moved in): all of them become visible at
+ * once, or none. Entries replace what the catalog held for those ids. A
+ * file left at tmp_path by a crash is garbage (the store removes
+ * bulk-*.sst at open). Fault point catalog.ingest.
  */
-typedef struct m3__sst m3__sst;
-int m3__sst_open(const char *path, m3__sst **out);
-int m3__sst_put(m3__sst *t, char kind, uint64_t id, const void *val, size_t len);
-int m3__sst_finish(m3__sst *t); /* the file is complete and synced */
-uint64_t m3__sst_entries(const m3__sst *t);
-void m3__sst_free(m3__sst *t);
-
-/* Ingest finished SST files (moved into the catalog, not copied). */
-int m3__catalog_ingest(m3_catalog *c, const char *const *paths, size_t n);
+int m3__catalog_ingest(m3_catalog *c, const char *tmp_path, const m3__chunk_entry *v, size_t n);
 
 #endif /* M3_CATALOG_H */

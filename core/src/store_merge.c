@@ -273,53 +273,56 @@ out:
   return rc;
 }
 
-/* The catalog side: entries as one SST file, ingested; segments and the
- * next segment id in one batch. */
+/* The catalog side, the one place that writes catalog entries: batches of
+ * INGEST_BATCH entries, each one sorted SST file ingested (m3__catalog_ingest,
+ * the store's bulk path), texts and embeddings read from the inputs; then
+ * the segments and the next segment id in one write batch. */
+#define INGEST_BATCH 65536
+
 static int write_catalog(merge *m, m3_catalog *cat, const char *dir, const list *l,
                          const segs *sg) {
   char path[4200];
-  snprintf(path, sizeof path, "%s/merge.sst", dir);
   size_t emb_dim = m3_store_layout(m->ins[0].st)->emb_dim;
+  size_t cap = l->n < INGEST_BATCH ? l->n : INGEST_BATCH;
+  m3__chunk_entry *v = calloc(cap ? cap : 1, sizeof *v);
+  char **texts = calloc(cap ? cap : 1, sizeof *texts);
+  uint8_t *raw = calloc(cap ? cap : 1, 4 * (emb_dim ? emb_dim : 1));
   float *emb = calloc(emb_dim ? emb_dim : 1, sizeof *emb);
-  uint8_t *raw = calloc(emb_dim ? emb_dim : 1, 4);
-  m3__sst *t = NULL;
   m3__wbatch *b = NULL;
   int rc = 0;
-  if (!emb || !raw) {
+  if (!v || !texts || !raw || !emb) {
     rc = m3__seterr(M3_ENOMEM, "merge: out of memory");
     goto out;
   }
-  if (l->n) {
-    if ((rc = m3__sst_open(path, &t)) != 0) goto out;
-    for (size_t i = 0; i < l->n && rc == 0; i++) {
-      uint8_t v[M3__CATALOG_LOC_BYTES];
-      m3__catalog_loc_encode(v, &l->v[i].loc);
-      rc = m3__sst_put(t, 'C', l->v[i].id, v, sizeof v);
-    }
-    for (size_t i = 0; i < l->n && rc == 0 && emb_dim; i++) {
-      rc = m3_store_get_embedding(m->ins[l->v[i].in].st, l->v[i].id, emb);
+  for (size_t base = 0; base < l->n && rc == 0; base += cap) {
+    size_t n = l->n - base < cap ? l->n - base : cap;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+      const entry *e = &l->v[base + i];
+      m3_store *st = m->ins[e->in].st;
+      v[i] = (m3__chunk_entry){.id = e->id, .loc = e->loc};
+      free(texts[i]);
+      texts[i] = NULL;
+      if ((rc = m3_store_get_text(st, e->id, &texts[i], &v[i].text_len)) != 0) break;
+      v[i].text = texts[i];
+      if (emb_dim == 0) continue;
+      rc = m3_store_get_embedding(st, e->id, emb);
       if (rc == M3_ENOTFOUND) {
         rc = 0;
         continue;
       }
-      for (size_t k = 0; k < emb_dim && rc == 0; k++) {
+      uint8_t *r = raw + i * 4 * emb_dim;
+      for (size_t k = 0; k < emb_dim; k++) {
         uint32_t bits;
         memcpy(&bits, &emb[k], 4);
-        m3__st32(raw + 4 * k, bits);
+        m3__st32(r + 4 * k, bits);
       }
-      if (rc == 0) rc = m3__sst_put(t, 'E', l->v[i].id, raw, 4 * emb_dim);
+      v[i].emb = r;
+      v[i].emb_bytes = 4 * emb_dim;
     }
-    for (size_t i = 0; i < l->n && rc == 0; i++) {
-      char *text = NULL;
-      size_t len = 0;
-      rc = m3_store_get_text(m->ins[l->v[i].in].st, l->v[i].id, &text, &len);
-      if (rc == 0) rc = m3__sst_put(t, 'T', l->v[i].id, text, len);
-      free(text);
-    }
-    if (rc || (rc = m3__sst_finish(t)) != 0) goto out;
-    const char *paths[1] = {path};
-    if ((rc = m3__catalog_ingest(cat, paths, 1)) != 0) goto out;
+    snprintf(path, sizeof path, "%s/merge-%zu.sst", dir, base / cap);
+    if (rc == 0) rc = m3__catalog_ingest(cat, path, v, n);
   }
+  if (rc) goto out;
   b = m3__batch_new();
   uint32_t next = 1;
   for (size_t i = 0; i < sg->n; i++) {
@@ -330,10 +333,11 @@ static int write_catalog(merge *m, m3_catalog *cat, const char *dir, const list 
   rc = m3__catalog_commit(cat, b, 1);
 out:
   m3__batch_free(b);
-  m3__sst_free(t);
-  unlink(path);
-  free(emb);
+  for (size_t i = 0; texts && i < cap; i++) free(texts[i]);
+  free(texts);
+  free(v);
   free(raw);
+  free(emb);
   return rc;
 }
 
