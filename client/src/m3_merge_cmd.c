@@ -3,7 +3,9 @@
  *   PARTIAL...: the partial stores of a fleet's encoders (m3-encode --slice)
  * into S shard stores OUTDIR/shard-<s>, by m3_store_merge (m3/store.h), then
  * each shard's retrieval index (m3_index_open: built and saved, so that
- * m3-server --index FACTORY loads it at once). A rerun after an
+ * m3-server --index FACTORY loads it at once; a factory that trains is
+ * trained once on a sample of all inputs, OUTDIR/index-trained.faiss, and
+ * each shard adds its vectors to a copy). A rerun after an
  * interruption finishes the job; docs/OPERATIONS.md ("Encoding on a
  * fleet") is the user-facing description.
  */
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "m3/error.h"
 #include "m3/index.h"
@@ -26,6 +29,29 @@ static void usage(FILE *f) {
         "copy_file_range. Rerun the same command after an interruption to finish.\n"
         "Exit: 0 done, 1 inputs refused (mixed layouts, conflicting ids), 2 failure.\n",
         f);
+}
+
+/* OUTDIR/index-trained.faiss from the inputs, unless a run made it already
+ * (it is renamed into place complete). */
+static int train_shared(char **inputs, size_t n, const char *factory, const char *path,
+                        int *needed) {
+  m3_store **st = calloc(n, sizeof *st);
+  if (st == NULL) return m3__seterr(M3_ENOMEM, "out of memory");
+  m3_store_options so;
+  m3_store_options_init(&so);
+  so.read_only = 1;
+  m3_index_options xo;
+  m3_index_options_init(&xo);
+  xo.factory = factory;
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) rc = m3_store_open(inputs[i], &so, &st[i]);
+  if (rc == 0 && m3_store_layout(st[0])->emb_dim) {
+    if (access(path, F_OK) == 0) *needed = 1;
+    else rc = m3_index_train_file(st, n, &xo, path, needed);
+  }
+  for (size_t i = 0; i < n; i++) m3_store_close(st[i]);
+  free(st);
+  return rc;
 }
 
 int m3__cmd_store_merge(int argc, char **argv) {
@@ -80,6 +106,16 @@ int m3__cmd_store_merge(int argc, char **argv) {
   }
   size_t *indexed = calloc(mo.shards, sizeof *indexed);
   if (indexed == NULL) goto out;
+  /* A factory that trains (IVF, PQ ...) is trained once, on a sample of all
+   * the partial stores, and every shard starts from that. */
+  char trained[4200];
+  int needed = 0;
+  snprintf(trained, sizeof trained, "%s/index-trained.faiss", out);
+  if ((rc = train_shared(argv + optind, (size_t)(argc - optind), factory, trained, &needed)) != 0) {
+    fprintf(stderr, "m3 store merge: trained index: %s: %s\n", m3_strerror(rc), m3_errmsg());
+    free(indexed);
+    goto out;
+  }
   for (uint32_t s = 0; s < mo.shards && rc == 0; s++) {
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/shard-%u", out, s);
@@ -88,6 +124,7 @@ int m3__cmd_store_merge(int argc, char **argv) {
     m3_index_options xo;
     m3_index_options_init(&xo);
     xo.factory = factory;
+    xo.trained = needed ? trained : NULL;
     if ((rc = m3_store_open(dir, NULL, &st)) == 0 &&
         (m3_store_layout(st)->emb_dim == 0 || (rc = m3_index_open(st, &xo, &ix)) == 0)) {
       m3_index_info info;

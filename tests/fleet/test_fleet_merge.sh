@@ -7,7 +7,8 @@
 #  - the same partial twice: identical duplicates are taken once;
 #  - a partial of another codec, and a chunk id held by two partials with
 #    different content, are refused (exit 1) naming the store and the id;
-#  - a rerun with another shard count is refused.
+#  - a rerun with another shard count is refused;
+#  - a trained index factory is trained once on a sample of all inputs.
 set -euo pipefail
 bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
 src=${M3_SOURCE_DIR:?M3_SOURCE_DIR must point at the source tree}
@@ -57,6 +58,17 @@ cmp -s "$work/inputs.before" "$work/inputs.after" || { diff "$work/inputs.before
 "$bin/m3" store merge --shards 2 --out "$work/dup" --json "${parts[@]}" "$work/p/slice-1" >"$work/dup.json" 2>/dev/null
 grep -q '"duplicates": 9[0-9]' "$work/dup.json" || fail "duplicates: $(cat "$work/dup.json")"
 digest "$work/dup" | cmp -s - "$work/ref.d" || fail "merge with duplicates != merge without"
+
+# A factory that trains: trained once on a sample of all three slices (297
+# vectors seen), each shard adds its vectors to that, no shard trains.
+M3_LOG_LEVEL=info "$bin/m3" store merge --shards 2 --out "$work/ivf" --index IVF4,Flat "${parts[@]}" \
+  >"$work/ivf.out" 2>"$work/ivf.log" || { cat "$work/ivf.log"; fail "merge --index IVF4,Flat"; }
+[ -s "$work/ivf/index-trained.faiss" ] || fail "no shared trained index"
+[ "$(grep -c "training 'IVF4,Flat'" "$work/ivf.log")" = 1 ] || { cat "$work/ivf.log"; fail "trained other than once"; }
+grep -q "index-trained.faiss: training 'IVF4,Flat' on 297 of 297 vectors" "$work/ivf.log" ||
+  { cat "$work/ivf.log"; fail "not trained on all slices"; }
+grep -q "shard 0: .*149 records, index IVF4,Flat: 149 vectors" "$work/ivf.out" || { cat "$work/ivf.out"; fail "shard 0 index"; }
+grep -q "shard 1: .*148 records, index IVF4,Flat: 148 vectors" "$work/ivf.out" || { cat "$work/ivf.out"; fail "shard 1 index"; }
 
 refuse() { # refuse NAME PATTERN cmd...
   local name=$1 pat=$2
