@@ -546,11 +546,10 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       {"embed", required_argument, NULL, 'e'},     {"index", required_argument, NULL, 'x'},
       {"threads", required_argument, NULL, 't'},   {"batch", required_argument, NULL, 'b'},
       {"max-tokens", required_argument, NULL, 'M'}, {"prefix", required_argument, NULL, 'p'},
-      {"tokens-per-head", required_argument, NULL, 'T'},
+      {"tokens-per-head", required_argument, NULL, 'T'}, {"slice", required_argument, NULL, 'S'},
       {"mem-layers", required_argument, NULL, 'L'}, {"on-error", required_argument, NULL, 'E'},
       {"report", required_argument, NULL, 'r'},    {"id-base", required_argument, NULL, 'I'},
-      {"backend", required_argument, NULL, 'B'},   {"slice", required_argument, NULL, 'S'},
-      {"help", no_argument, NULL, 'h'},
+      {"backend", required_argument, NULL, 'B'},   {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   memset(o, 0, sizeof *o);
   o->embed = "hash:256";
