@@ -5,13 +5,8 @@
 # Kubernetes Indexed Job sets it; a rerun of a slice stores nothing twice;
 # a store of another slice, a sibling slice with another codec, and a bad
 # --slice are refused with a message naming what is wrong.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-src=${M3_SOURCE_DIR:?M3_SOURCE_DIR must point at the source tree}
-[ -x "$bin/m3-encode" ] || { echo "no $bin/m3-encode: skipped"; exit 77; }
-work=$(mktemp -d /tmp/m3-encode-slice.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/../lib/m3test.sh" encode-slice
+m3t_need_exec "$bin/m3-encode"
 "$bin/m3-encode" test-model --out "$work/model" 2>/dev/null
 enc() { "$bin/m3-encode" --model "$work/model" --input "$src/examples/kb/kb.jsonl" --embed hash:32 "$@"; }
 
@@ -38,12 +33,7 @@ JOB_COMPLETION_INDEX=1 enc --store "$work/parts/slice-1" --slice auto/3 2>"$work
 grep -q "0 chunks encoded, 95 already in the store\|0 chunks encoded, [0-9]* already" "$work/rerun.log" ||
   fail "rerun encoded again: $(tail -1 "$work/rerun.log")"
 
-refuse() { # refuse NAME PATTERN cmd...
-  local name=$1 pat=$2
-  shift 2
-  if "$@" >"$work/$name.out" 2>&1; then fail "$name: accepted"; fi
-  grep -q -- "$pat" "$work/$name.out" || { cat "$work/$name.out"; fail "$name: message lacks '$pat'"; }
-}
+refuse() { m3t_refused "$@"; }
 refuse other-slice "holds slice 1/3" enc --store "$work/parts/slice-1" --slice 2/3
 refuse no-index "JOB_COMPLETION_INDEX is not set" env -u JOB_COMPLETION_INDEX "$bin/m3-encode" \
   --model "$work/model" --input "$src/examples/kb/kb.jsonl" --store "$work/x" --slice auto/3

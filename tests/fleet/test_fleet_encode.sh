@@ -8,20 +8,10 @@
 # m3-server. Every query's answer (ids, scores, texts) and every fetched
 # memory's bytes must be equal; the merged shards verify, and together hold
 # the reference's records byte for byte (encode_store_digest).
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-src=${M3_SOURCE_DIR:?M3_SOURCE_DIR must point at the source tree}
-for b in m3-encode m3 m3-server; do [ -x "$bin/$b" ] || { echo "no $bin/$b: skipped"; exit 77; }; done
-work=$(mktemp -d /tmp/m3-fleet-encode.XXXXXX)
+. "$(dirname "$0")/../lib/m3test.sh" fleet-encode
+m3t_need_exec "$bin/m3-encode" "$bin/m3" "$bin/m3-server"
 cluster=$src/deploy/local/m3-cluster
-server_pid=
-cleanup() {
-  [ -f "$work/run/servers" ] && M3_BIN_DIR=$bin "$cluster" down --dir "$work/run" >/dev/null 2>&1 || true
-  [ -n "$server_pid" ] && { kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+m3t_at_exit '[ -f "$work/run/servers" ] && "$cluster" down --dir "$work/run" >/dev/null 2>&1'
 export M3_BIN_DIR=$bin OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 kb=$src/examples/kb/kb.jsonl
 
@@ -33,9 +23,7 @@ kb=$src/examples/kb/kb.jsonl
 # Reference: one process, one store, one server.
 "$bin/m3-encode" --model "$work/model" --input "$kb" --codec "$work/codec.m3c" --store "$work/one" \
   --embed hash:256 2>/dev/null
-"$bin/m3-server" --store "$work/one" --listen 127.0.0.1:0 --http 127.0.0.1:0 \
-  --port-file "$work/one.ports" 2>"$work/one.log" &
-server_pid=$!
+m3t_server one "$work/one"
 
 # The fleet: 3 slices, merge into 2 shards, 2 x 2 cluster.
 "$cluster" encode --model "$work/model" --input "$kb" --codec "$work/codec.m3c" --slices 3 \
@@ -52,10 +40,7 @@ while read -r id _; do
   [ $((id % 2)) = 0 ] || fail "chunk $id in shard 0"
 done < <("$bin/encode_store_digest" "$work/run/shards/shard-0")
 
-for _ in $(seq 100); do [ -s "$work/one.ports" ] && break; sleep 0.1; done
-rpc=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/one.ports")
-[ -n "$rpc" ] || { cat "$work/one.log"; fail "reference m3-server did not start"; }
-one=(--server "127.0.0.1:$rpc")
+one=(--server "$addr")
 map=(--cluster "$work/run/cluster.json")
 
 # Queries: every tenth chunk's text, and a few free ones.

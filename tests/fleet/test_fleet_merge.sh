@@ -9,13 +9,8 @@
 #    different content, are refused (exit 1) naming the store and the id;
 #  - a rerun with another shard count is refused;
 #  - a trained index factory is trained once on a sample of all inputs.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-src=${M3_SOURCE_DIR:?M3_SOURCE_DIR must point at the source tree}
-for b in m3-encode m3; do [ -x "$bin/$b" ] || { echo "no $bin/$b: skipped"; exit 77; }; done
-work=$(mktemp -d /tmp/m3-fleet-merge.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/../lib/m3test.sh" fleet-merge
+m3t_need_exec "$bin/m3-encode" "$bin/m3"
 export OPENBLAS_NUM_THREADS=1
 kb=$src/examples/kb/kb.jsonl
 "$bin/m3-encode" test-model --out "$work/model" 2>/dev/null
@@ -70,14 +65,10 @@ grep -q "index-trained.faiss: training 'IVF4,Flat' on 297 of 297 vectors" "$work
 grep -q "shard 0: .*149 records, index IVF4,Flat: 149 vectors" "$work/ivf.out" || { cat "$work/ivf.out"; fail "shard 0 index"; }
 grep -q "shard 1: .*148 records, index IVF4,Flat: 148 vectors" "$work/ivf.out" || { cat "$work/ivf.out"; fail "shard 1 index"; }
 
-refuse() { # refuse NAME PATTERN cmd...
+refuse() { # refuse NAME PATTERN cmd...: exit 1 (inputs refused) naming PATTERN
   local name=$1 pat=$2
   shift 2
-  set +e
-  "$@" >"$work/$name.out" 2>&1
-  local rc=$?
-  set -e
-  [ "$rc" = 1 ] || { cat "$work/$name.out"; fail "$name: exit $rc, expected 1"; }
+  runx 1 "$name" "$@" || fail "$name"
   grep -q -- "$pat" "$work/$name.out" || { cat "$work/$name.out"; fail "$name: message lacks '$pat'"; }
 }
 # Another codec.

@@ -7,23 +7,18 @@
 # what it writes (check_manifests.py); a broken object and a changed command
 # are caught (so the checks can fail); the Containerfile's runtime stage
 # installs the packages of every library the built binaries load.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-src=${M3_SOURCE_DIR:?M3_SOURCE_DIR must point at the source tree}
+. "$(dirname "$0")/../lib/m3test.sh" k8s
 here=$src/tests/k8s
-command -v kubectl >/dev/null || { echo "no kubectl (Debian: kubernetes-client): skipped"; exit 77; }
-command -v node >/dev/null && command -v npm >/dev/null || { echo "no node/npm: skipped"; exit 77; }
-python3 -c 'import yaml' 2>/dev/null || { echo "no python3-yaml: skipped"; exit 77; }
-work=$(mktemp -d /tmp/m3-k8s.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+command -v kubectl >/dev/null || m3t_skip "no kubectl (kustomize >= 4)"
+command -v node >/dev/null && command -v npm >/dev/null || m3t_skip "no node/npm"
+"$py" -c 'import yaml' 2>/dev/null || m3t_skip "no python3-yaml"
 
 vdir=${M3_K8S_VALIDATOR_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/m3store/k8s-validate}
 if [ ! -f "$vdir/node_modules/kubernetes-models/package.json" ]; then
   mkdir -p "$vdir"
   echo "installing the validator: npm install kubernetes-models@5.1.0 into $vdir"
   (cd "$vdir" && npm install --no-audit --no-fund --loglevel=error kubernetes-models@5.1.0 >"$work/npm.log" 2>&1) ||
-    { cat "$work/npm.log"; echo "npm could not install kubernetes-models (no registry?): skipped"; exit 77; }
+    { cat "$work/npm.log"; m3t_skip "npm could not install kubernetes-models (no registry?)"; }
 fi
 validate() { node "$here/validate.mjs" "$1" "$vdir/node_modules"; }
 to_json() { python3 -c 'import json,sys,yaml; json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d], open(sys.argv[2], "w"))' "$1" "$2"; }
