@@ -23,7 +23,7 @@
 
 extern "C" {
 #include "m3/error.h"
-#include "../src/model_int.h"
+#include "../src/forward_int.h"
 }
 
 namespace {

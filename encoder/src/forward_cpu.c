@@ -29,7 +29,7 @@
 
 #include "m3/error.h"
 #include "m3/forward.h"
-#include "model_int.h"
+#include "forward_int.h"
 
 typedef struct cpu_state {
   const m3_model *m;
@@ -255,7 +255,4 @@ static int cpu_forward(void *p, const m3_batch *b, m3_memories *out) {
   return 0;
 }
 
-const m3_backend *m3_backend_cpu(void) {
-  static const m3_backend table = {"cpu", cpu_load, cpu_forward, cpu_free};
-  return &table;
-}
+const m3_backend m3__backend_cpu_table = {"cpu", cpu_load, cpu_forward, cpu_free};
