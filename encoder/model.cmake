@@ -10,6 +10,7 @@ pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 add_library(m3model STATIC
   ${CMAKE_CURRENT_LIST_DIR}/src/safetensors.c
   ${CMAKE_CURRENT_LIST_DIR}/src/model.c
+  ${CMAKE_CURRENT_LIST_DIR}/src/kernels_cpu.c
   ${CMAKE_CURRENT_LIST_DIR}/src/testmodel.c)
 set_target_properties(m3model PROPERTIES POSITION_INDEPENDENT_CODE ON)
 # src/ is public to the backends in other directories (model_int.h).
@@ -25,6 +26,7 @@ target_link_libraries(m3encoder PUBLIC m3model PkgConfig::OPENBLAS m)
 # The elementwise loops (RMSNorm, SiLU, softmax, column sums) vectorize at -O3.
 set_source_files_properties(
   ${CMAKE_CURRENT_LIST_DIR}/src/forward_cpu.c ${CMAKE_CURRENT_LIST_DIR}/src/select.c
+  ${CMAKE_CURRENT_LIST_DIR}/src/kernels_cpu.c
   PROPERTIES COMPILE_OPTIONS "-O3")
 
 if(M3_HAVE_CUDA)

@@ -33,6 +33,8 @@ APT_PACKAGES=(
   libjansson-dev
   # Tests: unit framework, Python tooling (ctypes binding + numpy)
   libcmocka-dev python3 python3-numpy
+  # The PyTorch reference worker (examples/worker.py), checked against the C decoder
+  python3-torch
   # Tokenizer parity: spm_train and spm_encode (SentencePiece reference tools)
   sentencepiece
   # Fuzzing: clang with libFuzzer (libclang-rt-dev holds libclang_rt.fuzzer; it is
@@ -389,6 +391,9 @@ verify_all() {
   # Debian's python3 (a pyenv or venv python earlier in PATH may lack numpy).
   if ! /usr/bin/python3 -c 'import numpy' >/dev/null 2>&1; then
     log "MISSING: /usr/bin/python3 cannot import numpy"; errors=$((errors + 1))
+  fi
+  if ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then
+    log "MISSING: /usr/bin/python3 cannot import torch (python3-torch)"; errors=$((errors + 1))
   fi
   # libFuzzer: link a trivial fuzz target.
   local fz

@@ -48,6 +48,16 @@ void m3__model_embed_row(const struct m3_model *m, int32_t tok, float *dst);
 /* cos/sin table for RoPE: (max_seq, D/2) each, theta^(-2i/D) frequencies. */
 void m3__rope_table(int max_seq, int head_dim, float theta, float *cos_t, float *sin_t);
 
+/* ---- CPU element kernels (kernels_cpu.c) ---- */
+
+/* y = RMSNorm(x) * w over rows of E floats (sum of squares in double). */
+void m3__rmsnorm(float *y, const float *x, const float *w, size_t rows, int E, float eps);
+/* Llama rotate_half of one head: pairs (i, i + D/2) turned by the angles
+ * whose cos/sin are cs/sn (D/2 each: one row of m3__rope_table). */
+void m3__rope(float *dst, const float *src, const float *cs, const float *sn, int D);
+/* hb rows of 2F floats, gate | up: gate = SiLU(gate) * up, in place. */
+void m3__swiglu(float *hb, size_t rows, int F);
+
 #ifdef __cplusplus
 }
 #endif

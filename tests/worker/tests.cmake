@@ -35,3 +35,4 @@ endif()
 set_property(TEST worker_python APPEND PROPERTY ENVIRONMENT
   "M3_LIB=$<TARGET_FILE:m3client_shared>" "M3_MKSTORE=$<TARGET_FILE:worker_mkstore>"
   "M3_SANITIZE=${M3_SANITIZE}" OMP_NUM_THREADS=1)
+include(${CMAKE_CURRENT_LIST_DIR}/decode_tests.cmake)

@@ -1,0 +1,17 @@
+# The reference decoder (m3/decode.h) over real m3-servers: plain decode vs
+# the memory path (k 0, an empty store), rounds on a real store, memory
+# attention vs m3_attn_ref (worker_decode_check), and m3-bench decode's
+# trace against the PyTorch worker's (examples/worker.py; skipped parts
+# need python3-torch).
+set(_wdir ${CMAKE_CURRENT_LIST_DIR})
+add_executable(worker_decode_check ${_wdir}/worker_decode_check.c)
+target_include_directories(worker_decode_check PRIVATE ${PROJECT_SOURCE_DIR}/worker/src)
+target_link_libraries(worker_decode_check PRIVATE m3decode m3core m)
+m3_add_script_test(worker_decode SCRIPT ${_wdir}/test_decode.sh LABELS integration TIMEOUT 300)
+add_dependencies(worker_decode_check m3-bench m3-encode m3client_shared)
+if(TARGET m3-server)
+  add_dependencies(worker_decode_check m3-server)
+endif()
+set_property(TEST worker_decode APPEND PROPERTY ENVIRONMENT
+  "M3_LIB=$<TARGET_FILE:m3client_shared>" "M3_DECODE_CHECK=$<TARGET_FILE:worker_decode_check>"
+  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
