@@ -17,3 +17,23 @@ target_link_libraries(m3decode PUBLIC m3attn m3client m3encoder m3model PkgConfi
   PkgConfig::JANSSON Threads::Threads m)
 set_source_files_properties(${CMAKE_CURRENT_LIST_DIR}/src/decode_cpu.c
   ${CMAKE_CURRENT_LIST_DIR}/src/decode_attn.c PROPERTIES COMPILE_OPTIONS "-O3")
+
+if(M3_HAVE_CUDA)
+  add_library(m3decode_cuda STATIC ${CMAKE_CURRENT_LIST_DIR}/cuda/decode_cuda.cu)
+  set_target_properties(m3decode_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON
+    CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
+  set_property(TARGET m3decode_cuda PROPERTY COMPILE_OPTIONS "")
+  target_compile_options(m3decode_cuda PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wno-unused-parameter>)
+  if(M3_WERROR)
+    target_compile_options(m3decode_cuda PRIVATE
+      $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
+  endif()
+  # decode_int.h, and the encoder's shared CUDA kernels (kernels.cuh).
+  target_include_directories(m3decode_cuda PRIVATE ${CMAKE_CURRENT_LIST_DIR}/src
+    ${CMAKE_CURRENT_LIST_DIR}/include ${PROJECT_SOURCE_DIR}/encoder/cuda)
+  # m3decode's registry lists its table: m3decode -> m3decode_cuda -> m3model.
+  target_link_libraries(m3decode_cuda PUBLIC m3model m3attn CUDA::cublas CUDA::cudart)
+  target_link_libraries(m3decode PUBLIC m3decode_cuda)
+  target_compile_definitions(m3decode PRIVATE M3_WORKER_CUDA)
+endif()

@@ -15,3 +15,11 @@ endif()
 set_property(TEST worker_decode APPEND PROPERTY ENVIRONMENT
   "M3_LIB=$<TARGET_FILE:m3client_shared>" "M3_DECODE_CHECK=$<TARGET_FILE:worker_decode_check>"
   OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
+
+# The CUDA backend against the CPU one (exit 77 without a device).
+if(TARGET m3decode_cuda)
+  add_executable(worker_decode_cuda ${_wdir}/test_decode_cuda.c)
+  target_link_libraries(worker_decode_cuda PRIVATE m3decode m3core m)
+  add_test(NAME worker_decode_cuda COMMAND worker_decode_cuda)
+  set_tests_properties(worker_decode_cuda PROPERTIES TIMEOUT 120 LABELS unit SKIP_RETURN_CODE 77)
+endif()

@@ -207,6 +207,7 @@ int m3_generate(m3_decoder *d, const int32_t *const *prompts, const int *plen, i
                          .mem_kv = cur >= 0 ? bs[cur].kv : NULL,
                          .mem_pos = cur >= 0 ? bs[cur].pos : NULL,
                          .mem_base = o->mem_base,
+                         .mem_version = (uint64_t)res->n_rounds,
                          .logits = logits};
     double t0 = now_ms();
     if ((rc = m3_decoder_step(d, &st))) goto out;

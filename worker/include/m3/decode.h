@@ -96,6 +96,8 @@ typedef struct m3_decode_step {
   const float *mem_kv;
   const int32_t *mem_pos;
   int32_t mem_base;       /* the memories' interval start (0) */
+  uint64_t mem_version;   /* changes (from 0) whenever the buffers hold a
+                             new round: a device backend uploads them then */
   float *logits;          /* (n_seq, vocab) out */
 } m3_decode_step;
 
