@@ -11,6 +11,7 @@ add_library(m3model STATIC
   ${CMAKE_CURRENT_LIST_DIR}/src/safetensors.c
   ${CMAKE_CURRENT_LIST_DIR}/src/model.c
   ${CMAKE_CURRENT_LIST_DIR}/src/kernels_cpu.c
+  ${CMAKE_CURRENT_LIST_DIR}/src/registry.c
   ${CMAKE_CURRENT_LIST_DIR}/src/testmodel.c)
 set_target_properties(m3model PROPERTIES POSITION_INDEPENDENT_CODE ON)
 # src/ is public to the backends in other directories (model_int.h).
@@ -30,17 +31,7 @@ set_source_files_properties(
   PROPERTIES COMPILE_OPTIONS "-O3")
 
 if(M3_HAVE_CUDA)
-  add_library(m3encoder_cuda STATIC ${CMAKE_CURRENT_LIST_DIR}/cuda/forward_cuda.cu)
-  set_target_properties(m3encoder_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON
-    CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
-  # The directory's C flags (-Wstrict-prototypes, sanitizers) are not nvcc's.
-  set_property(TARGET m3encoder_cuda PROPERTY COMPILE_OPTIONS "")
-  target_compile_options(m3encoder_cuda PRIVATE
-    $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wno-unused-parameter>)
-  if(M3_WERROR)
-    target_compile_options(m3encoder_cuda PRIVATE
-      $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
-  endif()
+  m3_cuda_library(m3encoder_cuda ${CMAKE_CURRENT_LIST_DIR}/cuda/forward_cuda.cu)
   # The .cu includes ../src/forward_int.h by path. It uses m3model's host
   # helpers (embedding rows, the RoPE table); forward.c's registry lists its
   # table: m3encoder -> m3encoder_cuda -> m3model, no cycle.

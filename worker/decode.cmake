@@ -19,16 +19,7 @@ set_source_files_properties(${CMAKE_CURRENT_LIST_DIR}/src/decode_cpu.c
   ${CMAKE_CURRENT_LIST_DIR}/src/decode_attn.c PROPERTIES COMPILE_OPTIONS "-O3")
 
 if(M3_HAVE_CUDA)
-  add_library(m3decode_cuda STATIC ${CMAKE_CURRENT_LIST_DIR}/cuda/decode_cuda.cu)
-  set_target_properties(m3decode_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON
-    CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
-  set_property(TARGET m3decode_cuda PROPERTY COMPILE_OPTIONS "")
-  target_compile_options(m3decode_cuda PRIVATE
-    $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wno-unused-parameter>)
-  if(M3_WERROR)
-    target_compile_options(m3decode_cuda PRIVATE
-      $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
-  endif()
+  m3_cuda_library(m3decode_cuda ${CMAKE_CURRENT_LIST_DIR}/cuda/decode_cuda.cu)
   # decode_int.h, and the encoder's shared CUDA kernels (kernels.cuh).
   target_include_directories(m3decode_cuda PRIVATE ${CMAKE_CURRENT_LIST_DIR}/src
     ${CMAKE_CURRENT_LIST_DIR}/include ${PROJECT_SOURCE_DIR}/encoder/cuda)

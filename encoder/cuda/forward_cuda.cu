@@ -212,13 +212,7 @@ int cuda_load_inner(cuda_state *st, const m3_model *m, const m3_forward_opts *o)
   CK(cudaMemcpy(st->w, m->arena, m->arena_floats * sizeof(float), cudaMemcpyHostToDevice));
   st->layers = (m3__layer *)calloc((size_t)st->L, sizeof *st->layers);
   if (!st->layers) return m3__seterr(M3_ENOMEM, "forward cuda: out of memory");
-  for (int l = 0; l < st->L; l++) {
-    const m3__layer *hl = &m->layers[l];
-    m3__layer *dl = &st->layers[l];
-    float *const *src[] = {&hl->w_in, &hl->w_qkv, &hl->w_o, &hl->w_post, &hl->w_gu, &hl->w_down};
-    float **dst[] = {&dl->w_in, &dl->w_qkv, &dl->w_o, &dl->w_post, &dl->w_gu, &dl->w_down};
-    for (int i = 0; i < 6; i++) *dst[i] = *src[i] ? st->w + (*src[i] - m->arena) : NULL;
-  }
+  map_layers(m, st->L, st->w, st->layers);
   CK(cudaMallocHost((void **)&st->x_host, N * st->E * sizeof(float)));
   CK(cudaMalloc((void **)&st->x, N * st->E * sizeof(float)));
   CK(cudaMalloc((void **)&st->xn, N * st->E * sizeof(float)));
@@ -237,20 +231,7 @@ int cuda_load_inner(cuda_state *st, const m3_model *m, const m3_forward_opts *o)
   CK(cudaMalloc((void **)&st->lens, B * sizeof(int32_t)));
   CK(cudaMalloc((void **)&st->npre, B * sizeof(int32_t)));
   /* The same table as the CPU's (host libm), uploaded. */
-  float *ct = (float *)malloc(S * D / 2 * sizeof(float)), *stb = (float *)malloc(S * D / 2 * sizeof(float));
-  if (!ct || !stb) {
-    free(ct);
-    free(stb);
-    return m3__seterr(M3_ENOMEM, "forward cuda: out of memory");
-  }
-  m3__rope_table(o->max_seq, st->D, c->rope_theta, ct, stb);
-  cudaError_t e1 = cudaMemcpy(st->cos_t, ct, S * D / 2 * sizeof(float), cudaMemcpyHostToDevice);
-  cudaError_t e2 = cudaMemcpy(st->sin_t, stb, S * D / 2 * sizeof(float), cudaMemcpyHostToDevice);
-  free(ct);
-  free(stb);
-  CK(e1);
-  CK(e2);
-  return 0;
+  return upload_rope(o->max_seq, st->D, c->rope_theta, st->cos_t, st->sin_t);
 }
 
 int cuda_load(const m3_model *m, const m3_forward_opts *o, void **out) {

@@ -3,7 +3,7 @@
  * encoder/cuda/forward_cuda.cu, and worker/'s decoder): error checks,
  * warp/block reductions, RMSNorm, SwiGLU and the row-major cuBLAS GEMM.
  * Header-only (kernels and device functions in an anonymous namespace, one
- * copy per .cu); include after m3/error.h.
+ * copy per .cu); include after m3/error.h and model_int.h.
  */
 #ifndef M3_KERNELS_CUH
 #define M3_KERNELS_CUH
@@ -11,6 +11,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdlib.h>
 
 namespace {
 
@@ -99,6 +100,38 @@ __global__ void k_silu_mul(float *hb, size_t N, int I) {
 int gemm_nt(cublasHandle_t h, int M, int N, int Kd, float alpha, const float *A, int lda,
             const float *W, int ldw, float beta, float *C, int ldc) {
   CKB(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, Kd, &alpha, W, ldw, A, lda, &beta, C, ldc));
+  return 0;
+}
+
+/* The model's weight arena on the device (w: a device copy of m->arena)
+ * and its first n layers' pointers moved into it (NULL stays NULL). */
+inline void map_layers(const m3_model *m, int n, float *w, m3__layer *out) {
+  for (int l = 0; l < n; l++) {
+    const m3__layer *hl = &m->layers[l];
+    m3__layer *dl = &out[l];
+    float *const *src[] = {&hl->w_in, &hl->w_qkv, &hl->w_o, &hl->w_post, &hl->w_gu, &hl->w_down};
+    float **dst[] = {&dl->w_in, &dl->w_qkv, &dl->w_o, &dl->w_post, &dl->w_gu, &dl->w_down};
+    for (int i = 0; i < 6; i++) *dst[i] = *src[i] ? w + (*src[i] - m->arena) : NULL;
+  }
+}
+
+/* m3__rope_table (the CPU's table, host libm) for n positions, into the
+ * device buffers cos_d and sin_d (n * D/2 floats each). */
+inline int upload_rope(int n, int D, float theta, float *cos_d, float *sin_d) {
+  size_t bytes = (size_t)n * D / 2 * sizeof(float);
+  float *ct = (float *)malloc(bytes), *stb = (float *)malloc(bytes);
+  if (!ct || !stb) {
+    free(ct);
+    free(stb);
+    return m3__seterr(M3_ENOMEM, "cuda: out of memory for the rope table");
+  }
+  m3__rope_table(n, D, theta, ct, stb);
+  cudaError_t e1 = cudaMemcpy(cos_d, ct, bytes, cudaMemcpyHostToDevice);
+  cudaError_t e2 = cudaMemcpy(sin_d, stb, bytes, cudaMemcpyHostToDevice);
+  free(ct);
+  free(stb);
+  CK(e1);
+  CK(e2);
   return 0;
 }
 

@@ -67,6 +67,11 @@ struct m3_forward {
   const m3_model *m;
 };
 
+static int load_one(const void *table, void *ud) {
+  m3_forward *f = ud;
+  return ((const m3_backend *)table)->load(f->m, &f->opts, &f->state);
+}
+
 int m3_forward_create(const m3_model *m, const m3_forward_opts *opts, m3_forward **out) {
   int rc = 0;
   *out = NULL;
@@ -77,29 +82,15 @@ int m3_forward_create(const m3_model *m, const m3_forward_opts *opts, m3_forward
   if (f->opts.max_batch <= 0) f->opts.max_batch = 8;
   if (f->opts.max_seq <= 0) f->opts.max_seq = 128;
   if (f->opts.n_tokens <= 0) f->opts.n_tokens = 8;
-  const char *want = f->opts.backend && *f->opts.backend ? f->opts.backend : "auto";
   if (f->opts.max_seq > M3_SELECT_MAX_LEN || f->opts.n_tokens > f->opts.max_seq) {
     rc = m3__seterr(M3_EINVAL, "forward: max_seq %d (at most 4096) and n_tokens %d (at most max_seq)",
                     f->opts.max_seq, f->opts.n_tokens);
     goto out;
   }
-  if (strcmp(want, "auto")) {
-    f->be = backend_find(want);
-    if (!f->be) {
-      if (!strcmp(want, "cuda")) rc = m3__seterr(M3_EUNSUPPORTED, "forward: m3 was built without CUDA");
-      else rc = m3__seterr(M3_EINVAL, "forward: unknown backend '%s' (cpu, cuda, auto)", want);
-      goto out;
-    }
-    rc = f->be->load(m, &f->opts, &f->state);
-    goto out;
-  }
-  /* auto: the first backend that loads; one that cannot run here
-   * (M3_EUNSUPPORTED: no GPU) hands on to the next. */
-  for (size_t i = 0; i < N_BACKENDS; i++) {
-    f->be = registry[i];
-    rc = f->be->load(m, &f->opts, &f->state);
-    if (rc != M3_EUNSUPPORTED) break;
-  }
+  const void *chosen;
+  rc = m3__backend_pick((const void *const *)registry, N_BACKENDS, f->opts.backend, "forward",
+                        load_one, f, &chosen);
+  f->be = chosen;
 out:
   if (rc) {
     f->be = NULL;

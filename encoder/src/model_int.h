@@ -48,6 +48,22 @@ void m3__model_embed_row(const struct m3_model *m, int32_t tok, float *dst);
 /* cos/sin table for RoPE: (max_seq, D/2) each, theta^(-2i/D) frequencies. */
 void m3__rope_table(int max_seq, int head_dim, float theta, float *cos_t, float *sin_t);
 
+/* ---- backend registries (registry.c) ---- */
+
+/* Load one backend table (whose first member is its name) with the
+ * caller's ud; 0, M3_EUNSUPPORTED (cannot run here) or another code. */
+typedef int (*m3__backend_load_fn)(const void *table, void *ud);
+
+/*
+ * Pick from tables[0..n) (in order of preference) the backend named want,
+ * or for NULL/""/"auto" the first whose load succeeds, skipping those that
+ * return M3_EUNSUPPORTED. *chosen is the loaded table (NULL on error).
+ * Errors name `what`: M3_EUNSUPPORTED "built without CUDA" for a missing
+ * "cuda", M3_EINVAL for an unknown name, else load's code.
+ */
+int m3__backend_pick(const void *const *tables, size_t n, const char *want, const char *what,
+                     m3__backend_load_fn load, void *ud, const void **chosen);
+
 /* ---- CPU element kernels (kernels_cpu.c) ---- */
 
 /* y = RMSNorm(x) * w over rows of E floats (sum of squares in double). */

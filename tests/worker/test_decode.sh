@@ -10,25 +10,9 @@ bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
 src=${M3_SOURCE_DIR:?}
 : "${M3_DECODE_CHECK:?}" "${M3_LIB:?}"
 [ -x "$bin/m3-server" ] || { echo "no $bin/m3-server: skipped"; exit 77; }
-work=$(mktemp -d /tmp/m3-worker-decode.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_server() { # start_server STORE NAME: sets $addr (no subshell: the pid is ours)
-  "$bin/m3-server" --store "$1" --listen 127.0.0.1:0 --http off \
-    --port-file "$work/$2.port" >"$work/$2.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 200); do [ -s "$work/$2.port" ] && break; sleep 0.05; done
-  local port
-  port=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/$2.port")
-  [ -n "$port" ] || { echo "m3-server did not start" >&2; cat "$work/$2.log" >&2; exit 1; }
-  addr="127.0.0.1:$port"
-}
+# shellcheck source=servers.sh
+. "$(dirname "$0")/servers.sh"
+servers_init m3-worker-decode
 
 "$bin/m3-encode" test-model --out "$work/model" >/dev/null
 "$bin/m3-encode" --model "$work/model" --input "$src/examples/kb/kb.jsonl" --store "$work/store" \

@@ -17,26 +17,9 @@ if [ "${M3_SANITIZE:-OFF}" = ON ]; then
   LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   export LD_PRELOAD ASAN_OPTIONS=detect_leaks=0
 fi
-work=$(mktemp -d /tmp/m3-worker-py.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_server() { # start_server STORE NAME: sets $addr (no subshell: the pid is ours)
-  local store=$1 name=$2
-  LD_PRELOAD= "$bin/m3-server" --store "$store" --listen 127.0.0.1:0 --http off \
-    --port-file "$work/$name.port" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 200); do [ -s "$work/$name.port" ] && break; sleep 0.05; done
-  local port
-  port=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/$name.port")
-  [ -n "$port" ] || { echo "m3-server did not start" >&2; cat "$work/$name.log" >&2; exit 1; }
-  addr="127.0.0.1:$port"
-}
+# shellcheck source=servers.sh
+. "$(dirname "$0")/servers.sh"
+servers_init m3-worker-py
 
 mkdir -p "$work/raw" "$work/pq"
 LD_PRELOAD= "$M3_MKSTORE" "$work/raw" raw-f32 60 >/dev/null

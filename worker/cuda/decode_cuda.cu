@@ -148,13 +148,7 @@ int dcuda_load_inner(dcuda_state *st, const m3_model *m, const m3_decode_opts *o
   CK(cudaMemcpy(st->w, m->arena, m->arena_floats * sizeof(float), cudaMemcpyHostToDevice));
   st->layers = (m3__layer *)calloc((size_t)st->NL, sizeof *st->layers);
   if (!st->layers) return m3__seterr(M3_ENOMEM, "decode cuda: out of memory");
-  for (int l = 0; l < st->NL; l++) {
-    const m3__layer *hl = &m->layers[l];
-    m3__layer *dl = &st->layers[l];
-    float *const *src[] = {&hl->w_in, &hl->w_qkv, &hl->w_o, &hl->w_post, &hl->w_gu, &hl->w_down};
-    float **dst[] = {&dl->w_in, &dl->w_qkv, &dl->w_o, &dl->w_post, &dl->w_gu, &dl->w_down};
-    for (int i = 0; i < 6; i++) *dst[i] = st->w + (*src[i] - m->arena);
-  }
+  map_layers(m, st->NL, st->w, st->layers);
   st->w_norm = st->w + (m->w_norm - m->arena);
   st->w_head = st->w + (m->w_head - m->arena);
   CK(cudaMallocHost((void **)&st->x_host, B * st->E * sizeof(float)));
@@ -172,21 +166,7 @@ int dcuda_load_inner(dcuda_state *st, const m3_model *m, const m3_decode_opts *o
     CK(cudaMalloc((void **)&st->mem_kv, st->mem_kv_elems * sizeof(float)));
     CK(cudaMalloc((void **)&st->mem_pos, st->mem_pos_elems * sizeof(int32_t)));
   }
-  float *ct = (float *)malloc((size_t)st->R * D / 2 * sizeof(float));
-  float *stb = (float *)malloc((size_t)st->R * D / 2 * sizeof(float));
-  if (!ct || !stb) {
-    free(ct);
-    free(stb);
-    return m3__seterr(M3_ENOMEM, "decode cuda: out of memory");
-  }
-  m3__rope_table(st->R, st->D, c->rope_theta, ct, stb);
-  cudaError_t e1 = cudaMemcpy(st->cos_t, ct, (size_t)st->R * D / 2 * sizeof(float), cudaMemcpyHostToDevice);
-  cudaError_t e2 = cudaMemcpy(st->sin_t, stb, (size_t)st->R * D / 2 * sizeof(float), cudaMemcpyHostToDevice);
-  free(ct);
-  free(stb);
-  CK(e1);
-  CK(e2);
-  return 0;
+  return upload_rope(st->R, st->D, c->rope_theta, st->cos_t, st->sin_t);
 }
 
 int dcuda_load(const m3_model *m, const m3_decode_opts *o, void **out) {

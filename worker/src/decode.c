@@ -34,6 +34,11 @@ struct m3_decoder {
   m3_decode_opts opts;
 };
 
+static int load_one(const void *table, void *ud) {
+  m3_decoder *d = ud;
+  return ((const m3_decode_backend *)table)->load(d->m, &d->opts, &d->state);
+}
+
 int m3_decoder_create(const m3_model *m, const m3_decode_opts *opts, m3_decoder **out) {
   int rc = 0;
   *out = NULL;
@@ -49,22 +54,10 @@ int m3_decoder_create(const m3_model *m, const m3_decode_opts *opts, m3_decoder 
     rc = m3__seterr(M3_EINVAL, "decode: mem_slots %d outside 0..65535", d->opts.mem_slots);
     goto out;
   }
-  const char *want = d->opts.backend && *d->opts.backend ? d->opts.backend : "auto";
-  if (strcmp(want, "auto")) {
-    d->be = backend_find(want);
-    if (!d->be) {
-      if (!strcmp(want, "cuda")) rc = m3__seterr(M3_EUNSUPPORTED, "decode: m3 was built without CUDA");
-      else rc = m3__seterr(M3_EINVAL, "decode: unknown backend '%s' (cpu, cuda, auto)", want);
-      goto out;
-    }
-    rc = d->be->load(m, &d->opts, &d->state);
-    goto out;
-  }
-  for (size_t i = 0; i < N_BACKENDS; i++) {
-    d->be = registry[i];
-    rc = d->be->load(m, &d->opts, &d->state);
-    if (rc != M3_EUNSUPPORTED) break;
-  }
+  const void *chosen;
+  rc = m3__backend_pick((const void *const *)registry, N_BACKENDS, d->opts.backend, "decode",
+                        load_one, d, &chosen);
+  d->be = chosen;
 out:
   if (rc) {
     d->be = NULL;
