@@ -8,7 +8,11 @@
  * round took to retrieve and to decode into the attention buffers, and the
  * paper-equivalent cost: stall p50 over 1.81 s, the time Memory3's worker
  * spends on 64 decode steps (1131 tokens/s at batch 32, A800), next to the
- * paper's measured 35% (733 vs 1131 tokens/s).
+ * paper's measured 35% (733 vs 1131 tokens/s). A CPU decode step is far
+ * slower than the paper's (28.3 ms at batch 32), which hides a round
+ * behind one step; paper_equivalent_at_paper_step is the stall the round's
+ * retrieve time would leave at the paper's step: max(0, retrieve p50 -
+ * 28.3 ms) / 1.81 s.
  *
  * Prompts: one text per line of --prompts, tokenized with the model's
  * tokenizer (BOS first); the first --batch lines (repeated when fewer).
@@ -236,6 +240,12 @@ int bench_decode(int argc, char **argv) {
     json_object_set_new(j, "decode_into_buffers_p50_ms", json_real(de50));
     json_object_set_new(j, "decode_into_buffers_p99_ms", json_real(de99));
     json_object_set_new(j, "paper_equivalent", json_real(st50 / 1e3 / PAPER_WINDOW_S));
+    /* The stall this round time would cost at the paper's step (28.3 ms):
+     * what is not hidden behind one step, over the window. */
+    double paper_step_ms = PAPER_WINDOW_S * 1e3 / M3_DECODE_WINDOW;
+    json_object_set_new(j, "paper_equivalent_at_paper_step",
+                        json_real((re50 > paper_step_ms ? re50 - paper_step_ms : 0) / 1e3 /
+                                  PAPER_WINDOW_S));
     json_object_set_new(j, "paper_slowdown", json_real(PAPER_SLOWDOWN));
   }
   if (json) {
@@ -254,8 +264,10 @@ int bench_decode(int argc, char **argv) {
              json_real_value(json_object_get(j, "stall_p99_ms")),
              json_real_value(json_object_get(j, "retrieve_p50_ms")),
              json_real_value(json_object_get(j, "decode_into_buffers_p50_ms")));
-      printf("  paper-equivalent stall: %.4f%% of Memory3's 1.81 s window (paper's cost: 35%%)\n",
-             100 * json_real_value(json_object_get(j, "paper_equivalent")));
+      printf("  paper-equivalent stall: %.4f%% of Memory3's 1.81 s window (paper's cost: 35%%); "
+             "at the paper's 28.3 ms step: %.4f%%\n",
+             100 * json_real_value(json_object_get(j, "paper_equivalent")),
+             100 * json_real_value(json_object_get(j, "paper_equivalent_at_paper_step")));
     }
     json_decref(j);
   }
