@@ -231,6 +231,12 @@ int bench_decode(int argc, char **argv) {
     json_object_set_new(j, "memories_placed", json_integer(placed));
     json_object_set_new(j, "ranges_empty", json_integer(empty));
     json_object_set_new(j, "rounds_or_items_failed", json_integer(failed));
+    /* The share of each run's wall time outside decode steps (waiting for
+     * rounds, submitting and closing them, argmax): load on the machine
+     * moves both runs' step times, not this. */
+    json_object_set_new(j, "outside_steps_with", json_real(1.0 - with.step_s / with.wall_s));
+    json_object_set_new(j, "outside_steps_without",
+                        json_real(1.0 - without.step_s / without.wall_s));
     json_object_set_new(j, "step_ms_with", json_real(with.step_s * 1e3 / with.n_steps));
     json_object_set_new(j, "step_ms_without", json_real(without.step_s * 1e3 / without.n_steps));
     json_object_set_new(j, "stall_p50_ms", json_real(st50));
