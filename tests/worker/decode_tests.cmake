@@ -23,3 +23,12 @@ if(TARGET m3decode_cuda)
   add_test(NAME worker_decode_cuda COMMAND worker_decode_cuda)
   set_tests_properties(worker_decode_cuda PROPERTIES TIMEOUT 120 LABELS unit SKIP_RETURN_CODE 77)
 endif()
+
+# Calls flow one way inside the model library and the decoder (forward.c /
+# decode.c -> backends -> model.c, kernels, registry): the file-level call
+# graph of their objects, from nm, has no cycle.
+find_program(M3_PYTHON3 python3 REQUIRED)
+add_test(NAME worker_decode_no_cycles
+  COMMAND ${M3_PYTHON3} ${PROJECT_SOURCE_DIR}/scripts/objgraph.py $<TARGET_OBJECTS:m3model>
+  $<TARGET_OBJECTS:m3decode>)
+set_tests_properties(worker_decode_no_cycles PROPERTIES LABELS unit TIMEOUT 30)
