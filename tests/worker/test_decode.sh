@@ -5,14 +5,9 @@
 # path, rounds, memory attention vs m3_attn_ref); m3-bench decode's JSON
 # keys and trace; and the PyTorch worker (examples/worker.py) writing the
 # same trace (tokens and retrieved chunk ids) as the C loop.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-src=${M3_SOURCE_DIR:?}
+. "$(dirname "$0")/../lib/m3test.sh" worker-decode
 : "${M3_DECODE_CHECK:?}" "${M3_LIB:?}"
-[ -x "$bin/m3-server" ] || { echo "no $bin/m3-server: skipped"; exit 77; }
-# shellcheck source=servers.sh
-. "$(dirname "$0")/servers.sh"
-servers_init m3-worker-decode
+m3t_need_exec "$bin/m3-server"
 
 "$bin/m3-encode" test-model --out "$work/model" >/dev/null
 "$bin/m3-encode" --model "$work/model" --input "$src/examples/kb/kb.jsonl" --store "$work/store" \
@@ -20,9 +15,9 @@ servers_init m3-worker-decode
 : >"$work/empty.jsonl"
 "$bin/m3-encode" --model "$work/model" --input "$work/empty.jsonl" --store "$work/empty" \
   --codec raw-f32 >/dev/null 2>&1
-start_server "$work/store" store
+m3t_server store "$work/store"
 store=$addr
-start_server "$work/empty" empty
+m3t_server empty "$work/empty"
 empty=$addr
 
 "$M3_DECODE_CHECK" "$work/model" "$store" "$empty" "$src/examples/prompts.txt"
@@ -30,7 +25,7 @@ empty=$addr
 # m3-bench decode: the keys the issue names, and its trace.
 "$bin/m3-bench" decode --model "$work/model" --server "$store" --prompts "$src/examples/prompts.txt" \
   --batch 4 --new-tokens 140 --backend cpu --trace "$work/c.trace" --json >"$work/bench.json"
-/usr/bin/python3 - "$work/bench.json" "$work/c.trace" <<'PY'
+"$py" - "$work/bench.json" "$work/c.trace" <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1]))
 for key in ("tokens_per_s_with", "tokens_per_s_without", "slowdown", "stall_p50_ms",
@@ -48,11 +43,11 @@ print("m3-bench decode: %d rounds, slowdown %.3f, trace ok" % (b["rounds"], b["s
 PY
 
 # The PyTorch worker: the same trace.
-if /usr/bin/python3 -c "import torch" 2>/dev/null; then
-  M3_LIB=$M3_LIB PYTHONPATH="$src/client/python" /usr/bin/python3 "$src/examples/worker.py" \
+if "$py" -c "import torch" 2>/dev/null; then
+  M3_LIB=$M3_LIB PYTHONPATH="$src/client/python" "$py" "$src/examples/worker.py" \
     --model "$work/model" --server "$store" --prompts "$src/examples/prompts.txt" --batch 4 \
     --new-tokens 140 --trace "$work/py.trace"
-  /usr/bin/python3 - "$work/c.trace" "$work/py.trace" <<'PY'
+  "$py" - "$work/c.trace" "$work/py.trace" <<'PY'
 import json, sys
 c, p = (json.load(open(f)) for f in sys.argv[1:3])
 for i, (a, b) in enumerate(zip(c["sequences"], p["sequences"])):

@@ -5,28 +5,22 @@
 # (ids, scores) and `m3 fetch --out` (record bytes), and with the vectors
 # the store was written from; the same round through a cluster map; errors
 # as M3Error. Skipped (77) when /usr/bin/python3 has no numpy.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-src=${M3_SOURCE_DIR:?}
-py=/usr/bin/python3
-"$py" -c "import numpy" 2>/dev/null || { echo "no numpy for $py: skipped"; exit 77; }
-[ -x "$bin/m3-server" ] || { echo "no $bin/m3-server: skipped"; exit 77; }
+. "$(dirname "$0")/../lib/m3test.sh" worker-py
+"$py" -c "import numpy" 2>/dev/null || m3t_skip "no numpy for $py"
+m3t_need_exec "$bin/m3-server"
 : "${M3_LIB:?M3_LIB must name libm3client.so}" "${M3_MKSTORE:?}"
 if [ "${M3_SANITIZE:-OFF}" = ON ]; then
   # the library carries ASan/UBSan: python itself must load their runtimes first
   LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   export LD_PRELOAD ASAN_OPTIONS=detect_leaks=0
 fi
-# shellcheck source=servers.sh
-. "$(dirname "$0")/servers.sh"
-servers_init m3-worker-py
 
 mkdir -p "$work/raw" "$work/pq"
 LD_PRELOAD= "$M3_MKSTORE" "$work/raw" raw-f32 60 >/dev/null
 LD_PRELOAD= "$M3_MKSTORE" "$work/pq" pq 20 >/dev/null
-start_server "$work/raw/store" raw
+LD_PRELOAD= m3t_server raw "$work/raw/store"
 raw=$addr
-start_server "$work/pq/store" pq
+LD_PRELOAD= m3t_server pq "$work/pq/store"
 pq=$addr
 
 PYTHONPATH="$src/client/python" "$py" "$(dirname "$0")/test_python.py" \
