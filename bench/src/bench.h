@@ -130,5 +130,6 @@ int bench_peer(int argc, char **argv);
 int bench_storage(int argc, char **argv);
 int m3_bench_codec(int argc, char **argv);
 int bench_encode(int argc, char **argv);
+int bench_decode(int argc, char **argv);
 
 #endif /* M3_BENCH_H */

@@ -35,6 +35,9 @@ static const char *usage_text =
     "  encode   [--hidden 1024 --layers 8 --heads 16 --kv-heads 4 --head-dim 64 --batch 8\n"
     "           --seq 128] [--json]\n"
     "           encoder memory-layer forward + selection vs OpenBLAS sgemm\n"
+    "  decode   --model DIR (--server HOST:PORT | --cluster MAP) --prompts FILE [--batch 8]\n"
+    "           [--new-tokens 64] [--no-memory] [--trace FILE] [--json]\n"
+    "           the reference worker's decode with retrieval every 64 tokens vs without\n"
     "\n"
     "Run `m3-bench <command> --help` for a command's options.\n";
 
@@ -77,6 +80,7 @@ int main(int argc, char **argv) {
       {"peer", bench_peer},
       {"codec", m3_bench_codec},
       {"encode", bench_encode},
+      {"decode", bench_decode},
   };
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
     fputs(usage_text, argc < 2 ? stderr : stdout);
