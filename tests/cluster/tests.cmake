@@ -46,3 +46,8 @@ set_tests_properties(test_cluster_failover_slow PROPERTIES TIMEOUT 3600
 
 m3_add_script_test(cluster_cli SCRIPT ${_cldir}/test_cluster_cli.sh LABELS integration
   TIMEOUT 180)
+
+# A hostile peer process (real frames, real protobuf-c messages) answering
+# Fetch with out-of-range Memory.query / a rank: refused as a protocol error.
+m3_add_test(test_cluster_hostile_query SOURCES ${_cldir}/test_cluster_hostile_query.c
+  LABELS "integration;fault" TIMEOUT 60 LIBS m3client)
