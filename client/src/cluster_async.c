@@ -14,6 +14,10 @@
  * one frees it. The cluster keeps a list of the ops whose done has not run,
  * so that close can cancel them and owes no callback when it returns.
  *
+ * Owns cl->async: async.mu (a leaf: the op list and the event queue) and
+ * dispatch_mu (first in cluster_int.h's lock order: dispatched callbacks
+ * run under it). Calls down only: the call runner, the pool, the copies.
+ *
  * Workload: tens to hundreds of ops in flight (a worker's retrieval rounds
  * of several batches), each of ~100 memories of tens to hundreds of KB; a
  * dispatch-mode memory costs one malloc and one copy.
