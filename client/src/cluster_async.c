@@ -89,13 +89,13 @@ static void op_result(m3_cluster_op *op, m3_cluster_result *res, char *msg, size
   int stop = atomic_load(&op->stop_rc);
   if (stop) {
     res->rc = stop;
-    res->status = M3__ST_CANCELLED;
+    res->status = M3_STATUS_CANCELLED;
     res->shard = res->replica = -1;
     res->addr = "";
     snprintf(msg, cap, "stopped by the callback (%d)", stop);
-  } else if (atomic_load(&op->cancel) && !(o->rc && o->status == M3__ST_CANCELLED)) {
+  } else if (atomic_load(&op->cancel) && !(o->rc && o->status == M3_STATUS_CANCELLED)) {
     res->rc = M3_ECANCELED;
-    res->status = M3__ST_CANCELLED;
+    res->status = M3_STATUS_CANCELLED;
     res->shard = res->replica = -1;
     res->addr = "";
     snprintf(msg, cap, "cancelled (m3_cluster_op_cancel or m3_cluster_close)");

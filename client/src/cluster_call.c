@@ -25,7 +25,7 @@ static void call_end(m3__call *ca, int rc, m3_cluster_error *out) {
   m3__cluster_error_from_errmsg(out, 0);
   if (stop) {
     rc = stop;
-    out->status = M3__ST_CANCELLED;
+    out->status = M3_STATUS_CANCELLED;
     if (atomic_load(&ca->cancelled))
       snprintf(out->msg, sizeof out->msg, "cancelled (m3_cluster_op_cancel or m3_cluster_close)");
     else

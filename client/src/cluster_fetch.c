@@ -50,7 +50,7 @@ static int on_item(void *ud, const m3_client_memory *m) {
   if (m->status == 0 && m->chunk_id != j->uids[u]) {
     m3__item_fail *f = &j->fails[u];
     f->status = M3_ECORRUPT;
-    f->grpc = M3__ST_DATA_LOSS;
+    f->grpc = M3_STATUS_DATA_LOSS;
     snprintf(f->err, sizeof f->err, "asked for chunk %llu, the server sent chunk %llu",
              (unsigned long long)j->uids[u], (unsigned long long)m->chunk_id);
     return m3__call_stopped(ca);
@@ -217,7 +217,7 @@ static void fetch_hedged(m3__job *j) {
   if (q) q->ids = malloc(np * sizeof *q->ids);
   if (q == NULL || q->ids == NULL) {
     free(q);
-    m3__job_err(j, M3_ENOMEM, M3__ST_RESOURCE_EXHAUSTED, -1, "shard %u: out of memory",
+    m3__job_err(j, M3_ENOMEM, M3_STATUS_RESOURCE_EXHAUSTED, -1, "shard %u: out of memory",
                 j->shard);
     return;
   }

@@ -80,7 +80,7 @@ static void attempt_run(m3__task *t) {
   a->state = skip ? 2 : 1;
   pthread_mutex_unlock(&r->mu);
   void *res = NULL;
-  int rc = 1, refused = 0, grpc = M3__ST_UNAVAILABLE, broken = 0, lost = skip;
+  int rc = 1, refused = 0, grpc = M3_STATUS_UNAVAILABLE, broken = 0, lost = skip;
   char why[400] = "";
   for (int fresh = 0; !skip && fresh < 2; fresh++) {
     int64_t now = m3__now_ms();
@@ -123,7 +123,7 @@ static void attempt_run(m3__task *t) {
       break;
     }
     const char *msg = "";
-    grpc = rc ? m3_client_last_status(pc->c, &msg) : M3__ST_OK;
+    grpc = rc ? m3_client_last_status(pc->c, &msg) : M3_STATUS_OK;
     broken = !m3_client_ok(pc->c);
     lost = interrupted || (rc == 1 && !broken);
     snprintf(why, sizeof why, "%s", rc == M3_ENOMEM && !*msg ? "out of memory" : msg);
@@ -240,15 +240,15 @@ static void *race_wait(m3__job *j, m3__race *r) {
     int64_t now = m3__now_ms();
     if (r->running == 0 && next >= n) {
       if (r->refused == r->tried)
-        m3__job_err(j, M3_EFINGERPRINT, M3__ST_FAILED_PRECONDITION, r->last_rep,
+        m3__job_err(j, M3_EFINGERPRINT, M3_STATUS_FAILED_PRECONDITION, r->last_rep,
                     "shard %u: every replica refused: %s", j->shard, r->errs);
       else
-        m3__job_err(j, M3_EBUSY, M3__ST_UNAVAILABLE, r->last_rep,
+        m3__job_err(j, M3_EBUSY, M3_STATUS_UNAVAILABLE, r->last_rep,
                     "shard %u unavailable: all %u replicas failed: %s", j->shard, n, r->errs);
       break;
     }
     if (now >= ca->deadline) {
-      m3__job_err(j, M3_EBUSY, M3__ST_DEADLINE_EXCEEDED, r->last_rep,
+      m3__job_err(j, M3_EBUSY, M3_STATUS_DEADLINE_EXCEEDED, r->last_rep,
                   "shard %u: deadline of %d ms passed: %s", j->shard, cl->o.call_timeout_ms,
                   r->elen ? r->errs : "no replica answered");
       break;
@@ -303,7 +303,7 @@ static void *race_wait(m3__job *j, m3__race *r) {
 void *m3__race_run(m3__job *j, const m3__race_ops *ops, void *arg) {
   m3__race *r = race_new(j, ops, arg);
   if (r == NULL) {
-    m3__job_err(j, M3_ENOMEM, M3__ST_RESOURCE_EXHAUSTED, -1, "shard %u: out of memory",
+    m3__job_err(j, M3_ENOMEM, M3_STATUS_RESOURCE_EXHAUSTED, -1, "shard %u: out of memory",
                 j->shard);
     return NULL;
   }

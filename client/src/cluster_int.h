@@ -54,25 +54,7 @@
 
 #include "m3/client.h"
 #include "m3/cluster.h"
-
-/* m3.proto StatusCode values the cluster uses (the public headers do not
- * pull in the generated code). */
-enum {
-  M3__ST_OK = 0,
-  M3__ST_CANCELLED = 1,
-  M3__ST_INVALID_ARGUMENT = 3,
-  M3__ST_DEADLINE_EXCEEDED = 4,
-  M3__ST_NOT_FOUND = 5,
-  M3__ST_ALREADY_EXISTS = 6,
-  M3__ST_PERMISSION_DENIED = 7,
-  M3__ST_RESOURCE_EXHAUSTED = 8,
-  M3__ST_FAILED_PRECONDITION = 9,
-  M3__ST_OUT_OF_RANGE = 11,
-  M3__ST_UNIMPLEMENTED = 12,
-  M3__ST_UNAVAILABLE = 14,
-  M3__ST_DATA_LOSS = 15,
-  M3__ST_UNAUTHENTICATED = 16,
-};
+#include "m3/status.h" /* M3_STATUS_*: gRPC codes, the status table */
 
 /* ---- time (inline: every module needs it, none should call another) -- */
 
@@ -447,7 +429,8 @@ void m3__job_err(m3__job *j, int rc, int grpc, int replica, const char *fmt, ...
 void m3__job_stopped(m3__job *j, int stop);
 
 /* Errors a server gives every replica alike: failing over cannot help
- * (0); others are the replica's (1). */
+ * (0); others are the replica's (1). The status table's retryable column;
+ * a code outside it (or none) is the replica's. */
 int m3__retryable(int grpc);
 
 /* Append "addr: why" to a shard's list of replica errors in buf (cap). */

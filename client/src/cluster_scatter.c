@@ -74,7 +74,7 @@ static void search_hedged(m3__job *j) {
   search_req *s = calloc(1, sizeof *s);
   if (s == NULL || m3__queries_copy(ca->q, ca->nq, &s->q, &s->vecs, &s->texts) != 0) {
     if (s) search_req_free(s);
-    m3__job_err(j, M3_ENOMEM, M3__ST_RESOURCE_EXHAUSTED, -1, "shard %u: out of memory",
+    m3__job_err(j, M3_ENOMEM, M3_STATUS_RESOURCE_EXHAUSTED, -1, "shard %u: out of memory",
                 j->shard);
     return;
   }

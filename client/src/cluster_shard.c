@@ -103,19 +103,13 @@ void m3__job_err(m3__job *j, int rc, int grpc, int replica, const char *fmt, ...
 }
 
 void m3__job_stopped(m3__job *j, int stop) {
-  m3__job_err(j, stop, M3__ST_CANCELLED, -1, "%s",
+  m3__job_err(j, stop, M3_STATUS_CANCELLED, -1, "%s",
               atomic_load(&j->call->cancelled) ? "cancelled" : "stopped by the callback");
 }
 
 int m3__retryable(int grpc) {
-  switch (grpc) {
-  case M3__ST_INVALID_ARGUMENT: case M3__ST_NOT_FOUND: case M3__ST_ALREADY_EXISTS:
-  case M3__ST_PERMISSION_DENIED: case M3__ST_FAILED_PRECONDITION: case M3__ST_OUT_OF_RANGE:
-  case M3__ST_UNIMPLEMENTED: case M3__ST_UNAUTHENTICATED:
-    return 0;
-  default:
-    return 1;
-  }
+  if (grpc <= 0 || grpc >= M3_STATUS_COUNT) return 1;
+  return m3_status_retryable(grpc);
 }
 
 void m3__errs_add(char *buf, size_t cap, size_t *len, const char *addr, const char *why) {
@@ -190,7 +184,7 @@ void m3__shard_run(m3__job *j, m3__shard_op op, m3__shard_fails_fn fails, int an
     for (int fresh = 0; fresh < 2; fresh++) {
       int64_t now = m3__now_ms();
       if (now >= ca->deadline) {
-        m3__job_err(j, M3_EBUSY, M3__ST_DEADLINE_EXCEEDED, last,
+        m3__job_err(j, M3_EBUSY, M3_STATUS_DEADLINE_EXCEEDED, last,
                     "shard %u: deadline of %d ms passed: %s", j->shard, cl->o.call_timeout_ms,
                     elen ? errs : "no replica answered in time");
         return;
@@ -263,9 +257,9 @@ void m3__shard_run(m3__job *j, m3__shard_op op, m3__shard_fails_fn fails, int an
   }
 unavailable:
   if (refused == (int)n)
-    m3__job_err(j, M3_EFINGERPRINT, M3__ST_FAILED_PRECONDITION, last,
+    m3__job_err(j, M3_EFINGERPRINT, M3_STATUS_FAILED_PRECONDITION, last,
                 "shard %u: every replica refused: %s", j->shard, errs);
   else
-    m3__job_err(j, M3_EBUSY, M3__ST_UNAVAILABLE, last,
+    m3__job_err(j, M3_EBUSY, M3_STATUS_UNAVAILABLE, last,
                 "shard %u unavailable: all %u replicas failed: %s", j->shard, n, errs);
 }

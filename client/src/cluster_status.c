@@ -12,7 +12,6 @@
 
 #include "cluster_int.h"
 #include "m3/error.h"
-#include "m3/frame.h"
 
 /* ---- per-thread error ----------------------------------------------- */
 
@@ -32,8 +31,8 @@ void m3__cluster_error_set(const m3_cluster_error *e) {
 }
 
 int m3__cluster_status(int rc) {
-  if (rc == 0) return M3__ST_OK;
-  if (rc == M3_EBUSY) return M3__ST_UNAVAILABLE;
+  if (rc == 0) return M3_STATUS_OK;
+  if (rc == M3_EBUSY) return M3_STATUS_UNAVAILABLE;
   return m3_status_from_err(rc);
 }
 

@@ -150,6 +150,20 @@ m3_client *ct_connect(const ct_server *srv, const char *token) {
   return c;
 }
 
+uint8_t *ct_record_make(const ct_store *s, uint64_t id, uint64_t *rng, float *emb, size_t *size) {
+  tu_mem m;
+  tu_mem_make(&m, &s->layout, id, 0);
+  ct_unit_vector(rng, emb, s->layout.emb_dim);
+  m.in.embedding = emb;
+  *size = m3_record_size(&s->layout, m.in.text_len);
+  uint8_t *rec = malloc(*size);
+  if (rec == NULL) fail_msg("out of memory for a record of %zu bytes", *size);
+  long n = m3_record_encode(rec, *size, &s->layout, &m.in);
+  if (n != (long)*size) fail_msg("m3_record_encode: %ld, want %zu: %s", n, *size, m3_errmsg());
+  tu_mem_free(&m);
+  return rec;
+}
+
 char *ct_write_file(const ct_store *s, const char *name, const char *content) {
   char *path = malloc(strlen(s->dir) + strlen(name) + 2);
   sprintf(path, "%s/%s", s->dir, name);

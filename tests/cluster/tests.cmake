@@ -2,7 +2,6 @@
 # over real m3-server processes on loopback) against one unsharded server,
 # under replica kills, with a shard down, with servers of another layout,
 # with a replica stopped, and through async calls.
-# Skipped (exit 77) when m3-server is not built.
 set(_cldir ${CMAKE_CURRENT_LIST_DIR})
 set(_clutil ${_cldir}/cluster_testlib.c ${_cldir}/../client/client_testlib.c
   ${_cldir}/../unit/testutil.c)
@@ -13,10 +12,7 @@ m3_add_test(test_cluster_map SOURCES ${_cldir}/test_cluster_map.c ${_cldir}/../u
 function(m3_cluster_test name labels timeout)
   m3_add_test(${name} SOURCES ${_cldir}/${name}.c ${_clutil} LABELS ${labels}
     TIMEOUT ${timeout} LIBS m3client m ${ARGN})
-  add_dependencies(${name} m3 m3-bench)
-  if(TARGET m3-server)
-    add_dependencies(${name} m3-server)
-  endif()
+  add_dependencies(${name} m3 m3-bench m3-server)
 endfunction()
 
 m3_cluster_test(test_cluster_equiv "integration" 120)
@@ -51,3 +47,11 @@ m3_add_script_test(cluster_cli SCRIPT ${_cldir}/test_cluster_cli.sh LABELS integ
 # Fetch with out-of-range Memory.query / a rank: refused as a protocol error.
 m3_add_test(test_cluster_hostile_query SOURCES ${_cldir}/test_cluster_hostile_query.c
   LABELS "integration;fault" TIMEOUT 60 LIBS m3client)
+
+# No two of libm3client's files call each other, directly or round a cycle
+# (docs/ARCHITECTURE.md, the cluster client): the file-level call graph of
+# m3client's objects from nm (scripts/objgraph.py).
+find_program(M3_PYTHON3 python3 REQUIRED)
+add_test(NAME client_no_cycles
+  COMMAND ${M3_PYTHON3} ${PROJECT_SOURCE_DIR}/scripts/objgraph.py $<TARGET_OBJECTS:m3client>)
+set_tests_properties(client_no_cycles PROPERTIES LABELS "unit" TIMEOUT 30)

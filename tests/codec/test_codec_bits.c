@@ -7,7 +7,7 @@
  */
 #include "codec_testlib.h"
 
-#include "../../core/src/codec_math.h"
+#include "m3/internal/codec_math.h"
 
 /* faiss::PQEncoderGeneric, C port */
 typedef struct pq_enc {
