@@ -21,8 +21,8 @@ static ct_server SRV;
 
 static int setup(void **state) {
   ct_store_make(&S, N, DIM);
-  char *rt = ct_write_file(&S, "read.token", READ_TOKEN);
-  char *at = ct_write_file(&S, "admin.token", ADMIN_TOKEN);
+  char *rt = m3t_write_file(S.dir, "read.token", READ_TOKEN);
+  char *at = m3t_write_file(S.dir, "admin.token", ADMIN_TOKEN);
   const char *extra[] = {"--token-file", rt, "--admin-token-file", at, NULL};
   ct_server_start(&SRV, &S, extra);
   free(rt);

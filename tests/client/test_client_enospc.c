@@ -21,7 +21,7 @@ static ct_server SRV;
 static int setup(void **state) {
   (void)state;
   ct_store_make(&S, N, DIM);
-  char *at = ct_write_file(&S, "admin.token", ADMIN_TOKEN);
+  char *at = m3t_write_file(S.dir, "admin.token", ADMIN_TOKEN);
   const char *extra[] = {"--admin-token-file", at, "--max-ids", "8", NULL};
   /* Inherited by the server only: this process writes no store. */
   setenv("M3_FAULT", "segment.write=ENOSPC", 1);
