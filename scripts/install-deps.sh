@@ -31,6 +31,8 @@ APT_PACKAGES=(
   libprotobuf-c-dev protobuf-c-compiler
   # JSON
   libjansson-dev
+  # Peer benchmark: Redis serving the same memories from RAM (m3-bench peer redis)
+  redis-server libhiredis-dev
   # Tests: unit framework, Python tooling (ctypes binding + numpy)
   libcmocka-dev python3 python3-numpy
   # Tokenizer parity: spm_train and spm_encode (SentencePiece reference tools)
@@ -58,7 +60,7 @@ SRC_LIST_FILE=/etc/apt/sources.list.d/m3store-src.list
 FAISS_TEST_FACTORY="OPQ20_80,Residual2x14,PQ8x10"
 FAISS_TEST_D=80
 # pkg-config modules that must resolve after installation.
-PKGCONFIG_MODULES=(libuv rocksdb liburing libisal libprotobuf-c jansson cmocka openblas faiss_c)
+PKGCONFIG_MODULES=(libuv rocksdb liburing libisal libprotobuf-c jansson cmocka openblas faiss_c hiredis)
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -383,7 +385,7 @@ verify_all() {
   for m in "${PKGCONFIG_MODULES[@]}"; do
     if ! pkg-config --exists "$m"; then log "MISSING pkg-config module: $m"; errors=$((errors + 1)); fi
   done
-  for p in cc c++ cmake make pkg-config git protoc-c clang dpkg-source; do
+  for p in cc c++ cmake make pkg-config git protoc-c clang dpkg-source redis-server; do
     if ! command -v "$p" >/dev/null 2>&1; then log "MISSING command: $p"; errors=$((errors + 1)); fi
   done
   # Debian's python3 (a pyenv or venv python earlier in PATH may lack numpy).

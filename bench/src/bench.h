@@ -73,8 +73,24 @@ int bench_raw_open(bench_raw_reader *r, m3_store *s, const bench_chunks *cs, int
 int bench_raw_batch(bench_raw_reader *r, const bench_chunk **batch, size_t n, void **bufs);
 void bench_raw_close(bench_raw_reader *r);
 
+/* ---- the link and the server process (bench_link.c) ------------------ */
+
+/* MB/s that conns plain TCP streams carry between two endpoints on host (an
+ * IPv4 address; anything else: 127.0.0.1), each written write_bytes at a
+ * time, over seconds. Returns 0, or -1 after printing why. */
+int bench_loopback(const char *host, unsigned conns, size_t write_bytes, double seconds,
+                   double *mb_per_s);
+
+/* The pid of the process on this machine listening on TCP port; -1: none
+ * found (not local, or /proc not readable). */
+long bench_proc_find_listener(unsigned port);
+
+/* User and system CPU seconds process pid has used. Returns 0 or -1. */
+int bench_proc_cpu(long pid, double *user_s, double *sys_s);
+
 int bench_gen(int argc, char **argv);
 int bench_rpc(int argc, char **argv);
+int bench_peer(int argc, char **argv);
 int bench_storage(int argc, char **argv);
 int m3_bench_codec(int argc, char **argv);
 int bench_encode(int argc, char **argv);

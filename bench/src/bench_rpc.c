@@ -20,6 +20,12 @@
  * machine, opened read-only beside the running server), raw_round_us: the
  * raw io_uring O_DIRECT time to read exactly the memories sampled calls
  * returned, one submission per call (bench_raw_reader, as m3-bench storage).
+ *
+ * After the calls, loopback_mb_per_s (bench_link.c): plain TCP streams on the
+ * server's interface, as many as the connections, writing one memory frame
+ * at a time, so every run prints served / loopback. When the servers run on
+ * this machine their CPU time over the measured window is read from /proc:
+ * server_cpu_s_per_gb (user + sys seconds per GB of payload served).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -44,6 +50,7 @@ typedef struct rpc_args {
   unsigned long long calls;
   unsigned warmup;
   unsigned raw_samples;
+  double loopback_s;
   int timeout_ms;
   int text;
   int json;
@@ -272,19 +279,46 @@ out_store:
   return rc;
 }
 
+/* Servers on this machine whose CPU the run reports: addr's port looked up
+ * in /proc when its host is a loopback name or address. */
+#define MAX_PIDS 64
+static void add_local_pid(const char *addr, long *pids, size_t *n) {
+  const char *colon = strrchr(addr, ':');
+  if (colon == NULL || *n == MAX_PIDS) return;
+  size_t hl = (size_t)(colon - addr);
+  int local = hl == 0 || !strncmp(addr, "127.", 4) || !strncmp(addr, "localhost:", 10) ||
+              !strncmp(addr, "[::1]:", 6);
+  if (!local) return;
+  long pid = bench_proc_find_listener((unsigned)strtoul(colon + 1, NULL, 10));
+  if (pid > 0) pids[(*n)++] = pid;
+}
+
+static double pids_cpu(const long *pids, size_t n) {
+  double total = 0;
+  for (size_t i = 0; i < n; i++) {
+    double u, s;
+    if (bench_proc_cpu(pids[i], &u, &s) == 0) total += u + s;
+  }
+  return total;
+}
+
 static void usage(FILE *f) {
   fputs("usage: m3-bench rpc (--server HOST:PORT | --cluster MAP) [--connections 1]\n"
         "                    [--queries-per-call 32] [--hedge-ms 0]\n"
         "                    [-k 5] [--duration 10 | --calls N] [--rate R] [--warmup 20]\n"
         "                    [--store DIR] [--raw-samples 1000] [--token-file F]\n"
-        "                    [--timeout-ms 10000] [--text] [--seed S] [--json]\n"
+        "                    [--timeout-ms 10000] [--text] [--seed S]\n"
+        "                    [--loopback-seconds 3] [--json]\n"
         "Retrieve calls of Q random unit query vectors (the server's embedding_dim;\n"
         "--text: texts for its embedder) x top-k. Closed loop, or open loop at R calls/s\n"
         "over all connections with latency from each call's scheduled time. --warmup N\n"
         "calls per connection are not measured. --store DIR (the server's store, read\n"
         "beside it) adds raw_round_us: raw io_uring O_DIRECT reads of the memories that\n"
         "sampled calls returned. --cluster MAP: through a cluster (connections = threads\n"
-        "sharing its pools; --hedge-ms: hedged searches).\n",
+        "sharing its pools; --hedge-ms: hedged searches). After the calls, the link's own\n"
+        "limit: plain TCP streams for --loopback-seconds (0: skip), one per connection,\n"
+        "on the server's interface (loopback_mb_per_s, served_over_loopback); servers\n"
+        "on this machine also get their CPU per GB served (from /proc).\n",
         f);
 }
 
@@ -298,10 +332,11 @@ int bench_rpc(int argc, char **argv) {
       {"token-file", required_argument, NULL, 't'}, {"warmup", required_argument, NULL, 'w'},
       {"raw-samples", required_argument, NULL, 'R'}, {"timeout-ms", required_argument, NULL, 'T'},
       {"text", no_argument, NULL, 'x'},           {"seed", required_argument, NULL, 'e'},
+      {"loopback-seconds", required_argument, NULL, 'L'},
       {"json", no_argument, NULL, 'j'},           {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   rpc_args a = {.conns = 1, .qpc = 32, .k = 5, .duration = 10, .warmup = 20,
-                .raw_samples = 1000, .timeout_ms = 10000, .seed = 42};
+                .raw_samples = 1000, .loopback_s = 3, .timeout_ms = 10000, .seed = 42};
   int c, have_duration = 0, hedge_ms = 0;
   optind = 1;
   while ((c = getopt_long(argc, argv, "hk:", opts, NULL)) != -1) {
@@ -321,6 +356,7 @@ int bench_rpc(int argc, char **argv) {
     case 'R': a.raw_samples = (unsigned)strtoul(optarg, NULL, 10); break;
     case 'T': a.timeout_ms = (int)strtol(optarg, NULL, 10); break;
     case 'x': a.text = 1; break;
+    case 'L': a.loopback_s = strtod(optarg, NULL); break;
     case 'e': a.seed = strtoull(optarg, NULL, 10); break;
     case 'j': a.json = 1; break;
     case 'h': usage(stdout); return 0;
@@ -349,6 +385,9 @@ int bench_rpc(int argc, char **argv) {
   size_t per_call = (size_t)a.qpc * a.k;
   int rc = 0, ex = 0;
   m3_client_info cinfo;
+  long pids[MAX_PIDS];
+  size_t npids = 0;
+  if (a.server) add_local_pid(a.server, pids, &npids);
   if (a.cluster) {
     m3_cluster_map *map = NULL;
     if ((rc = m3_cluster_map_load(a.cluster, &map)) != 0) {
@@ -362,6 +401,9 @@ int bench_rpc(int argc, char **argv) {
     if (co.try_timeout_ms > co.call_timeout_ms) co.try_timeout_ms = co.call_timeout_ms;
     co.hedge_delay_ms = hedge_ms;
     co.client_name = "m3-bench rpc";
+    for (uint32_t sd = 0; sd < m3_cluster_map_shards(map); sd++)
+      for (uint32_t rp = 0; rp < m3_cluster_map_replicas(map, sd); rp++)
+        add_local_pid(m3_cluster_map_replica(map, sd, rp), pids, &npids);
     rc = m3_cluster_open(map, &co, &sh.cl);
     m3_cluster_map_free(map);
     if (rc == 0) rc = m3_cluster_info(sh.cl, &cinfo);
@@ -412,8 +454,24 @@ int bench_rpc(int argc, char **argv) {
   m3_cluster_counters cc0 = {0}, cc1 = {0};
   if (sh.cl) m3_cluster_counters_get(sh.cl, &cc0);
   for (unsigned i = 0; i < a.conns; i++) pthread_create(&th[i].tid, NULL, rpc_worker, &th[i]);
+  sleep_until(sh.t_start);
+  double cpu0 = pids_cpu(pids, npids);
   for (unsigned i = 0; i < a.conns; i++) pthread_join(th[i].tid, NULL);
   uint64_t t_done = bench_now_ns();
+  double server_cpu = pids_cpu(pids, npids) - cpu0;
+  /* The link alone, after the calls so that the two never share the cores. */
+  double loop_mbs = 0;
+  if (a.loopback_s > 0) {
+    char host[64] = "127.0.0.1";
+    const char *addr = a.server ? a.server : "";
+    const char *colon = strrchr(addr, ':');
+    if (colon && (size_t)(colon - addr) < sizeof host && colon > addr) {
+      memcpy(host, addr, (size_t)(colon - addr));
+      host[colon - addr] = '\0';
+    }
+    if (bench_loopback(host, a.conns, info->memory_bytes + 64, a.loopback_s, &loop_mbs) != 0)
+      loop_mbs = 0;
+  }
   double secs = (double)(t_done - sh.t_start) / 1e9;
   if (secs <= 0) secs = 1e-9;
 
@@ -466,6 +524,17 @@ int bench_rpc(int argc, char **argv) {
                                   (json_int_t)nraw));
     json_object_set_new(j, "p99_over_raw_p99", json_real(raw99 > 0 ? p99 / raw99 : 0));
   }
+  double served_mbs = (double)payload / 1e6 / secs;
+  if (loop_mbs > 0) {
+    json_object_set_new(j, "loopback_mb_per_s", json_real(loop_mbs));
+    json_object_set_new(j, "served_over_loopback", json_real(served_mbs / loop_mbs));
+  }
+  if (npids) {
+    json_object_set_new(j, "server_processes", json_integer((json_int_t)npids));
+    json_object_set_new(j, "server_cpu_s", json_real(server_cpu));
+    json_object_set_new(j, "server_cpu_s_per_gb",
+                        json_real(payload ? server_cpu / ((double)payload / 1e9) : 0));
+  }
   for (unsigned i = 0; i < a.conns; i++)
     if (th[i].err[0]) {
       json_object_set_new(j, "first_error", json_string(th[i].err));
@@ -487,6 +556,11 @@ int bench_rpc(int argc, char **argv) {
     printf("latency us: p50 %.1f  p99 %.1f  p99.9 %.1f\n", p50, p99, p999);
     printf("wire overhead %.4f\n", payload ? (double)wire / (double)payload - 1 : 0.0);
     if (a.store) printf("raw round us: p50 %.1f  p99 %.1f (%zu calls)\n", raw50, raw99, nraw);
+    if (loop_mbs > 0)
+      printf("loopback %.1f MB/s: served / loopback %.3f\n", loop_mbs, served_mbs / loop_mbs);
+    if (npids)
+      printf("server CPU %.2f s (%zu processes): %.3f s per GB served\n", server_cpu, npids,
+             payload ? server_cpu / ((double)payload / 1e9) : 0);
     json_decref(j);
   }
   free(lat);

@@ -20,7 +20,11 @@ static const char *usage_text =
     "  rpc      --server HOST:PORT [--connections C] [--queries-per-call 32] [-k 5]\n"
     "           [--duration S | --calls N] [--rate R] [--store DIR] [--token-file F] [--json]\n"
     "           Retrieve calls against an m3-server, closed- or open-loop: latency,\n"
-    "           throughput, wire overhead, raw disk time of the same memories\n"
+    "           throughput, wire overhead, raw disk time of the same memories, the\n"
+    "           loopback link's own MB/s and the server's CPU per GB\n"
+    "  peer     redis --server HOST:PORT --store DIR [--connections 2] [--ids-per-round 160]\n"
+    "           [--duration 10] [--json]\n"
+    "           the same rounds served by m3-server (Fetch) and by Redis (pipelined GETs)\n"
     "  storage  --store DIR [--ops N] [--batch 5] [--direct] [--warmup N] [--seed S] [--json]\n"
     "           store fetches of random batches vs raw io_uring reads of the same bytes\n"
 #ifdef M3_BENCH_CODEC
@@ -68,6 +72,7 @@ int main(int argc, char **argv) {
       {"gen", bench_gen},
       {"storage", bench_storage},
       {"rpc", bench_rpc},
+      {"peer", bench_peer},
 #ifdef M3_BENCH_CODEC
       {"codec", m3_bench_codec},
 #endif

@@ -173,18 +173,25 @@ static int parse_entry(m3_safetensors *st, const st_file *f, const char *name, j
         json_integer_value(d) > (json_int_t)1 << 40)
       return m3__seterr(M3_EBADFORMAT, "tensor '%s' in %s: bad shape", name, f->path);
     t.shape[i] = json_integer_value(d);
-    t.numel *= (size_t)t.shape[i];
+    /* A product that wraps would let a tiny data span pass as a huge tensor. */
+    if (__builtin_mul_overflow(t.numel, (size_t)t.shape[i], &t.numel))
+      return m3__seterr(M3_EBADFORMAT, "tensor '%s' in %s: shape has more elements than memory",
+                        name, f->path);
   }
+  size_t need;
+  if (__builtin_mul_overflow(t.numel, esize, &need))
+    return m3__seterr(M3_EBADFORMAT, "tensor '%s' in %s: shape x dtype size overflows", name,
+                      f->path);
   json_t *b = json_array_get(jo, 0), *e = json_array_get(jo, 1);
   if (!json_is_integer(b) || !json_is_integer(e) || json_integer_value(b) < 0 ||
       json_integer_value(e) < json_integer_value(b))
     return m3__seterr(M3_EBADFORMAT, "tensor '%s' in %s: bad data_offsets", name, f->path);
   uint64_t ob = (uint64_t)json_integer_value(b), oe = (uint64_t)json_integer_value(e);
   t.nbytes = (size_t)(oe - ob);
-  if (esize && t.nbytes != t.numel * esize)
+  if (esize && t.nbytes != need)
     return m3__seterr(M3_EBADFORMAT,
                       "tensor '%s' in %s: data_offsets span %zu bytes, shape and dtype %s need %zu",
-                      name, f->path, t.nbytes, json_string_value(jd), t.numel * esize);
+                      name, f->path, t.nbytes, json_string_value(jd), need);
   if (oe > data_size)
     return m3__seterr(M3_EBADFORMAT,
                       "tensor '%s' in %s: data ends at byte %llu of the data section, which has "

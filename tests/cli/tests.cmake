@@ -6,3 +6,7 @@ if(NOT M3_SANITIZE)
   m3_add_script_test(install_pkgconfig SCRIPT ${CMAKE_CURRENT_LIST_DIR}/test_install.sh
     LABELS integration TIMEOUT 180)
 endif()
+
+# m3-bench's wire baselines: the loopback link, server CPU, the Redis peer.
+m3_add_script_test(bench_wire SCRIPT ${CMAKE_CURRENT_LIST_DIR}/test_bench_wire.sh
+  LABELS integration TIMEOUT 180)

@@ -3,8 +3,8 @@
 # test model (m3-encode test-model): kb.jsonl into a store that verifies and
 # holds 297 records; the same bytes with 1 and 2 threads; a rerun stores
 # nothing new; m3-server answers text queries with the chunk that has the
-# words (hash embeddings); a folder of documents with --id-base; a long
-# line split into consecutive ids; a trained FAISS codec; hidden-state
+# words (hash embeddings); a folder of documents with --id-base; long
+# lines split into pieces with derived ids, truncated, or refused; a trained FAISS codec; hidden-state
 # embeddings; external embeddings.
 set -euo pipefail
 bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
@@ -80,15 +80,44 @@ check "docs ids sequential" test "$(digest "$work/docs_st" | awk '{print $1}' | 
 "$bin/m3" store get "$work/docs_st" --id $((1000 + n - 2)) --json >"$work/g.json"
 check "paragraph joined" test "$(json_get "$work/g.json" "j['text']")" = "Volcanoes erupt lava, ash and gas."
 check "docs chunks fit" test "$(json_get "$work/g.json" "j['chunk_len']")" -le 128
-# 5. a long line is split into consecutive ids, each chunk within the budget
+# 5. long lines with the usual consecutive ids (a FOLDOC-like KB): each
+# is split into pieces within the budget; piece p >= 1 of line id N gets
+# 2^63 | N << 16 | p, so no piece takes the next line's id
 "$py" -c "
 import json
 words = open('$src/examples/kb/corpus.txt').read().split()
 print(json.dumps({'id': 500, 'text': ' '.join(words[:600])}))
-print(json.dumps({'id': 900, 'text': 'short one'}))" >"$work/long.jsonl"
-enc --input "$work/long.jsonl" --store "$work/long" --max-tokens 64 --embed hash:32 2>/dev/null
-ids=$(digest "$work/long" | awk '{print $1}' | tr '\n' ' ')
-check "split ids consecutive" test "$(echo "$ids" | awk '{print $1, $2, $NF}')" = "500 501 900"
+print(json.dumps({'id': 501, 'text': ' '.join(words[600:900])}))
+print(json.dumps({'id': 502, 'text': 'short one'}))" >"$work/long.jsonl"
+enc --input "$work/long.jsonl" --store "$work/long" --max-tokens 64 --embed hash:32 2>"$work/long.err"
+ids=$(digest "$work/long" | awk '{print $1}' | sort -n | tr '\n' ' ')
+piece1=$("$py" -c "print((1 << 63) | (500 << 16) | 1)")
+check "line ids kept" test "$(echo "$ids" | awk '{print $1, $2, $3}')" = "500 501 502"
+check "pieces get derived ids" grep -q " $piece1 " <<<" $ids "
+check "summary counts the split texts" grep -q "2 texts over 64 tokens split into" "$work/long.err"
+# the same input truncated: one chunk per line, counted; or refused, naming the line
+enc --input "$work/long.jsonl" --store "$work/long_t" --max-tokens 64 --embed hash:32 \
+  --long-chunks truncate 2>"$work/long_t.err"
+check "truncate keeps one chunk a line" test "$(digest "$work/long_t" | awk '{print $1}' | sort -n | tr '\n' ' ')" = "500 501 502 "
+check "summary counts truncated" grep -q "0 chunks, 2 truncated" "$work/long_t.err"
+set +e
+enc --input "$work/long.jsonl" --store "$work/long_f" --max-tokens 64 --embed hash:32 \
+  --long-chunks fail 2>"$work/long_f.err"
+lf=$?
+set -e
+check "fail: exit 1" test "$lf" = 1
+check "fail: names the line" grep -q "long.jsonl:1: the text is more than" "$work/long_f.err"
+# a split line's id must leave room for its pieces' ids: below 2^47
+"$py" -c "
+import json
+words = open('$src/examples/kb/corpus.txt').read().split()
+print(json.dumps({'id': 1 << 47, 'text': ' '.join(words[:600])}))" >"$work/bigid.jsonl"
+set +e
+enc --input "$work/bigid.jsonl" --store "$work/bigid" --max-tokens 64 --embed hash:32 2>"$work/bigid.err"
+lr=$?
+set -e
+check "a split line with a huge id: exit 1" test "$lr" = 1
+check "a split line with a huge id: named" grep -q 'bigid.jsonl:1: "id" 140737488355328: the text needs' "$work/bigid.err"
 ok=1
 for id in $(digest "$work/long" | awk '{print $1}'); do
   "$bin/m3" store dump "$work/long" --id "$id" --json >"$work/d.json" || ok=0

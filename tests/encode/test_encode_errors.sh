@@ -57,7 +57,7 @@ check "report lists the bad lines" test "$(cut -d: -f2 "$work/report" | tr '\n' 
 check "report: missing text" grep -q 'bad.jsonl:3: "text" is missing' "$work/report"
 check "report: negative id" grep -q 'bad.jsonl:4: "id" must be a non-negative integer' "$work/report"
 check "report: empty text" grep -q 'bad.jsonl:7: the text is empty' "$work/report"
-check "report: duplicate id" grep -q 'bad.jsonl:8: chunk id 1 (part 0) is already used' "$work/report"
+check "report: duplicate id, both lines named" grep -q 'bad.jsonl:8: chunk id 1 (part 0) is already used by bad.jsonl:1$' "$work/report"
 check "report: not an object" grep -q 'bad.jsonl:9: a JSON object' "$work/report"
 check "report: meta" grep -q 'bad.jsonl:10: "meta" must be an object' "$work/report"
 check "good lines stored" test "$("$bin/encode_store_digest" "$work/s_skip" | awk '{print $1}' | tr '\n' ' ')" = "1 5 10 "

@@ -252,6 +252,13 @@ static void test_truncated_and_garbage_header(void **state) {
   CHECK_RC(m3_safetensors_open(pth("h5.safetensors"), &st), M3_EBADFORMAT);
   CHECK_CONTAINS(m3_errmsg(), "x.weight");
   CHECK_CONTAINS(m3_errmsg(), pth("h5.safetensors"));
+  /* dimensions whose product wraps to 0 (2^40 x 2^24 = 2^64) with an empty
+   * data span: refused, not loaded as a huge tensor without data */
+  ent big = {"huge.weight", "F32", 2, {(int64_t)1 << 40, (int64_t)1 << 24}, F32V, 0};
+  write_st(pth("h7.safetensors"), &big, 1, 0);
+  CHECK_RC(m3_safetensors_open(pth("h7.safetensors"), &st), M3_EBADFORMAT);
+  CHECK_CONTAINS(m3_errmsg(), "huge.weight");
+  CHECK_CONTAINS(m3_errmsg(), "more elements than memory");
   /* a header that is JSON but not an object */
   const char arr[] = "\x02\x00\x00\x00\x00\x00\x00\x00[]";
   write_raw(pth("h6.safetensors"), arr, sizeof arr - 1);

@@ -21,3 +21,7 @@ m3_add_test(test_overhead SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_overhead.c ${M3
 # Asynchronous reads for the server's event loop (io_uring only).
 m3_add_test(test_store_aio SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_aio.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 120)
+
+# A hard io_uring_enter failure mid-batch: drained, ring replaced, pread finish.
+m3_add_test(test_io_uring_fault SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_io_uring_fault.c ${M3_TESTUTIL}
+  LABELS unit fault TIMEOUT 60)

@@ -6,7 +6,8 @@
  *   M3_FAULT="point=ERRNO[@N][,point=ERRNO[@N]...]"
  * e.g. M3_FAULT="segment.write=ENOSPC@3": the 3rd and later writes to a
  * segment fail with ENOSPC. Points: segment.write, segment.sync,
- * catalog.write.
+ * catalog.write, index.write, io_uring.submit (io_uring_enter fails hard;
+ * the read backend drains, replaces its ring and finishes with pread).
  */
 #ifndef M3_FAULT_H
 #define M3_FAULT_H

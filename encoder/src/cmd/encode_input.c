@@ -7,19 +7,25 @@
  * Chunking: a JSONL line's "text", or a document paragraph (lines up to a
  * blank line, newlines turned into spaces), is one chunk when
  *   n_prefix + len(tokenize(text)) <= max_tokens,
- * else it is cut at whitespace into the longest pieces that fit (a word
- * longer than the budget is cut between UTF-8 characters). Each piece is
+ * else (--long-chunks split, the default) it is cut at whitespace into the
+ * longest pieces that fit (a word longer than the budget is cut between
+ * UTF-8 characters); --long-chunks truncate keeps the first such piece only;
+ * --long-chunks fail makes the line bad input. Each piece is
  * tokenized on its own, so tokenize(piece text) is exactly the chunk's
  * tokens and the stored text re-tokenizes to them (m3 store dump relies on
  * it).
  *
  * Chunk ids (docs/ENCODER.md, "id scheme"):
- *   JSONL "id": N           parts N, N+1, ... (one part unless split)
+ *   JSONL "id": N           part 0 is N; part p >= 1 of a split line is
+ *                           ENC_PIECE_ID(N, p) (bit 63 set, so it can
+ *                           never be another line's id: JSON ids are
+ *                           below 2^63)
  *   no id, default          hash of (file name, line, part): fnv1a64 of
  *                           "NAME\nLINE\nPART" through MurmurHash3's fmix64,
  *                           shifted right by 1 (63 bits)
  *   no id, --id-base B      B + the chunk's ordinal in the input
- * An id produced twice makes the second line bad.
+ * An id produced twice makes the second line bad; the message names the
+ * line that took it first.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -37,10 +43,19 @@
 
 /* ---- a set of u64 ids (open addressing) ------------------------------- */
 
+/* Each id keeps where it came from (the file's index and the line), so that a
+ * collision can name both lines. */
+typedef struct id_origin {
+  uint32_t file;
+  long line;
+} id_origin;
+
 typedef struct idset {
   uint64_t *slots; /* 0 is empty; id 0 is kept in has_zero */
+  id_origin *from; /* beside slots */
   size_t cap, n;
   int has_zero;
+  id_origin zero_from;
 } idset;
 
 static uint64_t fmix64(uint64_t h) {
@@ -52,33 +67,39 @@ static uint64_t fmix64(uint64_t h) {
   return h;
 }
 
-static int idset_has(const idset *s, uint64_t id) {
-  if (id == 0) return s->has_zero;
-  if (!s->cap) return 0;
+/* Where id came from, or NULL when the set does not hold it. */
+static const id_origin *idset_find(const idset *s, uint64_t id) {
+  if (id == 0) return s->has_zero ? &s->zero_from : NULL;
+  if (!s->cap) return NULL;
   for (size_t i = fmix64(id) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
-    if (s->slots[i] == id) return 1;
-    if (s->slots[i] == 0) return 0;
+    if (s->slots[i] == id) return &s->from[i];
+    if (s->slots[i] == 0) return NULL;
   }
 }
 
-static int idset_add(idset *s, uint64_t id) {
-  if (id == 0) return s->has_zero = 1, 0;
+static int idset_add(idset *s, uint64_t id, id_origin from) {
+  if (id == 0) return s->has_zero = 1, s->zero_from = from, 0;
   if ((s->n + 1) * 2 > s->cap) {
     size_t ncap = s->cap ? s->cap * 2 : 1024;
     uint64_t *ns = calloc(ncap, sizeof *ns);
-    if (!ns) return m3__seterr(M3_ENOMEM, "input: out of memory for the chunk id set");
+    id_origin *nf = malloc(ncap * sizeof *nf);
+    if (!ns || !nf) {
+      free(ns), free(nf);
+      return m3__seterr(M3_ENOMEM, "input: out of memory for the chunk id set");
+    }
     for (size_t i = 0; i < s->cap; i++) {
       if (!s->slots[i]) continue;
       size_t j = fmix64(s->slots[i]) & (ncap - 1);
       while (ns[j]) j = (j + 1) & (ncap - 1);
       ns[j] = s->slots[i];
+      nf[j] = s->from[i];
     }
-    free(s->slots);
-    s->slots = ns, s->cap = ncap;
+    free(s->slots), free(s->from);
+    s->slots = ns, s->from = nf, s->cap = ncap;
   }
   size_t i = fmix64(id) & (s->cap - 1);
   while (s->slots[i] && s->slots[i] != id) i = (i + 1) & (s->cap - 1);
-  if (!s->slots[i]) s->slots[i] = id, s->n++;
+  if (!s->slots[i]) s->slots[i] = id, s->from[i] = from, s->n++;
   return 0;
 }
 
@@ -99,6 +120,8 @@ struct enc_input {
   enc_chunk *pend;           /* chunks of the current line or paragraph */
   size_t n_pend, pend_i, cap_pend;
   uint64_t bytes_done, bytes_total, skipped, ordinal;
+  uint64_t n_split, n_pieces, n_truncated; /* texts over the budget */
+  int truncated;             /* chunk_text cut the current text short */
   unsigned emb_dim;
   idset ids;
   int32_t *tok;              /* max_tokens scratch ids */
@@ -237,6 +260,7 @@ void enc_input_close(enc_input *in) {
   for (size_t i = in->pend_i; i < in->n_pend; i++) enc_chunk_free(&in->pend[i]);
   free(in->pend);
   free(in->ids.slots);
+  free(in->ids.from);
   free(in->tok);
   free(in->para);
   free(in);
@@ -247,6 +271,12 @@ void enc_input_progress(const enc_input *in, uint64_t *done, uint64_t *total) {
   *total = in->bytes_total;
 }
 uint64_t enc_input_skipped(const enc_input *in) { return in->skipped; }
+void enc_input_long_counts(const enc_input *in, uint64_t *split, uint64_t *pieces,
+                           uint64_t *truncated) {
+  *split = in->n_split;
+  *pieces = in->n_pieces;
+  *truncated = in->n_truncated;
+}
 unsigned enc_input_emb_dim(const enc_input *in) { return in->emb_dim; }
 
 int enc_prefix_ids(m3_tokenizer *tok, const char *prefix, int32_t *ids, int cap) {
@@ -323,6 +353,7 @@ static int emit(enc_input *in, const char *text, size_t len, int n, long line) {
 static int chunk_text(enc_input *in, const char *text, size_t len, long line) {
   const int budget = in->o.max_tokens - in->o.n_prefix;
   size_t p = 0;
+  in->truncated = 0;
   while (p < len && is_space((unsigned char)text[p])) p++;
   while (len > p && is_space((unsigned char)text[len - 1])) len--;
   if (p == len) return m3__seterr(M3_EINVAL, "the text is empty");
@@ -333,6 +364,15 @@ static int chunk_text(enc_input *in, const char *text, size_t len, long line) {
     if (n < 0) { rc = (int)n; break; }
     if (n <= budget) {
       if (n > 0) rc = emit(in, text + p, len - p, (int)n, line);
+      break;
+    }
+    if (in->n_pend == 0 && in->o.long_chunks == ENC_LONG_FAIL) {
+      rc = m3__seterr(M3_EINVAL, "the text is more than the %d tokens a chunk may hold "
+                      "(--long-chunks fail; split or truncate would keep it)", budget);
+      break;
+    }
+    if (in->n_pend == 1 && in->o.long_chunks == ENC_LONG_TRUNCATE) {
+      in->truncated = 1;
       break;
     }
     /* Word ends after p, then the longest prefix of words that fits. */
@@ -394,6 +434,12 @@ out:
   return rc;
 }
 
+/* Count a text over the budget once its line is accepted. */
+static void count_long(enc_input *in, int truncated) {
+  if (truncated) in->n_truncated++;
+  else if (in->n_pend > 1) in->n_split++, in->n_pieces += in->n_pend;
+}
+
 static void drop_pending(enc_input *in) {
   for (size_t i = in->pend_i; i < in->n_pend; i++) enc_chunk_free(&in->pend[i]);
   in->n_pend = in->pend_i = 0;
@@ -404,10 +450,14 @@ static int assign_ids(enc_input *in, const char *name, long line, int has_id, ui
   for (size_t i = 0; i < in->n_pend; i++) {
     enc_chunk *c = &in->pend[i];
     if (has_id) {
-      if (id + i < id || id + i == UINT64_MAX)
-        return m3__seterr(M3_EINVAL, "\"id\" %llu + part %zu overflows the chunk ids",
-                          (unsigned long long)id, i);
-      c->id = id + i;
+      /* JSON ids are below 2^63 (parse_jsonl takes them as int64), so a
+       * piece's id, with bit 63 set, is never a line's own. */
+      if (i > 0 && (id > ENC_PIECE_MAX_N || i > ENC_PIECE_MAX_PART))
+        return m3__seterr(M3_EINVAL, "\"id\" %llu: the text needs %zu pieces; a split line's "
+                          "id must be below 2^47 and its pieces at most %d (use --long-chunks "
+                          "truncate, or a shorter text)", (unsigned long long)id, in->n_pend,
+                          ENC_PIECE_MAX_PART + 1);
+      c->id = i == 0 ? id : ENC_PIECE_ID(id, i);
     } else if (in->o.ids == ENC_ID_SEQUENTIAL) {
       c->id = in->o.id_base + in->ordinal + i;
     } else {
@@ -418,16 +468,21 @@ static int assign_ids(enc_input *in, const char *name, long line, int has_id, ui
   if (in->o.sample_only) return 0;
   for (size_t i = 0; i < in->n_pend; i++) {
     uint64_t cid = in->pend[i].id;
-    int dup = idset_has(&in->ids, cid);
-    for (size_t j = 0; j < i && !dup; j++) dup = in->pend[j].id == cid;
-    if (dup)
-      return m3__seterr(M3_EINVAL, "chunk id %llu (part %zu) is already used by another chunk of the input",
-                        (unsigned long long)cid, i);
+    const id_origin *o = idset_find(&in->ids, cid);
+    if (o)
+      return m3__seterr(M3_EINVAL, "chunk id %llu (part %zu) is already used by %s:%ld",
+                        (unsigned long long)cid, i, in->names[o->file], o->line);
+    for (size_t j = 0; j < i; j++)
+      if (in->pend[j].id == cid)
+        return m3__seterr(M3_EINVAL, "chunk id %llu is given to parts %zu and %zu of this line",
+                          (unsigned long long)cid, j, i);
   }
+  id_origin here = {.file = (uint32_t)in->file_i, .line = line};
   for (size_t i = 0; i < in->n_pend; i++) {
-    int rc = idset_add(&in->ids, in->pend[i].id);
+    int rc = idset_add(&in->ids, in->pend[i].id, here);
     if (rc) return rc;
   }
+  count_long(in, in->truncated);
   in->ordinal += in->n_pend;
   return 0;
 }

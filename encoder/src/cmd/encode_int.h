@@ -43,6 +43,21 @@ typedef enum enc_id_scheme {
   ENC_ID_SEQUENTIAL = 1 /* id_base + ordinal of the chunk in the input */
 } enc_id_scheme;
 
+/* What happens to a text longer than the token budget (--long-chunks). */
+typedef enum enc_long_policy {
+  ENC_LONG_SPLIT = 0,    /* cut into pieces that fit, each its own chunk (default) */
+  ENC_LONG_TRUNCATE = 1, /* keep the first piece that fits, drop the rest */
+  ENC_LONG_FAIL = 2      /* the line is bad input */
+} enc_long_policy;
+
+/* The id of piece `part` (>= 1) of a split chunk whose line gave the
+ * explicit id N: bit 63 set, N in bits 16..62, part in bits 0..15. A JSON
+ * "id" is below 2^63, so a piece never takes another line's id; N < 2^47 and
+ * part < 2^16 are required of a line that is split. */
+#define ENC_PIECE_ID(n, part) ((1ull << 63) | ((uint64_t)(n) << 16) | (uint64_t)(part))
+#define ENC_PIECE_MAX_N ((1ull << 47) - 1)
+#define ENC_PIECE_MAX_PART 65535
+
 typedef struct enc_input_opts {
   const char *path;          /* a .jsonl file or a folder of .txt/.md */
   m3_tokenizer *tok;         /* borrowed; used by the reader's thread only */
@@ -54,6 +69,7 @@ typedef struct enc_input_opts {
                                 first line's count sets it) */
   enc_id_scheme ids;
   uint64_t id_base;
+  enc_long_policy long_chunks; /* texts over the budget (ENC_LONG_SPLIT) */
   int skip_bad;              /* 1: report bad lines and go on; 0: stop */
   FILE *report;              /* where skipped lines are listed (borrowed) */
   int sample_only;           /* train-codec: no embeddings, no id checks */
@@ -77,6 +93,10 @@ int enc_input_next(enc_input *in, enc_chunk *c);
 void enc_input_progress(const enc_input *in, uint64_t *done, uint64_t *total);
 /* Bad lines skipped so far (skip_bad). */
 uint64_t enc_input_skipped(const enc_input *in);
+/* Texts over the budget so far: split (into *pieces chunks in all) and
+ * truncated. */
+void enc_input_long_counts(const enc_input *in, uint64_t *split, uint64_t *pieces,
+                           uint64_t *truncated);
 /* Embedding dims seen (external_emb; 0 before the first). */
 unsigned enc_input_emb_dim(const enc_input *in);
 void enc_input_close(enc_input *in); /* NULL: nothing */

@@ -88,6 +88,9 @@ static const char *usage_text =
     "  --threads N            forward workers (1)\n"
     "  --batch B              chunks per forward batch and per store commit (8)\n"
     "  --max-tokens N         BOS + prefix + chunk tokens at most (128)\n"
+    "  --long-chunks P        a text over the budget: split (default: pieces that fit,\n"
+    "                         each a chunk; pieces of \"id\": N get ids 2^63|N<<16|part),\n"
+    "                         truncate (the first piece only) or fail (a bad line)\n"
     "  --prefix S             reference prefix (\"Reference:\")\n"
     "  --tokens-per-head T    selected tokens per KV head and layer (8)\n"
     "  --mem-layers N         memory layers (default: half of the model's layers)\n"
@@ -107,6 +110,7 @@ typedef enum emb_kind { EMB_HASH, EMB_EXTERNAL, EMB_HIDDEN } emb_kind;
 typedef struct enc_opts {
   const char *model, *input, *store, *codec, *embed, *index, *prefix, *report, *backend;
   int threads, batch, max_tokens, tokens_per_head, mem_layers, skip_bad, has_id_base;
+  enc_long_policy long_chunks;
   uint64_t id_base;
 } enc_opts;
 
@@ -537,6 +541,7 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       {"mem-layers", required_argument, NULL, 'L'}, {"on-error", required_argument, NULL, 'E'},
       {"report", required_argument, NULL, 'r'},    {"id-base", required_argument, NULL, 'I'},
       {"backend", required_argument, NULL, 'B'},   {"help", no_argument, NULL, 'h'},
+      {"long-chunks", required_argument, NULL, 'G'},
       {NULL, 0, NULL, 0}};
   memset(o, 0, sizeof *o);
   o->embed = "hash:256";
@@ -567,6 +572,15 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       if (!strcmp(optarg, "skip")) o->skip_bad = 1;
       else if (strcmp(optarg, "fail")) {
         fprintf(stderr, "m3-encode: --on-error '%s': fail or skip\n", optarg);
+        return EXIT_FAIL;
+      }
+      break;
+    case 'G':
+      if (!strcmp(optarg, "split")) o->long_chunks = ENC_LONG_SPLIT;
+      else if (!strcmp(optarg, "truncate")) o->long_chunks = ENC_LONG_TRUNCATE;
+      else if (!strcmp(optarg, "fail")) o->long_chunks = ENC_LONG_FAIL;
+      else {
+        fprintf(stderr, "m3-encode: --long-chunks '%s': split, truncate or fail\n", optarg);
         return EXIT_FAIL;
       }
       break;
@@ -657,6 +671,7 @@ int enc_cmd_encode(int argc, char **argv) {
                        .max_tokens = o->max_tokens, .external_emb = r->ek == EMB_EXTERNAL,
                        .ids = o->has_id_base ? ENC_ID_SEQUENTIAL : ENC_ID_HASH,
                        .id_base = o->id_base, .skip_bad = o->skip_bad,
+                       .long_chunks = o->long_chunks,
                        .report = report ? report : stderr};
 
   /* External embeddings: an existing store fixes the dims; else the first
@@ -809,6 +824,12 @@ int enc_cmd_encode(int argc, char **argv) {
   }
   m3_store_stats st;
   if ((rc = m3_store_stats_get(r->store, &st)) != 0) { ex = fail_msg("store stats", rc); goto out; }
+  uint64_t n_split, n_pieces, n_trunc;
+  enc_input_long_counts(in, &n_split, &n_pieces, &n_trunc);
+  if (n_split || n_trunc)
+    fprintf(stderr, "m3-encode: %llu texts over %d tokens split into %llu chunks, %llu truncated "
+            "(--long-chunks)\n", (unsigned long long)n_split, o->max_tokens,
+            (unsigned long long)n_pieces, (unsigned long long)n_trunc);
   fprintf(stderr,
           "m3-encode: %llu chunks encoded, %llu already in the store, %llu bad lines skipped; "
           "%llu tokens in %.2f s (%.1f chunks/s, %.0f tokens/s); store %s: %llu records; "
