@@ -47,4 +47,17 @@ if(M3_HAVE_CUDA)
       $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
   endif()
   target_link_libraries(m3cuda PUBLIC m3core CUDA::cudart)
+
+  # The GEMM encoder on the GPU: cuBLAS sgemm + kernels; codebooks from m3codec.
+  add_library(m3cudaenc STATIC ${CMAKE_CURRENT_SOURCE_DIR}/cuda/codec_gemm_enc.cu)
+  set_target_properties(m3cudaenc PROPERTIES OUTPUT_NAME m3cudaenc POSITION_INDEPENDENT_CODE ON
+    CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
+  set_property(TARGET m3cudaenc PROPERTY COMPILE_OPTIONS "")
+  target_compile_options(m3cudaenc PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wno-unused-parameter>)
+  if(M3_WERROR)
+    target_compile_options(m3cudaenc PRIVATE
+      $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
+  endif()
+  target_link_libraries(m3cudaenc PUBLIC m3codec CUDA::cudart CUDA::cublas)
 endif()

@@ -38,4 +38,8 @@ if(M3_HAVE_CUDA)
   m3_add_test(codec_cuda SOURCES ${_cdir}/test_codec_cuda.c LABELS unit TIMEOUT 60
     LIBS m3codec m3cuda)
   set_property(TEST codec_cuda APPEND PROPERTY ENVIRONMENT OMP_NUM_THREADS=1)
+  m3_add_test(codec_cuda_enc SOURCES ${_cdir}/test_codec_cuda_enc.c LABELS unit TIMEOUT 180
+    LIBS m3codec m3cudaenc)
+  set_property(TEST codec_cuda_enc APPEND PROPERTY ENVIRONMENT OMP_NUM_THREADS=1
+    OPENBLAS_NUM_THREADS=1)
 endif()

@@ -405,6 +405,32 @@ void m3_codec_cuda_destroy(m3_codec_cuda *g);
 int m3_codec_cuda_decode(const m3_codec_cuda *g, const m3_spec *spec, const void *d_codes,
                          size_t n_mem, int dtype, void *d_out, void *stream);
 
+/* ---- m3cudaenc: the GEMM encoder on the GPU (built when nvcc is found) ---- */
+
+/* A faiss codec set's GEMM-encoder codebooks on the current CUDA device, with
+ * a cuBLAS handle and scratch for one stream. */
+typedef struct m3_codec_cuda_enc m3_codec_cuda_enc;
+
+/*
+ * Upload the codebooks of every codec of cs (read as m3_codec_set_encoder
+ * GEMM reads them). cs must outlive the encoder. *out is freed with
+ * m3_codec_cuda_enc_destroy. M3_EUNSUPPORTED without a device or when a codec
+ * has no GEMM encoder (the message says why), M3_ENOMEM / M3_EINTERNAL on
+ * CUDA or cuBLAS errors.
+ */
+int m3_codec_cuda_enc_create(m3_codec_set *cs, m3_codec_cuda_enc **out);
+void m3_codec_cuda_enc_destroy(m3_codec_cuda_enc *e);
+
+/*
+ * m3_codec_encode_vectors on the device: d_x (n, head_dim) floats into
+ * d_codes (n, code_bytes), device pointers, on stream (a cudaStream_t; NULL:
+ * the default stream); asynchronous, ready when the stream is. One stream at
+ * a time per encoder (its scratch is shared). Codes are the CPU GEMM
+ * encoder's except where cuBLAS's rounding settles a near-tie the other way.
+ */
+int m3_codec_cuda_encode_vectors(m3_codec_cuda_enc *e, unsigned layer, int kv, const float *d_x,
+                                 size_t n, uint8_t *d_codes, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

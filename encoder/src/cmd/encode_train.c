@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "encode_int.h"
 #include "m3/codec.h"
@@ -111,6 +112,25 @@ int enc_cmd_train_codec(int argc, char **argv) {
     case 'h': fputs(train_usage, stdout); return 0;
     default: fputs(train_usage, stderr); return 2;
     }
+  }
+  /* FAISS trains with an OpenMP team and OpenBLAS's pool that busy-wait
+   * between calls: with both on a 2-core machine each spins while the other
+   * works (measured: 3x the CPU time of one thread, slower on the clock).
+   * Their wait policies are read when the libraries load, so set them and
+   * start again, once (docs/CODECS.md, "Training"). */
+  if (threads > 1 && !getenv("M3_TRAIN_THREADS_SET")) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+    setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
+    setenv("M3_TRAIN_THREADS_SET", "1", 1);
+    char **av = calloc((size_t)argc + 2, sizeof *av);
+    if (av) {
+      av[0] = (char *)"m3-encode";
+      for (int i = 0; i < argc; i++) av[i + 1] = argv[i];
+      execv("/proc/self/exe", av);
+      free(av);
+    }
+    fprintf(stderr, "m3-encode train-codec: cannot restart with passive thread waits (%s); going on\n",
+            strerror(errno));
   }
   if (optind != argc || !model_dir || !out || (!input && strncmp(fk, "raw-", 4))) {
     fprintf(stderr, "m3-encode train-codec: --model, --input and --out are required\n%s", train_usage);
