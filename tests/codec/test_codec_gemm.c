@@ -90,7 +90,7 @@ static void test_multi_index_wide(void **st) {
 
 static void test_flat_coarse(void **st) {
   (void)st;
-  check_string("OPQ4_16,Residual64,PQ4x4");
+  check_string("Residual64,PQ4x4");
 }
 
 static void test_pq_alone(void **st) {

@@ -10,7 +10,7 @@
 #include "codec_testlib.h"
 
 #define DIM 16
-#define FACTORY "OPQ4_16,Residual2x4,PQ4x4"
+#define FACTORY "Residual2x4,PQ4x4"
 
 static void expect_size(const char *f, size_t min, size_t want) {
   size_t a = 1, b = 1;
