@@ -1,10 +1,7 @@
 # m3-encode (encoder/src/cmd/): the command that ties the encoder together:
 # input reading and chunking, the forward pipeline, codec, store writing,
 # the retrieval index; train-codec; test-model with its BPE trainer.
-# Included by encoder/CMakeLists.txt.
-if(NOT TARGET m3codec OR NOT TARGET m3index)
-  return()
-endif()
+# Included by encoder/CMakeLists.txt; m3codec and m3index come from core/.
 find_package(Threads REQUIRED)
 add_executable(m3-encode
   ${CMAKE_CURRENT_LIST_DIR}/src/cmd/m3_encode.c

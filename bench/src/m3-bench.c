@@ -27,10 +27,8 @@ static const char *usage_text =
     "           the same rounds served by m3-server (Fetch) and by Redis (pipelined GETs)\n"
     "  storage  --store DIR [--ops N] [--batch 5] [--direct] [--warmup N] [--seed S] [--json]\n"
     "           store fetches of random batches vs raw io_uring reads of the same bytes\n"
-#ifdef M3_BENCH_CODEC
     "  codec    --codec STR [--train N] [--test N] [--vectors FILE] [--json]\n"
     "           codec size, error and speed (see m3-bench codec --help)\n"
-#endif
     "  encode   [--hidden 1024 --layers 8 --heads 16 --kv-heads 4 --head-dim 64 --batch 8\n"
     "           --seq 128] [--json]\n"
     "           encoder memory-layer forward + selection vs OpenBLAS sgemm\n"
@@ -73,9 +71,7 @@ int main(int argc, char **argv) {
       {"storage", bench_storage},
       {"rpc", bench_rpc},
       {"peer", bench_peer},
-#ifdef M3_BENCH_CODEC
       {"codec", m3_bench_codec},
-#endif
       {"encode", bench_encode},
   };
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {

@@ -47,17 +47,14 @@ static int left_ms(uint64_t deadline) {
 
 /* ---- status --------------------------------------------------------- */
 
-int m3__client_err(int code) {
-  if (code == M3__STATUS_CODE__DEADLINE_EXCEEDED) return M3_EBUSY;
-  return m3_err_from_status(code);
-}
-
-int m3__client_status(m3_client *c, m3_method method, int code, const char *fmt, ...) {
+/* Record the status of the last call; returns its m3 code (named: the
+ * Status.error the server sent, 0 for none). */
+static int client_status_v(m3_client *c, m3_method method, int code, int named, const char *fmt,
+                           va_list ap) __attribute__((format(printf, 5, 0)));
+static int client_status_v(m3_client *c, m3_method method, int code, int named, const char *fmt,
+                           va_list ap) {
   char detail[300];
-  va_list ap;
-  va_start(ap, fmt);
   vsnprintf(detail, sizeof detail, fmt, ap);
-  va_end(ap);
   c->last_status = code;
   if (code == M3__STATUS_CODE__OK) {
     c->last_msg[0] = '\0';
@@ -66,7 +63,25 @@ int m3__client_status(m3_client *c, m3_method method, int code, const char *fmt,
   const char *mname = method > 0 && method < M3_METHOD_COUNT ? m3_methods[method].name : "call";
   snprintf(c->last_msg, sizeof c->last_msg, "m3-server %s: %s: %s%s%s", c->addr, mname,
            m3_status_name(code), *detail ? ": " : "", detail);
-  return m3__seterr(m3__client_err(code), "%s", c->last_msg);
+  return m3__seterr(m3_err_from_wire(code, named), "%s", c->last_msg);
+}
+
+int m3__client_status(m3_client *c, m3_method method, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = client_status_v(c, method, code, 0, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+static int named_status(m3_client *c, m3_method method, int code, int named, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int named_status(m3_client *c, m3_method method, int code, int named, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = client_status_v(c, method, code, named, fmt, ap);
+  va_end(ap);
+  return rc;
 }
 
 /* A transport failure: the connection is unusable from now on. */
@@ -347,8 +362,8 @@ static int end_status(m3_client *c, m3_method method, const m3_frame *f, const u
   int code = (int)f->arg;
   if (code == M3__STATUS_CODE__OK) return m3__client_status(c, method, 0, "ok");
   M3__Status *st = f->msg_len ? m3__status__unpack(&c->pb_alloc, f->msg_len, msg) : NULL;
-  int rc = m3__client_status(c, method, code, "%s",
-                             st && st->message && *st->message ? st->message : "(no message)");
+  int rc = named_status(c, method, code, st ? st->error : 0, "%s",
+                        st && st->message && *st->message ? st->message : "(no message)");
   if (st) m3__status__free_unpacked(st, &c->pb_alloc);
   return rc;
 }

@@ -83,7 +83,4 @@ int m3__client_status(m3_client *c, m3_method method, int code, const char *fmt,
  */
 void m3__client_interrupt(m3_client *c);
 
-/* The m3 code libm3client returns for a gRPC status code. */
-int m3__client_err(int code);
-
 #endif /* M3_CLIENT_INT_H */

@@ -1,4 +1,4 @@
-/* Frame headers, output buffers and status codes; see m3/frame.h. */
+/* Frame headers and output buffers; see m3/frame.h (status codes: status.c). */
 #include "m3/frame.h"
 
 #include <stdlib.h>
@@ -92,51 +92,4 @@ int m3_frame_append(m3_wbuf *b, m3_frame *f, const ProtobufCMessage *msg) {
   if (n) protobuf_c_message_pack(msg, b->data + b->len + M3_FRAME_HEADER_SIZE);
   b->len += M3_FRAME_HEADER_SIZE + n;
   return 0;
-}
-
-const char *m3_status_name(int code) {
-  static const char *names[] = {
-      "OK",        "CANCELLED",         "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",     "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
-  return code >= 0 && code < (int)(sizeof names / sizeof names[0]) ? names[code] : "UNKNOWN";
-}
-
-int m3_status_from_err(int err) {
-  switch (err) {
-  case M3_OK: return M3__STATUS_CODE__OK;
-  case M3_EINVAL:
-  case M3_ESHAPE:
-  case M3_EBADFORMAT:
-  case M3_ERANGE: return M3__STATUS_CODE__INVALID_ARGUMENT;
-  case M3_ENOTFOUND: return M3__STATUS_CODE__NOT_FOUND;
-  case M3_ECORRUPT: return M3__STATUS_CODE__DATA_LOSS;
-  case M3_ENOMEM:
-  case M3_ENOSPC: return M3__STATUS_CODE__RESOURCE_EXHAUSTED;
-  case M3_EFINGERPRINT:
-  case M3_EVERSION: return M3__STATUS_CODE__FAILED_PRECONDITION;
-  case M3_EBUSY: return M3__STATUS_CODE__UNAVAILABLE;
-  case M3_EUNSUPPORTED: return M3__STATUS_CODE__UNIMPLEMENTED;
-  case M3_EEXIST: return M3__STATUS_CODE__ALREADY_EXISTS;
-  case M3_ECANCELED: return M3__STATUS_CODE__CANCELLED;
-  default: return M3__STATUS_CODE__INTERNAL;
-  }
-}
-
-int m3_err_from_status(int code) {
-  switch (code) {
-  case M3__STATUS_CODE__OK: return M3_OK;
-  case M3__STATUS_CODE__INVALID_ARGUMENT: return M3_EINVAL;
-  case M3__STATUS_CODE__NOT_FOUND: return M3_ENOTFOUND;
-  case M3__STATUS_CODE__DATA_LOSS: return M3_ECORRUPT;
-  case M3__STATUS_CODE__RESOURCE_EXHAUSTED: return M3_ENOMEM;
-  case M3__STATUS_CODE__FAILED_PRECONDITION: return M3_EFINGERPRINT;
-  case M3__STATUS_CODE__UNIMPLEMENTED: return M3_EUNSUPPORTED;
-  case M3__STATUS_CODE__ALREADY_EXISTS: return M3_EEXIST;
-  case M3__STATUS_CODE__UNAVAILABLE: return M3_EBUSY;
-  case M3__STATUS_CODE__CANCELLED: return M3_ECANCELED;
-  default: return M3_EIO;
-  }
 }

@@ -1,12 +1,13 @@
 /*
- * Connections: accept, frame reassembly, writes with backpressure, timeouts,
- * and the life cycle of calls. A connection whose queued writes pass the
- * high-water mark stops being read (a client that does not read cannot make
- * the server buffer without bound); a frame that breaks framing closes it; a
- * frame that is well framed but wrong gets an END with a status and the
- * connection goes on.
+ * Connections, the server's transport (conn.h): accept, frame reassembly,
+ * writes with backpressure, timeouts. Whole frames go up through
+ * server.hooks.frame; a write's buffers come back through its
+ * conn_write_cb. A connection whose queued writes pass the high-water mark
+ * stops being read (a client that does not read cannot make the server
+ * buffer without bound); a frame that breaks framing closes it. Calls and
+ * methods are the layers above (call.c, dispatch.c): nothing here calls
+ * them but through the hooks.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,25 +23,23 @@ uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void conn_unref(conn *c);
 
 /* ---- writes --------------------------------------------------------- */
 
 typedef struct wreq {
   uv_write_t req;
   conn *c;
-  call *cl;       /* may be NULL */
+  conn_write_cb cb; /* may be NULL */
+  void *ud;
   size_t bytes;
   uv_buf_t *bufs; /* inline[] or malloc'ed for a batch */
   uint8_t *owned; /* batch: the frames' headers and messages */
-  void **lent;    /* batch: read buffers to give back once written */
-  size_t nlent;
   uv_buf_t inline_bufs[2];
   uint8_t data[]; /* single frame: header + message */
 } wreq;
 
 static void resume_reading(conn *c);
-static int queued(conn *c, call *cl, wreq *w);
+static int queued(conn *c, wreq *w);
 
 static void on_write(uv_write_t *req, int status) {
   wreq *w = (wreq *)req;
@@ -48,14 +47,9 @@ static void on_write(uv_write_t *req, int status) {
   c->queued -= w->bytes;
   c->s->m.bytes_out += status == 0 ? w->bytes : 0;
   c->last_activity_ns = now_ns();
-  if (w->cl) {
-    w->cl->writes--;
-    call_maybe_free(w->cl);
-  }
+  if (w->cb) w->cb(w->ud, status);
   if (w->bufs != w->inline_bufs) free(w->bufs);
   free(w->owned);
-  if (w->nlent) fetch_bufs_put(c->s, c, w->lent, w->nlent);
-  free(w->lent);
   free(w);
   if (status < 0 && !c->closing) {
     M3_DEBUG("server", "%s: write failed: %s", c->peer, uv_strerror(status));
@@ -63,13 +57,12 @@ static void on_write(uv_write_t *req, int status) {
   } else if (!c->closing && !c->reading && c->queued < c->s->cfg.write_high_water / 2) {
     resume_reading(c);
   }
-  /* Under the high-water mark again: its calls may get read buffers. */
-  if (!c->closing && c->s->fetch_queue) fetch_pump(c->s);
+  if (!c->closing) c->s->hooks.written(c);
   conn_unref(c);
 }
 
-int conn_send(conn *c, call *cl, m3_frame *f, const ProtobufCMessage *msg, const void *att,
-              size_t att_len) {
+int conn_send(conn *c, m3_frame *f, const ProtobufCMessage *msg, const void *att,
+              size_t att_len, conn_write_cb cb, void *ud) {
   if (c->closing) return M3_EIO;
   size_t mlen = msg ? protobuf_c_message_get_packed_size(msg) : 0;
   wreq *w = malloc(sizeof *w + M3_FRAME_HEADER_SIZE + mlen);
@@ -79,27 +72,26 @@ int conn_send(conn *c, call *cl, m3_frame *f, const ProtobufCMessage *msg, const
   m3_frame_encode(w->data, f);
   if (mlen) protobuf_c_message_pack(msg, w->data + M3_FRAME_HEADER_SIZE);
   w->c = c;
-  w->cl = cl;
+  w->cb = cb;
+  w->ud = ud;
   w->owned = NULL;
-  w->lent = NULL;
-  w->nlent = 0;
   w->bytes = M3_FRAME_HEADER_SIZE + mlen + att_len;
   w->bufs = w->inline_bufs;
   w->bufs[0] = uv_buf_init((char *)w->data, (unsigned)(M3_FRAME_HEADER_SIZE + mlen));
-  /* The attachment goes out from the call's own buffer: no copy. The call
-   * stays alive until this write completes. */
+  /* The attachment goes out from the caller's own buffer: no copy; it
+   * stays valid until cb. */
   w->bufs[1] = uv_buf_init((char *)att, (unsigned)att_len);
   int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, att_len ? 2 : 1, on_write);
   if (rc < 0) {
     free(w);
     return M3_EIO;
   }
-  return queued(c, cl, w);
+  return queued(c, w);
 }
 
-int conn_send_batch(conn *c, call *cl, m3_wbuf *frames, const size_t *frame_ends,
-                    const void *const *atts, const size_t *att_lens, size_t n, void **lent,
-                    size_t nlent) {
+int conn_send_batch(conn *c, m3_wbuf *frames, const size_t *frame_ends,
+                    const void *const *atts, const size_t *att_lens, size_t n,
+                    conn_write_cb cb, void *ud) {
   if (c->closing) return M3_EIO;
   wreq *w = calloc(1, sizeof *w);
   uv_buf_t *bufs = malloc(2 * n * sizeof *bufs);
@@ -120,13 +112,11 @@ int conn_send_batch(conn *c, call *cl, m3_wbuf *frames, const size_t *frame_ends
     }
   }
   w->c = c;
-  w->cl = cl;
+  w->cb = cb;
+  w->ud = ud;
   w->bytes = bytes;
   w->bufs = bufs;
-  /* The write owns the frame bytes and the lent buffers from here on. */
-  w->owned = frames->data;
-  w->lent = lent;
-  w->nlent = nlent;
+  w->owned = frames->data; /* the write owns the frame bytes from here on */
   int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nb, on_write);
   if (rc < 0) {
     free(bufs);
@@ -135,12 +125,21 @@ int conn_send_batch(conn *c, call *cl, m3_wbuf *frames, const size_t *frame_ends
   }
   frames->data = NULL;
   frames->len = frames->cap = 0;
-  return queued(c, cl, w);
+  return queued(c, w);
 }
 
-static int queued(conn *c, call *cl, wreq *w) {
+int conn_send_status(conn *c, m3_frame_type type, uint16_t method, uint32_t stream, int code,
+                     int error, const char *message) {
+  M3__Status st = M3__STATUS__INIT;
+  st.code = (M3__StatusCode)code;
+  st.message = (char *)message;
+  st.error = error;
+  m3_frame f = {(uint8_t)type, 0, method, stream, 0, 0, (uint32_t)code};
+  return conn_send(c, &f, &st.base, NULL, 0, NULL, NULL);
+}
+
+static int queued(conn *c, wreq *w) {
   c->refs++;
-  if (cl) cl->writes++;
   c->queued += w->bytes;
   if (c->reading && c->queued > c->s->cfg.write_high_water) {
     /* Backpressure: stop reading requests from a client that is not
@@ -149,80 +148,6 @@ static int queued(conn *c, call *cl, wreq *w) {
     c->reading = 0;
   }
   return 0;
-}
-
-/* ---- calls ---------------------------------------------------------- */
-
-static void timer_closed(uv_handle_t *h) {
-  call *cl = h->data;
-  cl->timer_on = 0;
-  call_maybe_free(cl);
-}
-
-static void finish(call *cl, int code) {
-  cl->ended = 1;
-  fetch_forget(cl);
-  server *s = cl->c->s;
-  s->inflight--;
-  metrics_observe(&s->m, cl->method, code, (double)(now_ns() - cl->t0_ns) / 1e9);
-  if (cl->timer_on == 1) {
-    uv_timer_stop(&cl->deadline);
-    cl->timer_on = 2; /* closing */
-    uv_close((uv_handle_t *)&cl->deadline, timer_closed);
-  }
-}
-
-void call_end(call *cl, int code, const char *fmt, ...) {
-  if (cl->ended) return;
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  M3__Status st = M3__STATUS__INIT;
-  st.code = (M3__StatusCode)code;
-  st.message = msg;
-  m3_frame f = {M3_FRAME_END, 0, cl->method, cl->stream, 0, 0, (uint32_t)code};
-  conn_send(cl->c, cl, &f, &st.base, NULL, 0);
-  if (code != 0)
-    M3_DEBUG("server", "%s stream %u %s: %s: %s", cl->c->peer, cl->stream,
-             m3_methods[cl->method].name, m3_status_name(code), msg);
-  finish(cl, code);
-}
-
-void call_reply(call *cl, const ProtobufCMessage *msg) {
-  if (cl->ended) return;
-  m3_frame f = {M3_FRAME_RESPONSE, M3_FRAME_FLAG_END, cl->method, cl->stream, 0, 0, 0};
-  if (conn_send(cl->c, cl, &f, msg, NULL, 0) != 0) {
-    finish(cl, M3__STATUS_CODE__UNAVAILABLE);
-    return;
-  }
-  finish(cl, 0);
-}
-
-static void call_free(call *cl) {
-  conn *c = cl->c;
-  if (cl->prev) cl->prev->next = cl->next;
-  else c->calls = cl->next;
-  if (cl->next) cl->next->prev = cl->prev;
-  c->ncalls--;
-  if (cl->req) protobuf_c_message_free_unpacked(cl->req, NULL);
-  if (cl->texts)
-    for (size_t i = 0; i < cl->nitems; i++) free(cl->texts[i]);
-  free(cl->texts);
-  free(cl->queries);
-  free(cl->ids);
-  free(cl->scores);
-  free(cl->attach);
-  free(cl->items);
-  free(cl->slot);
-  free(cl->ready);
-  free(cl);
-  conn_unref(c);
-}
-
-void call_maybe_free(call *cl) {
-  if (cl->ended && !cl->working && cl->writes == 0 && cl->timer_on == 0) call_free(cl);
 }
 
 /* ---- connection ----------------------------------------------------- */
@@ -237,7 +162,9 @@ static void idle_closed(uv_handle_t *h) {
   conn_unref(c);
 }
 
-static void conn_unref(conn *c) {
+void conn_ref(conn *c) { c->refs++; }
+
+void conn_unref(conn *c) {
   if (--c->refs > 0) return;
   free(c->rbuf);
   free(c);
@@ -251,12 +178,7 @@ void conn_close(conn *c) {
   else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   s->nconns--;
-  /* Calls still working finish quietly: their results are dropped. */
-  for (call *cl = c->calls, *next; cl; cl = next) {
-    next = cl->next;
-    if (!cl->ended) finish(cl, M3__STATUS_CODE__CANCELLED);
-    call_maybe_free(cl);
-  }
+  s->hooks.closing(c);
   uv_timer_stop(&c->idle);
   uv_close((uv_handle_t *)&c->idle, idle_closed);
   uv_close((uv_handle_t *)&c->tcp, conn_freed);
@@ -283,11 +205,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 void conn_protocol_error(conn *c, const char *why) {
   c->s->m.bad_frames++;
   M3_WARN("server", "%s: closing connection: %s", c->peer, why);
-  M3__Status st = M3__STATUS__INIT;
-  st.code = M3__STATUS_CODE__INVALID_ARGUMENT;
-  st.message = (char *)why;
-  m3_frame f = {M3_FRAME_GOAWAY, 0, 0, 0, 0, 0, M3__STATUS_CODE__INVALID_ARGUMENT};
-  conn_send(c, NULL, &f, &st.base, NULL, 0);
+  conn_send_status(c, M3_FRAME_GOAWAY, 0, 0, M3_STATUS_INVALID_ARGUMENT, 0, why);
   conn_close(c);
 }
 
@@ -298,11 +216,8 @@ static void process(conn *c) {
     int rc = m3_frame_decode(c->rbuf + off, c->s->cfg.max_frame_bytes, &f);
     if (rc == M3_ERANGE) {
       /* The header is sound, so the client learns which call was too big. */
-      M3__Status st = M3__STATUS__INIT;
-      st.code = M3__STATUS_CODE__RESOURCE_EXHAUSTED;
-      st.message = (char *)m3_errmsg();
-      m3_frame e = {M3_FRAME_END, 0, f.method, f.stream, 0, 0, M3__STATUS_CODE__RESOURCE_EXHAUSTED};
-      conn_send(c, NULL, &e, &st.base, NULL, 0);
+      conn_send_status(c, M3_FRAME_END, f.method, f.stream, M3_STATUS_RESOURCE_EXHAUSTED, 0,
+                       m3_errmsg());
       conn_protocol_error(c, m3_errmsg());
       return;
     }
@@ -313,7 +228,7 @@ static void process(conn *c) {
     size_t total = M3_FRAME_HEADER_SIZE + (size_t)f.msg_len + f.att_len;
     if (c->rlen - off < total) break;
     const uint8_t *msg = c->rbuf + off + M3_FRAME_HEADER_SIZE;
-    call_dispatch(c, &f, msg, msg + f.msg_len);
+    c->s->hooks.frame(c, &f, msg, msg + f.msg_len);
     off += total;
   }
   if (off && !c->closing) {
@@ -422,12 +337,7 @@ void conn_accept(server *s, uv_stream_t *listener) {
   resume_reading(c);
 }
 
-void server_goaway_all(server *s) {
-  for (conn *c = s->conns; c; c = c->next) {
-    M3__Status st = M3__STATUS__INIT;
-    st.code = M3__STATUS_CODE__UNAVAILABLE;
-    st.message = "server is draining";
-    m3_frame f = {M3_FRAME_GOAWAY, 0, 0, 0, 0, 0, M3__STATUS_CODE__UNAVAILABLE};
-    conn_send(c, NULL, &f, &st.base, NULL, 0);
-  }
+void conn_goaway_all(server *s) {
+  for (conn *c = s->conns; c; c = c->next)
+    conn_send_status(c, M3_FRAME_GOAWAY, 0, 0, M3_STATUS_UNAVAILABLE, 0, "server is draining");
 }

@@ -17,6 +17,10 @@
 
 #include "m3/error.h"
 #include "m3/log.h"
+#include "call.h"
+#include "dispatch.h"
+#include "fetch.h"
+#include "readbuf.h"
 #include "server.h"
 
 static const char *usage_text =
@@ -295,7 +299,7 @@ static void on_signal(uv_signal_t *sig, int signum) {
   s->draining = 1;
   uv_close((uv_handle_t *)&s->listener, NULL);
   if (s->http_on) uv_close((uv_handle_t *)&s->http_listener, NULL);
-  server_goaway_all(s);
+  conn_goaway_all(s);
   s->started_ns = now_ns(); /* drain_tick measures from here */
   uv_timer_init(s->loop, &s->drain_timer);
   s->drain_timer.data = s;
@@ -380,7 +384,8 @@ int main(int argc, char **argv) {
 
   s.loop = uv_default_loop();
   s.started_ns = now_ns();
-  if (fetch_init(&s) != 0) {
+  s.hooks = (conn_hooks){dispatch_frame, call_conn_closing, rb_written};
+  if (rb_init(&s) != 0) {
     fprintf(stderr, "m3-server: %s\n", m3_errmsg());
     return 2;
   }
@@ -428,6 +433,7 @@ int main(int argc, char **argv) {
   uv_walk(s.loop, close_walk, NULL);
   while (uv_run(s.loop, UV_RUN_NOWAIT)) {
   }
+  rb_close(&s);
   fetch_close(&s);
   if (s.index) {
     if ((rc = m3_index_save(s.index, m3_store_seqno(s.store))) != 0)

@@ -8,7 +8,7 @@
 
 #include "m3/frame.h"
 
-#define M3_NSTATUS 17
+#define M3_NSTATUS M3_STATUS_COUNT /* the gRPC codes (m3/status.h) */
 #define M3_NBUCKETS 16
 
 typedef struct metrics {

@@ -4,34 +4,11 @@
 # the same run, and `m3-bench peer redis` starts Debian's redis-server, loads
 # the store's memories into it, runs the same rounds on both, checks every
 # answer (0 errors on both sides) and stops its Redis again.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-py=/usr/bin/python3
-[ -x "$bin/m3-server" ] || { echo "no $bin/m3-server: skipped"; exit 77; }
-work=$(mktemp -d /tmp/m3-bench-wire.XXXXXX)
-srv=
-cleanup() {
-  if [ -n "$srv" ]; then kill -TERM "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fails=0
-pass=0
-check() { # check NAME CONDITION-COMMAND...
-  local name=$1
-  shift
-  if "$@"; then pass=$((pass + 1)); else echo "FAIL: $name" >&2; fails=$((fails + 1)); fi
-}
-json_true() { "$py" -c "import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if ($2) else 1)" "$1"; }
+. "$(dirname "$0")/../lib/m3test.sh" bench-wire
+m3t_need_exec "$bin/m3-server"
 
 "$bin/m3-bench" gen --store "$work/store" --count 300 --shape 2x2x8x16 --emb-dim 16 --json >/dev/null
-"$bin/m3-server" --store "$work/store" --listen 127.0.0.1:0 --http off \
-  --port-file "$work/port" 2>"$work/server.log" &
-srv=$!
-for _ in $(seq 200); do [ -s "$work/port" ] && break; sleep 0.05; done
-port=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/port")
-[ -n "$port" ] || { echo "m3-server did not start"; cat "$work/server.log"; exit 1; }
-addr=127.0.0.1:$port
+m3t_server server "$work/store"
 
 "$bin/m3-bench" rpc --server "$addr" --connections 2 --queries-per-call 8 -k 5 --calls 40 \
   --warmup 2 --loopback-seconds 0.5 --json >"$work/rpc.json"
@@ -67,5 +44,4 @@ else
   fails=$((fails + 1))
 fi
 
-echo "$pass passed, $fails failed"
-[ "$fails" = 0 ]
+m3t_done

@@ -2,21 +2,13 @@
 # `cmake --install` into a fresh prefix, then a worker program built only with
 # `pkg-config --cflags --libs m3client` against the installed libm3client.so
 # and headers talks to a real m3-server: the way a worker links m3store.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
+. "$(dirname "$0")/../lib/m3test.sh" install
 build=$(cd "$bin/.." && pwd)
-work=$(mktemp -d /tmp/m3-install.XXXXXX)
-srv=
-cleanup() {
-  if [ -n "$srv" ]; then kill -TERM "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 cmake --install "$build" --prefix "$work/prefix" >"$work/install.log"
 for f in lib/libm3client.so lib/pkgconfig/m3client.pc include/m3/client.h include/m3/cluster.h \
          include/m3/attn.h include/m3/record.h bin/m3-server bin/m3; do
-  [ -e "$work/prefix/$f" ] || { echo "FAIL: $f not installed"; exit 1; }
+  [ -e "$work/prefix/$f" ] || fail "$f not installed"
 done
 
 cat >"$work/worker.c" <<'C'
@@ -50,13 +42,9 @@ export PKG_CONFIG_PATH=$work/prefix/lib/pkgconfig
 cc -o "$work/worker" "$work/worker.c" $(pkg-config --cflags --libs m3client)
 
 "$bin/m3-bench" gen --store "$work/store" --count 10 --emb-dim 8 >/dev/null
-"$bin/m3-server" --store "$work/store" --listen 127.0.0.1:0 --http off \
-  --port-file "$work/port" 2>"$work/server.log" &
-srv=$!
-for _ in $(seq 200); do [ -s "$work/port" ] && break; sleep 0.05; done
-port=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/port")
-LD_LIBRARY_PATH=$work/prefix/lib "$work/worker" "127.0.0.1:$port" >"$work/out"
+m3t_server server "$work/store"
+LD_LIBRARY_PATH=$work/prefix/lib "$work/worker" "$addr" >"$work/out"
 cat "$work/out"
-grep -q "^memory 3 query 0 rank 0 bytes 42304 status 0$" "$work/out" || { echo "FAIL: memory 3"; exit 1; }
-grep -q "^memory 4 query 1 rank 0 bytes 42304 status 0$" "$work/out" || { echo "FAIL: memory 4"; exit 1; }
-echo "1 passed, 0 failed"
+check "memory 3" grep -q "^memory 3 query 0 rank 0 bytes 42304 status 0$" "$work/out"
+check "memory 4" grep -q "^memory 4 query 1 rank 0 bytes 42304 status 0$" "$work/out"
+m3t_done

@@ -2,45 +2,8 @@
 # The m3 store commands as a user runs them: exit codes, text and JSON output,
 # on a real store written by m3-bench gen. Damages a record on disk and checks
 # that every command tells the truth about it.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-py=/usr/bin/python3
-work=$(mktemp -d /tmp/m3-cli.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+. "$(dirname "$0")/../lib/m3test.sh" store-cli
 store=$work/store
-fails=0
-pass=0
-
-check() { # check NAME CONDITION-COMMAND...
-  local name=$1
-  shift
-  if "$@"; then
-    pass=$((pass + 1))
-  else
-    echo "FAIL: $name" >&2
-    fails=$((fails + 1))
-  fi
-}
-
-json_get() { # json_get FILE EXPR  (EXPR over the parsed object `j`)
-  "$py" -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
-}
-
-run() { # run EXPECTED_EXIT OUTFILE cmd...  -> records stdout+stderr, checks exit code
-  local want=$1 out=$2
-  shift 2
-  set +e
-  "$@" >"$out" 2>"$out.err"
-  local got=$?
-  set -e
-  if [ "$got" != "$want" ]; then
-    echo "FAIL: '$*' exited $got, expected $want" >&2
-    sed 's/^/  | /' "$out" "$out.err" >&2
-    fails=$((fails + 1))
-    return 1
-  fi
-  pass=$((pass + 1))
-}
 
 run 0 "$work/gen" "$bin/m3-bench" gen --store "$store" --count 300 --emb-dim 16 --json
 check "gen wrote 300" test "$(json_get "$work/gen" "j['records']")" = 300
@@ -100,5 +63,4 @@ run 2 "$work/u3" "$bin/m3" store get "$store" --id abc
 run 2 "$work/u4" "$bin/m3" store info "$work/nonexistent"
 check "missing store named" grep -q "no store at $work/nonexistent" "$work/u4.err"
 
-echo "$pass passed, $fails failed"
-[ "$fails" -eq 0 ]
+m3t_done

@@ -16,10 +16,10 @@ static int collect_emb(void *ud, uint64_t id, const float *e) {
 
 void ct_store_make(ct_store *s, size_t n, unsigned emb_dim) {
   memset(s, 0, sizeof *s);
-  s->dir = tu_mkdtemp("client");
+  s->dir = m3t_mkdtemp("client");
   snprintf(s->store, sizeof s->store, "%s/store", s->dir);
   char bench[4096], count[32], dim[16];
-  tu_bin_path(bench, sizeof bench, "m3-bench");
+  m3t_bin_path(bench, sizeof bench, "m3-bench");
   snprintf(count, sizeof count, "%zu", n);
   snprintf(dim, sizeof dim, "%u", emb_dim);
   char *argv[] = {bench, "gen", "--store", s->store, "--count", count, "--emb-dim", dim, "--json", NULL};
@@ -58,19 +58,8 @@ void ct_store_free(ct_store *s) {
   for (size_t i = 0; i < s->n; i++) free(s->mem[i]);
   free(s->mem);
   free(s->emb);
-  tu_rmrf(s->dir);
+  m3t_rmrf(s->dir);
   free(s->dir);
-}
-
-void ct_unit_vector(uint64_t *rng, float *v, unsigned dim) {
-  double norm = 0;
-  for (unsigned d = 0; d < dim; d++) {
-    double g = 0;
-    for (int k = 0; k < 4; k++) g += (double)(tu_rand(rng) >> 11) / 9007199254740992.0 - 0.5;
-    v[d] = (float)g;
-    norm += g * g;
-  }
-  for (unsigned d = 0; d < dim; d++) v[d] = (float)(v[d] / sqrt(norm));
 }
 
 void ct_exact_topk(const ct_store *s, const float *q, uint32_t k, uint64_t *ids, float *scores) {
@@ -103,20 +92,20 @@ void ct_exact_topk(const ct_store *s, const float *q, uint32_t k, uint64_t *ids,
 
 void ct_server_start(ct_server *srv, const ct_store *s, const char *const *extra) {
   char bin[4096], portfile[600];
-  tu_bin_path(bin, sizeof bin, "m3-server");
+  m3t_bin_path(bin, sizeof bin, "m3-server");
   if (access(bin, X_OK) != 0) {
     print_message("no m3-server at %s: skipped\n", bin);
     exit(77);
   }
-  snprintf(portfile, sizeof portfile, "%s/port.%d", s->dir, (int)tu_now_ms() & 0xffff);
+  snprintf(portfile, sizeof portfile, "%s/port.%d", s->dir, (int)m3t_now_ms() & 0xffff);
   char *argv[32] = {bin, "--store", (char *)s->store, "--listen", "127.0.0.1:0", "--http", "off",
                     "--port-file", portfile, "--name", "client-test"};
   int n = 11;
   for (int i = 0; extra && extra[i] && n < 31; i++) argv[n++] = (char *)extra[i];
   argv[n] = NULL;
   tu_child_start(&srv->child, argv, NULL);
-  long long deadline = tu_now_ms() + 20000;
-  while (tu_now_ms() < deadline) {
+  long long deadline = m3t_now_ms() + 20000;
+  while (m3t_now_ms() < deadline) {
     FILE *f = fopen(portfile, "r");
     if (f) {
       int port = 0;
@@ -150,12 +139,16 @@ m3_client *ct_connect(const ct_server *srv, const char *token) {
   return c;
 }
 
-char *ct_write_file(const ct_store *s, const char *name, const char *content) {
-  char *path = malloc(strlen(s->dir) + strlen(name) + 2);
-  sprintf(path, "%s/%s", s->dir, name);
-  FILE *f = fopen(path, "w");
-  if (f == NULL) fail_msg("write %s: %s", path, strerror(errno));
-  fprintf(f, "%s\n", content);
-  fclose(f);
-  return path;
+uint8_t *ct_record_make(const ct_store *s, uint64_t id, uint64_t *rng, float *emb, size_t *size) {
+  tu_mem m;
+  tu_mem_make(&m, &s->layout, id, 0);
+  m3t_rand_unit(rng, emb, s->layout.emb_dim);
+  m.in.embedding = emb;
+  *size = m3_record_size(&s->layout, m.in.text_len);
+  uint8_t *rec = malloc(*size);
+  if (rec == NULL) fail_msg("out of memory for a record of %zu bytes", *size);
+  long n = m3_record_encode(rec, *size, &s->layout, &m.in);
+  if (n != (long)*size) fail_msg("m3_record_encode: %ld, want %zu: %s", n, *size, m3_errmsg());
+  tu_mem_free(&m);
+  return rec;
 }

@@ -31,9 +31,6 @@ void ct_store_free(ct_store *s);
 /* The exact top-k of q (cosine) over the store: ids and scores best first. */
 void ct_exact_topk(const ct_store *s, const float *q, uint32_t k, uint64_t *ids, float *scores);
 
-/* A random unit vector of dim floats. */
-void ct_unit_vector(uint64_t *rng, float *v, unsigned dim);
-
 typedef struct ct_server {
   tu_child child;
   char addr[64];
@@ -48,7 +45,10 @@ int ct_server_stop(ct_server *srv);
 /* Connect with defaults plus token (may be NULL); fails the test on error. */
 m3_client *ct_connect(const ct_server *srv, const char *token);
 
-/* Write a one-line file (a token) in s->dir; returns its malloc'ed path. */
-char *ct_write_file(const ct_store *s, const char *name, const char *content);
+/* A complete record of chunk id in s's layout (tu_mem_make's content), with
+ * a random unit embedding from *rng written to emb (emb_dim floats), ready
+ * for m3_client_put: malloc'ed (the caller frees it), *size its length. */
+uint8_t *ct_record_make(const ct_store *s, uint64_t id, uint64_t *rng, float *emb, size_t *size);
+
 
 #endif

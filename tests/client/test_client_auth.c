@@ -21,8 +21,8 @@ static ct_server SRV;
 
 static int setup(void **state) {
   ct_store_make(&S, N, DIM);
-  char *rt = ct_write_file(&S, "read.token", READ_TOKEN);
-  char *at = ct_write_file(&S, "admin.token", ADMIN_TOKEN);
+  char *rt = m3t_write_file(S.dir, "read.token", READ_TOKEN);
+  char *at = m3t_write_file(S.dir, "admin.token", ADMIN_TOKEN);
   const char *extra[] = {"--token-file", rt, "--admin-token-file", at, NULL};
   ct_server_start(&SRV, &S, extra);
   free(rt);
@@ -93,15 +93,10 @@ static void test_admin_put_search_delete(void **state) {
   m3_client *c = ct_connect(&SRV, ADMIN_TOKEN);
   assert_int_equal(m3_client_info_get(c)->admin, 1);
   const uint64_t id = 5000;
-  tu_mem m;
-  tu_mem_make(&m, &S.layout, id, 0);
   float emb[DIM];
   uint64_t rng = 5;
-  ct_unit_vector(&rng, emb, DIM);
-  m.in.embedding = emb;
-  size_t size = m3_record_size(&S.layout, m.in.text_len);
-  uint8_t *rec = malloc(size);
-  assert_int_equal(m3_record_encode(rec, size, &S.layout, &m.in), (long)size);
+  size_t size;
+  uint8_t *rec = ct_record_make(&S, id, &rng, emb, &size);
   uint32_t sz = (uint32_t)size, written = 0;
   CHECK_OK(m3_client_put(c, rec, &sz, 1, &written));
   assert_int_equal(written, 1);
@@ -127,7 +122,6 @@ static void test_admin_put_search_delete(void **state) {
   CHECK_OK(m3_client_search(c, &q, 1, 3, ids, scores, &count));
   assert_true(ids[0] != id);
   free(rec);
-  tu_mem_free(&m);
   m3_client_close(c);
 }
 

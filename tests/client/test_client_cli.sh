@@ -3,50 +3,11 @@
 # m3-server on loopback: output (text and JSON), saved record bytes, and
 # exit codes (0 ok, 1 the server answered with a failure, 2 usage or
 # connection errors).
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-py=/usr/bin/python3
-[ -x "$bin/m3-server" ] || { echo "no $bin/m3-server: skipped"; exit 77; }
-work=$(mktemp -d /tmp/m3-client-cli.XXXXXX)
-srv=
-cleanup() {
-  if [ -n "$srv" ]; then kill -TERM "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fails=0
-pass=0
-
-check() { # check NAME CONDITION-COMMAND...
-  local name=$1
-  shift
-  if "$@"; then pass=$((pass + 1)); else echo "FAIL: $name" >&2; fails=$((fails + 1)); fi
-}
-json_get() { "$py" -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
-run() { # run EXPECTED_EXIT OUTFILE cmd...
-  local want=$1 out=$2
-  shift 2
-  set +e
-  "$@" >"$out" 2>"$out.err"
-  local got=$?
-  set -e
-  if [ "$got" != "$want" ]; then
-    echo "FAIL: '$*' exited $got, expected $want" >&2
-    sed 's/^/  | /' "$out" "$out.err" >&2
-    fails=$((fails + 1))
-    return 1
-  fi
-  pass=$((pass + 1))
-}
+. "$(dirname "$0")/../lib/m3test.sh" client-cli
+m3t_need_exec "$bin/m3-server"
 
 "$bin/m3-bench" gen --store "$work/store" --count 200 --emb-dim 8 --json >/dev/null
-"$bin/m3-server" --store "$work/store" --listen 127.0.0.1:0 --http off \
-  --port-file "$work/port" 2>"$work/server.log" &
-srv=$!
-for _ in $(seq 200); do [ -s "$work/port" ] && break; sleep 0.05; done
-port=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/port")
-[ -n "$port" ] || { echo "m3-server did not start"; cat "$work/server.log"; exit 1; }
-addr=127.0.0.1:$port
+m3t_server server "$work/store"
 
 # stats
 run 0 "$work/stats" "$bin/m3" stats --server "$addr" --json || true
@@ -93,5 +54,4 @@ check "refused names address" grep -q "127.0.0.1:$free_port" "$work/refused.err"
 run 2 "$work/noserver" "$bin/m3" stats || true
 run 2 "$work/badaddr" "$bin/m3" stats --server nonsense || true
 
-echo "$pass checks passed, $fails failed"
-[ "$fails" = 0 ]
+m3t_done

@@ -99,7 +99,7 @@ static void test_retrieve_is_exact_topk(void **state) {
   float qv[Q][DIM];
   m3_client_query qs[Q];
   for (int q = 0; q < Q; q++) {
-    ct_unit_vector(&rng, qv[q], DIM);
+    m3t_rand_unit(&rng, qv[q], DIM);
     qs[q] = (m3_client_query){.vector = qv[q], .dim = DIM};
   }
   got *g = calloc(1, sizeof *g);
@@ -174,7 +174,7 @@ static void test_deadline_exceeded(void **state) {
   m3_client_query qs[Q];
   uint64_t rng = 99;
   for (int q = 0; q < Q; q++) {
-    ct_unit_vector(&rng, qv[q], DIM);
+    m3t_rand_unit(&rng, qv[q], DIM);
     qs[q] = (m3_client_query){.vector = qv[q], .dim = DIM};
   }
   m3_client_set_timeout(c, 3);

@@ -18,18 +18,6 @@ static const char *launcher(char *buf, size_t cap) {
   return buf;
 }
 
-int cl_sh(const char *fmt, ...) {
-  char cmd[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof cmd, fmt, ap);
-  va_end(ap);
-  fflush(stdout);
-  int st = system(cmd);
-  if (st == -1) fail_msg("system(%s): %s", cmd, strerror(errno));
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 static void down_all(void) {
   for (int i = 0; i < n_running; i++)
     if (running[i]) cl_down(running[i]);
@@ -38,7 +26,7 @@ static void down_all(void) {
 void cl_up(cl_cluster *c, const char *store, const char *rundir, unsigned shards,
            unsigned replicas) {
   char bin[4096], sh[4096];
-  tu_bin_path(bin, sizeof bin, "m3-server");
+  m3t_bin_path(bin, sizeof bin, "m3-server");
   if (access(bin, X_OK) != 0) {
     print_message("no m3-server at %s: skipped\n", bin);
     exit(77);
@@ -49,10 +37,10 @@ void cl_up(cl_cluster *c, const char *store, const char *rundir, unsigned shards
   c->shards = shards;
   c->replicas = replicas;
   if (shards * replicas > CL_MAX_SERVERS) fail_msg("too many servers");
-  int rc = cl_sh("bash %s up --store %s --shards %u --replicas %u --dir %s > %s.up.log 2>&1",
+  int rc = m3t_sh("bash %s up --store %s --shards %u --replicas %u --dir %s > %s.up.log 2>&1",
                  launcher(sh, sizeof sh), store, shards, replicas, rundir, rundir);
   if (rc != 0) {
-    cl_sh("cat %s.up.log >&2", rundir);
+    m3t_sh("cat %s.up.log >&2", rundir);
     fail_msg("m3-cluster up failed (exit %d)", rc);
   }
   if (n_running == 0) atexit(down_all);
@@ -79,7 +67,7 @@ void cl_down(cl_cluster *c) {
   for (int i = 0; i < n_running; i++)
     if (running[i] == c) running[i] = NULL;
   if (c->dir[0] == '\0') return;
-  cl_sh("bash %s down --dir %s >/dev/null 2>&1", launcher(sh, sizeof sh), c->dir);
+  m3t_sh("bash %s down --dir %s >/dev/null 2>&1", launcher(sh, sizeof sh), c->dir);
   c->dir[0] = '\0';
 }
 
@@ -102,8 +90,8 @@ void cl_kill(cl_cluster *c, unsigned s, unsigned r) {
   int pid = c->pid[s * c->replicas + r];
   if (kill(pid, SIGKILL) != 0 && errno != ESRCH) fail_msg("kill %d: %s", pid, strerror(errno));
   /* Not our child (the launcher detached it): wait until it is reaped. */
-  long long end = tu_now_ms() + 10000;
-  while (alive(pid) && tu_now_ms() < end) usleep(10000);
+  long long end = m3t_now_ms() + 10000;
+  while (alive(pid) && m3t_now_ms() < end) usleep(10000);
 }
 
 void cl_restart(cl_cluster *c, unsigned s, unsigned r) {
@@ -111,12 +99,12 @@ void cl_restart(cl_cluster *c, unsigned s, unsigned r) {
   const char *port = strrchr(c->addr[i], ':');
   if (port == NULL) fail_msg("no port in '%s'", c->addr[i]);
   char bin[4096], sd[700], path[800];
-  tu_bin_path(bin, sizeof bin, "m3-server");
+  m3t_bin_path(bin, sizeof bin, "m3-server");
   snprintf(sd, sizeof sd, "%s/s%ur%u", c->dir, s, r);
   snprintf(path, sizeof path, "%s/ports", sd);
   unlink(path);
   /* As m3-cluster up starts it (setsid: $! is the server itself). */
-  int rc = cl_sh("setsid %s --store %s/store --listen 127.0.0.1:%s --http off --port-file %s "
+  int rc = m3t_sh("setsid %s --store %s/store --listen 127.0.0.1:%s --http off --port-file %s "
                  "--shard %u --name shard-%u-replica-%u </dev/null >>%s/log 2>&1 & "
                  "echo $! >%s/pid",
                  bin, sd, port + 1, path, s, s, r, sd, sd);
@@ -145,11 +133,11 @@ void cl_restart(cl_cluster *c, unsigned s, unsigned r) {
   if ((f = fopen(list, "w")) == NULL || fputs(out, f) < 0) fail_msg("cannot rewrite %s", list);
   fclose(f);
   snprintf(path, sizeof path, "%s/ports", sd);
-  long long end = tu_now_ms() + 30000;
+  long long end = m3t_now_ms() + 30000;
   struct stat sb;
   while (stat(path, &sb) != 0 || sb.st_size == 0) {
     if (!alive(pid)) fail_msg("restarted shard %u replica %u exited (see %s/log)", s, r, sd);
-    if (tu_now_ms() > end) fail_msg("restarted shard %u replica %u did not listen in 30 s", s, r);
+    if (m3t_now_ms() > end) fail_msg("restarted shard %u replica %u did not listen in 30 s", s, r);
     usleep(20000);
   }
 }

@@ -78,8 +78,4 @@ int cl_round_on_mem(void *ud, const m3_client_memory *m);
  * `what` and the first difference. */
 void cl_round_expect_equal(const cl_round *want, const cl_round *got, const char *what);
 
-/* Run a shell command line; returns its exit status (fails the test when
- * it cannot run). */
-int cl_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 #endif

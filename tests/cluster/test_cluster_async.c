@@ -65,11 +65,11 @@ static void on_done(void *ud, const m3_cluster_result *res) {
 }
 
 static void wait_done(int n) {
-  long long end = tu_now_ms() + 60000;
+  long long end = m3t_now_ms() + 60000;
   pthread_mutex_lock(&mu);
   while (n_done < n) {
     pthread_mutex_unlock(&mu);
-    if (tu_now_ms() > end) fail_msg("only %d of %d ops done after 60 s", n_done, n);
+    if (m3t_now_ms() > end) fail_msg("only %d of %d ops done after 60 s", n_done, n);
     usleep(2000);
     pthread_mutex_lock(&mu);
   }
@@ -104,7 +104,7 @@ static void run_64(const m3_cluster_options *o, const char *what) {
     nq[i] = 1 + (size_t)i % 8;
     k[i] = i % 3 == 0 ? 3 : 5;
     for (size_t j = 0; j < nq[i]; j++) {
-      ct_unit_vector(&rng, pristine[i] + j * DIM, DIM);
+      m3t_rand_unit(&rng, pristine[i] + j * DIM, DIM);
       q[j] = (m3_client_query){.vector = pristine[i] + j * DIM, .dim = DIM};
     }
     cl_round_init(&want[i], nq[i], k[i]);
@@ -191,7 +191,7 @@ static void test_fetch_and_search_async(void **state) {
   float v[8 * DIM];
   m3_client_query q[8];
   for (int j = 0; j < 8; j++) {
-    ct_unit_vector(&rng, v + j * DIM, DIM);
+    m3t_rand_unit(&rng, v + j * DIM, DIM);
     q[j] = (m3_client_query){.vector = v + j * DIM, .dim = DIM};
   }
   uint64_t wids[8 * 5];

@@ -74,9 +74,9 @@ static int done_of(op_ctx *c) {
 }
 
 static void wait_op(op_ctx *c) {
-  long long end = tu_now_ms() + 30000;
+  long long end = m3t_now_ms() + 30000;
   while (!done_of(c)) {
-    if (tu_now_ms() > end) fail_msg("op not done after 30 s");
+    if (m3t_now_ms() > end) fail_msg("op not done after 30 s");
     usleep(1000);
   }
 }
@@ -90,7 +90,7 @@ static int setup(void **state) {
   cl_store_up(&cc, &st, 600, DIM, 2, 2);
   uint64_t rng = 17;
   for (int j = 0; j < 8; j++) {
-    ct_unit_vector(&rng, qv + j * DIM, DIM);
+    m3t_rand_unit(&rng, qv + j * DIM, DIM);
     qs[j] = (m3_client_query){.vector = qv + j * DIM, .dim = DIM};
   }
   return 0;
@@ -151,9 +151,9 @@ static void test_dispatch_cancel_drops_queued_memories(void **state) {
   struct pollfd p = {.fd = fd, .events = POLLIN};
   if (poll(&p, 1, 10000) != 1) fail_msg("the event fd did not become readable in 10 s");
   m3_cluster_op_cancel(c.op);
-  long long end = tu_now_ms() + 30000;
+  long long end = m3t_now_ms() + 30000;
   while (!c.done) {
-    if (tu_now_ms() > end) fail_msg("no done in 30 s");
+    if (m3t_now_ms() > end) fail_msg("no done in 30 s");
     if (poll(&p, 1, 100) == 1) {
       int n = m3_cluster_dispatch(cl);
       if (n < 0) fail_msg("m3_cluster_dispatch: %s", m3_errmsg());

@@ -4,26 +4,10 @@
 # against one unsharded server on the original store, `m3 stats --cluster`
 # (every replica's counters and the totals, down replicas with their error),
 # and `m3-bench rpc --cluster` running without errors.
-set -euo pipefail
-B=${M3_BIN_DIR:?}
-L=${M3_SOURCE_DIR:?}/deploy/local/m3-cluster
-[[ -x $B/m3-server ]] || { echo "no m3-server: skipped"; exit 77; }
-T=$(mktemp -d /tmp/m3-cluster-cli.XXXXXX)
-SINGLE=
-cleanup() {
-  [[ -n $SINGLE ]] && kill "$SINGLE" 2>/dev/null || true
-  bash "$L" down --dir "$T/run" >/dev/null 2>&1 || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-py=/usr/bin/python3
-# jcheck FILE EXPR: the Python expression EXPR over the JSON in FILE (as j)
-# must be true.
-jcheck() {
-  "$py" -c 'import json, sys; j = json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$1" "$2" \
-    || { cat "$1" >&2; fail "$1: not true: $2"; }
-}
+. "$(dirname "$0")/../lib/m3test.sh" cluster-cli
+B=$bin T=$work L=$src/deploy/local/m3-cluster
+m3t_need_exec "$B/m3-server"
+m3t_at_exit 'bash "$L" down --dir "$T/run" >/dev/null 2>&1'
 
 "$B/m3-bench" gen --store "$T/store" --count 600 --emb-dim 32 >/dev/null
 bash "$L" up --store "$T/store" --shards 2 --replicas 2 --dir "$T/run"
@@ -37,12 +21,8 @@ bash "$L" status --dir "$T/run" | tee "$T/status"
 bash "$L" status --dir "$T/run" --json | grep -q '"records": 300' || fail "status --json"
 
 # One unsharded server on the original store.
-"$B/m3-server" --store "$T/store" --listen 127.0.0.1:0 --http off --port-file "$T/single.ports" \
-  >"$T/single.log" 2>&1 &
-SINGLE=$!
-for _ in $(seq 200); do [[ -s $T/single.ports ]] && break; sleep 0.05; done
-P=$(sed -n 's/rpc=\([0-9]*\).*/\1/p' "$T/single.ports")
-[[ -n $P ]] || fail "single server did not start"
+m3t_server single "$T/store"
+P=$port
 
 # Query vectors: 6 random 32-dim queries.
 awk 'BEGIN { srand(11); for (q = 0; q < 6; q++) { l = ""; for (d = 0; d < 32; d++) l = l sprintf("%.6f ", rand() - 0.5); print l } }' >"$T/q.txt"

@@ -97,7 +97,7 @@ static void test_rounds_equal_unsharded(void **state) {
       float *v = malloc(nq * 32 * sizeof *v);
       m3_client_query *q = calloc(nq, sizeof *q);
       for (size_t i = 0; i < nq; i++) {
-        ct_unit_vector(&rng, v + i * 32, 32);
+        m3t_rand_unit(&rng, v + i * 32, 32);
         q[i] = (m3_client_query){.vector = v + i * 32, .dim = 32};
       }
       int with_text = rep == 1;

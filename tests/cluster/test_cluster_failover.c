@@ -137,18 +137,18 @@ static void *work(void *arg) {
   uint64_t want[K];
   float wsc[K];
   while (!atomic_load(&stop)) {
-    w->nq = 4 + tu_rand(&w->rng) % (MAXQ - 3);
+    w->nq = 4 + m3t_rand(&w->rng) % (MAXQ - 3);
     for (size_t i = 0; i < w->nq; i++) {
-      ct_unit_vector(&w->rng, v + i * 32, 32);
+      m3t_rand_unit(&w->rng, v + i * 32, 32);
       q[i] = (m3_client_query){.vector = v + i * 32, .dim = 32};
     }
     memset(w->seen, 0, sizeof w->seen);
     memset(w->got, 0, sizeof w->got);
     memset(w->got_sc, 0, sizeof w->got_sc);
     w->bad_items = 0;
-    long long t0 = tu_now_ms();
+    long long t0 = m3t_now_ms();
     int rc = m3_cluster_retrieve(cl, q, w->nq, K, 0, on_mem, w);
-    long long ms = tu_now_ms() - t0;
+    long long ms = m3t_now_ms() - t0;
     if (ms > w->max_ms) w->max_ms = ms;
     w->calls++;
     if (rc != 0) {
@@ -216,34 +216,34 @@ static void test_kill_one_replica_per_shard_under_load(void **state) {
   }
   /* kills evenly spread: the i-th at (i + 1) / (kills + 2) of the run, or
    * as soon as the restart before it is done. */
-  long long t0 = tu_now_ms(), end = t0 + seconds * 1000LL;
+  long long t0 = m3t_now_ms(), end = t0 + seconds * 1000LL;
   long long slice = seconds * 1000LL / (kills + 2);
   for (int i = 0; i < kills; i++) {
     int last = i >= kills - 2;
     unsigned s = last ? (unsigned)(i - (kills - 2)) : (unsigned)i % 2;
     unsigned r = last ? s : ((unsigned)i / 2) % 2;
     long long at = t0 + (i + 1) * slice;
-    while (tu_now_ms() < at) usleep(10000);
+    while (m3t_now_ms() < at) usleep(10000);
     cl_kill(&cc, s, r);
     print_message("SIGKILL shard %u replica %u (%s) at %.1f s\n", s, r, cc.addr[s * 2 + r],
-                  (double)(tu_now_ms() - t0) / 1e3);
+                  (double)(m3t_now_ms() - t0) / 1e3);
     if (last) continue;
     usleep((useconds_t)(slice * 500));
     cl_restart(&cc, s, r);
     /* Back in the cluster's eyes before another replica may go. */
-    long long until = tu_now_ms() + 15000;
+    long long until = m3t_now_ms() + 15000;
     m3_cluster_replica_info ri;
     do {
       usleep(20000);
       CHECK_OK(m3_cluster_replica_get(cl, s, r, &ri));
-    } while (!ri.up && tu_now_ms() < until);
+    } while (!ri.up && m3t_now_ms() < until);
     if (!ri.up) fail_msg("restarted shard %u replica %u not back in 15 s: %s", s, r, ri.last_error);
     print_message("restarted shard %u replica %u, back at %.1f s\n", s, r,
-                  (double)(tu_now_ms() - t0) / 1e3);
+                  (double)(m3t_now_ms() - t0) / 1e3);
   }
   /* Calls go on a while after the last kill even when restarts ran late. */
-  if (end < tu_now_ms() + slice) end = tu_now_ms() + slice;
-  while (tu_now_ms() < end) usleep(50000);
+  if (end < m3t_now_ms() + slice) end = m3t_now_ms() + slice;
+  while (m3t_now_ms() < end) usleep(50000);
   atomic_store(&stop, 1);
   uint64_t calls = 0, errors = 0, wrong = 0;
   long long max_ms = 0;

@@ -37,8 +37,8 @@ static int setup(void **state) {
   char bad_store[400];
   snprintf(bad_store, sizeof bad_store, "%.300s/bad", st.dir);
   char bench[4096];
-  tu_bin_path(bench, sizeof bench, "m3-bench");
-  if (cl_sh("%s gen --store %s --count 600 --emb-dim 32 --codec-bytes 16 >/dev/null", bench,
+  m3t_bin_path(bench, sizeof bench, "m3-bench");
+  if (m3t_sh("%s gen --store %s --count 600 --emb-dim 32 --codec-bytes 16 >/dev/null", bench,
             bad_store) != 0)
     fail_msg("m3-bench gen of the other store failed");
   ct_store other = st;
@@ -46,7 +46,7 @@ static int setup(void **state) {
   ct_server_start(&bad, &other, NULL);
   uint64_t rng = 5;
   for (int i = 0; i < 4; i++) {
-    ct_unit_vector(&rng, v + i * 32, 32);
+    m3t_rand_unit(&rng, v + i * 32, 32);
     q[i] = (m3_client_query){.vector = v + i * 32, .dim = 32};
   }
   return 0;

@@ -27,17 +27,17 @@ static cl_cluster cc;
 static long long max_ms;
 
 static void timed_fetch(m3_cluster *cl, const uint64_t *ids, cl_round *r) {
-  long long t0 = tu_now_ms();
+  long long t0 = m3t_now_ms();
   int rc = m3_cluster_fetch(cl, ids, NIDS, 1, cl_round_on_mem, r);
-  long long ms = tu_now_ms() - t0;
+  long long ms = m3t_now_ms() - t0;
   if (rc) fail_msg("hedged fetch: %s: %s", m3_err_name(rc), m3_errmsg());
   if (ms > max_ms) max_ms = ms;
 }
 
 static void timed_retrieve(m3_cluster *cl, const m3_client_query *q, cl_round *r) {
-  long long t0 = tu_now_ms();
+  long long t0 = m3t_now_ms();
   int rc = m3_cluster_retrieve(cl, q, NQ, K, 1, cl_round_on_mem, r);
-  long long ms = tu_now_ms() - t0;
+  long long ms = m3t_now_ms() - t0;
   if (rc) fail_msg("hedged retrieve: %s: %s", m3_err_name(rc), m3_errmsg());
   if (ms > max_ms) max_ms = ms;
 }
@@ -61,12 +61,12 @@ static void test_hedged_fetch_around_a_stopped_replica(void **state) {
   static uint64_t ids[ROUNDS][NIDS];
   for (int i = 0; i < ROUNDS; i++) {
     for (int j = 0; j < NQ; j++) {
-      ct_unit_vector(&rng, v[i] + j * DIM, DIM);
+      m3t_rand_unit(&rng, v[i] + j * DIM, DIM);
       q[i][j] = (m3_client_query){.vector = v[i] + j * DIM, .dim = DIM};
     }
     cl_round_init(&want[i], NQ, K);
     CHECK_OK(m3_cluster_retrieve(ref, q[i], NQ, K, 1, cl_round_on_mem, &want[i]));
-    for (int j = 0; j < NIDS; j++) ids[i][j] = tu_rand(&rng) % 600;
+    for (int j = 0; j < NIDS; j++) ids[i][j] = m3t_rand(&rng) % 600;
     cl_round_init(&wantf[i], NIDS, 1);
     CHECK_OK(m3_cluster_fetch(ref, ids[i], NIDS, 1, cl_round_on_mem, &wantf[i]));
   }
@@ -112,13 +112,13 @@ static void test_hedged_fetch_around_a_stopped_replica(void **state) {
 
   cl_resume(&cc, 0, 0);
   cl_resume(&cc, 1, 1);
-  long long until = tu_now_ms() + 15000;
+  long long until = m3t_now_ms() + 15000;
   for (unsigned s = 0; s < 2; s++) {
     m3_cluster_replica_info ri;
     do {
       usleep(20000);
       CHECK_OK(m3_cluster_replica_get(hed, s, s, &ri));
-    } while (!ri.up && tu_now_ms() < until);
+    } while (!ri.up && m3t_now_ms() < until);
     if (!ri.up) fail_msg("shard %u replica %u not back 15 s after SIGCONT: %s", s, s,
                          ri.last_error);
   }

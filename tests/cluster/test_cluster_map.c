@@ -43,7 +43,7 @@ static void test_syntax_errors_give_line_and_column(void **state) {
   (void)state;
   parse_fails("{\"shards\": [\n  {\"id\": 0,, }]}", M3_EBADFORMAT, "line 2");
   parse_fails("{\"shards\": [\n  {\"id\": 0,, }]}", M3_EBADFORMAT, "column");
-  char *dir = tu_mkdtemp("clmap");
+  char *dir = m3t_mkdtemp("clmap");
   char path[600];
   snprintf(path, sizeof path, "%s/cluster.json", dir);
   FILE *f = fopen(path, "w");
@@ -56,7 +56,7 @@ static void test_syntax_errors_give_line_and_column(void **state) {
   snprintf(path, sizeof path, "%s/absent.json", dir);
   CHECK_RC(m3_cluster_map_load(path, &m), M3_ENOTFOUND);
   CHECK_CONTAINS(m3_errmsg(), "absent.json");
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

@@ -98,7 +98,7 @@ static void run(int hedge_ms) {
   m3_client_query q[NQ];
   for (int c = 0; c < CALLERS; c++) {
     for (int i = 0; i < CALLS; i++) {
-      for (int j = 0; j < NQ; j++) ct_unit_vector(&rng, v[c][i] + j * DIM, DIM);
+      for (int j = 0; j < NQ; j++) m3t_rand_unit(&rng, v[c][i] + j * DIM, DIM);
       queries(c, i, q);
       cl_round_init(&want[c][i], NQ, K);
       CHECK_OK(m3_cluster_retrieve(cl, q, NQ, K, 0, cl_round_on_mem, &want[c][i]));
@@ -111,13 +111,13 @@ static void run(int hedge_ms) {
   pthread_create(&samp, NULL, sampler, NULL);
   caller cs[CALLERS];
   memset(cs, 0, sizeof cs);
-  long long t0 = tu_now_ms();
+  long long t0 = m3t_now_ms();
   for (int c = 0; c < CALLERS; c++) {
     cs[c].id = c;
     pthread_create(&cs[c].t, NULL, call_loop, &cs[c]);
   }
   for (int c = 0; c < CALLERS; c++) pthread_join(cs[c].t, NULL);
-  long long ms = tu_now_ms() - t0;
+  long long ms = m3t_now_ms() - t0;
   atomic_store(&running, 0);
   pthread_join(samp, NULL);
   m3_cluster_counters ctr;

@@ -40,7 +40,7 @@ static void test_whole_shard_down_is_unavailable(void **state) {
   float v[8 * 32];
   m3_client_query q[8];
   for (int i = 0; i < 8; i++) {
-    ct_unit_vector(&rng, v + i * 32, 32);
+    m3t_rand_unit(&rng, v + i * 32, 32);
     q[i] = (m3_client_query){.vector = v + i * 32, .dim = 32};
   }
   int n = 0;
@@ -51,9 +51,9 @@ static void test_whole_shard_down_is_unavailable(void **state) {
   cl_kill(&cc, 1, 1);
   for (int i = 0; i < 3; i++) {
     n = 0;
-    long long t0 = tu_now_ms();
+    long long t0 = m3t_now_ms();
     int rc = m3_cluster_retrieve(cl, q, 8, 5, 0, count, &n);
-    long long ms = tu_now_ms() - t0;
+    long long ms = m3t_now_ms() - t0;
     check_unavailable(rc, "retrieve");
     CHECK_U64(n, 0); /* failed in the search phase: nothing delivered */
     if (ms > o.call_timeout_ms + 2000) fail_msg("took %lld ms", ms);

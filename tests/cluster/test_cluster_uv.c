@@ -101,7 +101,7 @@ static void submit(int gen, int slot) {
   c->k = 5;
   m3_client_query q[8];
   for (size_t j = 0; j < c->nq; j++) {
-    ct_unit_vector(&rng, c->v + j * DIM, DIM);
+    m3t_rand_unit(&rng, c->v + j * DIM, DIM);
     q[j] = (m3_client_query){.vector = c->v + j * DIM, .dim = DIM};
   }
   if (c->kind == 0) {
@@ -110,7 +110,7 @@ static void submit(int gen, int slot) {
     CHECK_OK(m3_cluster_retrieve(cl, q, c->nq, c->k, 1, cl_round_on_mem, &c->want));
     CHECK_OK(m3_cluster_retrieve_async(cl, q, c->nq, c->k, 1, on_mem, on_done, c, NULL));
   } else if (c->kind == 1) {
-    for (int i = 0; i < 6; i++) c->ids[i] = tu_rand(&rng) % 650; /* some beyond the 600 */
+    for (int i = 0; i < 6; i++) c->ids[i] = m3t_rand(&rng) % 650; /* some beyond the 600 */
     cl_round_init(&c->want, 6, 1);
     cl_round_init(&c->got, 6, 1);
     CHECK_OK(m3_cluster_fetch(cl, c->ids, 6, 1, cl_round_on_mem, &c->want));

@@ -2,7 +2,6 @@
 # over real m3-server processes on loopback) against one unsharded server,
 # under replica kills, with a shard down, with servers of another layout,
 # with a replica stopped, and through async calls.
-# Skipped (exit 77) when m3-server is not built.
 set(_cldir ${CMAKE_CURRENT_LIST_DIR})
 set(_clutil ${_cldir}/cluster_testlib.c ${_cldir}/../client/client_testlib.c
   ${_cldir}/../unit/testutil.c)
@@ -13,10 +12,7 @@ m3_add_test(test_cluster_map SOURCES ${_cldir}/test_cluster_map.c ${_cldir}/../u
 function(m3_cluster_test name labels timeout)
   m3_add_test(${name} SOURCES ${_cldir}/${name}.c ${_clutil} LABELS ${labels}
     TIMEOUT ${timeout} LIBS m3client m ${ARGN})
-  add_dependencies(${name} m3 m3-bench)
-  if(TARGET m3-server)
-    add_dependencies(${name} m3-server)
-  endif()
+  add_dependencies(${name} m3 m3-bench m3-server)
 endfunction()
 
 m3_cluster_test(test_cluster_equiv "integration" 120)

@@ -20,22 +20,14 @@
 #include <cmocka.h>
 
 #include "check.h"
+#include "lib/m3test.h"
 
 #include "m3/codec.h"
 #include "m3/crc32c.h"
 #include "m3/error.h"
 
-static inline uint64_t ct_rand(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-static inline double ct_unif(uint64_t *s) { return (double)(ct_rand(s) >> 11) * 0x1.0p-53; }
-
 static inline double ct_normal(uint64_t *s) {
-  double u = ct_unif(s), v = ct_unif(s);
+  double u = m3t_unif(s), v = m3t_unif(s);
   return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
 }
 

@@ -7,7 +7,7 @@
  */
 #include "codec_testlib.h"
 
-#include "../../core/src/codec_math.h"
+#include "m3/internal/codec_math.h"
 
 /* faiss::PQEncoderGeneric, C port */
 typedef struct pq_enc {
@@ -43,12 +43,12 @@ static void test_fields_match_faiss_pq_encoder(void **state) {
   uint64_t s = 42;
   for (int nbits = 1; nbits <= 24; nbits++)
     for (int trial = 0; trial < 50; trial++) {
-      int M = 1 + (int)(ct_rand(&s) % 20);
+      int M = 1 + (int)(m3t_rand(&s) % 20);
       uint32_t vals[20];
       uint8_t code[64] = {0}, mine[64] = {0};
       pq_enc e = {code, 0, nbits, 0};
       for (int m = 0; m < M; m++) {
-        vals[m] = (uint32_t)(ct_rand(&s) & ((1u << nbits) - 1));
+        vals[m] = (uint32_t)(m3t_rand(&s) & ((1u << nbits) - 1));
         pq_encode(&e, vals[m]);
         m3__code_put(mine, (uint32_t)(m * nbits), (uint32_t)nbits, vals[m]);
       }
@@ -74,7 +74,7 @@ static void test_paper_layout_matches_faiss_packing(void **state) {
   uint64_t s = 7;
   for (int trial = 0; trial < 1000; trial++) {
     uint8_t code[14] = {0};
-    uint32_t i0 = (uint32_t)(ct_rand(&s) & 0x3fff), i1 = (uint32_t)(ct_rand(&s) & 0x3fff);
+    uint32_t i0 = (uint32_t)(m3t_rand(&s) & 0x3fff), i1 = (uint32_t)(m3t_rand(&s) & 0x3fff);
     uint64_t list_no = i0 | (uint64_t)i1 << 14;
     /* encode_listno(nlist = 2^28) */
     uint8_t *p = code;
@@ -86,7 +86,7 @@ static void test_paper_layout_matches_faiss_packing(void **state) {
     uint32_t pq[8];
     pq_enc e = {code + 4, 0, 10, 0};
     for (int m = 0; m < 8; m++)
-      pq_encode(&e, pq[m] = (uint32_t)(ct_rand(&s) & 0x3ff));
+      pq_encode(&e, pq[m] = (uint32_t)(m3t_rand(&s) & 0x3ff));
     pq_finish(&e);
     assert_int_equal(m3__code_bits(code, 0, 14), i0);
     assert_int_equal(m3__code_bits(code, 14, 14), i1);
@@ -134,9 +134,9 @@ static void test_f16_round_trip_all(void **state) {
 static void test_f16_rounding_matches_reference(void **state) {
   uint64_t s = 3;
   for (int i = 0; i < 2000000; i++) {
-    uint32_t u = (uint32_t)ct_rand(&s);
+    uint32_t u = (uint32_t)m3t_rand(&s);
     if (i & 1) /* concentrate on the half range */
-      u = (u & 0x807fffffu) | ((uint32_t)(103 + ct_rand(&s) % 40) << 23);
+      u = (u & 0x807fffffu) | ((uint32_t)(103 + m3t_rand(&s) % 40) << 23);
     float f = bits_f(u);
     if (f != f)
       continue;
@@ -160,7 +160,7 @@ static void test_f16_rounding_matches_reference(void **state) {
 static void test_bf16_rounding_matches_reference(void **state) {
   uint64_t s = 5;
   for (int i = 0; i < 2000000; i++) {
-    uint32_t u = (uint32_t)ct_rand(&s);
+    uint32_t u = (uint32_t)m3t_rand(&s);
     float f = bits_f(u);
     uint16_t b = m3__f32_to_bf16(f);
     if (f != f) {

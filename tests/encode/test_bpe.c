@@ -41,7 +41,7 @@ static void roundtrip(m3_tokenizer *tok, const char *line, size_t len, size_t *n
 
 static void test_train_roundtrip(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("bpe");
+  char *dir = m3t_mkdtemp("bpe");
   char path[4200];
   snprintf(path, sizeof path, "%s/tokenizer.json", dir);
   enc_bpe_opts o = {.vocab_size = 800, .min_frequency = 2};
@@ -86,13 +86,13 @@ static void test_train_roundtrip(void **state) {
   CHECK_OK(enc_read_file(path2, &b, &lb));
   assert_true(la == lb && !memcmp(a, b, la));
   free(a), free(b);
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 
 static void test_small_corpus_stops(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("bpe2");
+  char *dir = m3t_mkdtemp("bpe2");
   char path[4200];
   snprintf(path, sizeof path, "%s/tokenizer.json", dir);
   const char *text = "aaa bbb aaa";
@@ -106,7 +106,7 @@ static void test_small_corpus_stops(void **state) {
   roundtrip(tok, "aaa bbb ccc", 11, &t);
   m3_tokenizer_free(tok);
   CHECK_RC(enc_bpe_train(text, strlen(text), &(enc_bpe_opts){.vocab_size = 100}, path, &nv), M3_EINVAL);
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

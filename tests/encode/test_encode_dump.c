@@ -43,7 +43,7 @@ static void test_dump_matches_forward(void **state) {
   (void)state;
   const char *bin = getenv("M3_BIN_DIR");
   if (!bin) skip();
-  char *dir = tu_mkdtemp("encdump"), cmd[8192], path[4200];
+  char *dir = m3t_mkdtemp("encdump"), cmd[8192], path[4200];
   snprintf(cmd, sizeof cmd, "%s/m3-encode test-model --out %s/model --vocab 600 2>/dev/null", bin, dir);
   assert_int_equal(system(cmd), 0);
   snprintf(path, sizeof path, "%s/in.jsonl", dir);
@@ -132,7 +132,7 @@ static void test_dump_matches_forward(void **state) {
   m3_forward_destroy(fw);
   m3_tokenizer_free(tok);
   m3_model_close(m);
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

@@ -6,26 +6,8 @@
 # words (hash embeddings); a folder of documents with --id-base; long
 # lines split into pieces with derived ids, truncated, or refused; a trained FAISS codec; hidden-state
 # embeddings; external embeddings.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-src=${M3_SOURCE_DIR:?M3_SOURCE_DIR must point at the source tree}
-py=/usr/bin/python3
-[ -x "$bin/m3-encode" ] || { echo "no $bin/m3-encode: skipped"; exit 77; }
-work=$(mktemp -d /tmp/m3-encode-e2e.XXXXXX)
-srv=
-cleanup() {
-  if [ -n "$srv" ]; then kill -TERM "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fails=0
-pass=0
-check() { # check NAME COMMAND...
-  local name=$1
-  shift
-  if "$@"; then pass=$((pass + 1)); else echo "FAIL: $name" >&2; fails=$((fails + 1)); fi
-}
-json_get() { "$py" -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
+. "$(dirname "$0")/../lib/m3test.sh" encode-e2e
+m3t_need_exec "$bin/m3-encode"
 digest() { "$bin/encode_store_digest" "$1"; }
 enc() { "$bin/m3-encode" --model "$work/model" "$@"; }
 
@@ -54,18 +36,13 @@ check "rerun skips" grep -q "0 chunks encoded, 297 already in the store" "$work/
 check "rerun unchanged" test "$(digest "$work/kb")" = "$(cat "$work/before")"
 
 # 3. m3-server on the store: text queries find the chunk with the words
-"$bin/m3-server" --store "$work/kb" --listen 127.0.0.1:0 --http off --port-file "$work/port" \
-  2>"$work/server.log" &
-srv=$!
-for _ in $(seq 200); do [ -s "$work/port" ] && break; sleep 0.05; done
-port=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/port")
-[ -n "$port" ] || { echo "m3-server did not start"; cat "$work/server.log"; exit 1; }
+m3t_server server "$work/kb"
 for q in "Jupiter largest planet" "Saturn bright rings" "Andromeda Galaxy"; do
   "$bin/m3" query --server "127.0.0.1:$port" --text "$q" -k 3 --json >"$work/q.json"
   word=$(echo "$q" | awk '{print $1}')
   check "query '$q'" grep -q "$word" <(json_get "$work/q.json" "j['queries'][0]['results'][0]['text']")
 done
-kill -TERM "$srv"; wait "$srv" || true; srv=
+kill -TERM "$srv"; wait "$srv" || true
 
 # 4. a folder of documents, sequential ids from --id-base
 mkdir -p "$work/docs/sub"
@@ -151,5 +128,4 @@ check "external" grep -q "index IDMap,Flat: 297 vectors" "$work/ext.log"
 enc --input "$work/ext.jsonl" --store "$work/ext" --embed external 2>"$work/ext2.log"
 check "external rerun" grep -q "297 already in the store" "$work/ext2.log"
 
-echo "$pass checks passed, $fails failed"
-[ "$fails" = 0 ]
+m3t_done

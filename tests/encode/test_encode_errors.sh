@@ -4,33 +4,8 @@
 # in the --report file (or stderr) and stores the good ones; external
 # embeddings of the wrong dimension name file:line; a store made with
 # another codec (fingerprint) or prefix is refused with a clear message.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-[ -x "$bin/m3-encode" ] || { echo "no $bin/m3-encode: skipped"; exit 77; }
-work=$(mktemp -d /tmp/m3-encode-errors.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-fails=0
-pass=0
-check() {
-  local name=$1
-  shift
-  if "$@"; then pass=$((pass + 1)); else echo "FAIL: $name" >&2; fails=$((fails + 1)); fi
-}
-runx() { # runx EXPECTED_EXIT NAME cmd... (stdout+stderr in $work/NAME.out)
-  local want=$1 name=$2
-  shift 2
-  set +e
-  "$@" >"$work/$name.out" 2>&1
-  local got=$?
-  set -e
-  if [ "$got" != "$want" ]; then
-    echo "FAIL: $name exited $got, expected $want" >&2
-    sed 's/^/  | /' "$work/$name.out" >&2
-    fails=$((fails + 1))
-  else
-    pass=$((pass + 1))
-  fi
-}
+. "$(dirname "$0")/../lib/m3test.sh" encode-errors
+m3t_need_exec "$bin/m3-encode"
 count() { "$bin/encode_store_digest" "$1" | wc -l; }
 "$bin/m3-encode" test-model --out "$work/model" 2>/dev/null
 enc() { "$bin/m3-encode" --model "$work/model" --embed hash:32 "$@"; }
@@ -99,5 +74,4 @@ runx 2 usage "$bin/m3-encode" --model "$work/model"
 runx 2 badembed enc --input "$work/one.jsonl" --store "$work/x" --embed nope
 runx 2 nomodel "$bin/m3-encode" --model "$work/none" --input "$work/one.jsonl" --store "$work/x"
 
-echo "$pass checks passed, $fails failed"
-[ "$fails" = 0 ]
+m3t_done

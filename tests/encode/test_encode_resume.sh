@@ -4,12 +4,8 @@
 # store must equal an uninterrupted run's: same chunk ids, same memory
 # bytes, same texts and embeddings (encode_store_digest), and verify.
 # M3_RESUME_KILLS sets the number of kills (4).
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-src=${M3_SOURCE_DIR:?M3_SOURCE_DIR must point at the source tree}
-[ -x "$bin/m3-encode" ] || { echo "no $bin/m3-encode: skipped"; exit 77; }
-work=$(mktemp -d /tmp/m3-encode-resume.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+. "$(dirname "$0")/../lib/m3test.sh" encode-resume
+m3t_need_exec "$bin/m3-encode"
 kills=${M3_RESUME_KILLS:-4}
 # A model big enough that a run takes a while: 4 memory layers, hidden 256.
 "$bin/m3-encode" test-model --out "$work/model" --layers 8 --hidden 256 --heads 8 --kv-heads 4 \
@@ -25,7 +21,7 @@ t1=$(date +%s.%N)
 full_ms=$(echo "($t1 - $t0) * 1000 / 1" | bc)
 echo "uninterrupted run: ${full_ms} ms; $(tail -1 "$work/ref.log")"
 "$bin/encode_store_digest" "$work/ref" >"$work/ref.digest"
-[ "$(wc -l <"$work/ref.digest")" = 397 ] || { echo "FAIL: reference has $(wc -l <"$work/ref.digest") records"; exit 1; }
+[ "$(wc -l <"$work/ref.digest")" = 397 ] || fail "reference has $(wc -l <"$work/ref.digest") records"
 
 RANDOM=${M3_RESUME_SEED:-$$}
 for i in $(seq "$kills"); do
@@ -43,8 +39,7 @@ tail -1 "$work/final.log"
 "$bin/m3" store verify "$work/res"
 "$bin/encode_store_digest" "$work/res" >"$work/res.digest"
 if ! cmp -s "$work/ref.digest" "$work/res.digest"; then
-  echo "FAIL: the resumed store differs from the uninterrupted one"
   diff "$work/ref.digest" "$work/res.digest" | head -20
-  exit 1
+  fail "the resumed store differs from the uninterrupted one"
 fi
 echo "resumed store == uninterrupted store ($(wc -l <"$work/res.digest") records)"

@@ -2,9 +2,6 @@
 # hidden-state pooling of the forward, and the command end to end on the
 # bundled knowledge base with test models (examples/kb/). Included by
 # tests/CMakeLists.txt.
-if(NOT TARGET m3-encode)
-  return()
-endif()
 set(_xdir ${CMAKE_CURRENT_LIST_DIR})
 set(_xutil ${PROJECT_SOURCE_DIR}/tests/unit/testutil.c)
 set(_xcmd ${PROJECT_SOURCE_DIR}/encoder/src/cmd)

@@ -19,7 +19,7 @@ static char *dir;
 
 static int setup(void **state) {
   (void)state;
-  dir = tu_mkdtemp("hidden");
+  dir = m3t_mkdtemp("hidden");
   m3_testmodel_params p;
   m3_testmodel_params_default(&p);
   return m3_testmodel_write(dir, &p);
@@ -27,7 +27,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
   return 0;
 }

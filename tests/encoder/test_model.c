@@ -16,11 +16,11 @@
 static char *g_dir;
 
 static int setup(void **state) {
-  g_dir = tu_mkdtemp("enc-model");
+  g_dir = m3t_mkdtemp("enc-model");
   return 0;
 }
 static int teardown(void **state) {
-  tu_rmrf(g_dir);
+  m3t_rmrf(g_dir);
   free(g_dir);
   return 0;
 }

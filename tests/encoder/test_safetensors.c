@@ -75,11 +75,11 @@ static ent base_ents[] = {
 };
 
 static int setup(void **state) {
-  g_dir = tu_mkdtemp("enc-st");
+  g_dir = m3t_mkdtemp("enc-st");
   return 0;
 }
 static int teardown(void **state) {
-  tu_rmrf(g_dir);
+  m3t_rmrf(g_dir);
   free(g_dir);
   return 0;
 }
@@ -235,7 +235,7 @@ static void test_truncated_and_garbage_header(void **state) {
   /* garbage: random bytes with a plausible length */
   uint8_t junk[256];
   uint64_t rs = 3;
-  for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)tu_rand(&rs);
+  for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)m3t_rand(&rs);
   uint64_t hl = 100;
   memcpy(junk, &hl, 8);
   write_raw(pth("h3.safetensors"), junk, sizeof junk);

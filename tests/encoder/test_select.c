@@ -11,7 +11,7 @@
 #include "m3/forward.h"
 #include "unit/testutil.h"
 
-static double urand(uint64_t *s) { return (double)(tu_rand(s) >> 11) / 9007199254740992.0 * 2 - 1; }
+static double urand(uint64_t *s) { return m3t_unif(s) * 2 - 1; }
 
 /* Brute force in double, in the log domain (exact for any magnitude). */
 static void brute_logw(const float *q, int G, const float *k, int len, int D, double *lw) {
@@ -115,10 +115,10 @@ static void test_topk_fewer_candidates(void **state) {
 static void test_topk_random_against_sort(void **state) {
   uint64_t rs = 11;
   for (int trial = 0; trial < 200; trial++) {
-    int len = 1 + (int)(tu_rand(&rs) % 128), np = (int)(tu_rand(&rs) % 6), T = 1 + (int)(tu_rand(&rs) % 12);
+    int len = 1 + (int)(m3t_rand(&rs) % 128), np = (int)(m3t_rand(&rs) % 6), T = 1 + (int)(m3t_rand(&rs) % 12);
     if (np > len) np = len;
     double lw[128];
-    for (int j = 0; j < len; j++) lw[j] = (double)(tu_rand(&rs) % 50); /* many ties */
+    for (int j = 0; j < len; j++) lw[j] = (double)(m3t_rand(&rs) % 50); /* many ties */
     uint16_t pos[12];
     int n = m3_select_topk(lw, len, np, T, pos);
     int cand = len - np;

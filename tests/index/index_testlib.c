@@ -8,45 +8,6 @@
 
 #include "index/index_testlib.h"
 
-uint64_t it_rand(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-float it_randf(uint64_t *s) { return (float)((double)(it_rand(s) >> 11) / (double)(1ull << 53) * 2.0 - 1.0); }
-
-void it_randvec(uint64_t *s, float *v, unsigned dim) {
-  for (unsigned i = 0; i < dim; i++) v[i] = it_randf(s);
-}
-
-char *it_mkdtemp(const char *tag) {
-  char buf[256];
-  snprintf(buf, sizeof buf, "/tmp/m3-index-%s-XXXXXX", tag);
-  if (!mkdtemp(buf)) fail_msg("mkdtemp %s failed", buf);
-  return strdup(buf);
-}
-
-void it_rmrf(const char *path) {
-  struct stat st;
-  if (lstat(path, &st) != 0) return;
-  if (S_ISDIR(st.st_mode)) {
-    DIR *d = opendir(path);
-    struct dirent *e;
-    while (d && (e = readdir(d)) != NULL) {
-      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-      char sub[1024];
-      snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-      it_rmrf(sub);
-    }
-    if (d) closedir(d);
-    rmdir(path);
-  } else {
-    unlink(path);
-  }
-}
-
 m3_layout it_layout(unsigned emb_dim) {
   m3_layout l;
   memset(&l, 0, sizeof l);
@@ -188,19 +149,4 @@ void it_check_against_ref(m3_index *ix, const it_ref *r, const float *queries, s
   free(want);
   free(gs);
   free(ws);
-}
-
-long long it_file_size(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 ? (long long)st.st_size : -1;
-}
-
-void it_flip_byte(const char *path, long long off) {
-  int fd = open(path, O_RDWR);
-  if (fd < 0) fail_msg("open %s", path);
-  unsigned char b;
-  if (pread(fd, &b, 1, off) != 1) fail_msg("pread %s at %lld", path, off);
-  b ^= 0xff;
-  if (pwrite(fd, &b, 1, off) != 1) fail_msg("pwrite %s at %lld", path, off);
-  close(fd);
 }

@@ -16,18 +16,11 @@
 #include <cmocka.h>
 
 #include "check.h"
+#include "lib/m3test.h"
 
 #include "m3/error.h"
 #include "m3/index.h"
 #include "m3/store.h"
-
-uint64_t it_rand(uint64_t *state);
-/* uniform in [-1, 1) */
-float it_randf(uint64_t *state);
-void it_randvec(uint64_t *state, float *v, unsigned dim);
-
-char *it_mkdtemp(const char *tag);
-void it_rmrf(const char *path);
 
 /* The test layout: spec 2x2x2x4, raw f32, emb_dim dims. */
 m3_layout it_layout(unsigned emb_dim);
@@ -60,9 +53,5 @@ void it_ref_topk(const it_ref *r, const float *q, size_t k, uint64_t *ids, float
  * scores within tol. */
 void it_check_against_ref(m3_index *ix, const it_ref *r, const float *queries, size_t nq, size_t k,
                           double tol);
-
-long long it_file_size(const char *path);
-/* xor 0xff into the byte at off of path */
-void it_flip_byte(const char *path, long long off);
 
 #endif /* M3_INDEX_TESTLIB_H */

@@ -22,11 +22,11 @@ typedef struct fixture {
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  f->dir = it_mkdtemp("ivf");
+  f->dir = m3t_mkdtemp("ivf");
   it_ref_init(&f->ref, DIM);
   f->s = it_store_open(f->dir, DIM);
   uint64_t seed = 31;
-  for (int i = 0; i < NQ * DIM; i++) f->q[i] = it_randf(&seed);
+  for (int i = 0; i < NQ * DIM; i++) f->q[i] = m3t_randf(&seed);
   *state = f;
   return 0;
 }
@@ -36,7 +36,7 @@ static int teardown(void **state) {
   m3_index_close(f->ix);
   m3_store_close(f->s);
   it_ref_free(&f->ref);
-  it_rmrf(f->dir);
+  m3t_rmrf(f->dir);
   free(f->dir);
   free(f);
   return 0;
@@ -47,7 +47,7 @@ static void fill(fixture *f, size_t n) {
   float *embs = malloc(n * DIM * sizeof *embs);
   for (size_t i = 0; i < n; i++) {
     ids[i] = 10 + 2 * i;
-    it_randvec(&seed, embs + i * DIM, DIM);
+    m3t_randvec(&seed, embs + i * DIM, DIM);
     it_ref_set(&f->ref, ids[i], embs + i * DIM);
   }
   CHECK_OK(it_put(f->s, ids, embs, n));
@@ -94,7 +94,7 @@ static void test_ivf_flat_exact(void **state) {
     uint64_t seed = 32;
     float v[DIM];
     for (size_t i = 0; i < N; i++) {
-      it_randvec(&seed, v, DIM);
+      m3t_randvec(&seed, v, DIM);
       it_ref_set(&f->ref, 10 + 2 * i, v);
     }
   }

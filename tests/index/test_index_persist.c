@@ -25,7 +25,7 @@ typedef struct fixture {
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  f->dir = it_mkdtemp("persist");
+  f->dir = m3t_mkdtemp("persist");
   snprintf(f->idx_file, sizeof f->idx_file, "%s/index/index.faiss", f->dir);
   snprintf(f->stamp, sizeof f->stamp, "%s/index/stamp", f->dir);
   it_ref_init(&f->ref, DIM);
@@ -34,12 +34,12 @@ static int setup(void **state) {
   float *embs = malloc(N * DIM * sizeof *embs);
   for (int i = 0; i < N; i++) {
     ids[i] = (uint64_t)i + 1;
-    it_randvec(&seed, embs + i * DIM, DIM);
+    m3t_randvec(&seed, embs + i * DIM, DIM);
     it_ref_set(&f->ref, ids[i], embs + i * DIM);
   }
   CHECK_OK(it_put(f->s, ids, embs, N));
   free(embs);
-  for (int i = 0; i < NQ * DIM; i++) f->q[i] = it_randf(&seed);
+  for (int i = 0; i < NQ * DIM; i++) f->q[i] = m3t_randf(&seed);
   *state = f;
   return 0;
 }
@@ -49,7 +49,7 @@ static int teardown(void **state) {
   m3_fault_clear();
   m3_store_close(f->s);
   it_ref_free(&f->ref);
-  it_rmrf(f->dir);
+  m3t_rmrf(f->dir);
   free(f->dir);
   free(f);
   return 0;
@@ -75,8 +75,8 @@ static void open_expect(fixture *f, const m3_index_options *o, int loaded, const
 static void test_reopen_loads(void **state) {
   fixture *f = *state;
   open_expect(f, NULL, 0, "no saved index");
-  assert_true(it_file_size(f->idx_file) > 0);
-  assert_true(it_file_size(f->stamp) > 0);
+  assert_true(m3t_file_size(f->idx_file) > 0);
+  assert_true(m3t_file_size(f->stamp) > 0);
   open_expect(f, NULL, 1, NULL);
   /* and after closing and reopening the store too */
   m3_store_close(f->s);
@@ -95,7 +95,7 @@ static void test_store_change_rebuilds(void **state) {
   open_expect(f, NULL, 0, NULL);
   uint64_t id = 5000, seed = 77;
   float v[DIM];
-  it_randvec(&seed, v, DIM);
+  m3t_randvec(&seed, v, DIM);
   CHECK_OK(it_put(f->s, &id, v, 1));
   it_ref_set(&f->ref, id, v);
   open_expect(f, NULL, 0, "store changed");
@@ -115,7 +115,7 @@ static void test_save_after_add_loads(void **state) {
    * the store's new seqno */
   uint64_t id = 6000, seed = 78;
   float v[DIM];
-  it_randvec(&seed, v, DIM);
+  m3t_randvec(&seed, v, DIM);
   CHECK_OK(it_put(f->s, &id, v, 1));
   CHECK_OK(m3_index_add(ix, &id, v, 1));
   it_ref_set(&f->ref, id, v);
@@ -139,14 +139,14 @@ static void test_damage_rebuilds(void **state) {
   open_expect(f, NULL, 0, NULL);
   /* a flipped byte in the middle of the index file (vector data FAISS would
    * read without complaint) */
-  it_flip_byte(f->idx_file, it_file_size(f->idx_file) / 2);
+  m3t_flip_byte(f->idx_file, m3t_file_size(f->idx_file) / 2);
   open_expect(f, NULL, 0, "index file damaged");
   open_expect(f, NULL, 1, NULL);
   /* a truncated index file */
-  CHECK_U64(truncate(f->idx_file, it_file_size(f->idx_file) - 9), 0);
+  CHECK_U64(truncate(f->idx_file, m3t_file_size(f->idx_file) - 9), 0);
   open_expect(f, NULL, 0, "index file damaged");
   /* a flipped byte in the stamp */
-  it_flip_byte(f->stamp, 20);
+  m3t_flip_byte(f->stamp, 20);
   open_expect(f, NULL, 0, "stamp");
   /* an empty stamp */
   CHECK_U64(truncate(f->stamp, 0), 0);
@@ -177,17 +177,17 @@ static void test_read_only(void **state) {
   o.read_only = 1;
   m3_index *ix = NULL;
   CHECK_OK(m3_index_open(f->s, &o, &ix));
-  assert_true(it_file_size(f->stamp) < 0);
+  assert_true(m3t_file_size(f->stamp) < 0);
   CHECK_RC(m3_index_save(ix, 1), M3_EUNSUPPORTED);
   m3_index_close(ix);
-  assert_true(it_file_size(f->stamp) < 0);
+  assert_true(m3t_file_size(f->stamp) < 0);
 }
 
 static void test_save_enospc_keeps_old(void **state) {
   fixture *f = *state;
   m3_index *ix = NULL;
   CHECK_OK(m3_index_open(f->s, NULL, &ix));
-  long long old = it_file_size(f->idx_file);
+  long long old = m3t_file_size(f->idx_file);
   uint64_t id = 7000;
   CHECK_OK(m3_index_add(ix, &id, f->q, 1));
   CHECK_OK(m3_fault_set("index.write", ENOSPC, 1));
@@ -198,7 +198,7 @@ static void test_save_enospc_keeps_old(void **state) {
   m3_index_info_get(ix, &inf);
   CHECK_U64(inf.unsaved, 1);
   m3_index_close(ix);
-  CHECK_U64(it_file_size(f->idx_file), old);
+  CHECK_U64(m3t_file_size(f->idx_file), old);
   open_expect(f, NULL, 1, NULL); /* the old, still current, files */
 }
 

@@ -21,7 +21,7 @@ typedef struct fixture {
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  f->dir = it_mkdtemp("search");
+  f->dir = m3t_mkdtemp("search");
   it_ref_init(&f->ref, DIM);
   *state = f;
   return 0;
@@ -32,7 +32,7 @@ static int teardown(void **state) {
   m3_index_close(f->ix);
   m3_store_close(f->s);
   it_ref_free(&f->ref);
-  it_rmrf(f->dir);
+  m3t_rmrf(f->dir);
   free(f->dir);
   free(f);
   return 0;
@@ -46,7 +46,7 @@ static void fill(fixture *f, uint64_t seed) {
   for (size_t b = 0; b < N / 100; b++) {
     for (size_t i = 0; i < 100; i++) {
       ids[i] = 1000 + 3 * (b * 100 + i);
-      it_randvec(&seed, embs + i * DIM, DIM);
+      m3t_randvec(&seed, embs + i * DIM, DIM);
       it_ref_set(&f->ref, ids[i], embs + i * DIM);
     }
     CHECK_OK(it_put(f->s, ids, embs, 100));
@@ -61,7 +61,7 @@ static void test_exact_equals_brute_force(void **state) {
   CHECK_U64(m3_index_dim(f->ix), DIM);
   uint64_t seed = 99;
   float q[20 * DIM];
-  for (int i = 0; i < 20; i++) it_randvec(&seed, q + i * DIM, DIM);
+  for (int i = 0; i < 20; i++) m3t_randvec(&seed, q + i * DIM, DIM);
   it_check_against_ref(f->ix, &f->ref, q, 20, 10, 1e-5);
   it_check_against_ref(f->ix, &f->ref, q, 1, 1, 1e-5);
   /* a stored vector scaled finds itself first with cosine 1 */
@@ -83,7 +83,7 @@ static void test_batch_equals_single(void **state) {
   enum { NQ = 64, K = 5 };
   float *q = malloc(NQ * DIM * sizeof *q);
   uint64_t seed = 7;
-  for (int i = 0; i < NQ * DIM; i++) q[i] = it_randf(&seed);
+  for (int i = 0; i < NQ * DIM; i++) q[i] = m3t_randf(&seed);
   uint64_t ids[NQ * K], one[K];
   float sc[NQ * K], os[K];
   CHECK_OK(m3_index_search(f->ix, q, NQ, K, ids, sc));
@@ -110,8 +110,8 @@ static void test_ties_ordered_by_id(void **state) {
   float embs[(2 * C + 10) * DIM];
   uint64_t seed = 3;
   float a[DIM], b[DIM];
-  it_randvec(&seed, a, DIM);
-  it_randvec(&seed, b, DIM);
+  m3t_randvec(&seed, a, DIM);
+  m3t_randvec(&seed, b, DIM);
   for (int i = 0; i < C; i++) {
     ids[i] = 300 - (uint64_t)i;
     memcpy(embs + i * DIM, a, sizeof a);
@@ -120,7 +120,7 @@ static void test_ties_ordered_by_id(void **state) {
   }
   for (int i = 0; i < 10; i++) {
     ids[2 * C + i] = 9000 + (uint64_t)i;
-    it_randvec(&seed, embs + (2 * C + i) * DIM, DIM);
+    m3t_randvec(&seed, embs + (2 * C + i) * DIM, DIM);
   }
   CHECK_OK(it_put(f->s, ids, embs, 2 * C + 10));
   CHECK_OK(m3_index_open(f->s, NULL, &f->ix));
@@ -150,7 +150,7 @@ static void test_pads_and_zero_vectors(void **state) {
   uint64_t ids[4] = {1, 2, 3, 4};
   float embs[4 * DIM];
   uint64_t seed = 5;
-  for (int i = 0; i < 4 * DIM; i++) embs[i] = it_randf(&seed);
+  for (int i = 0; i < 4 * DIM; i++) embs[i] = m3t_randf(&seed);
   memset(embs + 2 * DIM, 0, DIM * sizeof(float)); /* id 3: zero, not indexed */
   CHECK_OK(it_put(f->s, ids, embs, 4));
   uint64_t nid = 5;

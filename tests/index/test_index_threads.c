@@ -19,6 +19,7 @@ typedef struct shared {
   atomic_int stop;
   atomic_int failures;
   atomic_long searches;
+  atomic_int exited; /* searchers that returned (a failed search ends one) */
   char first_error[256];
   pthread_mutex_t mu;
 } shared;
@@ -42,7 +43,7 @@ static void *searcher(void *arg) {
   float sc[NQ * K];
   char msg[200];
   while (!atomic_load(&sh->stop)) {
-    for (int i = 0; i < NQ * DIM; i++) q[i] = it_randf(&seed);
+    for (int i = 0; i < NQ * DIM; i++) q[i] = m3t_randf(&seed);
     int rc = m3_index_search(sh->ix, q, NQ, K, ids, sc);
     if (rc) {
       snprintf(msg, sizeof msg, "search: %s: %s", m3_err_name(rc), m3_errmsg());
@@ -61,12 +62,13 @@ static void *searcher(void *arg) {
       }
     atomic_fetch_add(&sh->searches, 1);
   }
+  atomic_fetch_add(&sh->exited, 1);
   return NULL;
 }
 
 static void test_search_while_adding(void **state) {
   (void)state;
-  char *dir = it_mkdtemp("threads");
+  char *dir = m3t_mkdtemp("threads");
   m3_store *s = it_store_open(dir, DIM);
   it_ref ref;
   it_ref_init(&ref, DIM);
@@ -74,7 +76,7 @@ static void test_search_while_adding(void **state) {
   float *embs = malloc(N0 * DIM * sizeof *embs);
   for (int i = 0; i < N0; i++) {
     ids[i] = (uint64_t)i;
-    it_randvec(&seed, embs + i * DIM, DIM);
+    m3t_randvec(&seed, embs + i * DIM, DIM);
     it_ref_set(&ref, ids[i], embs + i * DIM);
   }
   CHECK_OK(it_put(s, ids, embs, N0));
@@ -92,12 +94,12 @@ static void test_search_while_adding(void **state) {
   for (int r = 0; r < ROUNDS; r++) {
     for (int i = 0; i < ADD; i++) {
       add_ids[i] = 100000 + (uint64_t)(r * ADD + i);
-      it_randvec(&seed, v + i * DIM, DIM);
+      m3t_randvec(&seed, v + i * DIM, DIM);
       it_ref_set(&ref, add_ids[i], v + i * DIM);
     }
     CHECK_OK(m3_index_add(sh.ix, add_ids, v, ADD));
     uint64_t old = (uint64_t)(r * 3) % N0;
-    it_randvec(&seed, v, DIM);
+    m3t_randvec(&seed, v, DIM);
     it_ref_set(&ref, old, v);
     CHECK_OK(m3_index_add(sh.ix, &old, v, 1));
     uint64_t gone = (uint64_t)(r * 3 + 1) % N0;
@@ -105,21 +107,28 @@ static void test_search_while_adding(void **state) {
     it_ref_del(&ref, gone);
     if (r % 50 == 49) CHECK_OK(m3_index_save(sh.ix, 1000 + (uint64_t)r));
   }
-  /* let the searchers run against the final state for a moment too */
-  while (atomic_load(&sh.searches) < 50 * SEARCHERS) sched_yield();
+  /* Let the searchers run against the final state for a moment too: until
+   * 50 searches each, or every searcher has stopped (a failed search ends
+   * one), or 60 s (a machine too loaded to search is a failure too). */
+  long long end = m3t_now_ms() + 60000;
+  while (atomic_load(&sh.searches) < 50 * SEARCHERS && atomic_load(&sh.exited) < SEARCHERS &&
+         m3t_now_ms() < end)
+    sched_yield();
   atomic_store(&sh.stop, 1);
   for (int i = 0; i < SEARCHERS; i++) pthread_join(th[i], NULL);
   if (atomic_load(&sh.failures)) fail_msg("%d bad searches; first: %s", atomic_load(&sh.failures), sh.first_error);
+  if (atomic_load(&sh.searches) < 50 * SEARCHERS)
+    fail_msg("only %ld searches in 60 s, want %d", atomic_load(&sh.searches), 50 * SEARCHERS);
 
   CHECK_U64(m3_index_count(sh.ix), ref.n);
   float q[10 * DIM];
-  for (int i = 0; i < 10 * DIM; i++) q[i] = it_randf(&seed);
+  for (int i = 0; i < 10 * DIM; i++) q[i] = m3t_randf(&seed);
   it_check_against_ref(sh.ix, &ref, q, 10, K, 1e-5);
   m3_index_close(sh.ix);
   pthread_mutex_destroy(&sh.mu);
   it_ref_free(&ref);
   m3_store_close(s);
-  it_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

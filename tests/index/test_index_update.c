@@ -22,7 +22,7 @@ typedef struct fixture {
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  f->dir = it_mkdtemp("update");
+  f->dir = m3t_mkdtemp("update");
   it_ref_init(&f->ref, DIM);
   f->s = it_store_open(f->dir, DIM);
   uint64_t seed = 11;
@@ -30,12 +30,12 @@ static int setup(void **state) {
   float embs[200 * DIM];
   for (int i = 0; i < 200; i++) {
     ids[i] = (uint64_t)i * 10;
-    it_randvec(&seed, embs + i * DIM, DIM);
+    m3t_randvec(&seed, embs + i * DIM, DIM);
     it_ref_set(&f->ref, ids[i], embs + i * DIM);
   }
   CHECK_OK(it_put(f->s, ids, embs, 200));
   CHECK_OK(m3_index_open(f->s, NULL, &f->ix));
-  for (int i = 0; i < 10 * DIM; i++) f->q[i] = it_randf(&seed);
+  for (int i = 0; i < 10 * DIM; i++) f->q[i] = m3t_randf(&seed);
   *state = f;
   return 0;
 }
@@ -45,7 +45,7 @@ static int teardown(void **state) {
   m3_index_close(f->ix);
   m3_store_close(f->s);
   it_ref_free(&f->ref);
-  it_rmrf(f->dir);
+  m3t_rmrf(f->dir);
   free(f->dir);
   free(f);
   return 0;
@@ -62,7 +62,7 @@ static void test_add_new(void **state) {
   float v[50 * DIM];
   for (int i = 0; i < 50; i++) {
     ids[i] = 100000 + (uint64_t)i;
-    it_randvec(&seed, v + i * DIM, DIM);
+    m3t_randvec(&seed, v + i * DIM, DIM);
     it_ref_set(&f->ref, ids[i], v + i * DIM);
   }
   CHECK_OK(m3_index_add(f->ix, ids, v, 50));

@@ -43,21 +43,21 @@ int main(int argc, char **argv) {
   printf("open\n");
   fflush(stdout);
   for (int step = 0; step < 100000; step++) {
-    size_t n = 1 + (size_t)(tu_rand(&rng) % 5);
+    size_t n = 1 + (size_t)(m3t_rand(&rng) % 5);
     printf("P %llu %zu\n", (unsigned long long)next, n);
     fflush(stdout);
     if ((rc = tu_put_range(s, next, n, 0)) != 0) die("put", rc);
     printf("p %llu %zu\n", (unsigned long long)next, n);
     fflush(stdout);
     next += n;
-    if (tu_rand(&rng) % 4 == 0) {
+    if (m3t_rand(&rng) % 4 == 0) {
       uint64_t ids[3];
-      size_t k = 1 + (size_t)(tu_rand(&rng) % 3);
+      size_t k = 1 + (size_t)(m3t_rand(&rng) % 3);
       uint64_t span = next < 40 ? next : 40;
       char line[256];
       int pos = 0;
       for (size_t i = 0; i < k; i++) {
-        ids[i] = next - 1 - tu_rand(&rng) % span;
+        ids[i] = next - 1 - m3t_rand(&rng) % span;
         pos += snprintf(line + pos, sizeof line - (size_t)pos, " %llu", (unsigned long long)ids[i]);
       }
       printf("D%s\n", line);

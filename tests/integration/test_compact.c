@@ -22,7 +22,7 @@ static m3_store *reopen(fixture *f) { return tu_open(f->dir, &f->l, 0, SEG); }
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  f->dir = tu_mkdtemp("compact");
+  f->dir = m3t_mkdtemp("compact");
   f->l = tu_layout_m3_14();
   m3_store_options o;
   tu_opts(&o, &f->l, 1, SEG);
@@ -70,7 +70,7 @@ static void test_reclaims(void **state) {
   uint64_t files = 0;
   for (uint32_t id = 0; id < 64; id++) {
     char p[4096];
-    files += tu_file_size(m3_store_segment_path(f->s, id, p, sizeof p)) >= 0;
+    files += m3t_file_size(m3_store_segment_path(f->s, id, p, sizeof p)) >= 0;
   }
   CHECK_U64(files, after.segments);
   /* writes continue; compaction again with nothing dead is a no-op */
@@ -151,9 +151,9 @@ static void test_orphan_segments_removed(void **state) {
   copy_file(live, orphan);
   copy_file(live, tmp);
   f->s = reopen(f);
-  assert_true(tu_file_size(orphan) < 0);
-  assert_true(tu_file_size(tmp) < 0);
-  assert_true(tu_file_size(live) > 0);
+  assert_true(m3t_file_size(orphan) < 0);
+  assert_true(m3t_file_size(tmp) < 0);
+  assert_true(m3t_file_size(live) > 0);
   CHECK_OK(m3_store_verify(f->s, NULL, NULL, NULL));
   tu_dump_store(f->s, &b);
   tu_dump_compare(&a, &b, 1);
@@ -169,7 +169,7 @@ static void test_orphan_segments_removed(void **state) {
 static void test_compact_killed(void **state) {
   fixture *f = *state;
   char bin[4096];
-  tu_bin_path(bin, sizeof bin, "store_child");
+  m3t_bin_path(bin, sizeof bin, "store_child");
   uint64_t rng = (uint64_t)getpid();
   int rounds = 6 * tu_scale(), finished = 0;
   for (int r = 0; r < rounds; r++) {
@@ -186,7 +186,7 @@ static void test_compact_killed(void **state) {
     tu_child c;
     tu_child_start(&c, argv, NULL);
     if (!tu_child_wait_line(&c, "ready", 30000)) fail_msg("store_child compact: %s", c.out);
-    usleep((useconds_t)(tu_rand(&rng) % 200000));
+    usleep((useconds_t)(m3t_rand(&rng) % 200000));
     tu_child_finish(&c, 1);
     finished += strstr(c.out, "done") != NULL;
     if (strstr(c.out, "fail")) fail_msg("compaction failed: %s", c.out);

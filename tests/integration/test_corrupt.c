@@ -30,7 +30,7 @@ typedef tu_fixture fixture;
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  f->dir = tu_mkdtemp("corrupt");
+  f->dir = m3t_mkdtemp("corrupt");
   f->l = tu_layout_m3_14();
   m3_store_options o;
   tu_opts(&o, &f->l, 1, 200000);
@@ -50,7 +50,7 @@ static void flip(fixture *f, uint64_t id, uint64_t rel, size_t cache_bytes) {
   m3_store_segment_path(f->s, loc.segment, path, sizeof path);
   m3_store_close(f->s);
   f->s = NULL;
-  tu_flip_byte(path, loc.offset + rel);
+  m3t_flip_byte(path, loc.offset + rel);
   m3_store_options o;
   tu_opts(&o, &f->l, 0, 200000);
   o.cache_bytes = cache_bytes;

@@ -145,7 +145,7 @@ static char *g_root; /* removed by teardown, also when the test fails */
 
 static int teardown(void **state) {
   (void)state;
-  tu_rmrf(g_root);
+  m3t_rmrf(g_root);
   free(g_root);
   g_root = NULL;
   return 0;
@@ -160,15 +160,15 @@ static void test_kill_loop(void **state) {
   print_message("seed %llu (set M3_TEST_SEED to repeat), %d iterations\n",
                 (unsigned long long)rng, iters);
   char writer[4096];
-  tu_bin_path(writer, sizeof writer, "crash_writer");
+  m3t_bin_path(writer, sizeof writer, "crash_writer");
   if (access(writer, X_OK) != 0) fail_msg("%s: not found (M3_BIN_DIR)", writer);
 
-  char *root = g_root = tu_mkdtemp("kill");
+  char *root = g_root = m3t_mkdtemp("kill");
   char dir[4200];
   track t;
   memset(&t, 0, sizeof t);
   int epoch = -1, before_open = 0, killed = 0;
-  long long t0 = tu_now_ms();
+  long long t0 = m3t_now_ms();
   for (int i = 0; i < iters; i++) {
     if (i % 8 == 0) { /* a fresh store: kills land in its creation too */
       epoch++;
@@ -177,19 +177,19 @@ static void test_kill_loop(void **state) {
       snprintf(dir, sizeof dir, "%s/store%d", root, epoch);
     }
     long long delay;
-    uint64_t r = tu_rand(&rng);
+    uint64_t r = m3t_rand(&rng);
     if (i % 8 == 0 || r % 5 == 0)
-      delay = (long long)(tu_rand(&rng) % 40); /* creation / open / roll-forward */
+      delay = (long long)(m3t_rand(&rng) % 40); /* creation / open / roll-forward */
     else
-      delay = 20 + (long long)(tu_rand(&rng) % 200);
+      delay = 20 + (long long)(m3t_rand(&rng) % 200);
     char start[32], seed[32], segb[32];
     snprintf(start, sizeof start, "%llu", (unsigned long long)t.max_acked);
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)tu_rand(&rng));
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)m3t_rand(&rng));
     snprintf(segb, sizeof segb, "%d", SEGMENT_BYTES);
     char *argv[] = {writer, dir, start, seed, segb, NULL};
     tu_child c;
     tu_child_start(&c, argv, NULL);
-    int eof = tu_child_read_until(&c, tu_now_ms() + delay);
+    int eof = tu_child_read_until(&c, m3t_now_ms() + delay);
     int status = tu_child_finish(&c, 1);
     if (eof && !(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL))
       fail_msg("iteration %d: writer exited before the kill (status %#x): %s", i, status, c.out);
@@ -203,7 +203,7 @@ static void test_kill_loop(void **state) {
   }
   print_message("%d kills (%d before the writer had the store open) in %lld ms; last store: "
                 "%llu acked puts, %llu acked deletes\n",
-                killed, before_open, tu_now_ms() - t0, (unsigned long long)t.acked_puts,
+                killed, before_open, m3t_now_ms() - t0, (unsigned long long)t.acked_puts,
                 (unsigned long long)t.acked_dels);
   assert_true(killed >= iters);
   free(t.st);

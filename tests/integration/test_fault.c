@@ -25,7 +25,7 @@ typedef struct fixture {
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  f->dir = tu_mkdtemp("fault");
+  f->dir = m3t_mkdtemp("fault");
   f->l = tu_layout_m3_14();
   m3_store_options o;
   tu_opts(&o, &f->l, 1, SEG);
@@ -41,7 +41,7 @@ static int teardown(void **state) {
   fixture *f = *state;
   m3_fault_clear();
   m3_store_close(f->s);
-  tu_rmrf(f->dir);
+  m3t_rmrf(f->dir);
   free(f->dir);
   free(f);
   return 0;
@@ -73,7 +73,7 @@ static uint64_t disk_bytes(fixture *f) {
   uint64_t total = 0;
   for (uint32_t id = 0; id < 100; id++) {
     char p[4096];
-    long long n = tu_file_size(m3_store_segment_path(f->s, id, p, sizeof p));
+    long long n = m3t_file_size(m3_store_segment_path(f->s, id, p, sizeof p));
     if (n > 0) total += (uint64_t)n;
   }
   return total;
@@ -175,13 +175,13 @@ static void test_fail_then_recover_many(void **state) {
   fixture *f = *state;
   uint64_t rng = 5;
   for (int round = 0; round < 12; round++) {
-    uint64_t first = 10 + tu_rand(&rng) % 40;
-    size_t n = 1 + (size_t)(tu_rand(&rng) % 6);
+    uint64_t first = 10 + m3t_rand(&rng) % 40;
+    size_t n = 1 + (size_t)(m3t_rand(&rng) % 6);
     if (first + n > 64) n = 64 - first;
-    int which = (int)(tu_rand(&rng) % 3);
+    int which = (int)(m3t_rand(&rng) % 3);
     const char *pt = which == 0 ? "segment.write" : which == 1 ? "segment.sync" : "catalog.write";
     int err = which == 0 ? ENOSPC : EIO;
-    CHECK_OK(m3_fault_set(pt, err, 1 + (unsigned)(tu_rand(&rng) % 3)));
+    CHECK_OK(m3_fault_set(pt, err, 1 + (unsigned)(m3t_rand(&rng) % 3)));
     int rc = tu_put_range(f->s, first, n, (uint32_t)round);
     m3_fault_clear();
     if (rc == 0)
@@ -201,7 +201,7 @@ static void test_env_fault_child(void **state) {
   char dir[4200];
   snprintf(dir, sizeof dir, "%s/child", f->dir);
   char bin[4096];
-  tu_bin_path(bin, sizeof bin, "store_child");
+  m3t_bin_path(bin, sizeof bin, "store_child");
   char *argv[] = {bin, "put", dir, "0", "5", NULL};
   char *env[] = {"M3_FAULT=segment.write=ENOSPC@3", NULL};
   tu_child c;

@@ -31,7 +31,7 @@ static m3_store *reopen(fixture *f) { return tu_open(f->dir, &f->l, 0, SEG); }
  * idempotent re-put: 6 tombstones... recorded in the report. */
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  f->dir = tu_mkdtemp("repair");
+  f->dir = m3t_mkdtemp("repair");
   f->l = tu_layout_m3_14();
   m3_store_options o;
   tu_opts(&o, &f->l, 1, SEG);
@@ -52,7 +52,7 @@ static int setup(void **state) {
 static void rm_catalog(fixture *f) {
   char cat[4200];
   snprintf(cat, sizeof cat, "%s/catalog", f->dir);
-  tu_rmrf(cat);
+  m3t_rmrf(cat);
   assert_true(access(cat, F_OK) != 0);
 }
 
@@ -135,7 +135,7 @@ static size_t make_torn_tail(const char *path, const m3_layout *l, int garbage) 
   size_t n = garbage ? 3000 : len / 2;
   if (garbage) {
     uint64_t st = 99;
-    for (size_t i = 0; i < n; i++) rec[i] = (uint8_t)tu_rand(&st);
+    for (size_t i = 0; i < n; i++) rec[i] = (uint8_t)m3t_rand(&st);
   }
   append(path, rec, n);
   free(rec);
@@ -149,13 +149,13 @@ static void test_torn_tail_open(void **state) {
     tu_dump_store(f->s, &a);
     char path[4096];
     last_segment(f, path, sizeof path);
-    long long size = tu_file_size(path);
+    long long size = m3t_file_size(path);
     m3_store_close(f->s);
     f->s = NULL;
     size_t n = make_torn_tail(path, &f->l, garbage);
-    CHECK_U64(tu_file_size(path), size + (long long)n);
+    CHECK_U64(m3t_file_size(path), size + (long long)n);
     f->s = reopen(f); /* roll-forward cuts it */
-    CHECK_U64(tu_file_size(path), size);
+    CHECK_U64(m3t_file_size(path), size);
     CHECK_U64(m3_store_contains(f->s, 999), 0);
     CHECK_OK(m3_store_verify(f->s, NULL, NULL, NULL));
     tu_dump_store(f->s, &b);
@@ -175,7 +175,7 @@ static void test_torn_tail_repair(void **state) {
     tu_dump_store(f->s, &a);
     char path[4096];
     last_segment(f, path, sizeof path);
-    long long size = tu_file_size(path);
+    long long size = m3t_file_size(path);
     m3_store_close(f->s);
     f->s = NULL;
     size_t n = make_torn_tail(path, &f->l, garbage);
@@ -191,7 +191,7 @@ static void test_torn_tail_repair(void **state) {
     CHECK_U64((uint64_t)count_problems(&np), 0);
     CHECK_U64(rep.truncated_bytes, n);
     CHECK_U64(rep.records, a.n);
-    CHECK_U64(tu_file_size(path), size);
+    CHECK_U64(m3t_file_size(path), size);
     f->s = reopen(f);
     CHECK_OK(m3_store_verify(f->s, NULL, NULL, NULL));
     tu_dump_store(f->s, &b);
@@ -272,7 +272,7 @@ static void test_repair_busy(void **state) {
   m3_store_close(f->s);
   f->s = NULL;
   char bin[4096];
-  tu_bin_path(bin, sizeof bin, "store_child");
+  m3t_bin_path(bin, sizeof bin, "store_child");
   char *argv[] = {bin, "hold", f->dir, NULL};
   tu_child c;
   tu_child_start(&c, argv, NULL);
@@ -313,7 +313,7 @@ static void test_repair_errors(void **state) {
   m3_store_segment_path(f->s, loc.segment, path, sizeof path);
   m3_store_close(f->s);
   f->s = NULL;
-  tu_flip_byte(path, loc.offset + 64 + 5);
+  m3t_flip_byte(path, loc.offset + 64 + 5);
   int np = 0;
   m3_repair_report rep;
   CHECK_RC(m3_store_repair(f->dir, on_problem, &np, &rep), M3_ECORRUPT);

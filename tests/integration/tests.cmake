@@ -10,7 +10,7 @@ endif()
 foreach(_helper crash_writer store_child)
   add_executable(${_helper} ${_itdir}/${_helper}.c ${M3_TESTUTIL})
   target_include_directories(${_helper} PRIVATE ${_itdir}/..)
-  target_link_libraries(${_helper} PRIVATE m3core PkgConfig::CMOCKA)
+  target_link_libraries(${_helper} PRIVATE m3core m3test PkgConfig::CMOCKA)
 endforeach()
 
 m3_add_test(test_crash_kill SOURCES ${_itdir}/test_crash_kill.c ${M3_TESTUTIL}

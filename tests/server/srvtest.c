@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -24,47 +23,6 @@
 
 /* ---- scratch space and processes ------------------------------------- */
 
-long long st_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-void st_sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-char *st_mkdtemp(const char *tag) {
-  const char *tmp = getenv("TMPDIR");
-  char *p = malloc(4096);
-  assert_non_null(p);
-  snprintf(p, 4096, "%s/m3srv-%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", tag);
-  if (mkdtemp(p) == NULL) fail_msg("mkdtemp %s: %s", p, strerror(errno));
-  return p;
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  remove(path);
-  return 0;
-}
-
-void st_rmrf(const char *path) {
-  if (getenv("M3_TEST_KEEP")) { /* keep stores and server logs for a look */
-    fprintf(stderr, "# kept %s\n", path);
-    return;
-  }
-  if (path) nftw(path, rm_one, 32, FTW_DEPTH | FTW_PHYS);
-}
-
-void st_bin(char *buf, size_t cap, const char *name) {
-  const char *d = getenv("M3_BIN_DIR");
-  snprintf(buf, cap, "%s/%s", d && *d ? d : ".", name);
-  if (access(buf, X_OK) != 0) fail_msg("%s: %s (is M3_BIN_DIR set?)", buf, strerror(errno));
-}
-
 long st_raise_nofile(long want) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
@@ -74,6 +32,12 @@ long st_raise_nofile(long want) {
     getrlimit(RLIMIT_NOFILE, &rl);
   }
   return (long)rl.rlim_cur;
+}
+
+/* The path of a built program, which must exist. */
+static void bin_checked(char *buf, size_t cap, const char *name) {
+  m3t_bin_path(buf, cap, name);
+  if (access(buf, X_OK) != 0) fail_msg("%s: %s (is M3_BIN_DIR set?)", buf, strerror(errno));
 }
 
 /* fork + exec argv with extra env; stderr (and stdout) to log_path (NULL:
@@ -104,7 +68,7 @@ static pid_t spawn(const char *path, char *const argv[], const char *const *env,
 }
 
 int st_wait_pid(pid_t pid, int timeout_ms, int *wstatus) {
-  long long end = st_now_ms() + timeout_ms;
+  long long end = m3t_now_ms() + timeout_ms;
   for (;;) {
     int ws;
     pid_t r = waitpid(pid, &ws, WNOHANG);
@@ -113,14 +77,14 @@ int st_wait_pid(pid_t pid, int timeout_ms, int *wstatus) {
       return 1;
     }
     if (r < 0 && errno != EINTR) fail_msg("waitpid %d: %s", (int)pid, strerror(errno));
-    if (st_now_ms() >= end) return 0;
-    st_sleep_ms(5);
+    if (m3t_now_ms() >= end) return 0;
+    m3t_sleep_ms(5);
   }
 }
 
 void st_gen_store(const char *store, unsigned count, unsigned emb_dim) {
   char bin[4096], n[32], d[32], log[4200];
-  st_bin(bin, sizeof bin, "m3-bench");
+  bin_checked(bin, sizeof bin, "m3-bench");
   snprintf(n, sizeof n, "%u", count);
   snprintf(d, sizeof d, "%u", emb_dim);
   snprintf(log, sizeof log, "%s.gen.log", store);
@@ -174,7 +138,7 @@ static void print_log(const st_server *s) {
 
 pid_t st_spawn_server(const char *const *argv, const char *const *env, const char *log_path) {
   char bin[4096];
-  st_bin(bin, sizeof bin, "m3-server");
+  bin_checked(bin, sizeof bin, "m3-server");
   size_t n = 0;
   while (argv[n]) n++;
   char **av = calloc(n + 1, sizeof *av);
@@ -202,7 +166,7 @@ void st_server_start(st_server *s, const char *workdir, const char *store,
   }
   argv[n] = NULL;
   s->pid = st_spawn_server(argv, env, s->log_path);
-  long long end = st_now_ms() + 60000;
+  long long end = m3t_now_ms() + 60000;
   for (;;) {
     FILE *f = fopen(s->port_file, "r");
     if (f) {
@@ -218,12 +182,12 @@ void st_server_start(st_server *s, const char *workdir, const char *store,
       print_log(s);
       fail_msg("m3-server exited (wait status %#x) before writing %s", ws, s->port_file);
     }
-    if (st_now_ms() > end) {
+    if (m3t_now_ms() > end) {
       print_log(s);
       st_server_kill(s);
       fail_msg("m3-server did not write %s within 60 s", s->port_file);
     }
-    st_sleep_ms(10);
+    m3t_sleep_ms(10);
   }
 }
 
@@ -364,7 +328,7 @@ static int fill(st_conn *c, long long deadline) {
     c->cap = cap;
   }
   for (;;) {
-    long long left = deadline - st_now_ms();
+    long long left = deadline - m3t_now_ms();
     if (left < 0) return -1;
     struct pollfd pfd = {c->fd, POLLIN, 0};
     int pr = poll(&pfd, 1, (int)(left > 1000 ? 1000 : left));
@@ -382,7 +346,7 @@ static int fill(st_conn *c, long long deadline) {
 }
 
 int st_recv(st_conn *c, st_frame *fr, int timeout_ms) {
-  long long deadline = st_now_ms() + timeout_ms;
+  long long deadline = m3t_now_ms() + timeout_ms;
   memset(fr, 0, sizeof *fr);
   for (;;) {
     if (c->len >= M3_FRAME_HEADER_SIZE) {
@@ -411,9 +375,9 @@ void st_frame_free(st_frame *fr) {
 }
 
 int st_wait_closed(st_conn *c, int timeout_ms, int *goaways) {
-  long long deadline = st_now_ms() + timeout_ms;
+  long long deadline = m3t_now_ms() + timeout_ms;
   for (;;) {
-    long long left = deadline - st_now_ms();
+    long long left = deadline - m3t_now_ms();
     if (left <= 0) return 0;
     st_frame fr;
     int r = st_recv(c, &fr, (int)left);
@@ -569,7 +533,7 @@ int st_http_raw(int port, const char *request, char **body) {
   st_conn c;
   st_conn_open(&c, port);
   st_send_bytes(&c, request, strlen(request));
-  long long deadline = st_now_ms() + 30000;
+  long long deadline = m3t_now_ms() + 30000;
   int r;
   while ((r = fill(&c, deadline)) > 0) {
   }
@@ -606,7 +570,8 @@ double st_metric(const char *text, const char *series, int *present) {
     }
     p = nl ? nl + 1 : NULL;
   }
-  if (present) *present = 0;
+  if (present == NULL) fail_msg("/metrics has no series %s", series);
+  *present = 0;
   return 0;
 }
 
@@ -802,24 +767,6 @@ void st_exact_topk(const st_ref *r, const float *q, unsigned k, uint64_t *ids, d
   }
 }
 
-uint64_t st_rand(uint64_t *state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-void st_rand_unit(uint64_t *state, float *v, unsigned dim) {
-  double norm = 0;
-  for (unsigned d = 0; d < dim; d++) {
-    double g = 0;
-    for (int k = 0; k < 4; k++) g += (double)(st_rand(state) >> 11) / 9007199254740992.0 - 0.5;
-    v[d] = (float)g;
-    norm += g * g;
-  }
-  for (unsigned d = 0; d < dim; d++) v[d] = (float)(v[d] / sqrt(norm));
-}
-
 m3_layout st_layout_from_hello(const M3__Layout *l) {
   m3_layout out;
   memset(&out, 0, sizeof out);
@@ -843,7 +790,7 @@ uint8_t *st_make_record(const m3_layout *l, uint64_t id, const float *emb, const
   assert_true(pos && codes);
   uint64_t seed = id * 7919;
   for (size_t i = 0; i < npos; i++) pos[i] = (uint16_t)(1 + i % l->spec.n_tokens * 15);
-  for (size_t i = 0; i < ncode; i++) codes[i] = (uint8_t)st_rand(&seed);
+  for (size_t i = 0; i < ncode; i++) codes[i] = (uint8_t)m3t_rand(&seed);
   m3_record_in in = {.chunk_id = id, .chunk_len = 128, .positions = pos, .codes = codes,
                      .text = text, .text_len = strlen(text), .embedding = emb};
   size_t cap = m3_record_size(l, strlen(text));
@@ -860,7 +807,9 @@ uint8_t *st_make_record(const m3_layout *l, uint64_t id, const float *emb, const
 double st_server_metric(const st_server *s, const char *series) {
   char *body;
   ST_EQ_U64(st_http_get(s->http_port, "/metrics", &body), 200);
-  double v = st_metric(body, series, NULL);
+  int present;
+  double v = st_metric(body, series, &present);
+  if (!present) fail_msg("/metrics of the server on port %d has no series %s", s->http_port, series);
   free(body);
   return v;
 }

@@ -12,8 +12,9 @@
  * multiplexed ones), and stops the server with SIGTERM, checking that it
  * exits 0 (under ASan that includes LeakSanitizer's verdict).
  *
- * Everything fails the cmocka test on unexpected errors and prints both
- * sides of a comparison.
+ * Scratch directories, clocks and random vectors come from tests/lib
+ * (m3t_mkdtemp, m3t_now_ms, m3t_rand_unit ...). Everything fails the cmocka
+ * test on unexpected errors and prints both sides of a comparison.
  */
 #ifndef M3_SRVTEST_H
 #define M3_SRVTEST_H
@@ -28,6 +29,7 @@
 
 #include <cmocka.h>
 
+#include "lib/m3test.h"
 #include "m3/frame.h"
 #include "m3/spec.h"
 
@@ -65,17 +67,6 @@
   } while (0)
 
 /* ---- scratch space and processes ------------------------------------- */
-
-/* A fresh directory under $TMPDIR or /tmp (malloc'ed path); recursive removal
- * (skipped when $M3_TEST_KEEP is set, to look at stores and server logs). */
-char *st_mkdtemp(const char *tag);
-void st_rmrf(const char *path);
-
-/* Path of an executable in $M3_BIN_DIR. */
-void st_bin(char *buf, size_t cap, const char *name);
-
-long long st_now_ms(void);
-void st_sleep_ms(int ms);
 
 /* Raise RLIMIT_NOFILE's soft limit to at least want (up to the hard limit);
  * returns the new soft limit. Children inherit it. */
@@ -235,13 +226,14 @@ int st_http_get(int port, const char *path, char **body);
 int st_http_raw(int port, const char *request, char **body);
 
 /* The value of the Prometheus sample `series` (a name with its labels exactly
- * as rendered, e.g. m3_calls_total{method="Search",status="OK"}); 0 when
- * the series is absent (counters that never moved are not rendered), and
- * *present (may be NULL) says which. */
+ * as rendered, e.g. m3_calls_total{method="Search",status="OK"}). An absent
+ * series fails the test, naming it, when present is NULL; otherwise *present
+ * says whether it was there (0 returned when not: m3_calls_total renders only
+ * the (method, status) pairs that moved). */
 double st_metric(const char *text, const char *series, int *present);
 
-/* GET /metrics from server s and return the sample `series` (0 when the
- * series is absent). */
+/* GET /metrics from server s and return the sample `series`; an absent
+ * series fails the test, naming it. */
 double st_server_metric(const st_server *s, const char *series);
 
 /* Check that every non-comment line is `name{labels} value` with a valid
@@ -275,10 +267,6 @@ long st_ref_find(const st_ref *r, uint64_t id);
 void st_exact_topk(const st_ref *r, const float *q, unsigned k, uint64_t *ids, double *scores);
 /* Exact cosine of q with r's embedding i. */
 double st_cosine(const st_ref *r, const float *q, size_t i);
-
-/* splitmix64, and a random unit vector of dim floats. */
-uint64_t st_rand(uint64_t *state);
-void st_rand_unit(uint64_t *state, float *v, unsigned dim);
 
 /* One complete record (deterministic codes) for chunk id in layout l with
  * embedding emb and text, as Put carries it; malloc'ed, *len its size. */

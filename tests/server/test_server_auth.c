@@ -42,7 +42,7 @@ static void write_file(const char *path, const char *text) {
 
 static int setup(void **state) {
   (void)state;
-  dir = st_mkdtemp("auth");
+  dir = m3t_mkdtemp("auth");
   snprintf(store, sizeof store, "%s/store", dir);
   st_gen_store(store, COUNT, DIM);
   static char tok[4300], adm[4300];
@@ -58,7 +58,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   (void)state;
   st_server_stop(&srv, 30000);
-  st_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
   return 0;
 }
@@ -166,7 +166,7 @@ static void test_put_delete(void **state) {
   const uint64_t A = 1000001, B = 1000000;
   float e[DIM];
   uint64_t seed = 99;
-  st_rand_unit(&seed, e, DIM);
+  m3t_rand_unit(&seed, e, DIM);
   size_t la, lb;
   uint8_t *ra = st_make_record(&l, A, e, "the admin put this one", &la);
   uint8_t *rb = st_make_record(&l, B, e, "and this one too", &lb);

@@ -61,7 +61,7 @@ typedef struct env {
 } env;
 
 static void env_make(env *e, const char *tag, unsigned count) {
-  e->dir = st_mkdtemp(tag);
+  e->dir = m3t_mkdtemp(tag);
   snprintf(e->store, sizeof e->store, "%s/store", e->dir);
   st_gen_store(e->store, count, DIM);
   st_ref_load(&e->ref, e->store);
@@ -78,7 +78,7 @@ static void env_serve(env *e, const char *more0, const char *more1) {
 static void env_done(env *e) {
   st_server_stop(&e->srv, 30000);
   st_ref_free(&e->ref);
-  st_rmrf(e->dir);
+  m3t_rmrf(e->dir);
   free(e->dir);
 }
 
@@ -98,7 +98,7 @@ static void test_budget(void **state) {
   for (int i = 0; i < COUNT; i++) ids[i] = ref->ids[COUNT - 1 - i];
   float q[32 * DIM];
   uint64_t seed = 5;
-  for (int i = 0; i < 32; i++) st_rand_unit(&seed, q + i * DIM, DIM);
+  for (int i = 0; i < 32; i++) m3t_rand_unit(&seed, q + i * DIM, DIM);
   M3__FetchRequest fr = M3__FETCH_REQUEST__INIT;
   fr.ids = ids;
   fr.n_ids = COUNT;
@@ -153,11 +153,11 @@ static void test_budget(void **state) {
   if (budget <= 0 || budget > 1 << 20) fail_msg("budget %.0f bytes with --fetch-memory-mb 1", budget);
   if (peak <= 0) fail_msg("no read buffer was ever lent");
   if (peak > budget) fail_msg("%.0f bytes of buffers lent at once; the budget is %.0f", peak, budget);
-  long long until = st_now_ms() + 5000;
+  long long until = m3t_now_ms() + 5000;
   while (st_server_metric(srv, "m3_read_buffer_bytes") != 0 ||
          st_server_metric(srv, "m3_calls_waiting_for_buffers") != 0) {
-    if (st_now_ms() > until) fail_msg("read buffers still lent 5 s after every call ended");
-    st_sleep_ms(20);
+    if (m3t_now_ms() > until) fail_msg("read buffers still lent 5 s after every call ended");
+    m3t_sleep_ms(20);
   }
 
   /* with_text: the texts come from the catalog on a threadpool job. */
@@ -227,7 +227,7 @@ static void test_puts_during_reads(void **state) {
     /* A Put of a new chunk and a Fetch of the whole store, both in flight. */
     uint64_t id = 5000000 + round;
     float emb[DIM];
-    st_rand_unit(&seed, emb, DIM);
+    m3t_rand_unit(&seed, emb, DIM);
     size_t len;
     uint8_t *rec = st_make_record(&l, id, emb, "put during reads", &len);
     uint32_t size = (uint32_t)len;
@@ -286,8 +286,8 @@ static void test_churn(void **state) {
   for (int round = 0; round < ROUNDS; round++) {
     uint32_t first = 10 + (uint32_t)round * PER;
     for (int j = 0; j < PER; j++) {
-      nids[j] = 1 + st_rand(&seed) % COUNT;
-      for (size_t i = 0; i < nids[j]; i++) ids[j][i] = ref->ids[st_rand(&seed) % COUNT];
+      nids[j] = 1 + m3t_rand(&seed) % COUNT;
+      for (size_t i = 0; i < nids[j]; i++) ids[j][i] = ref->ids[m3t_rand(&seed) % COUNT];
     }
     /* Every connection gets the same six calls: some with a 2 ms deadline,
      * some cancelled right after they were sent. */
@@ -296,10 +296,10 @@ static void test_churn(void **state) {
         M3__FetchRequest fr = M3__FETCH_REQUEST__INIT;
         fr.ids = ids[j];
         fr.n_ids = nids[j];
-        uint32_t timeout = st_rand(&seed) % 3 == 0 ? 2 : 0;
+        uint32_t timeout = m3t_rand(&seed) % 3 == 0 ? 2 : 0;
         st_send(&c[ci], M3_FRAME_REQUEST, M3_METHOD_FETCH, first + (uint32_t)j, timeout, &fr.base,
                 NULL, 0);
-        if (st_rand(&seed) % 4 == 0)
+        if (m3t_rand(&seed) % 4 == 0)
           st_send(&c[ci], M3_FRAME_CANCEL, M3_METHOD_FETCH, first + (uint32_t)j, 0, NULL, NULL, 0);
       }
     /* Now and then a connection that asks for a large Fetch and hangs up
@@ -348,12 +348,12 @@ static void test_churn(void **state) {
   fprintf(stderr, "# %s churn: %zu calls OK, %zu past their deadline, %zu cancelled\n",
           g_pread ? "pread" : "io_uring", ok, deadline, cancelled);
   if (ok == 0) fail_msg("no call completed");
-  long long until = st_now_ms() + 10000;
+  long long until = m3t_now_ms() + 10000;
   while (st_server_metric(srv, "m3_read_buffer_bytes") != 0 ||
          st_server_metric(srv, "m3_calls_in_flight") != 0 ||
          st_server_metric(srv, "m3_calls_waiting_for_buffers") != 0) {
-    if (st_now_ms() > until) fail_msg("buffers or calls still held 10 s after the churn ended");
-    st_sleep_ms(20);
+    if (m3t_now_ms() > until) fail_msg("buffers or calls still held 10 s after the churn ended");
+    m3t_sleep_ms(20);
   }
   if (st_server_metric(srv, "m3_read_buffer_bytes_peak") > st_server_metric(srv, "m3_read_buffer_budget_bytes"))
     fail_msg("more read buffers lent than the budget");

@@ -25,7 +25,7 @@ static char store[4200];
 
 static int setup(void **state) {
   (void)state;
-  dir = st_mkdtemp("config");
+  dir = m3t_mkdtemp("config");
   snprintf(store, sizeof store, "%s/store", dir);
   st_gen_store(store, COUNT, DIM);
   return 0;
@@ -33,7 +33,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  st_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
   return 0;
 }
@@ -75,7 +75,7 @@ static void test_config_and_flags(void **state) {
   m3__hello_response__free_unpacked(h, NULL);
   float q[DIM];
   uint64_t seed = 1;
-  st_rand_unit(&seed, q, DIM);
+  m3t_rand_unit(&seed, q, DIM);
   M3__SearchResponse *s = st_search_ok(&c, 2, q, 1, DIM, 9);
   m3__search_response__free_unpacked(s, NULL);
   M3__SearchRequest req = M3__SEARCH_REQUEST__INIT;
@@ -103,13 +103,13 @@ static void test_config_only(void **state) {
   write_file(cfg, text);
   const char *argv[] = {"m3-server", "--config", cfg, NULL};
   pid_t pid = st_spawn_server(argv, NULL, log);
-  long long end = st_now_ms() + 60000;
+  long long end = m3t_now_ms() + 60000;
   FILE *f;
   while ((f = fopen(ports, "r")) == NULL) {
     int ws;
     if (st_wait_pid(pid, 0, &ws)) fail_msg("m3-server --config %s exited (%#x) before listening", cfg, ws);
-    if (st_now_ms() > end) fail_msg("no port file");
-    st_sleep_ms(10);
+    if (m3t_now_ms() > end) fail_msg("no port file");
+    m3t_sleep_ms(10);
   }
   int rpc = 0, http = 0;
   if (fscanf(f, "rpc=%d http=%d", &rpc, &http) != 2) fail_msg("bad port file");

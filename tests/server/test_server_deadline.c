@@ -32,7 +32,7 @@ static st_server srv;
 
 static int setup(void **state) {
   (void)state;
-  dir = st_mkdtemp("deadline");
+  dir = m3t_mkdtemp("deadline");
   snprintf(store, sizeof store, "%s/store", dir);
   st_gen_store(store, COUNT, DIM);
   static const char *const env[] = {"UV_THREADPOOL_SIZE=1", NULL};
@@ -43,7 +43,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   (void)state;
   st_server_stop(&srv, 30000);
-  st_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
   return 0;
 }
@@ -66,7 +66,7 @@ static void check_heavy(const st_result *r) {
 
 /* m3_calls_in_flight must come back to 0 (within a few seconds). */
 static char *wait_idle_metrics(void) {
-  long long end = st_now_ms() + 10000;
+  long long end = m3t_now_ms() + 10000;
   for (;;) {
     char *body;
     int code = st_http_get(srv.http_port, "/metrics", &body);
@@ -75,9 +75,9 @@ static char *wait_idle_metrics(void) {
     double v = st_metric(body, "m3_calls_in_flight", &present);
     if (!present) fail_msg("/metrics has no m3_calls_in_flight");
     if (v == 0) return body;
-    if (st_now_ms() > end) fail_msg("m3_calls_in_flight is %g, want 0, 10 s after the calls ended", v);
+    if (m3t_now_ms() > end) fail_msg("m3_calls_in_flight is %g, want 0, 10 s after the calls ended", v);
     free(body);
-    st_sleep_ms(20);
+    m3t_sleep_ms(20);
   }
 }
 
@@ -95,7 +95,7 @@ static void test_deadline_exceeded(void **state) {
   st_send(&c, M3_FRAME_REQUEST, M3_METHOD_FETCH, 14, 1, &fr.base, NULL, 0);
   float q[4 * DIM];
   uint64_t seed = 5;
-  for (int i = 0; i < 4; i++) st_rand_unit(&seed, q + i * DIM, DIM);
+  for (int i = 0; i < 4; i++) m3t_rand_unit(&seed, q + i * DIM, DIM);
   M3__RetrieveRequest rr = M3__RETRIEVE_REQUEST__INIT;
   rr.queries = st_queries(q, 4, DIM);
   rr.n_queries = 4;

@@ -41,14 +41,14 @@ static int http_finish(st_conn *h, char **body) {
   st_send_bytes(h, "\r\n", 2);
   char buf[65536];
   size_t len = 0;
-  long long end = st_now_ms() + 10000;
+  long long end = m3t_now_ms() + 10000;
   for (;;) {
     ssize_t n = recv(h->fd, buf + len, sizeof buf - 1 - len, MSG_DONTWAIT);
     if (n > 0) len += (size_t)n;
     else if (n == 0) break;
     else if (errno != EAGAIN) break;
-    else if (st_now_ms() > end) fail_msg("HTTP: no answer within 10 s");
-    else st_sleep_ms(2);
+    else if (m3t_now_ms() > end) fail_msg("HTTP: no answer within 10 s");
+    else m3t_sleep_ms(2);
   }
   buf[len] = '\0';
   int code = 0;
@@ -61,7 +61,7 @@ static int http_finish(st_conn *h, char **body) {
 
 static void test_sigterm_drain(void **state) {
   (void)state;
-  char *dir = st_mkdtemp("drain");
+  char *dir = m3t_mkdtemp("drain");
   char store[4200];
   snprintf(store, sizeof store, "%s/store", dir);
   st_gen_store(store, COUNT, DIM);
@@ -77,7 +77,7 @@ static void test_sigterm_drain(void **state) {
   http_partial(&hr, srv.http_port, "/readyz");
   http_partial(&hm, srv.http_port, "/metrics");
   st_conn_open(&hidle, srv.http_port);
-  st_sleep_ms(100); /* let the server accept the HTTP connections */
+  m3t_sleep_ms(100); /* let the server accept the HTTP connections */
 
   static uint64_t ids[HEAVY];
   for (unsigned i = 0; i < HEAVY; i++) ids[i] = (i * 7) % COUNT;
@@ -142,7 +142,7 @@ static void test_sigterm_drain(void **state) {
   st_result res[NHEAVY];
   int goaways = 0;
   st_collect(&a, 10, NHEAVY, methods, res, 30000, &goaways);
-  long long t_read = st_now_ms();
+  long long t_read = m3t_now_ms();
   ST_EQ_U64(res[0].n + 1, HEAVY); /* the first item was read above */
   ST_STATUS(res[0], 0);
   for (int i = 1; i < NHEAVY; i++) {
@@ -156,12 +156,12 @@ static void test_sigterm_drain(void **state) {
   if (goaways + more != 1) fail_msg("connection A got %d GOAWAY frames, want 1", goaways + more);
 
   st_server_expect_exit0(&srv, 15000); /* already exiting: no second SIGTERM */
-  long long took = st_now_ms() - t_read;
+  long long took = m3t_now_ms() - t_read;
   if (took > 5000) fail_msg("the server took %lld ms to exit after the drain, want < 5000", took);
   st_conn_close(&a);
   st_conn_close(&b);
   st_conn_close(&hidle);
-  st_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

@@ -4,8 +4,9 @@
  * One m3-server (--max-frame-mb 1, --handshake-timeout-ms 600) and a
  * well-behaved client G that makes a Search after every case: the server
  * must keep serving everyone else whatever one connection sends.
- *  - a truncated frame (header only, or header and half a message), then
- *    close;
+ *  - a truncated frame (header only, or header and half a message): no
+ *    answer, the connection stays open until the idle timeout closes it
+ *    (shown on a second server with --idle-timeout-ms 1000);
  *  - a frame whose length passes --max-frame-mb: END RESOURCE_EXHAUSTED for
  *    its stream, then the connection is closed;
  *  - garbage: bad magic, a bad header CRC, an unknown protocol version, an
@@ -41,7 +42,7 @@ static float q[DIM];
 
 static int setup(void **state) {
   (void)state;
-  dir = st_mkdtemp("frames");
+  dir = m3t_mkdtemp("frames");
   char store[4200];
   snprintf(store, sizeof store, "%s/store", dir);
   st_gen_store(store, COUNT, DIM);
@@ -50,7 +51,7 @@ static int setup(void **state) {
   st_conn_open(&G, srv.rpc_port);
   st_hello_ok(&G, 1, NULL);
   uint64_t seed = 11;
-  st_rand_unit(&seed, q, DIM);
+  m3t_rand_unit(&seed, q, DIM);
   return 0;
 }
 
@@ -58,7 +59,7 @@ static int teardown(void **state) {
   (void)state;
   st_conn_close(&G);
   st_server_stop(&srv, 30000);
-  st_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
   return 0;
 }
@@ -87,22 +88,67 @@ static uint8_t *search_frame(uint32_t stream, size_t *len) {
   return p;
 }
 
+/*
+ * A truncated frame is never answered (there is no call yet), and the server
+ * does not wait on it forever: the connection holds no call, so the idle
+ * timeout (--idle-timeout-ms, conn.c on_idle) closes it. A second server
+ * with a short idle timeout shows the close; the main one keeps serving G.
+ */
+#define IDLE_MS 1000
+
 static void test_truncated(void **state) {
   (void)state;
+  char store[4200];
+  snprintf(store, sizeof store, "%s/store-idle", dir);
+  st_gen_store(store, 20, DIM);
+  const char *args[] = {"--idle-timeout-ms", "1000", NULL};
+  st_server idle;
+  st_server_start(&idle, dir, store, args, NULL);
   size_t len;
   uint8_t *f = search_frame(5, &len);
   size_t cuts[] = {10, M3_FRAME_HEADER_SIZE, M3_FRAME_HEADER_SIZE + 20, len - 1};
   for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-    st_conn c;
-    hello_conn(&c);
-    st_send_bytes(&c, f, cuts[i]);
-    st_sleep_ms(20);
-    st_conn_close(&c);
-    bystander_ok();
+    for (int which = 0; which < 2; which++) {
+      st_conn c;
+      st_conn_open(&c, which ? idle.rpc_port : srv.rpc_port);
+      st_hello_ok(&c, 1, NULL);
+      st_send_bytes(&c, f, cuts[i]);
+      long long sent = m3t_now_ms();
+      st_frame fr;
+      /* No answer and no close well before the idle timeout. */
+      int got = st_recv(&c, &fr, IDLE_MS / 2);
+      if (got == 1)
+        fail_msg("%zu of %zu bytes of a frame: answered with type %u stream %u, want no answer", cuts[i], len,
+                 fr.f.type, fr.f.stream);
+      if (got == 0)
+        fail_msg("%zu of %zu bytes of a frame: closed after %lld ms, want open until the idle timeout",
+                 cuts[i], len, m3t_now_ms() - sent);
+      if (which) {
+        /* Closed by the idle timer: after IDLE_MS, within a tick (IDLE_MS) plus
+         * slack for a loaded machine. */
+        if (!st_wait_closed(&c, 10000, NULL))
+          fail_msg("%zu of %zu bytes of a frame: still open 10 s after the last byte (--idle-timeout-ms %d)",
+                   cuts[i], len, IDLE_MS);
+        long long took = m3t_now_ms() - sent;
+        if (took < IDLE_MS - 50)
+          fail_msg("%zu of %zu bytes of a frame: closed after %lld ms, before --idle-timeout-ms %d", cuts[i],
+                   len, took, IDLE_MS);
+        if (!st_server_alive(&idle)) fail_msg("the idle-timeout m3-server died");
+      }
+      st_conn_close(&c);
+      bystander_ok();
+    }
   }
-  /* A truncated frame never completed: no answer, and the server does not
-   * wait forever on it (handshake/idle timers apply; here: still serving). */
   free(f);
+  /* The server with the short idle timeout still serves a fresh connection. */
+  st_conn c;
+  st_conn_open(&c, idle.rpc_port);
+  st_hello_ok(&c, 1, NULL);
+  M3__SearchResponse *s = st_search_ok(&c, 3, q, 1, DIM, 5);
+  ST_EQ_U64(s->results[0]->n_ids, 5);
+  m3__search_response__free_unpacked(s, NULL);
+  st_conn_close(&c);
+  st_server_stop(&idle, 30000);
 }
 
 static void test_oversized(void **state) {
@@ -246,7 +292,7 @@ static void test_duplicate_stream(void **state) {
   /* A Retrieve (32 x 5) and, in the same write, a Search on its stream id. */
   float qs[32 * DIM];
   uint64_t seed = 12;
-  for (int i = 0; i < 32; i++) st_rand_unit(&seed, qs + i * DIM, DIM);
+  for (int i = 0; i < 32; i++) m3t_rand_unit(&seed, qs + i * DIM, DIM);
   M3__RetrieveRequest rr = M3__RETRIEVE_REQUEST__INIT;
   rr.queries = st_queries(qs, 32, DIM);
   rr.n_queries = 32;
@@ -340,7 +386,7 @@ static void test_byte_by_byte(void **state) {
   uint8_t *f = search_frame(33, &len);
   for (size_t i = 0; i < len; i++) {
     st_send_bytes(&c, f + i, 1);
-    if (i % 16 == 0) st_sleep_ms(1);
+    if (i % 16 == 0) m3t_sleep_ms(1);
   }
   free(f);
   uint16_t m = M3_METHOD_SEARCH;
@@ -355,14 +401,14 @@ static void test_handshake_timeout(void **state) {
   (void)state;
   st_conn c;
   st_conn_open(&c, srv.rpc_port);
-  long long t0 = st_now_ms();
+  long long t0 = m3t_now_ms();
   if (!st_wait_closed(&c, 10000, NULL)) fail_msg("a connection without Hello is still open after 10 s (--handshake-timeout-ms 600)");
-  long long took = st_now_ms() - t0;
+  long long took = m3t_now_ms() - t0;
   if (took < 500 || took > 3000) fail_msg("closed after %lld ms, want about 600 (500..3000)", took);
   st_conn_close(&c);
   /* Bytes that are not a whole Hello do not reset the clock forever. */
   st_conn_open(&c, srv.rpc_port);
-  t0 = st_now_ms();
+  t0 = m3t_now_ms();
   uint8_t partial[8] = {'M', '3', 1, 1, 0, 0, 1, 0};
   st_send_bytes(&c, partial, sizeof partial);
   if (!st_wait_closed(&c, 10000, NULL)) fail_msg("a connection with a partial Hello is still open after 10 s");
@@ -370,7 +416,7 @@ static void test_handshake_timeout(void **state) {
   /* Nor does a Hello trickled one byte every 100 ms (slowloris): the
    * handshake deadline counts from the accept, not from the last byte. */
   st_conn_open(&c, srv.rpc_port);
-  t0 = st_now_ms();
+  t0 = m3t_now_ms();
   M3__HelloRequest h = M3__HELLO_REQUEST__INIT;
   h.protocol_version = M3_PROTOCOL_VERSION;
   size_t hlen;
@@ -383,14 +429,14 @@ static void test_handshake_timeout(void **state) {
   }
   free(hf);
   if (!closed) closed = st_wait_closed(&c, 3000, NULL);
-  took = st_now_ms() - t0;
+  took = m3t_now_ms() - t0;
   if (!closed || took > 3000)
     fail_msg("a Hello trickled a byte per 100 ms: %s after %lld ms, want closed within about 600 ms",
              closed ? "closed" : "still open", took);
   st_conn_close(&c);
   /* Calls that are not Hello do not count as a handshake either. */
   st_conn_open(&c, srv.rpc_port);
-  t0 = st_now_ms();
+  t0 = m3t_now_ms();
   closed = 0;
   for (uint32_t i = 0; i < 30 && !closed; i++) {
     M3__HealthRequest hq = M3__HEALTH_REQUEST__INIT;
@@ -404,9 +450,9 @@ static void test_handshake_timeout(void **state) {
     } else {
       closed = 1;
     }
-    st_sleep_ms(100);
+    m3t_sleep_ms(100);
   }
-  took = st_now_ms() - t0;
+  took = m3t_now_ms() - t0;
   if (!closed) closed = st_wait_closed(&c, 3000, NULL);
   if (!closed) fail_msg("a client that sends only refused calls is never closed (--handshake-timeout-ms 600)");
   st_conn_close(&c);

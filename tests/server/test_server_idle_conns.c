@@ -28,7 +28,7 @@ static void test_idle_connections(void **state) {
     fprintf(stderr, "# RLIMIT_NOFILE is %ld, too low for %d connections: skipped\n", lim, IDLE);
     skip();
   }
-  char *dir = st_mkdtemp("idle");
+  char *dir = m3t_mkdtemp("idle");
   char store[4200];
   snprintf(store, sizeof store, "%s/store", dir);
   st_gen_store(store, COUNT, DIM);
@@ -45,7 +45,7 @@ static void test_idle_connections(void **state) {
   M3__HelloRequest h = M3__HELLO_REQUEST__INIT;
   h.protocol_version = M3_PROTOCOL_VERSION;
   h.token = "";
-  long long t0 = st_now_ms();
+  long long t0 = m3t_now_ms();
   for (int i = 0; i < IDLE; i++) {
     st_conn_open(&idle[i], srv.rpc_port);
     st_send(&idle[i], M3_FRAME_REQUEST, M3_METHOD_HELLO, 1, 0, &h.base, NULL, 0);
@@ -58,26 +58,26 @@ static void test_idle_connections(void **state) {
     st_result_free(&r);
   }
   fprintf(stderr, "# %d connections with Hello in %lld ms, server RSS %ld kB\n", IDLE,
-          st_now_ms() - t0, st_server_rss_kb(&srv));
+          m3t_now_ms() - t0, st_server_rss_kb(&srv));
   double conns = st_server_metric(&srv, "m3_connections");
   if (conns != IDLE + 1) fail_msg("m3_connections %g, want %d", conns, IDLE + 1);
 
   float q[32 * DIM];
   uint64_t seed = 31;
-  for (int i = 0; i < 32; i++) st_rand_unit(&seed, q + i * DIM, DIM);
+  for (int i = 0; i < 32; i++) m3t_rand_unit(&seed, q + i * DIM, DIM);
   M3__RetrieveRequest rr = M3__RETRIEVE_REQUEST__INIT;
   rr.queries = st_queries(q, 32, DIM);
   rr.n_queries = 32;
   rr.k = 5;
   long long worst = 0;
   for (uint32_t i = 0; i < 20; i++) {
-    long long c0 = st_now_ms();
+    long long c0 = m3t_now_ms();
     st_result r;
     st_call(&G, M3_METHOD_RETRIEVE, 10 + i, 0, &rr.base, NULL, 0, &r);
     ST_STATUS(r, 0);
     ST_EQ_U64(r.n, 160);
     st_result_free(&r);
-    long long took = st_now_ms() - c0;
+    long long took = m3t_now_ms() - c0;
     if (took > worst) worst = took;
   }
   st_queries_free(rr.queries, 32);
@@ -103,14 +103,14 @@ static void test_idle_connections(void **state) {
 
   for (int i = 0; i < IDLE; i++) st_conn_close(&idle[i]);
   free(idle);
-  long long end = st_now_ms() + 10000;
+  long long end = m3t_now_ms() + 10000;
   while ((conns = st_server_metric(&srv, "m3_connections")) != 1) {
-    if (st_now_ms() > end) fail_msg("m3_connections %g 10 s after closing the idle ones, want 1", conns);
-    st_sleep_ms(20);
+    if (m3t_now_ms() > end) fail_msg("m3_connections %g 10 s after closing the idle ones, want 1", conns);
+    m3t_sleep_ms(20);
   }
   st_conn_close(&G);
   st_server_stop(&srv, 30000);
-  st_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

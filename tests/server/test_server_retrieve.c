@@ -44,7 +44,7 @@ static fixture F;
 
 static int setup(void **state) {
   (void)state;
-  F.dir = st_mkdtemp("retrieve");
+  F.dir = m3t_mkdtemp("retrieve");
   snprintf(F.store, sizeof F.store, "%s/store", F.dir);
   st_gen_store(F.store, COUNT, DIM);
   st_ref_load(&F.ref, F.store);
@@ -61,7 +61,7 @@ static int teardown(void **state) {
   st_conn_close(&F.conn);
   st_server_stop(&F.srv, 30000);
   st_ref_free(&F.ref);
-  st_rmrf(F.dir);
+  m3t_rmrf(F.dir);
   free(F.dir);
   return 0;
 }
@@ -110,7 +110,7 @@ static void check_payload(const st_frame *fr, const M3__Memory *m, const char *w
 }
 
 static void random_queries(float *q, unsigned nq, uint64_t seed) {
-  for (unsigned i = 0; i < nq; i++) st_rand_unit(&seed, q + (size_t)i * DIM, DIM);
+  for (unsigned i = 0; i < nq; i++) m3t_rand_unit(&seed, q + (size_t)i * DIM, DIM);
 }
 
 /* Retrieve of nq queries (vectors q or texts) and checks; with_text checks

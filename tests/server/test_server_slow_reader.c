@@ -41,27 +41,27 @@ static void bystander_call(void) {
   rr.queries = st_queries(gq, 32, DIM);
   rr.n_queries = 32;
   rr.k = 5;
-  long long t0 = st_now_ms();
+  long long t0 = m3t_now_ms();
   st_result r;
   st_call(&G, M3_METHOD_RETRIEVE, gsid++, 0, &rr.base, NULL, 0, &r);
   st_queries_free(rr.queries, 32);
   ST_STATUS(r, 0);
   ST_EQ_U64(r.n, 160);
   st_result_free(&r);
-  long long took = st_now_ms() - t0;
+  long long took = m3t_now_ms() - t0;
   if (took > 5000) fail_msg("a bystander's Retrieve took %lld ms while another client does not read", took);
 }
 
 static void test_never_reads(void **state) {
   (void)state;
-  char *dir = st_mkdtemp("slowreader");
+  char *dir = m3t_mkdtemp("slowreader");
   char store[4200];
   snprintf(store, sizeof store, "%s/store", dir);
   st_gen_store(store, COUNT, DIM);
   const char *args[] = {"--idle-timeout-ms", "3000", NULL};
   st_server_start(&srv, dir, store, args, NULL);
   uint64_t seed = 21;
-  for (int i = 0; i < 32; i++) st_rand_unit(&seed, gq + i * DIM, DIM);
+  for (int i = 0; i < 32; i++) m3t_rand_unit(&seed, gq + i * DIM, DIM);
   st_conn_open(&G, srv.rpc_port);
   st_hello_ok(&G, 1, NULL);
 
@@ -72,7 +72,7 @@ static void test_never_reads(void **state) {
   setsockopt(S.fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
   fcntl(S.fd, F_SETFL, fcntl(S.fd, F_GETFL) | O_NONBLOCK);
   float sq[32 * DIM];
-  for (int i = 0; i < 32; i++) st_rand_unit(&seed, sq + i * DIM, DIM);
+  for (int i = 0; i < 32; i++) m3t_rand_unit(&seed, sq + i * DIM, DIM);
   M3__RetrieveRequest rr = M3__RETRIEVE_REQUEST__INIT;
   rr.queries = st_queries(sq, 32, DIM);
   rr.n_queries = 32;
@@ -80,9 +80,9 @@ static void test_never_reads(void **state) {
 
   size_t calls = 0, off = 0, flen = 0;
   uint8_t *frame = NULL;
-  long long last_progress = st_now_ms(), start = last_progress;
+  long long last_progress = m3t_now_ms(), start = last_progress;
   int stalled = 0;
-  while (st_now_ms() - start < 20000) {
+  while (m3t_now_ms() - start < 20000) {
     /* Push as much as S's socket takes. */
     for (int burst = 0; burst < 64; burst++) {
       if (frame == NULL) {
@@ -96,7 +96,7 @@ static void test_never_reads(void **state) {
         break;
       }
       off += (size_t)n;
-      last_progress = st_now_ms();
+      last_progress = m3t_now_ms();
       if (off == flen) {
         free(frame);
         frame = NULL;
@@ -106,13 +106,13 @@ static void test_never_reads(void **state) {
     if (stalled == 2) break;
     sample_rss();
     bystander_call();
-    if (st_now_ms() - last_progress > 1000) stalled = 1;
+    if (m3t_now_ms() - last_progress > 1000) stalled = 1;
     if (stalled && st_server_metric(&srv, "m3_connections") <= 1) break;
-    st_sleep_ms(50);
+    m3t_sleep_ms(50);
   }
   free(frame);
   st_queries_free(rr.queries, 32);
-  long long waited = st_now_ms() - last_progress;
+  long long waited = m3t_now_ms() - last_progress;
   fprintf(stderr, "# slow reader: %zu calls sent, server RSS peak %ld kB, stalled %lld ms\n", calls,
           rss_peak, waited);
   if (!stalled) fail_msg("S sent %zu calls in 20 s without the server ever stopping to read it", calls);
@@ -123,16 +123,16 @@ static void test_never_reads(void **state) {
   /* S sees the close once it drains what the kernel held. */
   if (!st_wait_closed(&S, 10000, NULL)) fail_msg("S: no close seen");
   st_conn_close(&S);
-  long long end = st_now_ms() + 10000;
+  long long end = m3t_now_ms() + 10000;
   while (st_server_metric(&srv, "m3_calls_in_flight") != 0) {
-    if (st_now_ms() > end) fail_msg("m3_calls_in_flight stays above 0 after S was closed");
-    st_sleep_ms(20);
+    if (m3t_now_ms() > end) fail_msg("m3_calls_in_flight stays above 0 after S was closed");
+    m3t_sleep_ms(20);
   }
   sample_rss();
   bystander_call();
   st_conn_close(&G);
   st_server_stop(&srv, 30000);
-  st_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

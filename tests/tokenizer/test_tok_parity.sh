@@ -7,23 +7,17 @@
 # A tokenizer.json converted from a Llama-style BPE model (spm_to_hf.py) must
 # encode like that model.
 # Skips (77) when spm_train, spm_encode or python3 is missing.
-set -euo pipefail
-
-SRC=${M3_SOURCE_DIR:?}
-BIN=${M3_BIN_DIR:?}
-TOOL=$BIN/tok_tool
+. "$(dirname "$0")/../lib/m3test.sh" tok-parity
+TOOL=$bin/tok_tool
 for t in spm_train spm_encode python3; do
-  command -v "$t" >/dev/null || { echo "SKIP: $t not installed (apt-get install sentencepiece python3)"; exit 77; }
+  command -v "$t" >/dev/null || m3t_skip "$t not installed (apt-get install sentencepiece python3)"
 done
-[[ -x $TOOL ]] || { echo "FAIL: $TOOL not built"; exit 1; }
+[[ -x $TOOL ]] || fail "$TOOL not built"
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-corpus=$SRC/examples/kb/corpus.txt
-cat "$SRC/tests/tokenizer/texts.txt" "$corpus" > "$work/lines.txt"
+corpus=$src/examples/kb/corpus.txt
+cat "$src/tests/tokenizer/texts.txt" "$corpus" > "$work/lines.txt"
 nlines=$(wc -l < "$work/lines.txt")
 
-fail=0
 # compare NAME MODEL_FOR_M3 SPM_MODEL LINES
 compare() {
   local name=$1 m3model=$2 spmmodel=$3 lines=$4
@@ -34,10 +28,12 @@ compare() {
   same=$(paste -d '\t' "$work/$name.ref" "$work/$name.got" | awk -F'\t' '$1 == $2' | wc -l)
   echo "parity $name: $same/$total lines match"
   if [[ $same -ne $total ]]; then
-    fail=1
+    fails=$((fails + 1))
     paste -d '\n' "$lines" "$work/$name.ref" "$work/$name.got" | awk '
       NR % 3 == 1 { t = $0 } NR % 3 == 2 { r = $0 }
       NR % 3 == 0 && r != $0 { printf "  text: %s\n  spm:  %s\n  m3:   %s\n", t, r, $0; if (++k == 5) exit }'
+  else
+    pass=$((pass + 1))
   fi
 }
 
@@ -47,7 +43,7 @@ train() {
   shift
   spm_train --input="$corpus" --model_prefix="$work/$name" --vocab_size=600 \
     --minloglevel=2 "$@" > "$work/$name.log" 2>&1 || {
-      echo "FAIL: spm_train $name"; cat "$work/$name.log"; exit 1; }
+      cat "$work/$name.log"; fail "spm_train $name"; }
 }
 
 train bpe-identity --model_type=bpe --byte_fallback=true --normalization_rule_name=identity
@@ -71,22 +67,20 @@ for m in bpe-identity bpe-nfkc unigram-identity unigram-nfkc bpe-unk unigram-unk
 done
 
 # tokenizer.json converted from the Llama-style model
-python3 "$SRC/tests/tokenizer/spm_to_hf.py" "$work/llama.vocab" "$work/llama.json" llama
+python3 "$src/tests/tokenizer/spm_to_hf.py" "$work/llama.vocab" "$work/llama.json" llama
 compare hf-llama "$work/llama.json" "$work/llama.model" "$work/lines.txt"
 # Metaspace(prepend_scheme=first, split=false) prepends ▁ only when the text
 # does not already start with one: compare on lines that do not
-python3 "$SRC/tests/tokenizer/spm_to_hf.py" "$work/llama.vocab" "$work/llama-ms.json" metaspace
+python3 "$src/tests/tokenizer/spm_to_hf.py" "$work/llama.vocab" "$work/llama-ms.json" metaspace
 grep -v -e '^ ' -e '^▁' "$work/lines.txt" > "$work/lines-ms.txt" || true
 compare hf-metaspace "$work/llama-ms.json" "$work/llama.model" "$work/lines-ms.txt"
 
 # round trip: decode(encode(x)) == x on the llama model for lines without ▁
 grep -v '▁' "$work/lines.txt" > "$work/lines-rt.txt" || true
 "$TOOL" roundtrip "$work/llama.model" "$work/lines-rt.txt" > "$work/rt.txt"
-if cmp -s "$work/lines-rt.txt" "$work/rt.txt"; then
-  echo "roundtrip llama: $(wc -l < "$work/rt.txt") lines"
-else
-  echo "FAIL: roundtrip llama"; diff "$work/lines-rt.txt" "$work/rt.txt" | head; fail=1
-fi
+echo "roundtrip llama: $(wc -l < "$work/rt.txt") lines"
+check "roundtrip llama" cmp -s "$work/lines-rt.txt" "$work/rt.txt"
+diff "$work/lines-rt.txt" "$work/rt.txt" | head || true
 
 echo "lines per model: $nlines (+1 user-symbol line)"
-exit $fail
+m3t_done

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "lib/m3test.h"
 #include "sentencepiece_model.pb-c.h"
 
 typedef struct tpiece {
@@ -26,25 +27,17 @@ typedef struct tmodel_opts {
   int add_dummy_prefix, remove_extra_ws, escape_ws; /* -1 = unset (default) */
 } tmodel_opts;
 
-static char tl_dir[256];
+static char *tl_dir; /* m3t_mkdtemp'ed on first use */
 
 static inline const char *tl_tmpdir(void) {
-  if (!tl_dir[0]) {
-    snprintf(tl_dir, sizeof(tl_dir), "/tmp/m3-toktest-XXXXXX");
-    if (!mkdtemp(tl_dir))
-      abort();
-  }
+  if (tl_dir == NULL) tl_dir = m3t_mkdtemp("tok");
   return tl_dir;
 }
 
 static inline void tl_cleanup(void) {
-  if (tl_dir[0]) {
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tl_dir);
-    if (system(cmd) != 0)
-      fprintf(stderr, "cleanup of %s failed\n", tl_dir);
-    tl_dir[0] = '\0';
-  }
+  m3t_rmrf(tl_dir);
+  free(tl_dir);
+  tl_dir = NULL;
 }
 
 /* Write bytes to tmpdir/name; returns the path (static buffer per call

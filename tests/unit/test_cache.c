@@ -125,7 +125,7 @@ static void test_many_entries(void **state) {
  * or delete of the id invalidates it; the budget bounds what is kept. */
 static void test_through_store(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("cache");
+  char *dir = m3t_mkdtemp("cache");
   m3_layout l = tu_layout_m3_14();
   m3_store_options o;
   tu_opts(&o, &l, 1, 0);
@@ -170,7 +170,7 @@ static void test_through_store(void **state) {
   CHECK_U64(st.cache_hits, h0 + 3);
   free(buf);
   m3_store_close(s);
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

@@ -39,18 +39,18 @@ static void test_chaining(void **state) {
   uint8_t *buf = malloc(N);
   assert_non_null(buf);
   uint64_t st = 42;
-  for (size_t i = 0; i < N; i++) buf[i] = (uint8_t)tu_rand(&st);
+  for (size_t i = 0; i < N; i++) buf[i] = (uint8_t)m3t_rand(&st);
   uint32_t whole = m3_crc32c(0, buf, N);
   CHECK_U64(whole, ref_crc(0, buf, N));
   for (int t = 0; t < 200; t++) {
-    size_t len = (size_t)(tu_rand(&st) % (N + 1));
+    size_t len = (size_t)(m3t_rand(&st) % (N + 1));
     uint32_t one = m3_crc32c(0, buf, len);
     /* split into up to 6 random pieces, unaligned */
     uint32_t c = 0;
     size_t off = 0;
     while (off < len) {
-      size_t piece = (size_t)(tu_rand(&st) % (len - off + 1));
-      if (tu_rand(&st) % 3 == 0) piece = (size_t)(tu_rand(&st) % 17);
+      size_t piece = (size_t)(m3t_rand(&st) % (len - off + 1));
+      if (m3t_rand(&st) % 3 == 0) piece = (size_t)(m3t_rand(&st) % 17);
       if (piece > len - off) piece = len - off;
       c = m3_crc32c(c, buf + off, piece);
       off += piece;
@@ -71,10 +71,10 @@ static void test_combine(void **state) {
   uint8_t *buf = malloc(N);
   assert_non_null(buf);
   uint64_t st = 7;
-  for (size_t i = 0; i < N; i++) buf[i] = (uint8_t)tu_rand(&st);
+  for (size_t i = 0; i < N; i++) buf[i] = (uint8_t)m3t_rand(&st);
   for (int t = 0; t < 300; t++) {
-    size_t len = (size_t)(tu_rand(&st) % (N + 1));
-    size_t cut = len ? (size_t)(tu_rand(&st) % (len + 1)) : 0;
+    size_t len = (size_t)(m3t_rand(&st) % (N + 1));
+    size_t cut = len ? (size_t)(m3t_rand(&st) % (len + 1)) : 0;
     uint32_t a = m3_crc32c(0, buf, cut), b = m3_crc32c(0, buf + cut, len - cut);
     uint32_t want = m3_crc32c(0, buf, len), got = m3_crc32c_combine(a, b, len - cut);
     if (got != want)

@@ -21,7 +21,7 @@
 
 static int setup(void **state) {
   tu_fixture *f = calloc(1, sizeof *f);
-  f->dir = tu_mkdtemp("uringfault");
+  f->dir = m3t_mkdtemp("uringfault");
   f->l = tu_layout_m3_14();
   setenv("M3_IO", "uring", 1);
   m3_store_options o;

@@ -9,7 +9,7 @@
 
 static void test_overhead_m3_14(void **state) {
   (void)state;
-  char *dir = tu_mkdtemp("overhead");
+  char *dir = m3t_mkdtemp("overhead");
   m3_layout l = tu_layout_m3_14();
   m3_store_options o;
   tu_opts(&o, &l, 1, 0);
@@ -43,11 +43,11 @@ static void test_overhead_m3_14(void **state) {
   char path[4096];
   m3_location loc;
   CHECK_OK(m3_store_locate(s, 0, &loc));
-  CHECK_U64(tu_file_size(m3_store_segment_path(s, loc.segment, path, sizeof path)),
+  CHECK_U64(m3t_file_size(m3_store_segment_path(s, loc.segment, path, sizeof path)),
             st.segment_bytes);
   assert_true(st.catalog_bytes > 0);
   m3_store_close(s);
-  tu_rmrf(dir);
+  m3t_rmrf(dir);
   free(dir);
 }
 

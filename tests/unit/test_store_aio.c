@@ -21,7 +21,7 @@ typedef tu_fixture fixture;
 static int setup(void **state) {
   setenv("M3_IO", "uring", 1);
   fixture *f = calloc(1, sizeof *f);
-  f->dir = tu_mkdtemp("aio");
+  f->dir = m3t_mkdtemp("aio");
   f->l = tu_layout_m3_14();
   *state = f;
   return 0;
@@ -71,14 +71,14 @@ static void batch_free(batch *b) {
 
 /* Poll the eventfd and reap until every item of b has completed. */
 static void run_until_done(m3_store_aio *a, batch *b) {
-  long long until = tu_now_ms() + 10000;
+  long long until = m3t_now_ms() + 10000;
   while (b->done < b->n) {
     struct pollfd p = {m3_store_aio_fd(a), POLLIN, 0};
     int r = poll(&p, 1, 1000);
     assert_true(r >= 0);
     int got = m3_store_aio_reap(a);
     assert_true(got >= 0);
-    if (tu_now_ms() > until) fail_msg("%zu of %zu items completed in 10 s", b->done, b->n);
+    if (m3t_now_ms() > until) fail_msg("%zu of %zu items completed in 10 s", b->done, b->n);
   }
   CHECK_U64(m3_store_aio_pending(a), 0);
 }
@@ -108,7 +108,7 @@ static void many_reads(fixture *f, int direct) {
   m3_store_aio *a = NULL;
   CHECK_OK(m3_store_aio_open(f->s, 16, &a)); /* far fewer slots than reads */
   uint64_t ids[N], st = 99;
-  for (size_t i = 0; i < N; i++) ids[i] = tu_rand(&st) % (STORED + 20); /* some missing */
+  for (size_t i = 0; i < N; i++) ids[i] = m3t_rand(&st) % (STORED + 20); /* some missing */
   ids[7] = ids[8];                                                        /* a duplicate */
   batch b;
   batch_make(&b, f->s, ids, N);
@@ -161,7 +161,7 @@ static void test_corrupt_record(void **state) {
   CHECK_OK(m3_store_locate(f->s, 2, &loc));
   char path[4096];
   m3_store_segment_path(f->s, loc.segment, path, sizeof path);
-  tu_flip_byte(path, loc.offset + loc.mem_len - 10); /* inside the codes */
+  m3t_flip_byte(path, loc.offset + loc.mem_len - 10); /* inside the codes */
   m3_store_aio *a = NULL;
   CHECK_OK(m3_store_aio_open(f->s, 0, &a));
   uint64_t ids[4] = {0, 1, 2, 3};
@@ -248,8 +248,8 @@ static void test_busy_while_writing(void **state) {
   assert_int_equal(pthread_create(&t, NULL, write_loop, &w), 0);
   uint64_t ids[8] = {0, 1, 2, 3, 4, 5, 6, 7};
   int busy = 0, ok = 0;
-  long long until = tu_now_ms() + 20000;
-  while ((busy == 0 || ok == 0) && tu_now_ms() < until) {
+  long long until = m3t_now_ms() + 20000;
+  while ((busy == 0 || ok == 0) && m3t_now_ms() < until) {
     batch b;
     batch_make(&b, f->s, ids, 8);
     int rc = m3_store_aio_submit(a, b.it, 8, on_item, &b);

@@ -17,7 +17,7 @@ typedef tu_fixture fixture;
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  f->dir = tu_mkdtemp("rw");
+  f->dir = m3t_mkdtemp("rw");
   f->l = tu_layout_m3_14();
   *state = f;
   return 0;
@@ -73,7 +73,7 @@ static void test_put_fetch_batches(void **state) {
     it[i] = (m3_fetch_item){.chunk_id = ids[i], .buf = malloc(cap), .cap = cap};
     it[i].status = 12345;
   }
-  (void)tu_rand(&st);
+  (void)m3t_rand(&st);
   CHECK_OK(m3_store_fetch(f->s, it, N));
   size_t mem = m3_record_mem_size(&f->l);
   for (int i = 0; i < N; i++) {
@@ -122,7 +122,7 @@ static void test_idempotent_and_replace(void **state) {
   CHECK_U64(seg_bytes_on_disk(f->s), before);
   char path[4096];
   m3_store_segment_path(f->s, l0.segment, path, sizeof path);
-  CHECK_U64(tu_file_size(path), before);
+  CHECK_U64(m3t_file_size(path), before);
   CHECK_OK(m3_store_locate(f->s, 4, &l1));
   CHECK_U64(l1.offset, l0.offset);
   m3_store_stats st;
@@ -272,8 +272,8 @@ static void test_segment_roll(void **state) {
     segs[i] = loc.segment;
     char path[4096];
     m3_store_segment_path(f->s, loc.segment, path, sizeof path);
-    assert_true(tu_file_size(path) <= 100000 || loc.offset == 512);
-    assert_true(tu_file_size(path) >= (long long)(loc.offset + loc.rec_len));
+    assert_true(m3t_file_size(path) <= 100000 || loc.offset == 512);
+    assert_true(m3t_file_size(path) >= (long long)(loc.offset + loc.rec_len));
     if (i) assert_true(segs[i] >= segs[i - 1]);
   }
   assert_true(segs[11] > segs[0]);
@@ -430,14 +430,14 @@ int main(int argc, char **argv) {
   setenv("M3_IO", g_backend, 1);
   if (!strcmp(g_backend, "uring")) {
     /* Skip (77) where the kernel refuses io_uring. */
-    char *dir = tu_mkdtemp("probe");
+    char *dir = m3t_mkdtemp("probe");
     m3_store_options o;
     m3_layout l = tu_layout_m3_14();
     tu_opts(&o, &l, 1, 0);
     m3_store *s = NULL;
     int rc = m3_store_open(dir, &o, &s);
     m3_store_close(s);
-    tu_rmrf(dir);
+    m3t_rmrf(dir);
     free(dir);
     if (rc != 0) {
       fprintf(stderr, "io_uring unavailable (%s): skipped\n", m3_errmsg());

@@ -22,6 +22,10 @@ m3_add_test(test_overhead SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_overhead.c ${M3
 m3_add_test(test_store_aio SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_aio.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 120)
 
+# The wire status table (proto/include/m3/status.h), both ways.
+m3_add_test(test_status SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_status.c LABELS unit TIMEOUT 30
+  LIBS m3proto)
+
 # A hard io_uring_enter failure mid-batch: drained, ring replaced, pread finish.
 m3_add_test(test_io_uring_fault SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_io_uring_fault.c ${M3_TESTUTIL}
   LABELS unit fault TIMEOUT 60)

@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -11,33 +10,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-uint64_t tu_rand(uint64_t *state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-char *tu_mkdtemp(const char *tag) {
-  char tmpl[256];
-  snprintf(tmpl, sizeof tmpl, "/tmp/m3test-%s-XXXXXX", tag);
-  char *d = mkdtemp(tmpl);
-  if (d == NULL) fail_msg("mkdtemp %s: %s", tmpl, strerror(errno));
-  return strdup(d);
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  remove(p);
-  return 0;
-}
-
-void tu_rmrf(const char *path) {
-  if (path) nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 m3_layout tu_layout_m3_14(void) {
   m3_layout l;
@@ -74,9 +46,9 @@ void tu_mem_make(tu_mem *m, const m3_layout *l, uint64_t id, uint32_t version) {
   assert_non_null(m->pos);
   assert_non_null(m->codes);
   uint64_t st = id * 0x100000001B3ull + version * 0x9E37ull + 12345;
-  for (size_t i = 0; i < npos; i++) m->pos[i] = (uint16_t)(tu_rand(&st) % 4096);
+  for (size_t i = 0; i < npos; i++) m->pos[i] = (uint16_t)(m3t_rand(&st) % 4096);
   for (size_t i = 0; i < ncode; i += 8) {
-    uint64_t r = tu_rand(&st);
+    uint64_t r = m3t_rand(&st);
     size_t k = ncode - i < 8 ? ncode - i : 8;
     memcpy(m->codes + i, &r, k);
   }
@@ -170,22 +142,6 @@ m3_store *tu_open(const char *dir, const m3_layout *l, int create, uint64_t segm
   m3_store *s = NULL;
   CHECK_OK(m3_store_open(dir, &o, &s));
   return s;
-}
-
-long long tu_file_size(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 ? (long long)st.st_size : -1;
-}
-
-void tu_flip_byte(const char *path, uint64_t off) {
-  int fd = open(path, O_RDWR);
-  if (fd < 0) fail_msg("open %s: %s", path, strerror(errno));
-  uint8_t b;
-  if (pread(fd, &b, 1, (off_t)off) != 1) fail_msg("read %s at %llu", path, (unsigned long long)off);
-  b ^= 0xff;
-  if (pwrite(fd, &b, 1, (off_t)off) != 1) fail_msg("write %s", path);
-  fsync(fd);
-  close(fd);
 }
 
 /* M3_SOAK_SCALE (the user's knob: 1 in CI, 10+ for a real soak) times
@@ -282,27 +238,6 @@ void tu_dump_free(tu_dump *d) {
 
 /* ---- child processes ------------------------------------------------- */
 
-long long tu_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-void tu_bin_path(char *buf, size_t cap, const char *name) {
-  const char *bin = getenv("M3_BIN_DIR");
-  if (bin && *bin) {
-    snprintf(buf, cap, "%s/%s", bin, name);
-    return;
-  }
-  char self[4096];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n < 0) fail_msg("readlink /proc/self/exe: %s", strerror(errno));
-  self[n] = '\0';
-  char *slash = strrchr(self, '/');
-  if (slash) *slash = '\0';
-  snprintf(buf, cap, "%s/%s", self, name);
-}
-
 void tu_child_start(tu_child *c, char *const argv[], char *const env[]) {
   int in[2], out[2];
   memset(c, 0, sizeof *c);
@@ -348,7 +283,7 @@ static int child_read_some(tu_child *c) {
 
 int tu_child_read_until(tu_child *c, long long deadline_ms) {
   for (;;) {
-    long long left = deadline_ms - tu_now_ms();
+    long long left = deadline_ms - m3t_now_ms();
     if (left < 0) return 0;
     struct pollfd p = {c->out_fd, POLLIN, 0};
     int r = poll(&p, 1, (int)left);
@@ -359,7 +294,7 @@ int tu_child_read_until(tu_child *c, long long deadline_ms) {
 }
 
 int tu_child_wait_line(tu_child *c, const char *prefix, long long timeout_ms) {
-  long long deadline = tu_now_ms() + timeout_ms;
+  long long deadline = m3t_now_ms() + timeout_ms;
   size_t plen = strlen(prefix);
   for (;;) {
     for (const char *p = c->out; p && *p;) {
@@ -368,8 +303,8 @@ int tu_child_wait_line(tu_child *c, const char *prefix, long long timeout_ms) {
       if ((size_t)(nl - p) >= plen && !strncmp(p, prefix, plen)) return 1;
       p = nl + 1;
     }
-    if (tu_now_ms() >= deadline) return 0;
-    long long step = tu_now_ms() + 20;
+    if (m3t_now_ms() >= deadline) return 0;
+    long long step = m3t_now_ms() + 20;
     if (tu_child_read_until(c, step < deadline ? step : deadline)) {
       /* EOF: one last look */
       for (const char *p = c->out; *p;) {
@@ -409,7 +344,7 @@ void tu_child_free(tu_child *c) {
 int tu_teardown(void **state) {
   tu_fixture *f = *state;
   m3_store_close(f->s);
-  tu_rmrf(f->dir);
+  m3t_rmrf(f->dir);
   free(f->dir);
   free(f);
   return 0;

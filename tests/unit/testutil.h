@@ -1,5 +1,6 @@
 /*
- * Shared helpers for the store tests: scratch directories, deterministic
+ * Shared helpers for the store tests (on top of tests/lib/m3test.h: random
+ * numbers, scratch directories, clocks, program paths): deterministic
  * Memory3-shaped memories derived from (chunk id, version), and assertion
  * macros that print both sides and the m3 error detail.
  */
@@ -16,20 +17,12 @@
 #include <cmocka.h>
 
 #include "check.h"
+#include "lib/m3test.h"
 
 #include "m3/error.h"
 #include "m3/record.h"
 #include "m3/spec.h"
 #include "m3/store.h"
-
-/* rc must be 0; otherwise print the code's name and the detail message. */
-/* rc must equal want. */
-/* splitmix64 */
-uint64_t tu_rand(uint64_t *state);
-
-/* A fresh directory under /tmp (malloc'ed path) and its recursive removal. */
-char *tu_mkdtemp(const char *tag);
-void tu_rmrf(const char *path);
 
 /* Memory3 22x8x8x80 with 14-byte FAISS codes (the paper's compression). */
 m3_layout tu_layout_m3_14(void);
@@ -67,7 +60,7 @@ void tu_opts(m3_store_options *o, const m3_layout *l, int create, uint64_t segme
 /* The store fixture most store tests share: a temporary directory, the
  * layout, the open store. Tests fill it in their setup. */
 typedef struct tu_fixture {
-  char *dir;  /* tu_mkdtemp'ed; removed by tu_teardown */
+  char *dir;  /* m3t_mkdtemp'ed; removed by tu_teardown */
   m3_layout l;
   m3_store *s;
 } tu_fixture;
@@ -78,12 +71,6 @@ int tu_teardown(void **state);
 
 /* Open (create) the store in dir with tu_opts; fails the test on error. */
 m3_store *tu_open(const char *dir, const m3_layout *l, int create, uint64_t segment_bytes);
-
-/* Bytes of a file, or -1. */
-long long tu_file_size(const char *path);
-
-/* Flip one bit pattern (xor 0xff) at off in path. */
-void tu_flip_byte(const char *path, uint64_t off);
 
 /* Environment scale for soak variants (M3_SOAK_SCALE, default 1). */
 int tu_scale(void);
@@ -121,9 +108,6 @@ typedef struct tu_child {
   size_t len, cap;
 } tu_child;
 
-/* Path of an executable in $M3_BIN_DIR (or next to this one). */
-void tu_bin_path(char *buf, size_t cap, const char *name);
-
 /* Start argv[0] (a path) with argv; env "K=V" entries (NULL-terminated, may be
  * NULL) are added to the environment. The child's stderr goes to /dev/null
  * unless M3_TEST_VERBOSE is set. */
@@ -140,7 +124,5 @@ int tu_child_wait_line(tu_child *c, const char *prefix, long long timeout_ms);
 int tu_child_finish(tu_child *c, int kill_it);
 
 void tu_child_free(tu_child *c);
-
-long long tu_now_ms(void);
 
 #endif /* M3_TESTUTIL_H */

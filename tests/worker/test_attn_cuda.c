@@ -81,7 +81,7 @@ static void test_device_buffers_equal_host(void **state) {
   float *x = malloc(2 * nt * kSpec.head_dim * 4);
   uint64_t s = 3;
   for (size_t i = 0; i < 2 * nt * kSpec.head_dim; i++)
-    x[i] = (float)((double)(tu_rand(&s) >> 11) / 9007199254740992.0 * 4.0 - 2.0);
+    x[i] = (float)((double)(m3t_rand(&s) >> 11) / 9007199254740992.0 * 4.0 - 2.0);
   m3_codec_sample sm[2] = {{x, nt}, {x + nt * kSpec.head_dim, nt}};
   m3_codec_train_opts o = {0};
   o.kind = M3_CODEC_FAISS;
@@ -115,7 +115,7 @@ static void test_cuda_reference_equals_cpu(void **state) {
   size_t ns[] = {NQ * NH * D, NKV * S * D, NKV * S * D, NKV * C * D, NKV * C * D};
   for (int a = 0; a < 5; a++)
     for (size_t i = 0; i < ns[a]; i++)
-      all[a][i] = (float)((double)(tu_rand(&s) >> 11) / 9007199254740992.0 * 3.0 - 1.5);
+      all[a][i] = (float)((double)(m3t_rand(&s) >> 11) / 9007199254740992.0 * 3.0 - 1.5);
   for (int t = 0; t < NQ; t++) qp[t] = M3_ATTN_MEM_SPAN + C - NQ + t;
   for (int i = 0; i < NKV * S; i++) mp[i] = (i % 7 == 3) ? -1 : 3 + i % S;
   m3_attn_ref_args a = {NH, NKV, D, 10000.0, NQ, q, qp, S, M3_DTYPE_F32, mk, mv, mp, 0,

@@ -202,8 +202,8 @@ static void test_faiss_codec(void **state) {
   float *xk = malloc(nt * D * 4), *xv = malloc(nt * D * 4);
   uint64_t s = 9;
   for (size_t i = 0; i < nt * D; i++) {
-    xk[i] = (float)((double)(tu_rand(&s) >> 11) / 9007199254740992.0 * 4.0 - 2.0);
-    xv[i] = (float)((double)(tu_rand(&s) >> 11) / 9007199254740992.0 * 3.0 - 1.0);
+    xk[i] = (float)((double)(m3t_rand(&s) >> 11) / 9007199254740992.0 * 4.0 - 2.0);
+    xv[i] = (float)((double)(m3t_rand(&s) >> 11) / 9007199254740992.0 * 3.0 - 1.0);
   }
   m3_codec_sample sm[2] = {{xk, nt}, {xv, nt}};
   m3_codec_train_opts o = {0};

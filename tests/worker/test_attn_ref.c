@@ -23,7 +23,7 @@ typedef struct prob {
 } prob;
 
 static float unif(uint64_t *s, double lo, double hi) {
-  return (float)(lo + (hi - lo) * (double)(tu_rand(s) >> 11) / 9007199254740992.0);
+  return (float)(lo + (hi - lo) * (double)(m3t_rand(s) >> 11) / 9007199254740992.0);
 }
 
 static uint16_t to_bf16(float f) { /* truncation is fine: both sides read the same bits */

@@ -28,7 +28,7 @@ static int setup(void **state) {
   CHECK_OK(m3_codec_set_create_raw(M3_CODEC_RAW_F32, kSpec.head_dim, &f->cs));
   wt_mems_make(&f->m, f->cs, &kSpec, NMEM, EMB, 21);
   wt_mems_encode_raw(&f->m);
-  f->st.dir = tu_mkdtemp("worker-round");
+  f->st.dir = m3t_mkdtemp("worker-round");
   snprintf(f->st.store, sizeof f->st.store, "%s/store", f->st.dir);
   wt_store_write(&f->m, f->st.store);
   ct_server_start(&f->srv, &f->st, NULL);
@@ -37,7 +37,7 @@ static int setup(void **state) {
   for (int q = 0; q < NQ; q++)
     for (int d = 0; d < EMB; d++)
       f->queries[q * EMB + d] = f->m.emb[near[q] * EMB + d] +
-                                0.05f * (float)((double)(tu_rand(&s) >> 11) / 9007199254740992.0 - 0.5);
+                                0.05f * (float)((double)(m3t_rand(&s) >> 11) / 9007199254740992.0 - 0.5);
   *state = f;
   return 0;
 }
@@ -45,7 +45,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   fixture *f = *state;
   ct_server_stop(&f->srv);
-  tu_rmrf(f->st.dir);
+  m3t_rmrf(f->st.dir);
   free(f->st.dir);
   wt_mems_free(&f->m);
   m3_codec_set_close(f->cs);

@@ -123,6 +123,53 @@ with m3store.Client(server=args.raw) as c:
     s = c.stats()
     check("stats", s["records"] == 60 and s["memories_served"] > 0)
 
+    # with_text=True: each memory's text, in both modes, equal the CLI's
+    cli_texts = [[r["text"] for r in q["results"]] for q in cq["queries"]]
+    check("cli texts are the store's", all(t == "worker memory %d" % i for q, row in
+                                           zip(cli_ids, cli_texts) for i, t in zip(q, row)))
+    for mode in (False, "f32"):
+        tt = c.retrieve(queries, k=K, decoded=mode, with_text=True)
+        check("texts (decoded=%s) equal m3 query --json" % mode, tt.texts == cli_texts)
+        check("texts (decoded=%s): ids unchanged" % mode, np.array_equal(tt.ids, cli_ids))
+        check("no texts unless asked (decoded=%s)" % mode,
+              c.retrieve(queries, k=K, decoded=mode).texts is None)
+    ft = c.fetch([int(cli_ids[0, 1]), 999999], with_text=True)
+    check("fetch texts", ft.texts == [[cli_texts[0][1]], [None]])
+
+    # a missing id: the same report in codes and decoded modes
+    good = int(cli_ids[2, 0])
+    rounds = {"codes": c.fetch([good, 999999]), "f32": c.fetch([good, 999999], decoded="f32"),
+              "bf16": c.fetch([999999, good], decoded="bf16")}
+    for mode, fm in rounds.items():
+        row = 1 if mode != "bf16" else 0
+        check("missing id (%s): status M3_ENOTFOUND" % mode,
+              fm.status.shape == (2, 1) and fm.status[row, 0] == -3 and fm.status[1 - row, 0] == 0)
+        check("missing id (%s): ids keep the id asked for" % mode,
+              int(fm.ids[row, 0]) == 999999 and int(fm.ids[1 - row, 0]) == good)
+        check("missing id (%s): errors name it" % mode,
+              list(fm.errors) == [(row, 0)] and fm.errors[(row, 0)] != "")
+    check("missing id: same status and ids in both modes",
+          np.array_equal(rounds["codes"].status, rounds["f32"].status) and
+          np.array_equal(rounds["codes"].ids, rounds["f32"].ids) and
+          rounds["codes"].errors == rounds["f32"].errors)
+    check("missing id (decoded): its slots are empty",
+          (rounds["f32"].positions[1] == -1).all() and (rounds["f32"].positions[0] >= -1).all() and
+          rounds["f32"].stats["failed"] == 1 and rounds["f32"].stats["placed"] == 1)
+    check("missing id (codes): zero bytes", not rounds["codes"].codes[1].any())
+
+    # no queries, no ids: a clear error, before any call
+    for what, call in (("retrieve([])", lambda: c.retrieve([])),
+                       ("retrieve(0 rows)", lambda: c.retrieve(np.zeros((0, E), np.float32))),
+                       ("retrieve([]) decoded", lambda: c.retrieve([], decoded="f32")),
+                       ("fetch([])", lambda: c.fetch([]))):
+        try:
+            call()
+            check(what + " raises", False)
+        except ValueError as e:
+            check(what + " says what is wrong: %s" % e, "at least one" in str(e))
+    check("the connection still serves after the refusals",
+          np.array_equal(c.retrieve(queries, k=K).ids, cli_ids))
+
     # errors carry the m3 name and message
     try:
         c.retrieve(np.zeros((1, E + 1), dtype=np.float32))

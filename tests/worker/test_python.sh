@@ -5,45 +5,22 @@
 # (ids, scores) and `m3 fetch --out` (record bytes), and with the vectors
 # the store was written from; the same round through a cluster map; errors
 # as M3Error. Skipped (77) when /usr/bin/python3 has no numpy.
-set -euo pipefail
-bin=${M3_BIN_DIR:?M3_BIN_DIR must point at the build bin/}
-src=${M3_SOURCE_DIR:?}
-py=/usr/bin/python3
-"$py" -c "import numpy" 2>/dev/null || { echo "no numpy for $py: skipped"; exit 77; }
-[ -x "$bin/m3-server" ] || { echo "no $bin/m3-server: skipped"; exit 77; }
+. "$(dirname "$0")/../lib/m3test.sh" worker-py
+"$py" -c "import numpy" 2>/dev/null || m3t_skip "no numpy for $py"
+m3t_need_exec "$bin/m3-server"
 : "${M3_LIB:?M3_LIB must name libm3client.so}" "${M3_MKSTORE:?}"
 if [ "${M3_SANITIZE:-OFF}" = ON ]; then
   # the library carries ASan/UBSan: python itself must load their runtimes first
   LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   export LD_PRELOAD ASAN_OPTIONS=detect_leaks=0
 fi
-work=$(mktemp -d /tmp/m3-worker-py.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_server() { # start_server STORE NAME: sets $addr (no subshell: the pid is ours)
-  local store=$1 name=$2
-  LD_PRELOAD= "$bin/m3-server" --store "$store" --listen 127.0.0.1:0 --http off \
-    --port-file "$work/$name.port" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 200); do [ -s "$work/$name.port" ] && break; sleep 0.05; done
-  local port
-  port=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/$name.port")
-  [ -n "$port" ] || { echo "m3-server did not start" >&2; cat "$work/$name.log" >&2; exit 1; }
-  addr="127.0.0.1:$port"
-}
 
 mkdir -p "$work/raw" "$work/pq"
 LD_PRELOAD= "$M3_MKSTORE" "$work/raw" raw-f32 60 >/dev/null
 LD_PRELOAD= "$M3_MKSTORE" "$work/pq" pq 20 >/dev/null
-start_server "$work/raw/store" raw
+LD_PRELOAD= m3t_server raw "$work/raw/store"
 raw=$addr
-start_server "$work/pq/store" pq
+LD_PRELOAD= m3t_server pq "$work/pq/store"
 pq=$addr
 
 PYTHONPATH="$src/client/python" "$py" "$(dirname "$0")/test_python.py" \

@@ -38,7 +38,7 @@ int main(int argc, char **argv) {
     float *x = malloc(2 * nt * spec.head_dim * sizeof(float));
     uint64_t s = 77;
     for (size_t i = 0; i < 2 * nt * spec.head_dim; i++)
-      x[i] = (float)((double)(tu_rand(&s) >> 11) / 9007199254740992.0 * 4.0 - 2.0);
+      x[i] = (float)((double)(m3t_rand(&s) >> 11) / 9007199254740992.0 * 4.0 - 2.0);
     m3_codec_sample sm[2] = {{x, nt}, {x + nt * spec.head_dim, nt}};
     m3_codec_train_opts o = {0};
     o.kind = M3_CODEC_FAISS;

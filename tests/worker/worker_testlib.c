@@ -24,7 +24,7 @@ void wt_mems_make(wt_mems *m, const m3_codec_set *cs, const m3_spec *spec, size_
       for (uint32_t h = 0; h < H; h++) {
         /* real tokens: all, or fewer for every third memory */
         uint32_t real = (i % 3 == 2) ? 1 + (l + h) % T : T;
-        uint32_t p = 3 + (uint32_t)(tu_rand(&s) % 5);
+        uint32_t p = 3 + (uint32_t)(m3t_rand(&s) % 5);
         for (uint32_t t = 0; t < T; t++) {
           uint16_t *pp = &m->pos[i * np + ((size_t)l * H + h) * T + t];
           if (t >= real) {
@@ -32,18 +32,18 @@ void wt_mems_make(wt_mems *m, const m3_codec_set *cs, const m3_spec *spec, size_
             continue; /* zero vectors */
           }
           *pp = (uint16_t)p;
-          p += 1 + (uint32_t)(tu_rand(&s) % 9);
+          p += 1 + (uint32_t)(m3t_rand(&s) % 9);
           for (uint32_t kv = 0; kv < 2; kv++) {
             float *x = m->kv + (i * nv + (((size_t)l * 2 + kv) * H + h) * T + t) * D;
             for (uint32_t d = 0; d < D; d++)
-              x[d] = (float)((double)(tu_rand(&s) >> 11) / 9007199254740992.0 * 4.0 - 2.0) *
+              x[d] = (float)((double)(m3t_rand(&s) >> 11) / 9007199254740992.0 * 4.0 - 2.0) *
                      (1.0f + (float)(d % 3));
           }
         }
       }
     double norm = 0;
     for (uint16_t d = 0; d < emb_dim; d++) {
-      float v = (float)((double)(tu_rand(&s) >> 11) / 9007199254740992.0 - 0.5);
+      float v = (float)((double)(m3t_rand(&s) >> 11) / 9007199254740992.0 - 0.5);
       m->emb[i * emb_dim + d] = v;
       norm += (double)v * v;
     }

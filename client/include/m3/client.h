@@ -19,18 +19,23 @@
  *
  * Errors: every call returns 0 or a negative m3 code (m3/error.h), and
  * m3_client_last_status() gives the gRPC status code and message of the last
- * call. The m3 code is m3_err_from_status() of the gRPC code (m3/frame.h):
+ * call. The m3 code comes from the status table (m3_err_from_wire(),
+ * m3/status.h; the whole table is in docs/PROTOCOL.md):
  *
  *   OK                  0
- *   INVALID_ARGUMENT    M3_EINVAL         (also RESOURCE_EXHAUSTED: M3_ENOMEM)
+ *   INVALID_ARGUMENT    M3_EINVAL
+ *   RESOURCE_EXHAUSTED  M3_ENOMEM         (M3_ENOSPC when the server names it:
+ *                                          out of disk space)
  *   NOT_FOUND           M3_ENOTFOUND
  *   DATA_LOSS           M3_ECORRUPT
  *   FAILED_PRECONDITION M3_EFINGERPRINT   (fingerprint or version refused)
  *   UNIMPLEMENTED       M3_EUNSUPPORTED   ALREADY_EXISTS M3_EEXIST
  *   UNAVAILABLE         M3_EBUSY          (server draining or overloaded: retry)
- *   DEADLINE_EXCEEDED   M3_EBUSY          (chosen here: no answer in time; retry)
+ *   DEADLINE_EXCEEDED   M3_EBUSY          (no answer in time; retry)
+ *   CANCELLED           M3_ECANCELED
  *   anything else       M3_EIO            (UNAUTHENTICATED, PERMISSION_DENIED,
- *                                          CANCELLED, INTERNAL, UNKNOWN)
+ *                                          INTERNAL, UNKNOWN, ABORTED,
+ *                                          OUT_OF_RANGE)
  *
  * Transport failures (connection refused or reset, the server closed the
  * connection, a frame that does not decode) return M3_EIO with the status

@@ -14,8 +14,12 @@ ranks that got no memory) have position -1 and zero K/V: mask them
 (logit -inf where positions < 0).
 
 Works with Debian's python3-numpy; no compiled extension. The shared library
-is found at $M3_LIB (a file path), next to this package, in the repository's
-build*/lib/, or by the system loader (ctypes.util.find_library("m3client")).
+is $M3_LIB (a file path) when set; else the first usable of: next to this
+package, the repository's release build folders build*/lib/ (CMakeCache.txt
+says Release/RelWithDebInfo/MinSizeRel without M3_SANITIZE or M3_FUZZ), the
+system loader's (ctypes.util.find_library("m3client")). A library built with
+sanitizers is never loaded by accident (it would kill the interpreter);
+M3LibraryError (an ImportError) lists every path tried and why.
 
     import numpy as np, m3store
     with m3store.Client(server="127.0.0.1:7600") as c:
@@ -33,27 +37,123 @@ import os
 
 import numpy as np
 
-__all__ = ["Client", "Round", "M3Error", "load_library", "DTYPES"]
+__all__ = ["Client", "Round", "M3Error", "M3LibraryError", "load_library", "DTYPES"]
 
 # ---- the library -------------------------------------------------------------
 
 _lib = None
 
+# Strings only a sanitizer (ASan, UBSan) or libFuzzer build carries. Such a
+# library needs its runtime loaded before the interpreter starts: loaded by
+# accident, it kills the interpreter ("ASan runtime does not come first").
+_SANITIZER_MARKS = (b"__asan_init", b"__ubsan_handle_", b"__sanitizer_cov", b"LLVMFuzzerTestOneInput")
+_RELEASE_TYPES = ("Release", "RelWithDebInfo", "MinSizeRel")
+
+
+class M3LibraryError(ImportError):
+    """No usable libm3client.so: .tried lists (path, why) of every candidate."""
+
+    def __init__(self, message, tried=()):
+        self.tried = list(tried)
+        super().__init__(message)
+
+
+def _sanitized(path):
+    """The sanitizer mark found in the library file, or None."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    for mark in _SANITIZER_MARKS:
+        if mark in data:
+            return mark.decode()
+    return None
+
+
+def _cmake_cache(build):
+    """{name: value} of build/CMakeCache.txt, or None without one."""
+    try:
+        with open(os.path.join(build, "CMakeCache.txt"), encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    cache = {}
+    for line in lines:
+        if line and line[0] not in "#/" and "=" in line and ":" in line.split("=", 1)[0]:
+            key, value = line.split("=", 1)
+            cache[key.split(":", 1)[0]] = value
+    return cache
+
+
+def _not_release(build):
+    """Why the build folder is not a release build (None when it is one)."""
+    cache = _cmake_cache(build)
+    if cache is None:
+        return "no CMakeCache.txt: not known to be a release build"
+    for opt in ("M3_SANITIZE", "M3_FUZZ"):
+        if cache.get(opt, "OFF").upper() in ("ON", "1", "TRUE", "YES"):
+            return "%s=ON build (sanitizers)" % opt
+    bt = cache.get("CMAKE_BUILD_TYPE", "")
+    if bt not in _RELEASE_TYPES:
+        return "CMAKE_BUILD_TYPE %r, not one of %s" % (bt, "/".join(_RELEASE_TYPES))
+    return None
+
+
+def _asan_runtime_loaded():
+    try:
+        with open("/proc/self/maps") as f:
+            return "libasan" in f.read()
+    except OSError:
+        return False
+
 
 def _candidates():
+    """(path, why-not or None) in search order: $M3_LIB alone when set; else
+    the copy next to this package, the repository's release build folders
+    (newest first), the system loader's."""
     env = os.environ.get("M3_LIB")
     if env:
-        yield env
+        mark = _sanitized(env)
+        if mark and not _asan_runtime_loaded():
+            yield env, ("M3_LIB names a sanitizer build (%s) but the ASan runtime is not loaded: "
+                        "run python with LD_PRELOAD=$(gcc -print-file-name=libasan.so)" % mark)
+        else:
+            yield env, None
         return
     here = os.path.dirname(os.path.abspath(__file__))
-    yield os.path.join(here, "libm3client.so")
+    yield os.path.join(here, "libm3client.so"), None
     root = os.path.abspath(os.path.join(here, "..", "..", ".."))
     builds = glob.glob(os.path.join(root, "build*", "lib", "libm3client.so"))
     for p in sorted(builds, key=os.path.getmtime, reverse=True):
-        yield p
+        yield p, _not_release(os.path.dirname(os.path.dirname(p)))
     found = ctypes.util.find_library("m3client")
     if found:
-        yield found
+        yield found, None
+
+
+def _open_first():
+    tried = []
+    for p, why in _candidates():
+        if why is None and os.sep in p and not os.path.exists(p):
+            why = "no such file"
+        if why is None and os.sep in p:
+            mark = _sanitized(p)
+            if mark and not _asan_runtime_loaded():
+                why = "a sanitizer build (%s)" % mark
+        if why is not None:
+            tried.append((p, why))
+            continue
+        try:
+            return ctypes.CDLL(p), tried
+        except OSError as e:
+            tried.append((p, str(e)))
+    raise M3LibraryError(
+        "m3store: no usable libm3client.so (release builds only; sanitizer and fuzz builds "
+        "are never loaded by accident). Tried: " +
+        "; ".join("%s (%s)" % t for t in tried) +
+        ". Set M3_LIB to the path of libm3client.so (e.g. build/lib/libm3client.so after "
+        "scripts/build.sh), or install m3store (cmake --install).", tried)
 
 
 c_u8p = ctypes.POINTER(ctypes.c_uint8)
@@ -151,12 +251,22 @@ class _AttnCodes(ctypes.Structure):
                 ("failed", ctypes.c_uint32)]
 
 
+class _Memory(ctypes.Structure):
+    _fields_ = [("chunk_id", ctypes.c_uint64), ("query", ctypes.c_uint32), ("rank", ctypes.c_uint32),
+                ("score", ctypes.c_float), ("status", ctypes.c_int), ("grpc_status", ctypes.c_int),
+                ("error", ctypes.c_char_p), ("data", c_u8p), ("len", ctypes.c_size_t),
+                ("record", ctypes.c_void_p), ("text", ctypes.c_void_p),
+                ("text_len", ctypes.c_size_t)]
+
+
+_MEMORY_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(_Memory))
+
 _MIRRORS = {
     "m3_layout": _Layout, "m3_client_options": _ClientOptions, "m3_client_info": _ClientInfo,
     "m3_client_query": _Query, "m3_client_stats": _ClientStats,
     "m3_cluster_options": _ClusterOptions, "m3_cluster_counters": _ClusterCounters,
     "m3_cluster_replica_info": _ReplicaInfo, "m3_attn_geom": _Geom, "m3_attn_round": _AttnRound,
-    "m3_attn_stats": _AttnStats, "m3_attn_codes": _AttnCodes,
+    "m3_attn_stats": _AttnStats, "m3_attn_codes": _AttnCodes, "m3_client_memory": _Memory,
 }
 
 _P = ctypes.c_void_p
@@ -208,25 +318,25 @@ _SIGS = {
     "m3_attn_finish": (ctypes.c_int, [_P, _P]),
     "m3_attn_codes_init": (None, [_P, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_size_t, _P, _P,
                                   _P, _P]),
+    "m3_attn_codes_fn": (ctypes.c_int, [_P, _P]),
+    "m3_attn_place": (ctypes.c_int, [_P, ctypes.c_uint32, ctypes.c_uint32, _P]),
+    "m3_attn_memory_fn": (ctypes.c_int, [_P, _P]),
 }
 
 
 def load_library(path=None):
-    """Load (once) and return libm3client.so; checks the struct mirrors."""
+    """Load (once) and return libm3client.so; checks the struct mirrors.
+    path: load exactly that file. Raises M3LibraryError when none loads."""
     global _lib
     if _lib is not None and path is None:
         return _lib
-    tried = []
-    lib = None
-    for p in ([path] if path else _candidates()):
+    if path:
         try:
-            lib = ctypes.CDLL(p)
-            break
+            lib = ctypes.CDLL(path)
         except OSError as e:
-            tried.append("%s (%s)" % (p, e))
-    if lib is None:
-        raise ImportError("m3store: libm3client.so not found; set M3_LIB. Tried: " +
-                          "; ".join(tried or ["nothing"]))
+            raise M3LibraryError("m3store: cannot load %s: %s" % (path, e), [(path, str(e))])
+    else:
+        lib, _ = _open_first()
     for name, (res, args) in _SIGS.items():
         f = getattr(lib, name)
         f.restype = res
@@ -234,8 +344,8 @@ def load_library(path=None):
     for name, cls in _MIRRORS.items():
         want = lib.m3_attn_abi_sizeof(name.encode())
         if want != ctypes.sizeof(cls):
-            raise ImportError("m3store: struct %s is %d bytes in %s but %d in this binding" %
-                              (name, want, getattr(lib, "_name", "?"), ctypes.sizeof(cls)))
+            raise M3LibraryError("m3store: struct %s is %d bytes in %s but %d in this binding" %
+                                 (name, want, getattr(lib, "_name", "?"), ctypes.sizeof(cls)))
     _lib = lib
     return lib
 
@@ -274,15 +384,20 @@ _KINDS = {1: "raw-f32", 2: "raw-f16", 3: "raw-bf16", 16: "faiss", 255: "syntheti
 class Round:
     """A retrieval round (or a fetch, with k = 1 and one row per id).
 
-    ids (Q, k) uint64 (2**64-1: empty), scores (Q, k) float32, and either
-    codes (Q, k, record_bytes) uint8 with status (Q, k) int32 (0, or the
-    item's m3 code; M3_ENOTFOUND when nothing arrived), or kv
+    ids (Q, k) uint64 (2**64-1: nothing arrived), scores (Q, k) float32,
+    status (Q, k) int32: 0, or the item's m3 code (M3_ENOTFOUND, -3, for an
+    id the store lacks or a rank that got nothing; M3_ECORRUPT, ...; a
+    record that does not place or fit: M3_ESHAPE, M3_EFINGERPRINT, ...),
+    errors {(query, rank): message} for every status that is not 0, the
+    same in both modes, and a failed item keeps the id it came with; texts
+    (with_text=True) Q lists of k str (None where no memory). Then either
+    codes (Q, k, record_bytes) uint8 (zeros where status is not 0), or kv
     (Q, layers, 2, kv_heads, k * n_tokens, head_dim) and positions
     (Q, layers, kv_heads, k * n_tokens) int32, with stats (placed, empty,
     failed, masked_tokens, first_error, error)."""
 
     def __init__(self, **kw):
-        self.ids = self.scores = self.codes = self.status = None
+        self.ids = self.scores = self.codes = self.status = self.errors = self.texts = None
         self.kv = self.positions = self.stats = None
         self.__dict__.update(kw)
 
@@ -297,6 +412,78 @@ EMPTY_ID = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 def _ptr(a):
     return ctypes.c_void_p(a.ctypes.data)
+
+
+M3_ENOTFOUND, M3_ENOMEM, M3_EINTERNAL, M3_ECANCELED = -3, -2, -15, -16
+
+
+class _Tap:
+    """A Python m3_client_memory_fn for the rounds that need to see each
+    item: notes its id, score, status, error and text by (query, rank), then
+    places it: into the codes sink (codes_sink: m3_attn_codes_fn, which keeps
+    its own status), or into the attention round attn with m3_attn_place,
+    whose code becomes the item's status (as m3_attn_codes_fn's M3_ESHAPE
+    does in codes mode), failed items going to m3_attn_memory_fn for the
+    round's stats. An exception inside stops the call and is raised after it."""
+
+    def __init__(self, lib, n, k, texts, codes_sink=None, attn=None, ids=None, scores=None):
+        self.lib, self.n, self.k = lib, n, k
+        self.codes_sink, self.attn = codes_sink, attn
+        self.out_ids, self.out_scores = ids, scores
+        self.ids = np.full((n, k), EMPTY_ID, dtype=np.uint64)
+        self.scores = np.zeros((n, k), dtype=np.float32)
+        self.status = np.full((n, k), M3_ENOTFOUND, dtype=np.int32)
+        self.errors = {}
+        self.texts = [[None] * k for _ in range(n)] if texts else None
+        self.exc = None
+        self.fn = _MEMORY_FN(self._on)
+
+    def _on(self, ud, mp):
+        try:
+            return self._take(mp)
+        except BaseException as e:  # noqa: B902 -- raised again after the call
+            self.exc = e
+            return M3_ECANCELED
+
+    def _take(self, mp):
+        m, lib = mp.contents, self.lib
+        q, r = m.query, m.rank
+        if q >= self.n or r >= self.k:  # the sinks count it as failed
+            if self.codes_sink is not None:
+                return lib.m3_attn_codes_fn(self.codes_sink, mp)
+            return lib.m3_attn_memory_fn(self.attn, mp)
+        self.ids[q, r], self.scores[q, r], st = m.chunk_id, m.score, m.status
+        if st == 0 and self.texts is not None:
+            self.texts[q][r] = (ctypes.string_at(m.text, m.text_len).decode("utf-8", "replace")
+                                if m.text else "")
+        if st != 0:
+            self.errors[(q, r)] = (m.error or b"").decode(errors="replace")
+        if self.codes_sink is not None:
+            rc = lib.m3_attn_codes_fn(self.codes_sink, mp)
+        elif st != 0:
+            rc = lib.m3_attn_memory_fn(self.attn, mp)
+        else:
+            st = lib.m3_attn_place(self.attn, q, r, m.record)
+            if st == 0:
+                self.out_ids[q, r], self.out_scores[q, r] = m.chunk_id, m.score
+            else:
+                self.errors[(q, r)] = (lib.m3_errmsg() or b"").decode(errors="replace")
+            rc = st if st in (M3_EINTERNAL, M3_ENOMEM) else 0
+        self.status[q, r] = st
+        return rc
+
+    def errors_of(self, status):
+        """{(query, rank): message} of the items whose status is not 0."""
+        out = {}
+        for q, r in zip(*np.nonzero(status)):
+            q, r = int(q), int(r)
+            if (q, r) in self.errors and self.errors[(q, r)]:
+                out[(q, r)] = self.errors[(q, r)]
+            elif self.ids[q, r] == EMPTY_ID:
+                out[(q, r)] = "no memory arrived for this rank"
+            else:
+                out[(q, r)] = self.lib.m3_strerror(int(status[q, r])).decode()
+        return out
 
 
 class Client:
@@ -396,6 +583,9 @@ class Client:
         dim = self._info.layout.emb_dim
         if isinstance(queries, str):
             queries = [queries]
+        if len(queries) == 0:
+            raise ValueError("queries: none given: want at least one query, as a float32 array "
+                             "(Q, %d) with Q >= 1 or a non-empty list of texts" % dim)
         if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
             texts = [q.encode() for q in queries]
             arr = (_Query * len(texts))()
@@ -426,14 +616,17 @@ class Client:
         text = (msg.value or b"").decode(errors="replace") or None
         return _err(rc, text, st)
 
-    def _stream(self, method, args, fn, ud):
-        """Run retrieve/fetch with a C callback (the GIL is released)."""
+    def _stream(self, method, args, tap):
+        """Run retrieve/fetch into the tap (the GIL is released between
+        items)."""
         lib = self._lib
-        fnp = ctypes.cast(getattr(lib, fn), ctypes.c_void_p)
+        fnp = ctypes.cast(tap.fn, ctypes.c_void_p)
         if self._c is not None:
-            rc = getattr(lib, "m3_client_" + method)(self._c, *args, fnp, ud)
+            rc = getattr(lib, "m3_client_" + method)(self._c, *args, fnp, None)
         else:
-            rc = getattr(lib, "m3_cluster_" + method)(self._cl, *args, fnp, ud)
+            rc = getattr(lib, "m3_cluster_" + method)(self._cl, *args, fnp, None)
+        if tap.exc is not None:
+            raise tap.exc
         if rc != 0:
             raise self._call_failed(rc)
 
@@ -449,7 +642,7 @@ class Client:
             self._cs = cs
         return self._cs
 
-    def _run(self, method, args, n, k, decoded):
+    def _run(self, method, args, n, k, decoded, with_text):
         lib = self._lib
         ids = np.full((n, k), EMPTY_ID, dtype=np.uint64)
         scores = np.zeros((n, k), dtype=np.float32)
@@ -459,8 +652,10 @@ class Client:
             sink = _AttnCodes()
             lib.m3_attn_codes_init(ctypes.byref(sink), n, k, self.record_bytes, _ptr(codes),
                                    _ptr(ids), _ptr(scores), _ptr(status))
-            self._stream(method, args, "m3_attn_codes_fn", ctypes.byref(sink))
-            return Round(ids=ids, scores=scores, codes=codes, status=status)
+            tap = _Tap(lib, n, k, with_text, codes_sink=ctypes.addressof(sink))
+            self._stream(method, args, tap)
+            return Round(ids=ids, scores=scores, codes=codes, status=status,
+                         errors=tap.errors_of(status), texts=tap.texts)
         if decoded is True:
             decoded = "f32"
         if decoded not in DTYPES:
@@ -485,27 +680,37 @@ class Client:
                            scores=ctypes.cast(scores.ctypes.data, ctypes.POINTER(ctypes.c_float)))
             _check(lib.m3_attn_begin(a, ctypes.byref(r)))
             st = _AttnStats()
+            tap = _Tap(lib, n, k, with_text, attn=a, ids=ids, scores=scores)
             try:
-                self._stream(method, args, "m3_attn_memory_fn", a)
+                self._stream(method, args, tap)
             finally:
                 rc = lib.m3_attn_finish(a, ctypes.byref(st))
             _check(rc)
         finally:
             lib.m3_attn_destroy(a)
+        # As in codes mode: a failed item keeps the id and score it came with.
+        failed = tap.status != 0
+        ids[failed] = tap.ids[failed]
+        scores[failed] = tap.scores[failed]
         stats = {"placed": st.placed, "empty": st.empty, "failed": st.failed,
                  "masked_tokens": st.masked_tokens, "first_error": st.first_error,
                  "error": st.error.decode(errors="replace")}
-        return Round(ids=ids, scores=scores, kv=kv, positions=pos, stats=stats)
+        return Round(ids=ids, scores=scores, kv=kv, positions=pos, stats=stats, status=tap.status,
+                     errors=tap.errors_of(tap.status), texts=tap.texts)
 
     def retrieve(self, queries, k=5, decoded=False, with_text=False):
         """One retrieval round: queries as a float32 array (Q, embedding_dim)
-        or a list of texts. decoded=False: Round.codes (Q, k, record_bytes);
-        'f32' / 'f16' / 'bf16' (or True: f32): Round.kv and Round.positions
-        in the attention-buffer layout. Raises M3Error when the call fails
+        or a list of texts (at least one query). decoded=False: Round.codes
+        (Q, k, record_bytes); 'f32' / 'f16' / 'bf16' (or True: f32):
+        Round.kv and Round.positions in the attention-buffer layout. Either
+        way Round.status (Q, k) holds each item's m3 code (0; M3_ENOTFOUND
+        when the store lacks it or nothing arrived) and Round.errors the
+        message of each failed item; with_text=True: Round.texts (Q lists
+        of k str, None where no memory). Raises M3Error when the call fails
         (a whole shard down, the deadline, a refused query)."""
         arr, n, keep = self._queries(queries)
         r = self._run("retrieve", (ctypes.byref(arr), n, k, 1 if with_text else 0), n, k,
-                      decoded)
+                      decoded, with_text)
         del keep
         return r
 
@@ -523,12 +728,16 @@ class Client:
             raise self._call_failed(rc)
         return ids, scores
 
-    def fetch(self, ids, decoded=False):
+    def fetch(self, ids, decoded=False, with_text=False):
         """Memories of chunk ids, as a Round with k = 1: codes (n, 1,
-        record_bytes) and status, or kv (n, layers, 2, kv_heads, n_tokens,
-        head_dim) and positions."""
+        record_bytes), or kv (n, layers, 2, kv_heads, n_tokens, head_dim)
+        and positions; status and errors as retrieve's (a missing id:
+        ids[i, 0] is that id, status[i, 0] M3_ENOTFOUND, in both modes)."""
         x = np.ascontiguousarray(np.asarray(ids, dtype=np.uint64).reshape(-1))
-        return self._run("fetch", (_ptr(x), x.size, 0), x.size, 1, decoded)
+        if x.size == 0:
+            raise ValueError("fetch: no ids (give at least one chunk id)")
+        return self._run("fetch", (_ptr(x), x.size, 1 if with_text else 0), x.size, 1, decoded,
+                         with_text)
 
     def stats(self):
         """Server counters (server=), or the cluster's counters and each

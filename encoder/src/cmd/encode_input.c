@@ -5,7 +5,8 @@
  * whole knowledge base is never held in memory).
  *
  * Chunking: a JSONL line's "text", or a document paragraph (lines up to a
- * blank line, newlines turned into spaces), is one chunk when
+ * blank line, newlines turned into spaces), is one chunk when its sequence
+ * (m3/sequence.h: BOS + prefix + text) fits,
  *   n_prefix + len(tokenize(text)) <= max_tokens,
  * else (--long-chunks split, the default) it is cut at whitespace into the
  * longest pieces that fit (a word longer than the budget is cut between
@@ -40,6 +41,7 @@
 
 #include "encode_int.h"
 #include "m3/error.h"
+#include "m3/sequence.h"
 
 /* ---- a set of u64 ids (open addressing) ------------------------------- */
 
@@ -125,6 +127,7 @@ struct enc_input {
   unsigned emb_dim;
   idset ids;
   int32_t *tok;              /* max_tokens scratch ids */
+  int n_prefix;              /* BOS + prefix tokens of every sequence */
   char *para;                /* paragraph scratch */
   size_t para_cap;
 };
@@ -197,9 +200,6 @@ static int by_name(const void *a, const void *b) {
 
 int enc_input_open(const enc_input_opts *o, enc_input **out) {
   *out = NULL;
-  if (o->max_tokens - o->n_prefix < 8)
-    return m3__seterr(M3_EINVAL, "--max-tokens %d leaves %d tokens after the %d of BOS and prefix (at least 8 are needed)",
-                      o->max_tokens, o->max_tokens - o->n_prefix, o->n_prefix);
   enc_input *in = calloc(1, sizeof *in);
   if (!in) return m3__seterr(M3_ENOMEM, "input: out of memory");
   in->o = *o;
@@ -208,6 +208,15 @@ int enc_input_open(const enc_input_opts *o, enc_input **out) {
   in->tok = malloc((size_t)o->max_tokens * sizeof *in->tok);
   if (!in->tok) {
     rc = m3__seterr(M3_ENOMEM, "input: out of memory");
+    goto out;
+  }
+  size_t np = 0, nseq = 0;
+  if ((rc = m3_seq_tokens(o->tok, o->prefix, NULL, 0, in->tok, (size_t)o->max_tokens, &nseq, &np)) != 0)
+    goto out;
+  in->n_prefix = (int)np;
+  if (o->max_tokens - in->n_prefix < 8) {
+    rc = m3__seterr(M3_EINVAL, "--max-tokens %d leaves %d tokens after the %d of BOS and prefix (at least 8 are needed)",
+                    o->max_tokens, o->max_tokens - in->n_prefix, in->n_prefix);
     goto out;
   }
   struct stat st;
@@ -279,23 +288,6 @@ void enc_input_long_counts(const enc_input *in, uint64_t *split, uint64_t *piece
 }
 unsigned enc_input_emb_dim(const enc_input *in) { return in->emb_dim; }
 
-int enc_prefix_ids(m3_tokenizer *tok, const char *prefix, int32_t *ids, int cap) {
-  int n = 0;
-  int32_t bos = m3_tokenizer_bos_id(tok);
-  if (bos >= 0) {
-    if (cap < 1) return m3__seterr(M3_ERANGE, "prefix: no room");
-    ids[n++] = bos;
-  }
-  size_t got = 0;
-  if (prefix && *prefix) {
-    int rc = m3_tokenizer_encode(tok, prefix, strlen(prefix), 0, ids + n, (size_t)(cap - n), &got);
-    if (rc == M3_ERANGE)
-      return m3__seterr(M3_ERANGE, "--prefix '%s' is %zu tokens: too long for --max-tokens", prefix, got);
-    if (rc) return rc;
-  }
-  return n + (int)got;
-}
-
 /* ---- chunking ------------------------------------------------------------ */
 
 /* Tokens of text[0..len) without BOS: the count, or budget + 1 when it
@@ -318,8 +310,8 @@ static uint64_t hash_id(const char *name, long line, int part) {
   return fmix64(h) >> 1;
 }
 
-/* Append a chunk for text[0..len), whose tokens (n of them, in in->tok)
- * are known to fit. */
+/* Append a chunk for text[0..len), whose tokens (n of them) are known to
+ * fit: its sequence, written by the rule m3 store dump recomputes. */
 static int emit(enc_input *in, const char *text, size_t len, int n, long line) {
   if (in->n_pend == in->cap_pend) {
     size_t nc = in->cap_pend ? in->cap_pend * 2 : 8;
@@ -330,7 +322,8 @@ static int emit(enc_input *in, const char *text, size_t len, int n, long line) {
   enc_chunk *c = &in->pend[in->n_pend];
   memset(c, 0, sizeof *c);
   c->text = malloc(len + 1);
-  c->tokens = malloc((size_t)(in->o.n_prefix + n) * sizeof *c->tokens);
+  size_t cap = (size_t)(in->n_prefix + n), got = 0, np = 0;
+  c->tokens = malloc(cap * sizeof *c->tokens);
   if (!c->text || !c->tokens) {
     enc_chunk_free(c);
     return m3__seterr(M3_ENOMEM, "input: out of memory");
@@ -338,10 +331,15 @@ static int emit(enc_input *in, const char *text, size_t len, int n, long line) {
   memcpy(c->text, text, len);
   c->text[len] = '\0';
   c->text_len = len;
-  memcpy(c->tokens, in->o.prefix_ids, (size_t)in->o.n_prefix * sizeof *c->tokens);
-  memcpy(c->tokens + in->o.n_prefix, in->tok, (size_t)n * sizeof *c->tokens);
-  c->n_tokens = in->o.n_prefix + n;
-  c->n_prefix = in->o.n_prefix;
+  int rc = m3_seq_tokens(in->o.tok, in->o.prefix, text, len, c->tokens, cap, &got, &np);
+  if (rc == 0 && (got != cap || np != (size_t)in->n_prefix))
+    rc = m3__seterr(M3_EINTERNAL, "input: the chunk's sequence is %zu tokens, counted %zu", got, cap);
+  if (rc) {
+    enc_chunk_free(c);
+    return rc;
+  }
+  c->n_tokens = (int)got;
+  c->n_prefix = (int)np;
   c->line = line;
   c->part = (int)in->n_pend;
   in->n_pend++;
@@ -351,7 +349,7 @@ static int emit(enc_input *in, const char *text, size_t len, int n, long line) {
 /* Split text into chunks that fit (see the top of the file). Bad input:
  * M3_EINVAL with the reason in m3_errmsg(). */
 static int chunk_text(enc_input *in, const char *text, size_t len, long line) {
-  const int budget = in->o.max_tokens - in->o.n_prefix;
+  const int budget = in->o.max_tokens - in->n_prefix;
   size_t p = 0;
   in->truncated = 0;
   while (p < len && is_space((unsigned char)text[p])) p++;

@@ -17,10 +17,9 @@
 /* ---- input ------------------------------------------------------------- */
 
 /*
- * One reference chunk, ready for the forward pass:
- *   tokens = [BOS] + tokenize(prefix) + tokenize(text)
- * where each tokenize() is the tokenizer's encode without BOS; n_prefix is
- * the number of leading BOS + prefix tokens (never selected). Every buffer
+ * One reference chunk, ready for the forward pass: tokens is the chunk's
+ * sequence (m3/sequence.h: [BOS] + tokenize(prefix) + tokenize(text)),
+ * n_prefix its leading BOS + prefix tokens (never selected). Every buffer
  * is owned by the chunk: enc_chunk_free.
  */
 typedef struct enc_chunk {
@@ -61,9 +60,8 @@ typedef enum enc_long_policy {
 typedef struct enc_input_opts {
   const char *path;          /* a .jsonl file or a folder of .txt/.md */
   m3_tokenizer *tok;         /* borrowed; used by the reader's thread only */
-  const int32_t *prefix_ids; /* BOS + prefix tokens (borrowed) */
-  int n_prefix;
-  int max_tokens;            /* n_prefix + chunk tokens <= max_tokens */
+  const char *prefix;        /* the reference prefix (borrowed; m3/sequence.h) */
+  int max_tokens;            /* BOS + prefix + chunk tokens <= max_tokens */
   int external_emb;          /* 1: every JSONL line must carry "embedding" */
   unsigned emb_dim;          /* with external_emb: expected dims (0: the
                                 first line's count sets it) */
@@ -100,10 +98,6 @@ void enc_input_long_counts(const enc_input *in, uint64_t *split, uint64_t *piece
 /* Embedding dims seen (external_emb; 0 before the first). */
 unsigned enc_input_emb_dim(const enc_input *in);
 void enc_input_close(enc_input *in); /* NULL: nothing */
-
-/* The encoded prefix: [BOS] + tokenize(prefix) into ids (cap entries).
- * Returns the count or a negative m3 code. */
-int enc_prefix_ids(m3_tokenizer *tok, const char *prefix, int32_t *ids, int cap);
 
 /* ---- BPE trainer (test-model) ----------------------------------------- */
 

@@ -24,6 +24,7 @@
 #include "m3/error.h"
 #include "m3/forward.h"
 #include "m3/model.h"
+#include "m3/sequence.h"
 #include "m3/tokenizer.h"
 
 #ifndef M3_SOURCE_DIR
@@ -84,8 +85,8 @@ int enc_cmd_train_codec(int argc, char **argv) {
       {"threads", required_argument, NULL, 'j'}, {"checkpoint", required_argument, NULL, 'K'},
       {NULL, 0, NULL, 0}};
   const char *model_dir = NULL, *input = NULL, *out = NULL, *fk = M3_CODEC_DEFAULT_FACTORY,
-             *fv = NULL, *prefix = "Reference:", *ckpt = NULL;
-  long sample = 2000, maxv = 1000000, seed = 1, max_tokens = 128, tph = 8, mem = 0, B = 8, v;
+             *fv = NULL, *prefix = M3_SEQ_PREFIX, *ckpt = NULL;
+  long sample = 2000, maxv = 1000000, seed = 1, max_tokens = M3_SEQ_MAX_TOKENS, tph = 8, mem = 0, B = 8, v;
   long threads = 1;
   int per_layer = 0, allow = 0, skip_bad = 0, c;
   optind = 1;
@@ -146,7 +147,7 @@ int enc_cmd_train_codec(int argc, char **argv) {
   enc_chunk *res = NULL;
   size_t nres = 0;
   uint64_t seen = 0;
-  int32_t *pre = NULL, *tokens = NULL, *lens = NULL, *npre = NULL;
+  int32_t *tokens = NULL, *lens = NULL, *npre = NULL;
   uint16_t *pos = NULL;
   float *kv = NULL, **vecs = NULL;
   size_t *nvec = NULL;
@@ -163,10 +164,7 @@ int enc_cmd_train_codec(int argc, char **argv) {
       goto save;
     }
   if ((rc = m3_tokenizer_load(model_dir, &tok)) != 0) { ex = errout("tokenizer", rc); goto done; }
-  pre = malloc((size_t)max_tokens * sizeof *pre);
-  int np = pre ? enc_prefix_ids(tok, prefix, pre, (int)max_tokens) : M3_ENOMEM;
-  if (np < 0) { ex = errout("prefix", np); goto done; }
-  enc_input_opts io = {.path = input, .tok = tok, .prefix_ids = pre, .n_prefix = np,
+  enc_input_opts io = {.path = input, .tok = tok, .prefix = prefix,
                        .max_tokens = (int)max_tokens, .skip_bad = skip_bad, .report = stderr,
                        .sample_only = 1};
   if ((rc = enc_input_open(&io, &in)) != 0) { ex = errout("input", rc); goto done; }
@@ -287,7 +285,7 @@ done:
   for (size_t i = 0; i < nres; i++) enc_chunk_free(&res[i]);
   free(res);
   for (int i = 0; vecs && i < ncodec; i++) free(vecs[i]);
-  free(vecs), free(nvec), free(tokens), free(lens), free(npre), free(pos), free(kv), free(pre);
+  free(vecs), free(nvec), free(tokens), free(lens), free(npre), free(pos), free(kv);
   m3_codec_set_close(cs);
   m3_forward_destroy(f);
   enc_input_close(in);

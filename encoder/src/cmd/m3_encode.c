@@ -38,8 +38,12 @@
 #include "m3/forward.h"
 #include "m3/index.h"
 #include "m3/model.h"
+#include "m3/sequence.h"
 #include "m3/store.h"
 #include "m3/tokenizer.h"
+
+#define ENC_STR_(x) #x
+#define ENC_STR(x) ENC_STR_(x) /* a number macro as a string literal */
 
 #define EXIT_BAD_INPUT 1
 #define EXIT_FAIL 2
@@ -87,11 +91,11 @@ static const char *usage_text =
     "  --index STR            FAISS index_factory of the retrieval index (IDMap,Flat)\n"
     "  --threads N            forward workers (1)\n"
     "  --batch B              chunks per forward batch and per store commit (8)\n"
-    "  --max-tokens N         BOS + prefix + chunk tokens at most (128)\n"
+    "  --max-tokens N         BOS + prefix + chunk tokens at most (" ENC_STR(M3_SEQ_MAX_TOKENS) ")\n"
     "  --long-chunks P        a text over the budget: split (default: pieces that fit,\n"
     "                         each a chunk; pieces of \"id\": N get ids 2^63|N<<16|part),\n"
     "                         truncate (the first piece only) or fail (a bad line)\n"
-    "  --prefix S             reference prefix (\"Reference:\")\n"
+    "  --prefix S             reference prefix (\"" M3_SEQ_PREFIX "\")\n"
     "  --tokens-per-head T    selected tokens per KV head and layer (8)\n"
     "  --mem-layers N         memory layers (default: half of the model's layers)\n"
     "  --backend B            cpu, cuda or auto (auto)\n"
@@ -559,8 +563,8 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
   memset(o, 0, sizeof *o);
   o->embed = "hash:256";
   o->index = M3_INDEX_DEFAULT_FACTORY;
-  o->prefix = "Reference:";
-  o->threads = 1, o->batch = 8, o->max_tokens = 128, o->tokens_per_head = 8;
+  o->prefix = M3_SEQ_PREFIX;
+  o->threads = 1, o->batch = 8, o->max_tokens = M3_SEQ_MAX_TOKENS, o->tokens_per_head = 8;
   o->backend = "auto";
   optind = 1;
   int c;
@@ -634,6 +638,7 @@ int enc_cmd_encode(int argc, char **argv) {
   FILE *report = NULL;
   int32_t *pre = NULL;
   int rc, npre = 0;
+  size_t nseq = 0, nseq_prefix = 0;
   pthread_mutex_init(&r->mu, NULL);
   pthread_cond_init(&r->cv, NULL);
 
@@ -668,10 +673,13 @@ int enc_cmd_encode(int argc, char **argv) {
   r->ncodes = m3_layout_codes_bytes(&r->layout);
 
   pre = malloc((size_t)o->max_tokens * sizeof *pre);
-  if (!pre || (npre = enc_prefix_ids(tok, o->prefix, pre, o->max_tokens)) < 0) {
-    ex = fail_msg("prefix", npre < 0 ? npre : M3_ENOMEM);
+  rc = pre ? m3_seq_tokens(tok, o->prefix, NULL, 0, pre, (size_t)o->max_tokens, &nseq, &nseq_prefix)
+           : M3_ENOMEM;
+  if (rc) {
+    ex = fail_msg("--prefix", rc);
     goto out;
   }
+  npre = (int)nseq_prefix;
   if (o->report) {
     report = fopen(o->report, "w");
     if (!report) {
@@ -680,7 +688,7 @@ int enc_cmd_encode(int argc, char **argv) {
       goto out;
     }
   }
-  enc_input_opts io = {.path = o->input, .tok = tok, .prefix_ids = pre, .n_prefix = npre,
+  enc_input_opts io = {.path = o->input, .tok = tok, .prefix = o->prefix,
                        .max_tokens = o->max_tokens, .external_emb = r->ek == EMB_EXTERNAL,
                        .ids = o->has_id_base ? ENC_ID_SEQUENTIAL : ENC_ID_HASH,
                        .id_base = o->id_base, .skip_bad = o->skip_bad,

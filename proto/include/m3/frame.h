@@ -35,6 +35,7 @@
 
 #include "m3.pb-c.h"
 #include "m3_methods.h"
+#include "m3/status.h" /* the END frame's arg, Status.code */
 
 #define M3_PROTOCOL_VERSION 1
 #define M3_FRAME_HEADER_SIZE 32
@@ -87,16 +88,5 @@ void m3_wbuf_free(m3_wbuf *b);
  * (NULL: empty message). The att_len bytes of attachment, if any, are the
  * caller's to append (or to send from their own buffer). */
 int m3_frame_append(m3_wbuf *b, m3_frame *f, const ProtobufCMessage *msg);
-
-/* ---- status --------------------------------------------------------- */
-
-/* "DEADLINE_EXCEEDED" for a gRPC code. */
-const char *m3_status_name(int code);
-
-/* The gRPC status for an m3 error code (M3_ENOTFOUND -> NOT_FOUND, ...). */
-int m3_status_from_err(int err);
-
-/* The m3 error code a client reports for a gRPC status. */
-int m3_err_from_status(int code);
 
 #endif /* M3_FRAME_H */

@@ -33,10 +33,10 @@
 #include <string.h>
 
 extern "C" {
-#include "../src/attn_int.h"
+#include "attn_int.h"
 #include "m3/error.h"
 }
-#include "../src/attn_math.h"
+#include "attn_math.h"
 
 extern "C" int m3__attn_ref_check(const m3_attn_ref_args *a);
 

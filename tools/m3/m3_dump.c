@@ -5,7 +5,8 @@
  * selected positions and the decoded keys and values.
  *
  * Tokens are not stored in records; they are recomputed, which is exact
- * because m3-encode tokenizes each chunk's stored text on its own:
+ * because m3-encode tokenizes each chunk's stored text on its own, by the
+ * rule both call (m3/sequence.h: m3_seq_tokens):
  *   tokens = [BOS] + tokenize(prefix) + tokenize(text)
  * with the tokenizer m3-encode copied into the store (DIR/tokenizer.model or
  * DIR/tokenizer.json, named in DIR/encode.json along with the prefix), or
@@ -24,10 +25,9 @@
 
 #include "m3/codec.h"
 #include "m3/error.h"
+#include "m3/sequence.h"
 #include "m3/store.h"
-#ifdef M3_DUMP_TOKENIZER
 #include "m3/tokenizer.h"
-#endif
 
 #define EXIT_PROBLEMS 1
 #define EXIT_FAILURE_ 2
@@ -46,7 +46,6 @@ static int recompute_tokens(const char *dir, const char *model, const char *text
                             uint32_t chunk_len, json_t **out, int *n_prefix) {
   *out = NULL;
   *n_prefix = -1;
-#ifdef M3_DUMP_TOKENIZER
   char path[4200];
   snprintf(path, sizeof path, "%s/encode.json", dir);
   json_error_t je;
@@ -54,7 +53,7 @@ static int recompute_tokens(const char *dir, const char *model, const char *text
   if (!man && !model) return 0;
   const char *prefix = man ? json_string_value(json_object_get(man, "prefix")) : NULL;
   const char *tfile = man ? json_string_value(json_object_get(man, "tokenizer")) : NULL;
-  if (!prefix) prefix = "Reference:";
+  if (!prefix) prefix = M3_SEQ_PREFIX;
   if (model) snprintf(path, sizeof path, "%s", model);
   else if (tfile && *tfile) snprintf(path, sizeof path, "%s/%s", dir, tfile);
   else {
@@ -69,33 +68,24 @@ static int recompute_tokens(const char *dir, const char *model, const char *text
   }
   size_t cap = len + strlen(prefix) + 16, n = 0, np = 0;
   int32_t *ids = malloc(cap * sizeof *ids);
-  int32_t bos = m3_tokenizer_bos_id(tok);
   int ex = 0;
   if (!ids) {
     ex = dump_fail("tokens", M3_ENOMEM);
     goto done;
   }
-  if (bos >= 0) ids[n++] = bos;
-  if (*prefix && (rc = m3_tokenizer_encode(tok, prefix, strlen(prefix), 0, ids + n, cap - n, &np)) != 0) {
-    ex = dump_fail("tokenize prefix", rc);
+  if ((rc = m3_seq_tokens(tok, prefix, text, len, ids, cap, &n, &np)) != 0) {
+    ex = dump_fail("tokenize", rc);
     goto done;
   }
-  n += np;
-  *n_prefix = (int)n;
-  size_t nc = 0;
-  if ((rc = m3_tokenizer_encode(tok, text, len, 0, ids + n, cap - n, &nc)) != 0) {
-    ex = dump_fail("tokenize text", rc);
-    goto done;
-  }
-  if (nc != chunk_len) {
+  *n_prefix = (int)np;
+  if (n - np != chunk_len) {
     fprintf(stderr,
             "m3 store dump: the text tokenizes to %zu tokens with %s, but the record was encoded "
             "from %u: not the tokenizer that encoded this store\n",
-            nc, path, chunk_len);
+            n - np, path, chunk_len);
     ex = EXIT_PROBLEMS;
     goto done;
   }
-  n += nc;
   *out = json_array();
   for (size_t i = 0; i < n; i++) json_array_append_new(*out, json_integer(ids[i]));
 done:
@@ -103,10 +93,6 @@ done:
   m3_tokenizer_free(tok);
   json_decref(man);
   return ex;
-#else
-  (void)dir, (void)model, (void)text, (void)len, (void)chunk_len;
-  return 0;
-#endif
 }
 
 int m3__cmd_store_dump(int argc, char **argv) {

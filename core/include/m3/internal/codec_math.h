@@ -4,7 +4,9 @@
  * unpacking in FAISS's bit order, the table sum in one fixed order, and the
  * f32 <-> f16 / bf16 conversions. Both paths call these very functions, so the
  * CPU unit tests cover the GPU's arithmetic and both produce identical bits.
- * Private to core/. Plain C99 that nvcc also compiles as CUDA C++.
+ * Internal-but-shared (core/include/m3/internal/README.md): core/ and the
+ * worker's attention buffers (worker/src/attn_math.h) include it; not
+ * installed. Plain C99 that nvcc also compiles as CUDA C++.
  */
 #ifndef M3_CODEC_MATH_H
 #define M3_CODEC_MATH_H

@@ -1,13 +1,12 @@
 /*
  * Per-element math of the attention buffers and the memory attention
  * reference, shared by the CPU code (attn.c, attn_ref.c) and the CUDA
- * kernels (client/cuda/attn_cuda.cu): where an element goes, how an empty
+ * kernels (worker/cuda/attn_cuda.cu): where an element goes, how an empty
  * token is written, element loads in f32/f16/bf16 (the codec's own
- * conversions, core/src/codec_math.h), the rotary turn and the dot product.
- * Both paths call these very functions, so the CPU tests cover the GPU's
- * arithmetic. Private to client/. Plain C that nvcc also compiles as CUDA
- * C++ (included by path: core/src holds an endian.h that must not shadow
- * the system one).
+ * conversions, m3/internal/codec_math.h), the rotary turn and the dot
+ * product. Both paths call these very functions, so the CPU tests cover the
+ * GPU's arithmetic. Private to worker/. Plain C that nvcc also compiles as
+ * CUDA C++.
  */
 #ifndef M3_ATTN_MATH_H
 #define M3_ATTN_MATH_H
@@ -16,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../../core/src/codec_math.h" /* M3_HD, f16/bf16 <-> f32 */
+#include "m3/internal/codec_math.h" /* M3_HD, f16/bf16 <-> f32 */
 #include "m3/attn.h"
 
 /* Record position i (little-endian u16). Byte loads: a record inside a

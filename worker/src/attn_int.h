@@ -1,8 +1,8 @@
 /*
  * Inside the attention buffers: the m3_attn handle shared by the generic
  * part (attn.c: rounds, checks, the retrieval callback, counts) and its
- * backends (host: attn.c; CUDA: client/cuda/attn_cuda.cu), which sit behind
- * a small function table. Private to client/.
+ * backends (host: attn.c; CUDA: worker/cuda/attn_cuda.cu), which sit behind
+ * a small function table. Private to worker/.
  */
 #ifndef M3_ATTN_INT_H
 #define M3_ATTN_INT_H

@@ -4,7 +4,7 @@
  * position encoding, for workers to check their attention kernels against.
  * Written for clarity and exactness, not speed: two passes over the keys
  * per (query token, head), everything in double. The CUDA reference
- * (client/cuda/attn_cuda.cu) runs the same element functions (attn_math.h).
+ * (worker/cuda/attn_cuda.cu) runs the same element functions (attn_math.h).
  */
 #include <math.h>
 #include <string.h>

@@ -1,0 +1,83 @@
+/*
+ * Frames from a connection (conn_hooks.frame): CANCEL, the checks every
+ * REQUEST passes (draining, stream reuse, Hello first, in-flight limit,
+ * admin, attachment), its request unpacked into a fresh call's arena, and
+ * the method's handler from method_handlers (generated from m3.proto's
+ * service: m3_handlers.h).
+ */
+#include "dispatch.h"
+
+#include <stdio.h>
+
+#include "call.h"
+#include "m3_handlers.h"
+
+/* An END for a stream that has no call object (the request was refused
+ * before one existed). */
+static void refuse(conn *c, const m3_frame *f, int code, const char *msg) {
+  conn_send_status(c, M3_FRAME_END, f->method, f->stream, code, 0, msg);
+  metrics_observe(&c->s->m, f->method < M3_METHOD_COUNT ? f->method : 0, code, 0);
+}
+
+void dispatch_frame(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_t *att) {
+  server *s = c->s;
+  if (f->type == M3_FRAME_CANCEL) {
+    call *cl = call_find(c, f->stream);
+    if (cl) {
+      call_end(cl, M3_STATUS_CANCELLED, "cancelled by the client");
+      call_maybe_free(cl);
+    }
+    return;
+  }
+  if (f->type != M3_FRAME_REQUEST) {
+    refuse(c, f, M3_STATUS_INVALID_ARGUMENT, "clients send REQUEST and CANCEL frames only");
+    return;
+  }
+  const m3_method_info *mi = &m3_methods[f->method];
+  if (s->draining) {
+    refuse(c, f, M3_STATUS_UNAVAILABLE, "server is draining");
+    return;
+  }
+  if (call_find(c, f->stream)) {
+    /* An END on that stream would end one of two calls the client can no
+     * longer tell apart: a protocol error, as in HTTP/2. */
+    char why[96];
+    snprintf(why, sizeof why, "stream %u reused while its call is in flight", f->stream);
+    conn_protocol_error(c, why);
+    return;
+  }
+  if (!c->hello && f->method != M3_METHOD_HELLO) {
+    refuse(c, f, M3_STATUS_UNAUTHENTICATED, "the first call on a connection must be Hello");
+    return;
+  }
+  if (c->ncalls >= s->cfg.max_inflight) {
+    refuse(c, f, M3_STATUS_RESOURCE_EXHAUSTED, "too many calls in flight on this connection");
+    return;
+  }
+  if (mi->admin && !c->admin) {
+    refuse(c, f, M3_STATUS_PERMISSION_DENIED,
+           s->admin_token ? "needs the admin token" : "admin methods are off (no --admin-token-file)");
+    return;
+  }
+  if (f->method != M3_METHOD_PUT && f->att_len) {
+    refuse(c, f, M3_STATUS_INVALID_ARGUMENT, "this method takes no attachment");
+    return;
+  }
+  call *cl = call_new(c, f);
+  if (cl == NULL) {
+    refuse(c, f, M3_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  ProtobufCAllocator pa = call_pb_allocator(cl);
+  cl->req = protobuf_c_message_unpack(mi->request, &pa, f->msg_len, msg);
+  if (cl->req == NULL) {
+    call_discard(cl);
+    char why[128];
+    snprintf(why, sizeof why, "malformed %s message (%u bytes)", mi->request->name, f->msg_len);
+    refuse(c, f, M3_STATUS_INVALID_ARGUMENT, why);
+    return;
+  }
+  call_start(cl, f->arg ? f->arg : s->cfg.default_timeout_ms);
+  method_handlers[f->method](cl, att, f->att_len);
+  call_maybe_free(cl);
+}

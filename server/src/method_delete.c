@@ -1,0 +1,47 @@
+/* Delete (m3.proto, admin): ids removed from the store and the index on the
+ * threadpool; answers how many were there. */
+#include <stdio.h>
+
+#include "call.h"
+#include "m3/error.h"
+#include "m3_handlers.h"
+
+static void delete_work(uv_work_t *w) {
+  call *cl = w->data;
+  call_job *st = cl->state;
+  server *s = cl->c->s;
+  M3__DeleteRequest *r = (M3__DeleteRequest *)cl->req;
+  size_t deleted = 0;
+  /* Store first, then index (the lock order in server.h). */
+  st->status = m3_store_delete(s->store, r->ids, r->n_ids, &deleted);
+  if (st->status == 0 && s->index) st->status = m3_index_remove(s->index, r->ids, r->n_ids, NULL);
+  if (st->status) snprintf(st->errmsg, sizeof st->errmsg, "%s", m3_errmsg());
+  st->count = deleted;
+}
+
+static void delete_done(uv_work_t *w, int status) {
+  call *cl = w->data;
+  call_job *st = cl->state;
+  server *s = cl->c->s;
+  if (st->status == 0 && status == 0) s->records -= st->count;
+  if (!call_work_back(cl, status, st->status, "Delete", st->errmsg)) return;
+  M3__DeleteResponse out = M3__DELETE_RESPONSE__INIT;
+  out.deleted = (uint32_t)st->count;
+  call_reply(cl, &out.base);
+}
+
+void method_delete(call *cl, const uint8_t *att, size_t att_len) {
+  (void)att;
+  (void)att_len;
+  M3__DeleteRequest *r = (M3__DeleteRequest *)cl->req;
+  if (r->n_ids == 0) {
+    call_end(cl, M3_STATUS_INVALID_ARGUMENT, "Delete: no ids");
+    return;
+  }
+  call_job *st = cl->state = call_alloc(cl, sizeof *st);
+  if (st == NULL) {
+    call_end(cl, M3_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  call_queue_job(cl, st, delete_work, delete_done);
+}

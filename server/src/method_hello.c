@@ -1,0 +1,78 @@
+/* Hello (m3.proto): protocol version, token, codec fingerprint; the first
+ * call on every connection. Answers with the store's layout and limits. */
+#include <string.h>
+
+#include "call.h"
+#include "m3/log.h"
+#include "m3_handlers.h"
+
+/* Tokens compare in constant time: no early exit on the first difference. */
+static int token_equal(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  unsigned char diff = (unsigned char)(la != lb);
+  for (size_t i = 0; i < lb; i++) diff |= (unsigned char)(a[i % (la ? la : 1)] ^ b[i]);
+  return diff == 0;
+}
+
+static void fill_layout(server *s, M3__Layout *l) {
+  const m3_layout *sl = m3_store_layout(s->store);
+  l->n_layers = sl->spec.n_layers;
+  l->n_kv_heads = sl->spec.n_kv_heads;
+  l->n_tokens = sl->spec.n_tokens;
+  l->head_dim = sl->spec.head_dim;
+  l->codec_kind = sl->codec_kind;
+  l->code_bytes = sl->code_bytes;
+  l->codec_fingerprint = sl->codec_fp;
+  l->embedding_dim = sl->emb_dim;
+  l->memory_bytes = (uint32_t)m3_record_mem_size(sl);
+}
+
+void method_hello(call *cl, const uint8_t *att, size_t att_len) {
+  (void)att;
+  (void)att_len;
+  conn *c = cl->c;
+  server *s = c->s;
+  M3__HelloRequest *r = (M3__HelloRequest *)cl->req;
+  if (r->protocol_version != M3_PROTOCOL_VERSION) {
+    call_end(cl, M3_STATUS_FAILED_PRECONDITION, "protocol version %u; this server speaks %u",
+             r->protocol_version, M3_PROTOCOL_VERSION);
+    return;
+  }
+  const char *tok = r->token ? r->token : "";
+  int is_admin = s->admin_token && token_equal(tok, s->admin_token);
+  int is_reader = is_admin || s->token == NULL || token_equal(tok, s->token);
+  if (!is_reader) {
+    M3_WARN("server", "%s: Hello with a wrong token", c->peer);
+    call_end(cl, M3_STATUS_UNAUTHENTICATED, "wrong token");
+    return;
+  }
+  const m3_layout *sl = m3_store_layout(s->store);
+  if (r->check_fingerprint && r->codec_fingerprint != sl->codec_fp) {
+    call_end(cl, M3_STATUS_FAILED_PRECONDITION,
+             "codec fingerprint mismatch: the client decodes with %016llx, this store holds %016llx",
+             (unsigned long long)r->codec_fingerprint, (unsigned long long)sl->codec_fp);
+    return;
+  }
+  c->hello = 1;
+  c->admin = is_admin;
+  M3__HelloResponse out = M3__HELLO_RESPONSE__INIT;
+  M3__Layout layout = M3__LAYOUT__INIT;
+  M3__Limits limits = M3__LIMITS__INIT;
+  fill_layout(s, &layout);
+  limits.max_frame_bytes = s->cfg.max_frame_bytes;
+  limits.max_inflight_calls = s->cfg.max_inflight;
+  limits.max_queries_per_call = s->cfg.max_queries;
+  limits.max_k = s->cfg.max_k;
+  limits.max_ids_per_call = s->cfg.max_ids;
+  limits.idle_timeout_ms = s->cfg.idle_timeout_ms;
+  out.protocol_version = M3_PROTOCOL_VERSION;
+  out.layout = &layout;
+  out.limits = &limits;
+  out.server_name = (char *)s->cfg.name;
+  out.records = s->records;
+  out.admin = is_admin;
+  out.shard = s->cfg.shard;
+  M3_DEBUG("server", "%s: Hello from '%s'%s", c->peer, r->client_name ? r->client_name : "",
+           is_admin ? " (admin)" : "");
+  call_reply(cl, &out.base);
+}

@@ -1,0 +1,35 @@
+/*
+ * The search pipeline (search.c), shared by Search and Retrieve: requests
+ * queue up while a search job runs on the threadpool, and the next job
+ * searches every queued query in one index call (micro-batching: under
+ * load, N concurrent calls cost one FAISS search).
+ */
+#ifndef M3_SERVER_SEARCH_H
+#define M3_SERVER_SEARCH_H
+
+#include "call.h"
+
+/* One call's search, in its method's state (arena). */
+struct search_req {
+  call *cl;
+  search_req *qnext;  /* s->search_queue / s->search_batch */
+  float *queries;     /* (nq, emb_dim) */
+  unsigned nq, k;
+  uint64_t *ids;      /* (nq, k) results, UINT64_MAX past the store's size */
+  float *scores;      /* (nq, k) */
+  int status;         /* the job's m3 code for this request */
+  char errmsg[256];
+  /* On the loop once the search succeeded and the call has not ended. */
+  void (*done)(search_req *r);
+};
+
+/* Check k (1..max_k) and the nq queries (vectors of the store's dims, or
+ * texts to embed), and fill r from them (arrays in cl's arena): 0, or the
+ * call has ended with the reason (-1). */
+int search_load(search_req *r, call *cl, unsigned k, M3__Query **qs, size_t nq);
+
+/* Queue r for the next search job; the pipeline holds its call until the
+ * job is back, then ends it on failure or runs r->done. */
+void search_enqueue(search_req *r);
+
+#endif /* M3_SERVER_SEARCH_H */
