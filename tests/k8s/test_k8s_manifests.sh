@@ -71,6 +71,8 @@ need=$(for b in m3-server m3-encode m3; do ldd "$bin/$b" | awk '/=>/{print $3}';
 for p in $need; do
   case $p in
     libc6) ;;
+    # sanitizer runtimes: in the ASan/UBSan test build only, never in the image
+    libasan*|libubsan*) ;;
     /usr/local/lib/libfaiss_c.so) grep -q "/out/usr/local/lib/libfaiss_c.so" "$cf" || fail "Containerfile: libfaiss_c.so not in /out" ;;
     *) grep -qw -- "$p" <<<"$(grep -A4 'apt-get install' <<<"$runtime")" || fail "Containerfile: runtime lacks $p" ;;
   esac

@@ -14,7 +14,7 @@ if(TARGET m3-server)
 endif()
 set_property(TEST worker_decode APPEND PROPERTY ENVIRONMENT
   "M3_LIB=$<TARGET_FILE:m3client_shared>" "M3_DECODE_CHECK=$<TARGET_FILE:worker_decode_check>"
-  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
+  "M3_SANITIZE=${M3_SANITIZE}" OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
 
 # The CUDA backend against the CPU one (exit 77 without a device).
 if(TARGET m3decode_cuda)

@@ -44,7 +44,13 @@ PY
 
 # The PyTorch worker: the same trace.
 if "$py" -c "import torch" 2>/dev/null; then
-  M3_LIB=$M3_LIB PYTHONPATH="$src/client/python" "$py" "$src/examples/worker.py" \
+  preload=
+  if [ "${M3_SANITIZE:-OFF}" = ON ]; then
+    # the library carries ASan/UBSan: python must load their runtimes first
+    preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+  fi
+  LD_PRELOAD=$preload ASAN_OPTIONS=detect_leaks=0 \
+    M3_LIB=$M3_LIB PYTHONPATH="$src/client/python" "$py" "$src/examples/worker.py" \
     --model "$work/model" --server "$store" --prompts "$src/examples/prompts.txt" --batch 4 \
     --new-tokens 140 --trace "$work/py.trace"
   "$py" - "$work/c.trace" "$work/py.trace" <<'PY'
