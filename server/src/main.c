@@ -53,6 +53,11 @@ static const char *usage_text =
     "  --write-high-water-mb N   stop reading a connection with more queued (16)\n"
     "  --fetch-memory-mb N       read buffers of all calls together; calls beyond\n"
     "                            wait for buffers, oldest first (256)\n"
+    "  --verify-reads            read every memory into a buffer and check its CRC32C\n"
+    "                            before sending it (default: page-cache stores send\n"
+    "                            with sendfile; the client checks every CRC32C)\n"
+    "  --min-drain-kb-per-s N    close a connection whose queued answers drain\n"
+    "                            slower than this for 2 s: its buffers go back (256)\n"
     "  --shard N                 shard number announced in Hello (0)\n"
     "  --name NAME               server name announced in Hello\n"
     "  -h, --help\n"
@@ -79,6 +84,7 @@ void server_config_defaults(server_config *c) {
   c->cache_bytes = SIZE_MAX;
   c->search_threads = 1;
   c->fetch_memory = (size_t)256 << 20;
+  c->min_drain_bytes_per_s = (size_t)256 << 10;
 }
 
 static const struct option opts[] = {
@@ -107,6 +113,8 @@ static const struct option opts[] = {
     {"name", required_argument, NULL, 15},
     {"search-threads", required_argument, NULL, 16},
     {"fetch-memory-mb", required_argument, NULL, 17},
+    {"verify-reads", no_argument, NULL, 18},
+    {"min-drain-kb-per-s", required_argument, NULL, 19},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
@@ -150,6 +158,10 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
   case 15: c->name = v; break;
   case 16: c->search_threads = (unsigned)num(name, v, where); break;
   case 17: c->fetch_memory = (size_t)num(name, v, where) << 20; break;
+  case 18:
+    c->verify_reads = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes");
+    break;
+  case 19: c->min_drain_bytes_per_s = (size_t)num(name, v, where) << 10; break;
   }
 }
 

@@ -74,9 +74,14 @@ typedef struct server_config {
   unsigned drain_timeout_ms;
   size_t write_high_water;     /* stop reading a connection with more queued */
   size_t fetch_memory;         /* read buffers of all calls together */
+  size_t min_drain_bytes_per_s; /* a connection with answers queued that drains
+                                   slower than this is closed (0: never) */
   size_t cache_bytes;          /* SIZE_MAX: auto (256 MB with --direct, else 0) */
   unsigned search_threads;     /* OpenMP and BLAS threads of an index search */
   int direct;
+  int verify_reads;            /* read every memory into a buffer and check its
+                                  CRC before sending (else sendfile from the
+                                  page cache, checked by the client) */
   unsigned shard;
 } server_config;
 
@@ -124,6 +129,7 @@ typedef struct server {
   uv_poll_t aio_poll;
   uv_timer_t aio_retry;      /* a writer held the store: submit again soon */
   int aio_busy;
+  int splice;                /* memories go out with sendfile (readbuf.c) */
   rb_reads *flush;           /* reads done whose memories are not yet sent */
   /* Read buffers, one memory each, shared by all calls: at most
    * fetch_memory bytes of them (so a burst of large calls waits for memory
@@ -132,6 +138,7 @@ typedef struct server {
   size_t buf_cap;            /* m3_store_fetch_cap */
   size_t bufs_max, bufs_out; /* budget in buffers; buffers lent out */
   size_t bufs_peak;          /* most ever lent out at once */
+  unsigned borrowers;        /* connections with buffers lent (conn.lent > 0) */
   void **bufs;               /* free buffers */
   size_t nbufs;
   rb_reads *fetch_queue, *fetch_tail;
@@ -140,6 +147,7 @@ typedef struct server {
   struct {
     size_t *ends, *att_lens;
     const void **atts;
+    const struct m3_span **spans; /* NULL: from memory */
     void **back;
     size_t cap;
   } send;
