@@ -68,30 +68,47 @@ int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans) 
   if (n == 0) return 0;
   if (s->opts.direct)
     return m3__seterr(M3_EUNSUPPORTED, "store %s reads with O_DIRECT: no spans", s->dir);
-  if (pthread_rwlock_tryrdlock(&s->rw) != 0)
+  uint64_t *ids = malloc(n * sizeof *ids);
+  m3_location *locs = malloc(n * sizeof *locs);
+  int *st = malloc(n * sizeof *st);
+  size_t *miss = malloc(n * sizeof *miss);
+  if (!ids || !locs || !st || !miss) {
+    free(ids);
+    free(locs);
+    free(st);
+    free(miss);
+    return m3__seterr(M3_ENOMEM, "spans of %zu memories: out of memory", n);
+  }
+  if (pthread_rwlock_tryrdlock(&s->rw) != 0) {
+    free(ids);
+    free(locs);
+    free(st);
+    free(miss);
     return m3__seterr(M3_EBUSY, "store %s: a write is in progress", s->dir);
+  }
   int rc = 0;
-  for (size_t i = 0; i < n; i++) {
-    m3_fetch_item *it = &items[i];
-    spans[i] = (m3_span){-1, 0, 0};
-    int got = m3__fetch_item_init(s, it, i);
-    if (got < 0) {
-      rc = got;
-      break;
+  size_t nmiss = 0;
+  for (size_t i = 0; i < n; i++) spans[i] = (m3_span){-1, 0, 0};
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    int got = m3__fetch_item_init(s, &items[i], i);
+    if (got < 0) rc = got;
+    else if (got == 0) { /* not a cache hit (those are read whole into it->buf) */
+      ids[nmiss] = items[i].chunk_id;
+      miss[nmiss++] = i;
     }
-    if (got == 1) continue; /* a cache hit: the bytes are in it->buf */
-    m3_location loc;
-    int st = m3__catalog_get_loc(&s->cat, it->chunk_id, &loc);
-    if (st == 0) st = span_one(s, it, &loc, &spans[i]);
-    if (st == 0) {
+  }
+  if (rc == 0 && nmiss) rc = m3__catalog_get_locs(&s->cat, ids, nmiss, locs, st);
+  for (size_t j = 0; j < nmiss && rc == 0; j++) {
+    m3_fetch_item *it = &items[miss[j]];
+    int e = st[j] ? st[j] : span_one(s, it, &locs[j], &spans[miss[j]]);
+    if (e == 0) {
       atomic_fetch_add(&s->aio_reads, 1); /* under the lock: compaction sees it */
-    } else if (st == M3_ENOTFOUND || st == M3_ECORRUPT || st == M3_EIO) {
-      it->status = st;
+    } else if (e == M3_ENOTFOUND || e == M3_ECORRUPT || e == M3_EIO) {
+      it->status = e;
       it->data = NULL;
       it->len = 0;
     } else {
-      rc = st;
-      break;
+      rc = e;
     }
   }
   if (rc) /* none handed out */
@@ -101,6 +118,10 @@ int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans) 
         atomic_fetch_sub(&s->aio_reads, 1);
       }
   pthread_rwlock_unlock(&s->rw);
+  free(ids);
+  free(locs);
+  free(st);
+  free(miss);
   return rc;
 }
 
