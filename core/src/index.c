@@ -29,6 +29,7 @@
 
 #include "m3/crc32c.h"
 #include "m3/error.h"
+#include "m3/internal/fsutil.h"
 #include "m3/fault.h"
 #include "m3/index.h"
 #include "m3/log.h"
@@ -137,38 +138,14 @@ static ssize_t sink_write(void *cookie, const char *buf, size_t len) {
     k->err = fe;
     return -1;
   }
-  size_t done = 0;
-  while (done < len) {
-    ssize_t w = write(k->fd, buf + done, len - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      k->err = w < 0 ? errno : EIO;
-      return done ? (ssize_t)done : -1;
-    }
-    done += (size_t)w;
+  int e = m3__fs_write_all(k->fd, buf, len);
+  if (e) {
+    k->err = e;
+    return -1;
   }
   k->crc = m3_crc32c(k->crc, buf, len);
   k->bytes += len;
   return (ssize_t)len;
-}
-
-static int write_all(int fd, const char *buf, size_t len) {
-  while (len) {
-    ssize_t w = write(fd, buf, len);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return w < 0 ? errno : EIO;
-    buf += w;
-    len -= (size_t)w;
-  }
-  return 0;
-}
-
-static int fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return m3__syserr(errno, "open directory %s", dir);
-  int rc = fsync(fd) != 0 ? m3__syserr(errno, "fsync directory %s", dir) : 0;
-  close(fd);
-  return rc;
 }
 
 /* Size and CRC32C of a whole file; 0, or an errno value. */
@@ -365,82 +342,53 @@ out:
   return rc;
 }
 
-/* Write the index and its stamp; caller holds the read lock and ix->meta. */
+/* The index file's contents (m3__fs_writer): FAISS's serialization through
+ * a crc_sink, so the stamp gets the file's size and checksum. */
+typedef struct index_src {
+  const m3_index *ix;
+  crc_sink k;
+} index_src;
+
+static int write_index(int fd, const char *tmp, void *ud) {
+  index_src *w = ud;
+  w->k = (crc_sink){fd, 0, 0, 0};
+  FILE *f = fopencookie(&w->k, "w", (cookie_io_functions_t){.write = sink_write});
+  if (!f) return m3__syserr(errno, "fopencookie for %s", tmp);
+  int wr = faiss_write_index(w->ix->fx, f);
+  int fl = fclose(f);
+  if (w->k.err) return m3__syserr(w->k.err, "write %s", tmp);
+  if (wr != 0 || fl != 0)
+    return m3__seterr(M3_EINTERNAL, "write %s (factory %s): %s", tmp, w->ix->factory,
+                      wr ? faiss_msg() : "fclose failed");
+  return 0;
+}
+
+/* Write the index and its stamp; caller holds the read lock and ix->meta.
+ * Index first: a crash (or a failed stamp write) after its replace leaves
+ * an old stamp whose checksum does not match the new file, which reads as
+ * stale. */
 static int save_locked(m3_index *ix, uint64_t seqno) {
-  char tmp[PATH_MAX + 32], dst[PATH_MAX + 32], stmp[PATH_MAX + 32], sdst[PATH_MAX + 32];
+  char dst[PATH_MAX + 32], sdst[PATH_MAX + 32];
   char text[STAMP_MAX];
-  crc_sink k = {-1, 0, 0, 0};
-  FILE *f = NULL;
-  int rc = 0, sfd = -1;
+  int rc;
 
   if (mkdir(ix->path, 0755) != 0 && errno != EEXIST) return m3__syserr(errno, "mkdir %s", ix->path);
-  snprintf(tmp, sizeof tmp, "%s/index.faiss.tmp", ix->path);
   snprintf(dst, sizeof dst, "%s/index.faiss", ix->path);
-  snprintf(stmp, sizeof stmp, "%s/stamp.tmp", ix->path);
   snprintf(sdst, sizeof sdst, "%s/stamp", ix->path);
 
-  k.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (k.fd < 0) return m3__syserr(errno, "create %s", tmp);
-  f = fopencookie(&k, "w", (cookie_io_functions_t){.write = sink_write});
-  if (!f) {
-    rc = m3__syserr(errno, "fopencookie for %s", tmp);
-    goto out;
-  }
-  int wr = faiss_write_index(ix->fx, f);
-  int fl = fclose(f);
-  f = NULL;
-  if (k.err) {
-    rc = m3__syserr(k.err, "write %s", tmp);
-    goto out;
-  }
-  if (wr != 0 || fl != 0) {
-    rc = m3__seterr(M3_EINTERNAL, "write %s (factory %s): %s", tmp, ix->factory,
-                    wr ? faiss_msg() : "fclose failed");
-    goto out;
-  }
-  if (fsync(k.fd) != 0) {
-    rc = m3__syserr(errno, "fsync %s", tmp);
-    goto out;
-  }
+  index_src w = {.ix = ix};
+  if ((rc = m3__fs_replace_fn(dst, write_index, &w)) != 0) return rc;
 
   stamp st = {.version = M3_INDEX_FORMAT_VERSION, .dim = ix->dim,
               .count = (uint64_t)faiss_Index_ntotal(ix->fx), .seqno = seqno,
-              .index_bytes = k.bytes, .index_crc = k.crc};
+              .index_bytes = w.k.bytes, .index_crc = w.k.crc};
   snprintf(st.factory, sizeof st.factory, "%s", ix->factory);
   snprintf(st.metric, sizeof st.metric, "inner_product");
   int n = stamp_format(text, sizeof text, &st);
   M3_ASSERT(n > 0);
-  sfd = open(stmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (sfd < 0) {
-    rc = m3__syserr(errno, "create %s", stmp);
-    goto out;
-  }
   int e = m3__fault("index.write");
-  if (!e) e = write_all(sfd, text, (size_t)n);
-  if (!e && fsync(sfd) != 0) e = errno;
-  if (e) {
-    rc = m3__syserr(e, "write %s", stmp);
-    goto out;
-  }
-  /* index first: a crash before the stamp's rename leaves an old stamp whose
-   * checksum does not match the new file, which reads as stale. */
-  if (rename(tmp, dst) != 0) {
-    rc = m3__syserr(errno, "rename %s to %s", tmp, dst);
-    goto out;
-  }
-  if (rename(stmp, sdst) != 0) {
-    rc = m3__syserr(errno, "rename %s to %s", stmp, sdst);
-    goto out;
-  }
-  rc = fsync_dir(ix->path);
-out:
-  if (sfd >= 0) close(sfd);
-  if (k.fd >= 0) close(k.fd);
-  if (rc) {
-    unlink(tmp);
-    unlink(stmp);
-  }
-  return rc;
+  if (e) return m3__syserr(e, "write %s.tmp", sdst);
+  return m3__fs_replace(sdst, text, (size_t)n);
 }
 
 /* ---- building ---------------------------------------------------------- */
@@ -511,9 +459,53 @@ static int build_entry(void *ud, uint64_t id, const float *emb) {
   return c->n == BUILD_BATCH ? flush_batch(c) : 0;
 }
 
+/* Train ix->fx on a uniform sample of at most cap vectors of n stores (one
+ * reservoir across all of them, fixed seed: repeatable). */
+static int train_sampled(m3_index *ix, m3_store *const *stores, size_t n, size_t cap) {
+  build_ctx c = {.ix = ix, .rng = 0x6d33696e646578ull /* "m3index" */, .pass_train = 1};
+  int rc = 0;
+  c.cap = cap ? cap : DEFAULT_TRAIN_SAMPLE;
+  c.sample = malloc(c.cap * ix->dim * sizeof(float));
+  if (!c.sample) return m3__seterr(M3_ENOMEM, "index %s: training sample of %zu vectors", ix->path, c.cap);
+  for (size_t i = 0; i < n && rc == 0; i++) rc = m3_store_iterate_embeddings(stores[i], build_entry, &c);
+  if (rc) goto out;
+  if (c.ns == 0) {
+    rc = m3__seterr(M3_EINVAL,
+                    "index factory '%s' needs training, and store %s holds no embeddings to "
+                    "train it on: use an untrained factory (IDMap,Flat) until it does",
+                    ix->factory, m3_store_dir(stores[0]));
+    goto out;
+  }
+  M3_INFO("index", "%s: training '%s' on %zu of %" PRIu64 " vectors", ix->path, ix->factory, c.ns,
+          c.seen);
+  if (faiss_Index_train(ix->fx, (idx_t)c.ns, c.sample) != 0)
+    rc = m3__seterr(M3_EINVAL, "index factory '%s': training on %zu vectors failed: %s", ix->factory,
+                    c.ns, faiss_msg());
+out:
+  free(c.sample);
+  return rc;
+}
+
+/* ix->fx := the trained, empty index in file path (m3_index_train_file). */
+static int load_trained(m3_index *ix, const char *path) {
+  FaissIndex *fx = NULL;
+  if (faiss_read_index_fname(path, 0, &fx) != 0)
+    return m3__seterr(M3_EINVAL, "trained index %s: %s", path, faiss_msg());
+  if ((unsigned)faiss_Index_d(fx) != ix->dim || !faiss_Index_is_trained(fx) ||
+      faiss_Index_ntotal(fx) != 0 || faiss_Index_metric_type(fx) != METRIC_INNER_PRODUCT) {
+    faiss_Index_free(fx);
+    return m3__seterr(M3_EINVAL,
+                      "trained index %s is not an empty trained inner-product index of %u dims "
+                      "(factory %s)", path, ix->dim, ix->factory);
+  }
+  faiss_Index_free(ix->fx);
+  ix->fx = fx;
+  return 0;
+}
+
 /* Build ix->fx from the store's embeddings. */
-static int rebuild(m3_index *ix, m3_store *s, size_t train_sample) {
-  build_ctx c = {.ix = ix, .rng = 0x6d33696e646578ull /* "m3index" */};
+static int rebuild(m3_index *ix, m3_store *s, size_t train_sample, const char *trained) {
+  build_ctx c = {.ix = ix};
   float *probe = NULL;
   int rc = 0;
 
@@ -522,31 +514,8 @@ static int rebuild(m3_index *ix, m3_store *s, size_t train_sample) {
     return m3__seterr(M3_EINVAL, "index factory '%s' (dim %u): %s", ix->factory, ix->dim, faiss_msg());
   }
   if (!faiss_Index_is_trained(ix->fx)) {
-    c.cap = train_sample ? train_sample : DEFAULT_TRAIN_SAMPLE;
-    c.sample = malloc(c.cap * ix->dim * sizeof(float));
-    if (!c.sample) {
-      rc = m3__seterr(M3_ENOMEM, "index %s: training sample of %zu vectors", ix->path, c.cap);
-      goto out;
-    }
-    c.pass_train = 1;
-    if ((rc = m3_store_iterate_embeddings(s, build_entry, &c)) != 0) goto out;
-    if (c.ns == 0) {
-      rc = m3__seterr(M3_EINVAL,
-                      "index factory '%s' needs training, and store %s holds no embeddings to "
-                      "train it on: use an untrained factory (IDMap,Flat) until it does",
-                      ix->factory, m3_store_dir(s));
-      goto out;
-    }
-    M3_INFO("index", "%s: training '%s' on %zu of %" PRIu64 " vectors", ix->path, ix->factory, c.ns,
-            c.seen);
-    if (faiss_Index_train(ix->fx, (idx_t)c.ns, c.sample) != 0) {
-      rc = m3__seterr(M3_EINVAL, "index factory '%s': training on %zu vectors failed: %s", ix->factory,
-                      c.ns, faiss_msg());
-      goto out;
-    }
-    free(c.sample);
-    c.sample = NULL;
-    c.pass_train = 0;
+    rc = trained ? load_trained(ix, trained) : train_sampled(ix, &s, 1, train_sample);
+    if (rc) goto out;
     ix->trained = 1;
   }
   /* Does it take ids? Asked now, not at the first put. */
@@ -650,7 +619,7 @@ int m3_index_open(m3_store *s, const m3_index_options *o, m3_index **out) {
     ix->loaded = 1;
   } else {
     M3_INFO("index", "%s: building '%s' (dim %u): %s", ix->path, ix->factory, ix->dim, ix->reason);
-    if ((rc = rebuild(ix, s, o->train_sample)) != 0) goto out;
+    if ((rc = rebuild(ix, s, o->train_sample, o->trained)) != 0) goto out;
     if (!ix->read_only && (rc = save_locked(ix, seqno)) != 0) goto out;
   }
   ix->seqno = seqno;
@@ -885,4 +854,56 @@ void m3_index_info_get(m3_index *ix, m3_index_info *out) {
   out->path = ix->path;
   pthread_mutex_unlock(&ix->meta);
   pthread_rwlock_unlock(&ix->lock);
+}
+
+int m3_index_train_file(m3_store *const *stores, size_t n, const m3_index_options *o,
+                        const char *path, int *needed) {
+  m3_index_options def;
+  if (!o) {
+    m3_index_options_init(&def);
+    o = &def;
+  }
+  *needed = 0;
+  if (n == 0) return m3__seterr(M3_EINVAL, "trained index %s: no stores to sample", path);
+  m3_index *ix = calloc(1, sizeof *ix);
+  if (!ix) return m3__seterr(M3_ENOMEM, "index: out of memory");
+  int rc = 0;
+  char tmp[PATH_MAX + 8];
+  ix->dim = m3_store_layout(stores[0])->emb_dim;
+  snprintf(ix->factory, sizeof ix->factory, "%s",
+           o->factory && o->factory[0] ? o->factory : M3_INDEX_DEFAULT_FACTORY);
+  snprintf(ix->path, sizeof ix->path, "%s", path);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  for (size_t i = 1; i < n; i++)
+    if (m3_store_layout(stores[i])->emb_dim != ix->dim) {
+      rc = m3__seterr(M3_ESHAPE, "trained index %s: store %s has %u-dim embeddings, store %s %u",
+                      path, m3_store_dir(stores[i]), m3_store_layout(stores[i])->emb_dim,
+                      m3_store_dir(stores[0]), ix->dim);
+      goto out;
+    }
+  if (ix->dim == 0) {
+    rc = m3__seterr(M3_EUNSUPPORTED, "store %s keeps no retrieval embeddings", m3_store_dir(stores[0]));
+    goto out;
+  }
+  if (faiss_index_factory(&ix->fx, (int)ix->dim, ix->factory, METRIC_INNER_PRODUCT) != 0) {
+    ix->fx = NULL;
+    rc = m3__seterr(M3_EINVAL, "index factory '%s' (dim %u): %s", ix->factory, ix->dim, faiss_msg());
+    goto out;
+  }
+  if (faiss_Index_is_trained(ix->fx)) goto out; /* nothing to share */
+  *needed = 1;
+  if ((rc = train_sampled(ix, stores, n, o->train_sample)) != 0) goto out;
+  if (faiss_write_index_fname(ix->fx, tmp) != 0) {
+    rc = m3__seterr(M3_EIO, "trained index %s: %s", tmp, faiss_msg());
+    goto out;
+  }
+  int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) != 0) rc = m3__syserr(errno, "fsync %s", tmp);
+  if (fd >= 0) close(fd);
+  if (rc == 0 && rename(tmp, path) != 0) rc = m3__syserr(errno, "rename %s to %s", tmp, path);
+out:
+  if (rc) unlink(tmp);
+  if (ix->fx) faiss_Index_free(ix->fx);
+  free(ix);
+  return rc;
 }
