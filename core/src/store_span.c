@@ -68,27 +68,22 @@ int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans) 
   if (n == 0) return 0;
   if (s->opts.direct)
     return m3__seterr(M3_EUNSUPPORTED, "store %s reads with O_DIRECT: no spans", s->dir);
+  int rc = 0, locked = 0;
+  size_t nmiss = 0;
   uint64_t *ids = malloc(n * sizeof *ids);
   m3_location *locs = malloc(n * sizeof *locs);
   int *st = malloc(n * sizeof *st);
   size_t *miss = malloc(n * sizeof *miss);
+  for (size_t i = 0; i < n; i++) spans[i] = (m3_span){-1, 0, 0};
   if (!ids || !locs || !st || !miss) {
-    free(ids);
-    free(locs);
-    free(st);
-    free(miss);
-    return m3__seterr(M3_ENOMEM, "spans of %zu memories: out of memory", n);
+    rc = m3__seterr(M3_ENOMEM, "spans of %zu memories: out of memory", n);
+    goto out;
   }
   if (pthread_rwlock_tryrdlock(&s->rw) != 0) {
-    free(ids);
-    free(locs);
-    free(st);
-    free(miss);
-    return m3__seterr(M3_EBUSY, "store %s: a write is in progress", s->dir);
+    rc = m3__seterr(M3_EBUSY, "store %s: a write is in progress", s->dir);
+    goto out;
   }
-  int rc = 0;
-  size_t nmiss = 0;
-  for (size_t i = 0; i < n; i++) spans[i] = (m3_span){-1, 0, 0};
+  locked = 1;
   for (size_t i = 0; i < n && rc == 0; i++) {
     int got = m3__fetch_item_init(s, &items[i], i);
     if (got < 0) rc = got;
@@ -117,7 +112,8 @@ int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans) 
         spans[i].fd = -1;
         atomic_fetch_sub(&s->aio_reads, 1);
       }
-  pthread_rwlock_unlock(&s->rw);
+out:
+  if (locked) pthread_rwlock_unlock(&s->rw);
   free(ids);
   free(locs);
   free(st);
