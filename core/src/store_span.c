@@ -3,7 +3,7 @@
  * without reading them through user space (m3/store.h, m3_store_spans).
  *
  * Under the store's shared lock (trylock: an event loop never waits behind
- * a commit) each item is looked up (cache, catalog) as m3_store_aio_submit
+ * a commit) each item is looked up (cache, location table) as m3_store_aio_submit
  * does; for a record in a segment file, only its 64-byte header is read
  * (pread: this path is for stores served from the page cache) and checked
  * (header CRC, chunk id, mem_crc against the catalog, layout), and the
@@ -92,7 +92,7 @@ int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans) 
       miss[nmiss++] = i;
     }
   }
-  if (rc == 0 && nmiss) rc = m3__catalog_get_locs(&s->cat, ids, nmiss, locs, st);
+  if (rc == 0 && nmiss) rc = m3__store_locs(s, ids, nmiss, locs, st);
   for (size_t j = 0; j < nmiss && rc == 0; j++) {
     m3_fetch_item *it = &items[miss[j]];
     int e = st[j] ? st[j] : span_one(s, it, &locs[j], &spans[miss[j]]);
