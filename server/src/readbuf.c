@@ -262,9 +262,11 @@ int rb_init(server *s) {
   if (s->bufs == NULL) return m3__seterr(M3_ENOMEM, "read buffer pool: out of memory");
   uv_timer_init(s->loop, &s->aio_retry);
   s->aio_retry.data = s;
-  /* Page-cache stores are sent with sendfile unless the server is to check
-   * every memory it reads itself (--verify-reads). */
-  s->splice = !s->cfg.verify_reads && !s->cfg.direct;
+  /* --sendfile: page-cache stores are sent with sendfile. Not the default:
+   * the record headers are read and the sendfile runs on the loop thread, so
+   * a record not in the page cache stalls the loop on the disk; the buffer
+   * path reads on the io_uring and never does. */
+  s->splice = s->cfg.sendfile && !s->cfg.direct;
   M3_INFO("server", "memories are sent %s", s->splice ? "from the page cache with sendfile "
                                                         "(the client checks their CRC32C)"
                                                       : "from read buffers, checked by the server");

@@ -80,9 +80,10 @@ typedef struct server_config {
   size_t cache_bytes;          /* SIZE_MAX: auto (256 MB with --direct, else 0) */
   unsigned search_threads;     /* OpenMP and BLAS threads of an index search */
   int direct;
-  int verify_reads;            /* read every memory into a buffer and check its
-                                  CRC before sending (else sendfile from the
-                                  page cache, checked by the client) */
+  int sendfile;                /* send page-cache memories with sendfile,
+                                  checked by the client only (--sendfile);
+                                  else read into buffers on the io_uring and
+                                  checked by the server too */
   unsigned shard;
 } server_config;
 

@@ -1,8 +1,8 @@
 /*
  * m3-server's two send paths, seen by libm3client over loopback: sendfile
- * from the page cache (the default; the server checks only each record's
+ * from the page cache (--sendfile; the server checks only each record's
  * header and the client checks every payload CRC32C) and read buffers
- * checked by the server (--verify-reads).
+ * checked by the server (the default).
  *  - both return every memory byte-identical to the store;
  *  - a byte flipped in a record's codes in its segment file is caught on
  *    both paths: that memory arrives as DATA_LOSS, the others intact;
@@ -87,12 +87,12 @@ static void identical(const char *const *extra) {
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("m3-server exit %d", st);
 }
 
-static void test_identical_sendfile(void **state) { identical(NULL); }
-
-static void test_identical_verified(void **state) {
-  const char *extra[] = {"--verify-reads", NULL};
+static void test_identical_sendfile(void **state) {
+  const char *extra[] = {"--sendfile", NULL};
   identical(extra);
 }
+
+static void test_identical_verified(void **state) { identical(NULL); }
 
 static void test_identical_direct(void **state) {
   const char *extra[] = {"--direct", NULL};
@@ -102,7 +102,8 @@ static void test_identical_direct(void **state) {
 /* Slow readers and cancels, then the descriptors are as before. */
 static void test_slow_and_cancel_leave_nothing(void **state) {
   ct_server srv;
-  ct_server_start(&srv, &S, NULL);
+  const char *extra[] = {"--sendfile", NULL};
+  ct_server_start(&srv, &S, extra);
   m3_client *c = ct_connect(&srv, NULL);
   got warm = {0};
   fetch_all(c, &warm, 1);
@@ -179,9 +180,9 @@ static void flipped(const char *const *extra) {
 
 static void test_flipped_byte(void **state) {
   flip_byte();
+  const char *sendfile[] = {"--sendfile", NULL};
+  flipped(sendfile);
   flipped(NULL);
-  const char *verified[] = {"--verify-reads", NULL};
-  flipped(verified);
 }
 
 int main(void) {
