@@ -230,6 +230,7 @@ static int on_memory(void *ud, const ProtobufCMessage *msg, const uint8_t *att, 
   const M3__Memory *m = (const M3__Memory *)msg;
   const m3_layout *want = &s->c->info.layout;
   m3_record rec;
+  uint32_t crc;
   char err[256] = "";
   m3_client_memory out = {
       .chunk_id = m->chunk_id, .query = m->query, .rank = m->rank, .score = m->score,
@@ -243,11 +244,12 @@ static int on_memory(void *ud, const ProtobufCMessage *msg, const uint8_t *att, 
     out.status = M3_ECORRUPT;
     snprintf(err, sizeof err, "chunk %llu: %zu payload bytes arrived, Memory says %u",
              (unsigned long long)m->chunk_id, att_len, m->payload_bytes);
-  } else if (m3_crc32c(0, att, att_len) != m->payload_crc) {
+  } else if ((crc = s->c->att_crc_ok ? s->c->att_crc : m3_crc32c(0, att, att_len)) !=
+             m->payload_crc) {
     out.grpc_status = M3__STATUS_CODE__DATA_LOSS;
     out.status = M3_ECORRUPT;
     snprintf(err, sizeof err, "chunk %llu: payload CRC32C %08x, Memory says %08x",
-             (unsigned long long)m->chunk_id, m3_crc32c(0, att, att_len), m->payload_crc);
+             (unsigned long long)m->chunk_id, crc, m->payload_crc);
   } else if (m3_record_parse(att, att_len, M3_PARSE_HEADER, &rec) != 0 ||
              M3_RECORD_HEADER_SIZE + (size_t)rec.mem_bytes != att_len) {
     /* The payload CRC above covered every byte end to end (the server's

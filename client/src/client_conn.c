@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "client_int.h"
+#include "m3/crc32c.h"
 #include "m3/error.h"
 
 #define RBUF_MIN (1u << 20)
@@ -346,8 +347,12 @@ static int read_frame(m3_client *c, m3_method method, uint64_t deadline, m3_fram
       c->abuf = b;
       c->acap = f->att_len;
     }
-    memcpy(c->abuf, *att, f->att_len);
+    /* The payload's CRC in the same pass as the copy (on_memory checks it). */
+    c->att_crc = m3_crc32c_copy(0, c->abuf, *att, f->att_len);
+    c->att_crc_ok = 1;
     *att = c->abuf;
+  } else {
+    c->att_crc_ok = 0;
   }
   c->rpos += total;
   if (c->rpos == c->rlen) c->rpos = c->rlen = 0;

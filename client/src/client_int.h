@@ -39,6 +39,8 @@ struct m3_client {
   size_t rcap, rpos, rlen;
   uint8_t *abuf;  /* an attachment that landed misaligned in rbuf, copied here */
   size_t acap;
+  int att_crc_ok;   /* att_crc is the CRC32C of the last frame's attachment */
+  uint32_t att_crc; /* (computed while copying it to abuf) */
   m3_wbuf out;   /* output: out.data[out_off, out.len) not yet written */
   size_t out_off;
 

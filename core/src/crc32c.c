@@ -4,6 +4,7 @@
 #include "m3/crc32c.h"
 
 #include <pthread.h>
+#include <string.h>
 
 #include <isa-l/crc.h>
 
@@ -17,6 +18,21 @@ uint32_t m3_crc32c(uint32_t crc, const void *buf, size_t len) {
     len -= (size_t)n;
   }
   return ~reg;
+}
+
+uint32_t m3_crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len) {
+  enum { BLOCK = 8192 }; /* well inside L1 and L2 */
+  unsigned char *d = dst;
+  const unsigned char *s = src;
+  while (len > 0) {
+    size_t n = len < BLOCK ? len : BLOCK;
+    crc = m3_crc32c(crc, s, n);
+    memcpy(d, s, n);
+    d += n;
+    s += n;
+    len -= n;
+  }
+  return crc;
 }
 
 /* ---- combine (after zlib's crc32.c: multiplication in GF(2)[x] modulo the

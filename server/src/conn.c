@@ -8,10 +8,14 @@
  * methods are the layers above (call.c, dispatch.c): nothing here calls
  * them but through the hooks.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "m3/error.h"
 #include "m3/log.h"
@@ -34,18 +38,26 @@ typedef struct wreq {
   size_t bytes;
   uv_buf_t *bufs; /* inline[] or malloc'ed for a batch */
   uint8_t *owned; /* batch: the frames' headers and messages */
+  int kick;       /* the rest of a piece (conn_send_pieces): its bytes are
+                     counted by its conn_zwrite */
   uv_buf_t inline_bufs[2];
   uint8_t data[]; /* single frame: header + message */
 } wreq;
 
 static void resume_reading(conn *c);
 static int queued(conn *c, wreq *w);
+static void zq_run(conn *c);
+static void on_idle(uv_timer_t *t);
+static int zq_push(conn *c, uint8_t *owned, conn_piece *p, size_t n, conn_write_cb cb, void *ud);
 
 static void on_write(uv_write_t *req, int status) {
   wreq *w = (wreq *)req;
   conn *c = w->c;
-  c->queued -= w->bytes;
-  c->s->m.bytes_out += status == 0 ? w->bytes : 0;
+  c->uv_pending--;
+  if (!w->kick) {
+    c->queued -= w->bytes;
+    c->s->m.bytes_out += status == 0 ? w->bytes : 0;
+  }
   c->last_activity_ns = now_ns();
   if (w->cb) w->cb(w->ud, status);
   if (w->bufs != w->inline_bufs) free(w->bufs);
@@ -57,13 +69,31 @@ static void on_write(uv_write_t *req, int status) {
   } else if (!c->closing && !c->reading && c->queued < c->s->cfg.write_high_water / 2) {
     resume_reading(c);
   }
-  if (!c->closing) c->s->hooks.written(c);
+  if (!c->closing && c->zhead && c->uv_pending == 0) zq_run(c);
+  c->s->hooks.written(c); /* closing too: buffers it carried are back */
   conn_unref(c);
 }
 
 int conn_send(conn *c, m3_frame *f, const ProtobufCMessage *msg, const void *att,
               size_t att_len, conn_write_cb cb, void *ud) {
   if (c->closing) return M3_EIO;
+  if (c->zhead) { /* behind writes of pieces: in their queue, in order */
+    size_t mlen = msg ? protobuf_c_message_get_packed_size(msg) : 0;
+    uint8_t *owned = malloc(M3_FRAME_HEADER_SIZE + mlen);
+    conn_piece *p = malloc(2 * sizeof *p);
+    if (owned == NULL || p == NULL) {
+      free(owned);
+      free(p);
+      return M3_ENOMEM;
+    }
+    f->msg_len = (uint32_t)mlen;
+    f->att_len = (uint32_t)att_len;
+    m3_frame_encode(owned, f);
+    if (mlen) protobuf_c_message_pack(msg, owned + M3_FRAME_HEADER_SIZE);
+    p[0] = (conn_piece){owned, -1, 0, M3_FRAME_HEADER_SIZE + mlen};
+    p[1] = (conn_piece){att, -1, 0, att_len};
+    return zq_push(c, owned, p, att_len ? 2 : 1, cb, ud);
+  }
   size_t mlen = msg ? protobuf_c_message_get_packed_size(msg) : 0;
   wreq *w = malloc(sizeof *w + M3_FRAME_HEADER_SIZE + mlen);
   if (w == NULL) return M3_ENOMEM;
@@ -75,6 +105,7 @@ int conn_send(conn *c, m3_frame *f, const ProtobufCMessage *msg, const void *att
   w->cb = cb;
   w->ud = ud;
   w->owned = NULL;
+  w->kick = 0;
   w->bytes = M3_FRAME_HEADER_SIZE + mlen + att_len;
   w->bufs = w->inline_bufs;
   w->bufs[0] = uv_buf_init((char *)w->data, (unsigned)(M3_FRAME_HEADER_SIZE + mlen));
@@ -93,6 +124,22 @@ int conn_send_batch(conn *c, m3_wbuf *frames, const size_t *frame_ends,
                     const void *const *atts, const size_t *att_lens, size_t n,
                     conn_write_cb cb, void *ud) {
   if (c->closing) return M3_EIO;
+  if (c->zhead) { /* behind writes of pieces: in their queue, in order */
+    conn_piece *p = malloc(2 * n * sizeof *p);
+    if (p == NULL) return M3_ENOMEM;
+    size_t np = 0, start = 0;
+    for (size_t i = 0; i < n; i++) {
+      p[np++] = (conn_piece){frames->data + start, -1, 0, frame_ends[i] - start};
+      start = frame_ends[i];
+      if (att_lens[i]) p[np++] = (conn_piece){atts[i], -1, 0, att_lens[i]};
+    }
+    int rc = zq_push(c, frames->data, p, np, cb, ud);
+    if (rc == 0) {
+      frames->data = NULL;
+      frames->len = frames->cap = 0;
+    }
+    return rc;
+  }
   wreq *w = calloc(1, sizeof *w);
   uv_buf_t *bufs = malloc(2 * n * sizeof *bufs);
   if (w == NULL || bufs == NULL) {
@@ -139,6 +186,8 @@ int conn_send_status(conn *c, m3_frame_type type, uint16_t method, uint32_t stre
 }
 
 static int queued(conn *c, wreq *w) {
+  c->uv_pending++;
+  c->enq_total += w->bytes;
   c->refs++;
   c->queued += w->bytes;
   if (c->reading && c->queued > c->s->cfg.write_high_water) {
@@ -148,6 +197,190 @@ static int queued(conn *c, wreq *w) {
     c->reading = 0;
   }
   return 0;
+}
+
+
+/* ---- writes of pieces (sendfile) --------------------------------------- */
+
+struct conn_zwrite {
+  conn_zwrite *next;
+  conn_piece *p;
+  size_t n, i;     /* pieces; the one at hand */
+  size_t done;     /* bytes of p[i] already out */
+  size_t bytes;    /* all of its pieces */
+  uint8_t *owned;
+  conn_write_cb cb;
+  void *ud;
+};
+
+/* Its callback runs from the idle timer (never from within a send). */
+static void zq_finished(conn *c, conn_zwrite *z) {
+  z->next = c->zdone;
+  c->zdone = z;
+  uv_timer_start(&c->idle, on_idle, 0, c->tick_ms);
+}
+
+static void zq_complete(conn *c, conn_zwrite *z, int status) {
+  c->queued -= z->bytes;
+  c->s->m.bytes_out += status == 0 ? z->bytes : 0;
+  if (z->cb) z->cb(z->ud, status);
+  free(z->p);
+  free(z->owned);
+  free(z);
+  if (!c->closing && !c->reading && c->queued < c->s->cfg.write_high_water / 2)
+    resume_reading(c);
+  conn_unref(c);
+}
+
+/* The idle timer, and conn_close: run the callbacks of the writes done
+ * (and, closing, fail those not done). */
+static void zq_callbacks(conn *c) {
+  int any = c->zdone != NULL;
+  while (c->zdone) {
+    conn_zwrite *z = c->zdone;
+    c->zdone = z->next;
+    zq_complete(c, z, 0);
+  }
+  while (c->closing && c->zhead) {
+    conn_zwrite *z = c->zhead;
+    c->zhead = z->next;
+    if (c->zhead == NULL) c->ztail = NULL;
+    zq_complete(c, z, UV_ECANCELED);
+    any = 1;
+  }
+  if (any) c->s->hooks.written(c); /* as on_write: their buffers are back */
+}
+
+static int zq_push(conn *c, uint8_t *owned, conn_piece *p, size_t n, conn_write_cb cb, void *ud) {
+  conn_zwrite *z = calloc(1, sizeof *z);
+  if (z == NULL) return M3_ENOMEM;
+  z->p = p;
+  z->n = n;
+  z->owned = owned;
+  z->cb = cb;
+  z->ud = ud;
+  for (size_t i = 0; i < n; i++) z->bytes += p[i].len;
+  c->refs++;
+  c->queued += z->bytes;
+  c->enq_total += z->bytes;
+  c->zunsent += z->bytes;
+  if (c->ztail) c->ztail->next = z;
+  else c->zhead = z;
+  c->ztail = z;
+  if (c->reading && c->queued > c->s->cfg.write_high_water) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  if (c->uv_pending == 0) zq_run(c);
+  return 0;
+}
+
+int conn_send_pieces(conn *c, uint8_t *owned, conn_piece *pieces, size_t n, conn_write_cb cb,
+                     void *ud) {
+  if (c->closing || c->zerr) return M3_EIO;
+  return zq_push(c, owned, pieces, n, cb, ud);
+}
+
+/* The socket is full: send the rest of the piece at hand through libuv,
+ * whose completion says the socket takes bytes again. 0, or -1 (failed). */
+static int zq_kick(conn *c, conn_zwrite *z) {
+  conn_piece *p = &z->p[z->i];
+  size_t rest = p->len - z->done;
+  wreq *w = calloc(1, sizeof *w);
+  if (w == NULL) return -1;
+  const char *src = (const char *)p->buf + z->done;
+  if (p->buf == NULL) { /* a file piece: its rest (less than one record) via a bounce buffer */
+    w->owned = malloc(rest);
+    ssize_t got = w->owned ? pread(p->fd, w->owned, rest, (off_t)(p->off + z->done)) : -1;
+    if (got != (ssize_t)rest) {
+      M3_WARN("server", "%s: reading %zu bytes to send: %s", c->peer, rest,
+              got < 0 ? strerror(errno) : "short read");
+      free(w->owned);
+      free(w);
+      return -1;
+    }
+    src = (const char *)w->owned;
+    c->s->m.sendfile_bounced_bytes += rest;
+  }
+  w->c = c;
+  w->kick = 1;
+  w->bytes = rest;
+  w->bufs = w->inline_bufs;
+  w->bufs[0] = uv_buf_init((char *)src, (unsigned)rest);
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, 1, on_write) < 0) {
+    free(w->owned);
+    free(w);
+    return -1;
+  }
+  c->uv_pending++;
+  c->refs++;
+  c->zunsent -= rest; /* libuv's write queue counts it now */
+  z->i++;
+  z->done = 0;
+  return 0;
+}
+
+/* Send pieces while the socket takes them and libuv has nothing queued. */
+static void zq_run(conn *c) {
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0) c->zerr = 1;
+  while (c->zhead && c->uv_pending == 0 && !c->zerr && !c->closing) {
+    conn_zwrite *z = c->zhead;
+    if (z->i == z->n) {
+      c->zhead = z->next;
+      if (c->zhead == NULL) c->ztail = NULL;
+      zq_finished(c, z);
+      continue;
+    }
+    conn_piece *p = &z->p[z->i];
+    ssize_t w;
+    if (p->len == 0) {
+      z->i++;
+      continue;
+    }
+    if (p->buf) { /* memory pieces in a row: one sendmsg */
+      struct iovec iov[64];
+      size_t k = 0, j = z->i;
+      for (; j < z->n && k < 64 && z->p[j].buf; j++) {
+        size_t skip = j == z->i ? z->done : 0;
+        iov[k].iov_base = (char *)z->p[j].buf + skip;
+        iov[k++].iov_len = z->p[j].len - skip;
+      }
+      int more = j < z->n || z->next;
+      struct msghdr mh = {.msg_iov = iov, .msg_iovlen = k};
+      w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0));
+    } else {
+      off_t off = (off_t)(p->off + z->done);
+      w = sendfile(fd, p->fd, &off, p->len - z->done);
+      if (w == 0) { /* the file is shorter than its catalog entry says */
+        errno = EIO;
+        w = -1;
+      }
+    }
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if ((errno == EAGAIN || errno == EWOULDBLOCK) && zq_kick(c, z) == 0) break;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        M3_DEBUG("server", "%s: send: %s", c->peer, strerror(errno));
+      c->zerr = 1; /* closed from the idle timer: never from within a send */
+      uv_timer_start(&c->idle, on_idle, 0, c->tick_ms);
+      break;
+    }
+    c->zunsent -= (size_t)w;
+    c->last_activity_ns = now_ns();
+    for (size_t left = (size_t)w; left > 0 && z->i < z->n;) {
+      size_t rest = z->p[z->i].len - z->done;
+      if (left >= rest) {
+        left -= rest;
+        z->i++;
+        z->done = 0;
+      } else {
+        z->done += left;
+        left = 0;
+      }
+    }
+    while (z->i < z->n && z->p[z->i].len == 0) z->i++;
+  }
 }
 
 /* ---- connection ----------------------------------------------------- */
@@ -179,6 +412,7 @@ void conn_close(conn *c) {
   if (c->next) c->next->prev = c->prev;
   s->nconns--;
   s->hooks.closing(c);
+  zq_callbacks(c);
   uv_timer_stop(&c->idle);
   uv_close((uv_handle_t *)&c->idle, idle_closed);
   uv_close((uv_handle_t *)&c->tcp, conn_freed);
@@ -261,9 +495,47 @@ static void resume_reading(conn *c) {
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
 }
 
+/*
+ * Whether c reads its answers too slowly to keep (issue 14, defect 7): a
+ * client that takes a few bytes at a time never looks idle, yet pins the
+ * read buffers of every memory queued for it. While answers wait in user
+ * space for its socket, the bytes the kernel took from them over each
+ * window of at least a second must come to min_drain_bytes_per_s; after
+ * two windows in a row below that, c is closed and its buffers go back.
+ */
+static int slow_reader(conn *c, uint64_t now, size_t wq) {
+  size_t floor = c->s->cfg.min_drain_bytes_per_s;
+  uint64_t taken = c->enq_total - wq - c->zunsent; /* bytes the kernel has taken */
+  if (floor == 0 || wq + c->zunsent == 0) { /* nothing waits on the client */
+    c->drain_t0_ns = 0;
+    c->slow_ticks = 0;
+    return 0;
+  }
+  if (c->drain_t0_ns == 0) {
+    c->drain_t0_ns = now;
+    c->drain_bytes = taken;
+    return 0;
+  }
+  uint64_t dt = now - c->drain_t0_ns;
+  if (dt < 1000000000ull) return 0;
+  double rate = (double)(taken - c->drain_bytes) * 1e9 / (double)dt;
+  c->slow_ticks = rate < (double)floor ? c->slow_ticks + 1 : 0;
+  c->drain_t0_ns = now;
+  c->drain_bytes = taken;
+  if (c->slow_ticks < 2) return 0;
+  M3_WARN("server", "%s: reads its answers at %.0f bytes/s (minimum %zu) with %zu bytes queued: "
+          "closing", c->peer, rate, floor, wq + c->zunsent);
+  return 1;
+}
+
 static void on_idle(uv_timer_t *t) {
   conn *c = t->data;
   server *s = c->s;
+  if (c->zdone) zq_callbacks(c);
+  if (c->zerr) {
+    conn_close(c);
+    return;
+  }
   uint64_t now = now_ns();
   /* A write of a whole call completes only when the client has read all of
    * it; a shrinking write queue is progress too, so a slow but steady reader
@@ -271,6 +543,11 @@ static void on_idle(uv_timer_t *t) {
   size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
   if (wq < c->last_write_queue) c->last_activity_ns = now;
   c->last_write_queue = wq;
+  if (slow_reader(c, now, wq)) {
+    s->m.slow_readers_closed++;
+    conn_close(c);
+    return;
+  }
   uint64_t idle_ms = (now - c->last_activity_ns) / 1000000;
   /* From the accept, not the last byte: trickled bytes or refused calls do
    * not keep a connection without Hello open. */
@@ -333,6 +610,7 @@ void conn_accept(server *s, uv_stream_t *listener) {
   unsigned tick = s->cfg.handshake_timeout_ms < s->cfg.idle_timeout_ms ? s->cfg.handshake_timeout_ms
                                                                        : s->cfg.idle_timeout_ms;
   tick = tick / 4 ? tick / 4 : 1;
+  c->tick_ms = tick;
   uv_timer_start(&c->idle, on_idle, tick, tick);
   resume_reading(c);
 }

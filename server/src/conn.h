@@ -25,8 +25,9 @@ typedef struct conn_hooks {
   void (*frame)(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_t *att);
   /* c is closing: end what it has in flight. Runs once, from conn_close. */
   void (*closing)(conn *c);
-  /* A write of c completed and c is still open: its queued bytes went down
-   * (readers waiting for c's backlog to drain may go on). */
+  /* A write of c completed (or, c closing, was cancelled): its queued
+   * bytes went down and what it carried is back (readers waiting for
+   * buffers or for c's backlog to drain may go on). */
   void (*written)(conn *c);
 } conn_hooks;
 
@@ -34,6 +35,18 @@ typedef struct conn_hooks {
  * (not, or not all). Runs once per write that conn_send or conn_send_batch
  * queued; never for one that they refused. */
 typedef void (*conn_write_cb)(void *ud, int status);
+
+/* One piece of a write: buf (len bytes in memory), or, with buf NULL, len
+ * bytes of file fd from off (sent with sendfile: the page cache goes to the
+ * socket without passing through user space). */
+typedef struct conn_piece {
+  const void *buf;
+  int fd;
+  uint64_t off;
+  size_t len;
+} conn_piece;
+
+typedef struct conn_zwrite conn_zwrite; /* a write of pieces (conn.c) */
 
 struct conn {
   uv_tcp_t tcp;
@@ -62,6 +75,18 @@ struct conn {
                          high-water mark (a client that does not read cannot
                          make the server read memories for it) (readbuf.c) */
   size_t lent;        /* read buffers lent to its calls, not yet back (readbuf.c) */
+  /* Writes of pieces (conn_send_pieces), in order; while any waits, every
+   * write of c goes through this queue (conn.c). */
+  conn_zwrite *zhead, *ztail;
+  conn_zwrite *zdone;  /* written; their callbacks run from the idle timer */
+  unsigned uv_pending; /* uv_write requests not yet called back */
+  int zerr;            /* a piece failed to go out: closed from the timer */
+  unsigned tick_ms;    /* the idle timer's period */
+  size_t zunsent;      /* bytes of zhead.. not yet given to the kernel or libuv */
+  uint64_t enq_total;  /* bytes ever queued for writing */
+  uint64_t drain_t0_ns; /* start of the current drain-rate window (conn.c) */
+  uint64_t drain_bytes; /* bytes the kernel had taken at that start */
+  unsigned slow_ticks;  /* consecutive windows drained below the floor */
 };
 
 void conn_accept(server *s, uv_stream_t *listener);
@@ -81,6 +106,18 @@ int conn_send(conn *c, m3_frame *f, const ProtobufCMessage *msg, const void *att
 int conn_send_batch(conn *c, m3_wbuf *frames, const size_t *frame_ends,
                     const void *const *atts, const size_t *att_lens, size_t n,
                     conn_write_cb cb, void *ud);
+
+/* Queue one write of n pieces (pieces and owned, both malloc'ed: taken on
+ * success; owned may be NULL, it is freed when the write is done: the
+ * memory the pieces point into). File pieces' descriptors must stay open
+ * until cb runs. Written with sendmsg and sendfile straight from the loop
+ * while the socket takes them; when it is full, the rest of the piece at
+ * hand goes through libuv (a file piece's rest read into a bounce buffer)
+ * and the queue goes on when that is written. cb(ud, status) runs once,
+ * never from within this call. On failure (M3_EIO, M3_ENOMEM) nothing
+ * was queued and cb never runs. */
+int conn_send_pieces(conn *c, uint8_t *owned, conn_piece *pieces, size_t n, conn_write_cb cb,
+                     void *ud);
 
 /* A frame of type END or GOAWAY with a Status (code, message; error: the
  * Status.error of m3/status.h's NAMED rows, else 0), on no call. */

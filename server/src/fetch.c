@@ -37,7 +37,9 @@ static int send_scratch(server *s, size_t n) {
   if (atts) s->send.atts = atts;
   void **back = realloc(s->send.back, cap * sizeof *back);
   if (back) s->send.back = back;
-  if (!ends || !att_lens || !atts || !back) return M3_ENOMEM;
+  const m3_span **spans = realloc(s->send.spans, cap * sizeof *spans);
+  if (spans) s->send.spans = spans;
+  if (!ends || !att_lens || !atts || !back || !spans) return M3_ENOMEM;
   s->send.cap = cap;
   return 0;
 }
@@ -47,6 +49,7 @@ void fetch_close(server *s) {
   free(s->send.att_lens);
   free(s->send.atts);
   free(s->send.back);
+  free(s->send.spans);
   s->send.cap = 0;
 }
 
@@ -55,6 +58,7 @@ void fetch_close(server *s) {
 typedef struct batch {
   call *cl;
   size_t n;
+  size_t nspans; /* file spans it sends (m3_store_spans_release when done) */
   void *bufs[];
 } batch;
 
@@ -62,9 +66,39 @@ static void sent(void *ud, int status) {
   batch *b = ud;
   (void)status;
   call *cl = b->cl;
+  if (b->nspans) m3_store_spans_release(cl->c->s->store, b->nspans);
   rb_bufs_put(cl->c->s, cl->c, b->bufs, b->n);
   free(b);
   call_write_done(cl);
+}
+
+/* Queue frames [0, n) of the send arrays (s->send) with their attachments
+ * as one write: attachments with a span go from the segment file (the
+ * header, already read and checked, included), the others from memory. */
+static int send_frames(conn *c, m3_wbuf *frames, size_t n, conn_write_cb cb, void *ud) {
+  server *s = c->s;
+  size_t nspans = 0;
+  for (size_t i = 0; i < n; i++) nspans += s->send.spans[i] != NULL;
+  if (nspans == 0)
+    return conn_send_batch(c, frames, s->send.ends, s->send.atts, s->send.att_lens, n, cb, ud);
+  conn_piece *p = malloc(2 * n * sizeof *p);
+  if (p == NULL) return M3_ENOMEM;
+  size_t np = 0, start = 0;
+  for (size_t i = 0; i < n; i++) {
+    p[np++] = (conn_piece){frames->data + start, -1, 0, s->send.ends[i] - start};
+    start = s->send.ends[i];
+    const m3_span *sp = s->send.spans[i];
+    if (sp) p[np++] = (conn_piece){NULL, sp->fd, sp->off, sp->len};
+    else if (s->send.att_lens[i]) p[np++] = (conn_piece){s->send.atts[i], -1, 0, s->send.att_lens[i]};
+  }
+  int rc = conn_send_pieces(c, frames->data, p, np, cb, ud);
+  if (rc) {
+    free(p);
+    return rc;
+  }
+  frames->data = NULL;
+  frames->len = frames->cap = 0;
+  return 0;
 }
 
 /* rb_reads.send: send the call's memories read since the last time, in one
@@ -88,6 +122,7 @@ static void send_ready(rb_reads *r) {
     for (size_t j = 0; j < n; j++) {
       size_t it = r->ready[j];
       rb_bufs_put(s, c, &r->items[it].buf, 1);
+      if (r->spans && r->spans[it].fd >= 0) m3_store_spans_release(s->store, 1);
       if (fr->texts) free(fr->texts[it]);
     }
     free(b);
@@ -95,15 +130,22 @@ static void send_ready(rb_reads *r) {
   }
   b->cl = cl;
   b->n = 0;
+  b->nspans = 0;
   size_t *ends = s->send.ends, *att_lens = s->send.att_lens;
   const void **atts = s->send.atts;
+  const m3_span **spans = s->send.spans;
   void **back = s->send.back;
   size_t nf = 0, nback = 0;
   for (size_t j = 0; j < n; j++) {
     m3_fetch_item *it = &r->items[r->ready[j]];
     size_t i = fr->slot[r->ready[j]];
     char *text = fr->texts ? fr->texts[r->ready[j]] : NULL;
-    if (cl->ended || it->status != 0) back[nback++] = it->buf;
+    const m3_span *sp = r->spans && r->spans[r->ready[j]].fd >= 0 ? &r->spans[r->ready[j]] : NULL;
+    if (cl->ended || it->status != 0) {
+      back[nback++] = it->buf;
+      if (sp) m3_store_spans_release(s->store, 1);
+      sp = NULL;
+    }
     if (!cl->ended) { /* else deadline, CANCEL, lost connection: drop */
       M3__Memory m = M3__MEMORY__INIT;
       m.chunk_id = it->chunk_id;
@@ -124,10 +166,13 @@ static void send_ready(rb_reads *r) {
       m3_frame f = {M3_FRAME_RESPONSE, 0, cl->method, cl->stream, 0, (uint32_t)att_len, 0};
       if (m3_frame_append(&frames, &f, &m.base) != 0) {
         call_end(cl, M3_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        if (sp) m3_store_spans_release(s->store, 1);
       } else {
         ends[nf] = frames.len;
         atts[nf] = att_len ? it->data : NULL;
         att_lens[nf] = att_len;
+        spans[nf] = sp;
+        if (sp) b->nspans++;
         nf++;
       }
     }
@@ -137,16 +182,17 @@ static void send_ready(rb_reads *r) {
       fr->texts[r->ready[j]] = NULL;
     }
   }
-  if (!cl->ended && nf &&
-      conn_send_batch(c, &frames, ends, atts, att_lens, nf, sent, b) == 0) {
+  if (!cl->ended && nf && send_frames(c, &frames, nf, sent, b) == 0) {
     call_write_queued(cl);
     for (size_t f = 0; f < nf; f++) {
       s->m.memories_served += att_lens[f] != 0;
       s->m.payload_bytes_served += att_lens[f];
+      if (spans[f]) s->m.sendfile_bytes += att_lens[f];
     }
     b = NULL; /* the write gives them back */
   } else {
     if (!cl->ended) call_end(cl, M3_STATUS_UNAVAILABLE, "connection lost");
+    if (b->nspans) m3_store_spans_release(s->store, b->nspans);
     rb_bufs_put(s, c, b->bufs, b->n);
   }
   if (!cl->ended && fr->sent == r->nitems) call_end(cl, M3_STATUS_OK, "%s", "");
@@ -201,7 +247,11 @@ void fetch_start(fetch_req *fr, call *cl, const uint64_t *ids, size_t nids, unsi
   fr->slot = call_alloc(cl, (n ? n : 1) * sizeof *fr->slot);
   r->ready = call_alloc(cl, (n ? n : 1) * sizeof *r->ready);
   if (with_text) fr->texts = call_alloc(cl, (n ? n : 1) * sizeof *fr->texts);
-  if (!r->items || !fr->slot || !r->ready || (with_text && !fr->texts)) {
+  /* Spans where the reads would run on the loop (with io_uring); reads on
+   * the threadpool (pread, with_text) go through buffers. */
+  int spans = cl->c->s->splice && cl->c->s->aio && !with_text;
+  if (spans) r->spans = call_alloc(cl, (n ? n : 1) * sizeof *r->spans);
+  if (!r->items || !fr->slot || !r->ready || (with_text && !fr->texts) || (spans && !r->spans)) {
     call_end(cl, M3_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     rb_settle(r);
     return;

@@ -57,6 +57,12 @@ static const char *usage_text =
     "  --write-high-water-mb N   stop reading a connection with more queued (16)\n"
     "  --fetch-memory-mb N       read buffers of all calls together; calls beyond\n"
     "                            wait for buffers, oldest first (256)\n"
+    "  --sendfile                send memories from the page cache with sendfile\n"
+    "                            (the client checks every CRC32C; the loop reads on\n"
+    "                            its own thread: for stores that fit in RAM). Default:\n"
+    "                            io_uring reads into buffers, checked by the server\n"
+    "  --min-drain-kb-per-s N    close a connection whose queued answers drain\n"
+    "                            slower than this for 2 s: its buffers go back (256)\n"
     "  --shard N                 shard number announced in Hello (0)\n"
     "  --name NAME               server name announced in Hello\n"
     "  -h, --help\n"
@@ -83,6 +89,7 @@ void server_config_defaults(server_config *c) {
   c->cache_bytes = SIZE_MAX;
   c->search_threads = 1;
   c->fetch_memory = (size_t)256 << 20;
+  c->min_drain_bytes_per_s = (size_t)256 << 10;
 }
 
 static const struct option opts[] = {
@@ -112,6 +119,8 @@ static const struct option opts[] = {
     {"search-threads", required_argument, NULL, 16},
     {"fetch-memory-mb", required_argument, NULL, 17},
     {"index-params", required_argument, NULL, 18},
+    {"sendfile", no_argument, NULL, 19},
+    {"min-drain-kb-per-s", required_argument, NULL, 20},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
@@ -156,6 +165,10 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
   case 16: c->search_threads = (unsigned)num(name, v, where); break;
   case 17: c->fetch_memory = (size_t)num(name, v, where) << 20; break;
   case 18: c->index_params = v; break;
+  case 19:
+    c->sendfile = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes");
+    break;
+  case 20: c->min_drain_bytes_per_s = (size_t)num(name, v, where) << 10; break;
   }
 }
 

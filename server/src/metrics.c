@@ -95,6 +95,14 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
   COUNTER("m3_search_queries_total", "Queries searched.", m->search_queries);
   COUNTER("m3_reads_deferred_total", "Loop read submissions put off while a store commit ran.",
           m->reads_deferred);
+  COUNTER("m3_sendfile_bytes_total", "Memory bytes sent from the page cache without a copy.",
+          m->sendfile_bytes);
+  COUNTER("m3_sendfile_bounced_bytes_total",
+          "Memory bytes meant for sendfile read into a buffer because the socket was full.",
+          m->sendfile_bounced_bytes);
+  COUNTER("m3_slow_readers_closed_total",
+          "Connections closed for draining their answers below the minimum rate.",
+          m->slow_readers_closed);
   COUNTER("m3_cache_hits_total", "Hot-memory cache hits.", g->cache_hits);
   COUNTER("m3_cache_misses_total", "Hot-memory cache misses.", g->cache_misses);
   GAUGE("m3_connections", "Open client connections.", g->connections);

@@ -41,6 +41,7 @@ static void *buf_get(server *s) {
 }
 
 void rb_bufs_put(server *s, conn *c, void **bufs, size_t n) {
+  size_t had = c->lent;
   for (size_t i = 0; i < n; i++) {
     if (bufs[i] == NULL) continue;
     if (s->nbufs < s->bufs_max) s->bufs[s->nbufs++] = bufs[i];
@@ -48,6 +49,7 @@ void rb_bufs_put(server *s, conn *c, void **bufs, size_t n) {
     s->bufs_out--;
     c->lent--;
   }
+  if (had && c->lent == 0) s->borrowers--;
 }
 
 /* Lend up to n buffers to r's items from r->started on; returns how many. */
@@ -60,6 +62,7 @@ static size_t lend(server *s, rb_reads *r, size_t n) {
     r->items[r->started + k].cap = s->buf_cap;
   }
   r->cl->c->fetching += k * s->buf_cap;
+  if (r->cl->c->lent == 0 && k) s->borrowers++;
   r->cl->c->lent += k;
   return k;
 }
@@ -80,6 +83,20 @@ static void on_read(void *ud, m3_fetch_item *it) {
 /* Start the reads of k items from r->started on (buffers lent): 0, or an
  * m3 code (M3_EBUSY: a writer holds the store; nothing started). */
 static int start_reads(server *s, rb_reads *r, size_t k) {
+  if (r->spans && !r->pool) {
+    /* From the page cache: only the headers are read; the sender sends
+     * the records' byte ranges from the files (flushed by rb_pump). */
+    int rc = m3_store_spans(s->store, &r->items[r->started], k, &r->spans[r->started]);
+    if (rc) return rc;
+    for (size_t j = 0; j < k; j++) r->ready[r->nready++] = r->started + j;
+    r->started += k;
+    if (!r->flushing) {
+      r->flushing = 1;
+      r->flnext = s->flush;
+      s->flush = r;
+    }
+    return 0;
+  }
   if (!r->pool) {
     int rc = m3_store_aio_submit(s->aio, &r->items[r->started], k, on_read, r);
     if (rc) return rc;
@@ -123,13 +140,19 @@ static void on_aio_retry(uv_timer_t *t) {
  * once all its reads have started (a call that ends leaves at once:
  * forget). A call gets no more than its connection may take: nothing
  * while the connection's answers are past the write high-water mark, and
- * at most a quarter of the budget lent to one connection at a time
+ * at most a fair share of the budget lent to one connection at a time:
+ * a quarter, and no more than the budget over the connections holding
+ * buffers plus one, so that there are always buffers for a newcomer
  * (buffers stay lent until the client has read their memories: a client
- * that stops reading pins its share until the idle timeout closes it, and
- * no more).
+ * that stops reading, or reads at a trickle, pins its share until conn.c
+ * closes it for draining below --min-drain-kb-per-s, and no more).
  */
-void rb_pump(server *s) {
-  size_t share = s->bufs_max / 4 ? s->bufs_max / 4 : 1, hw = s->cfg.write_high_water;
+static void flush_all(server *s);
+
+static void pump_once(server *s) {
+  size_t share = s->bufs_max / 4, hw = s->cfg.write_high_water;
+  if (share > s->bufs_max / (s->borrowers + 1)) share = s->bufs_max / (s->borrowers + 1);
+  if (share == 0) share = 1;
   for (rb_reads *r = s->fetch_queue, *next; r; r = next) {
     next = r->qnext;
     size_t avail = s->bufs_max > s->bufs_out ? s->bufs_max - s->bufs_out : 0;
@@ -167,6 +190,16 @@ void rb_pump(server *s) {
     unqueue(s, r);
     rb_settle(r);
   }
+}
+
+void rb_pump(server *s) {
+  /* Spans are ready at once: send them, and go on while that gave buffers
+   * back (failed items) and calls wait. */
+  do {
+    pump_once(s);
+    if (!s->flush) break;
+    flush_all(s);
+  } while (s->fetch_queue);
 }
 
 void rb_queue(rb_reads *r) {
@@ -229,6 +262,14 @@ int rb_init(server *s) {
   if (s->bufs == NULL) return m3__seterr(M3_ENOMEM, "read buffer pool: out of memory");
   uv_timer_init(s->loop, &s->aio_retry);
   s->aio_retry.data = s;
+  /* --sendfile: page-cache stores are sent with sendfile. Not the default:
+   * the record headers are read and the sendfile runs on the loop thread, so
+   * a record not in the page cache stalls the loop on the disk; the buffer
+   * path reads on the io_uring and never does. */
+  s->splice = s->cfg.sendfile && !s->cfg.direct;
+  M3_INFO("server", "memories are sent %s", s->splice ? "from the page cache with sendfile "
+                                                        "(the client checks their CRC32C)"
+                                                      : "from read buffers, checked by the server");
   int rc = m3_store_aio_open(s->store, 256, &s->aio);
   if (rc != 0) {
     M3_INFO("server", "memory reads run on the threadpool: %s", m3_errmsg());

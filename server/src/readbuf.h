@@ -21,6 +21,8 @@ struct rb_reads {
   size_t reading;     /* items started and not yet read */
   size_t *ready;      /* (nitems) items read, waiting to be sent */
   size_t nready;
+  m3_span *spans;     /* (nitems) with s->splice: where each memory lies
+                         (m3_store_spans); the sender releases them */
   int pool;           /* reads run as threadpool jobs (run_job) */
   int job_running;    /* a job is on the threadpool (set by the pump) */
   int queued;         /* in s->fetch_queue */

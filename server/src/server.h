@@ -75,9 +75,15 @@ typedef struct server_config {
   unsigned drain_timeout_ms;
   size_t write_high_water;     /* stop reading a connection with more queued */
   size_t fetch_memory;         /* read buffers of all calls together */
+  size_t min_drain_bytes_per_s; /* a connection with answers queued that drains
+                                   slower than this is closed (0: never) */
   size_t cache_bytes;          /* SIZE_MAX: auto (256 MB with --direct, else 0) */
   unsigned search_threads;     /* OpenMP and BLAS threads of an index search */
   int direct;
+  int sendfile;                /* send page-cache memories with sendfile,
+                                  checked by the client only (--sendfile);
+                                  else read into buffers on the io_uring and
+                                  checked by the server too */
   unsigned shard;
 } server_config;
 
@@ -125,6 +131,7 @@ typedef struct server {
   uv_poll_t aio_poll;
   uv_timer_t aio_retry;      /* a writer held the store: submit again soon */
   int aio_busy;
+  int splice;                /* memories go out with sendfile (readbuf.c) */
   rb_reads *flush;           /* reads done whose memories are not yet sent */
   /* Read buffers, one memory each, shared by all calls: at most
    * fetch_memory bytes of them (so a burst of large calls waits for memory
@@ -133,6 +140,7 @@ typedef struct server {
   size_t buf_cap;            /* m3_store_fetch_cap */
   size_t bufs_max, bufs_out; /* budget in buffers; buffers lent out */
   size_t bufs_peak;          /* most ever lent out at once */
+  unsigned borrowers;        /* connections with buffers lent (conn.lent > 0) */
   void **bufs;               /* free buffers */
   size_t nbufs;
   rb_reads *fetch_queue, *fetch_tail;
@@ -141,6 +149,7 @@ typedef struct server {
   struct {
     size_t *ends, *att_lens;
     const void **atts;
+    const struct m3_span **spans; /* NULL: from memory */
     void **back;
     size_t cap;
   } send;

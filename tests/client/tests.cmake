@@ -16,3 +16,10 @@ m3_add_test(test_client_enospc SOURCES ${_ctdir}/test_client_enospc.c ${_ctutil}
 add_dependencies(test_client_enospc m3-bench m3-server)
 
 m3_add_script_test(client_cli SCRIPT ${_ctdir}/test_client_cli.sh LABELS integration TIMEOUT 180)
+
+# m3-server's send paths (--sendfile from the page cache, the default read
+# buffers, O_DIRECT): identical bytes, a flipped byte caught as
+# DATA_LOSS by the client, slow readers and cancels leave no descriptors.
+m3_add_test(test_server_zerocopy SOURCES ${_ctdir}/test_server_zerocopy.c ${_ctutil}
+  LABELS integration server TIMEOUT 180 LIBS m3client m)
+add_dependencies(test_server_zerocopy m3-bench m3-server)

@@ -527,6 +527,22 @@ M3__SearchResponse *st_search_ok(st_conn *c, uint32_t stream, const float *q, un
   return out;
 }
 
+long long st_retrieve_ok(st_conn *c, uint32_t stream, const float *q, unsigned nq, unsigned dim,
+                         unsigned k) {
+  M3__RetrieveRequest rr = M3__RETRIEVE_REQUEST__INIT;
+  rr.queries = st_queries(q, nq, dim);
+  rr.n_queries = nq;
+  rr.k = k;
+  long long t0 = m3t_now_ms();
+  st_result r;
+  st_call(c, M3_METHOD_RETRIEVE, stream, 0, &rr.base, NULL, 0, &r);
+  st_queries_free(rr.queries, nq);
+  ST_STATUS(r, 0);
+  ST_EQ_U64(r.n, (uint64_t)nq * k);
+  st_result_free(&r);
+  return m3t_now_ms() - t0;
+}
+
 /* ---- HTTP ------------------------------------------------------------- */
 
 int st_http_raw(int port, const char *request, char **body) {

@@ -211,6 +211,11 @@ void st_hello_ok(st_conn *c, uint32_t stream, const char *token);
 M3__SearchResponse *st_search_ok(st_conn *c, uint32_t stream, const float *q, unsigned nq,
                                  unsigned dim, unsigned k);
 
+/* A Retrieve of nq vectors x top-k that must succeed with nq * k memories;
+ * returns the milliseconds it took. */
+long long st_retrieve_ok(st_conn *c, uint32_t stream, const float *q, unsigned nq, unsigned dim,
+                         unsigned k);
+
 /* Queries for a request: nq Query messages over vectors q (nq * dim floats),
  * pointing into q (st_queries_free frees the arrays, not q). */
 M3__Query **st_queries(const float *q, unsigned nq, unsigned dim);

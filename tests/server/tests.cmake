@@ -20,6 +20,9 @@ m3_server_test(test_server_metrics LABELS integration server TIMEOUT 120)
 m3_server_test(test_server_frames LABELS integration fault server TIMEOUT 120)
 m3_server_test(test_server_slow_reader LABELS integration fault server TIMEOUT 120)
 m3_server_test(test_server_idle_conns LABELS integration fault server TIMEOUT 120)
+# Trickle readers are closed below the minimum drain rate; the budget is
+# shared fairly (issue 14, defect 7).
+m3_server_test(test_server_trickle LABELS integration fault server TIMEOUT 120)
 m3_server_test(test_server_config LABELS integration server TIMEOUT 60)
 # The read buffer budget: reads on the loop (io_uring), then on the
 # threadpool (pread).

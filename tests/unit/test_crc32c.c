@@ -1,4 +1,5 @@
-/* CRC32C: standard check vectors, and chaining equals one shot. */
+/* CRC32C: standard check vectors, chaining equals one shot, combine, and
+ * the copy that computes the CRC in the same pass. */
 #include <stdlib.h>
 
 #include "m3/crc32c.h"
@@ -83,11 +84,33 @@ static void test_combine(void **state) {
   free(buf);
 }
 
+/* The copy with its CRC equals memcpy + m3_crc32c, at lengths around its
+ * 8 KiB blocks and from a running crc. */
+static void test_copy(void **state) {
+  (void)state;
+  enum { MAX = 3 * 8192 + 17 };
+  static unsigned char src[MAX], dst[MAX];
+  uint64_t x = 12345;
+  for (size_t i = 0; i < MAX; i++) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    src[i] = (unsigned char)(x >> 56);
+  }
+  const size_t lens[] = {0, 1, 63, 8191, 8192, 8193, 2 * 8192, MAX};
+  for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+    memset(dst, 0, sizeof dst);
+    uint32_t got = m3_crc32c_copy(0x1234u, dst, src, lens[k]);
+    assert_int_equal(got, ref_crc(0x1234u, src, lens[k]));
+    if (lens[k]) assert_memory_equal(dst, src, lens[k]);
+    if (lens[k] < MAX) assert_int_equal(dst[lens[k]], 0);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_combine),
       cmocka_unit_test(test_vectors),
       cmocka_unit_test(test_chaining),
+      cmocka_unit_test(test_copy),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

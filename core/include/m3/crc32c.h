@@ -19,4 +19,9 @@ uint32_t m3_crc32c(uint32_t crc, const void *buf, size_t len);
  * Castagnoli polynomial): O(log len_b) work. */
 uint32_t m3_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 
+/* Copy len bytes from src to dst (not overlapping) and return crc extended
+ * over them, in one pass: each block is checked while it is in cache, then
+ * copied, so the bytes cross the memory bus once. */
+uint32_t m3_crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len);
+
 #endif /* M3_CRC32C_H */

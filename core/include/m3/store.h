@@ -258,6 +258,33 @@ size_t m3_store_aio_pending(const m3_store_aio *a);
 /* Wait for reads in flight (without calling their fn) and free. NULL: no-op. */
 void m3_store_aio_close(m3_store_aio *a);
 
+/* ---- spans, for sending memories without reading them ---------------- */
+
+/* A record's bytes in a segment file (fd < 0: none; the item's bytes are in
+ * its buffer, or it failed). The descriptor is the store's: never close it. */
+typedef struct m3_span {
+  int fd;
+  uint64_t off;
+  uint32_t len;
+} m3_span;
+
+/*
+ * For a server that sends memories from the page cache with sendfile or
+ * splice: for each item (buffers as for m3_store_fetch), look it up and, for
+ * a record in a segment file, read and check only its header (into it->buf;
+ * it->data = it->buf, it->len = the record's length) and fill spans[i]; a
+ * cache hit is read whole into it->buf (spans[i].fd = -1). Item statuses as
+ * m3_store_fetch's. The memory bytes after the header are NOT checked: the
+ * receiver checks the payload CRC32C. Each span with fd >= 0 keeps its
+ * descriptor open (a compaction that drops the segment closes it later)
+ * until m3_store_spans_release counts it back. Returns 0; M3_EBUSY (none
+ * handed out) while a writer holds the store; M3_EUNSUPPORTED with O_DIRECT;
+ * M3_EINVAL for a bad buffer; a catalog error. Blocks on the header reads.
+ */
+int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans);
+/* n spans handed out by m3_store_spans are no longer used. */
+void m3_store_spans_release(m3_store *s, size_t n);
+
 /* Chunk text into *text (malloc'ed, NUL-terminated, caller frees) and its
  * length into *len. M3_ENOTFOUND when absent. */
 int m3_store_get_text(m3_store *s, uint64_t chunk_id, char **text, size_t *len);
