@@ -22,19 +22,7 @@ target_include_directories(m3codec PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
 target_link_libraries(m3codec PUBLIC m3core PkgConfig::FAISS_C)
 
 if(M3_HAVE_CUDA)
-  add_library(m3cuda STATIC ${CMAKE_CURRENT_SOURCE_DIR}/cuda/codec_decode.cu)
-  set_target_properties(m3cuda PROPERTIES OUTPUT_NAME m3cuda POSITION_INDEPENDENT_CODE ON
-    CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
-  # No -I core/src here: its endian.h would shadow the system <endian.h> that
-  # the CUDA and C++ headers include; the .cu includes ../src/ by path.
-  # The directory's C flags (-Wstrict-prototypes, sanitizers ...) are not
-  # nvcc's: start from none and pass the host compiler its warnings.
-  set_property(TARGET m3cuda PROPERTY COMPILE_OPTIONS "")
-  target_compile_options(m3cuda PRIVATE
-    $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wno-unused-parameter>)
-  if(M3_WERROR)
-    target_compile_options(m3cuda PRIVATE
-      $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
-  endif()
+  # The .cu includes ../src/codec_internal.h by path (core/src stays private).
+  m3_cuda_library(m3cuda ${CMAKE_CURRENT_SOURCE_DIR}/cuda/codec_decode.cu)
   target_link_libraries(m3cuda PUBLIC m3core CUDA::cudart)
 endif()

@@ -16,6 +16,7 @@
 #include "m3_endian.h"
 #include "m3/crc32c.h"
 #include "m3/error.h"
+#include "m3/internal/fsutil.h"
 
 static size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
 
@@ -388,49 +389,7 @@ out:
 }
 
 int m3_codec_set_save(const m3_codec_set *cs, const char *path) {
-  int rc = 0, fd = -1;
-  size_t plen = strlen(path);
-  char *tmp = malloc(plen + 5);
-  if (!tmp)
-    return m3__seterr(M3_ENOMEM, "codec set %s: out of memory", path);
-  memcpy(tmp, path, plen);
-  memcpy(tmp + plen, ".tmp", 5);
-  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    rc = m3__syserr(errno, "codec set %s: create", tmp);
-    goto out;
-  }
-  for (size_t done = 0; done < cs->len;) {
-    ssize_t w = write(fd, cs->buf + done, cs->len - done);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w < 0) {
-      rc = m3__syserr(errno, "codec set %s: write at offset %zu", tmp, done);
-      goto out;
-    }
-    done += (size_t)w;
-  }
-  if (fsync(fd) != 0) {
-    rc = m3__syserr(errno, "codec set %s: fsync", tmp);
-    goto out;
-  }
-  if (close(fd) != 0) {
-    fd = -1;
-    rc = m3__syserr(errno, "codec set %s: close", tmp);
-    goto out;
-  }
-  fd = -1;
-  if (rename(tmp, path) != 0) {
-    rc = m3__syserr(errno, "codec set: rename %s to %s", tmp, path);
-    goto out;
-  }
-out:
-  if (fd >= 0)
-    close(fd);
-  if (rc)
-    unlink(tmp);
-  free(tmp);
-  return rc;
+  return m3__fs_replace(path, cs->buf, cs->len);
 }
 
 /* ---- building ----------------------------------------------------------------- */

@@ -15,18 +15,7 @@
 
 #include "m3/embed.h"
 #include "m3/error.h"
-
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
-
-static uint64_t fmix64(uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 33;
-  return h;
-}
+#include "m3/internal/hash.h"
 
 static int is_word(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80;
@@ -38,7 +27,7 @@ static unsigned char lower(unsigned char c) { return c >= 'A' && c <= 'Z' ? (uns
 static uint64_t fnv_lower(uint64_t h, const unsigned char *p, size_t n) {
   for (size_t i = 0; i < n; i++) {
     h ^= lower(p[i]);
-    h *= FNV_PRIME;
+    h *= M3__FNV1A64_PRIME;
   }
   return h;
 }
@@ -87,11 +76,11 @@ int m3_embed_hash(const char *text, size_t len, float *out, unsigned dim) {
     size_t start = i;
     while (i < len && is_word(p[i])) i++;
     size_t tl = i - start;
-    uint64_t h = fnv_lower(FNV_OFFSET, p + start, tl);
+    uint64_t h = fnv_lower(M3__FNV1A64_INIT, p + start, tl);
     feat[nf++] = h;
     if (ntok) {
       /* "t1 t2": fnv1a's state after t1 is t1's hash */
-      uint64_t b = (prev ^ (uint64_t)' ') * FNV_PRIME;
+      uint64_t b = (prev ^ (uint64_t)' ') * M3__FNV1A64_PRIME;
       feat[nf++] = fnv_lower(b, p + start, tl);
     }
     ntok++;
@@ -106,7 +95,7 @@ int m3_embed_hash(const char *text, size_t len, float *out, unsigned dim) {
   for (size_t i = 0; i < nf;) {
     size_t j = i;
     while (j < nf && feat[j] == feat[i]) j++;
-    uint64_t h = fmix64(feat[i]);
+    uint64_t h = m3__fmix64(feat[i]);
     uint32_t bucket = (uint32_t)(h & 0xffffffffu) % dim;
     float w = (float)(1.0 + ln_fixed((double)(j - i)));
     out[bucket] = (h >> 63) ? out[bucket] - w : out[bucket] + w;

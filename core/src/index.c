@@ -29,6 +29,7 @@
 
 #include "m3/crc32c.h"
 #include "m3/error.h"
+#include "m3/internal/fsutil.h"
 #include "m3/fault.h"
 #include "m3/index.h"
 #include "m3/log.h"
@@ -140,38 +141,14 @@ static ssize_t sink_write(void *cookie, const char *buf, size_t len) {
     k->err = fe;
     return -1;
   }
-  size_t done = 0;
-  while (done < len) {
-    ssize_t w = write(k->fd, buf + done, len - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      k->err = w < 0 ? errno : EIO;
-      return done ? (ssize_t)done : -1;
-    }
-    done += (size_t)w;
+  int e = m3__fs_write_all(k->fd, buf, len);
+  if (e) {
+    k->err = e;
+    return -1;
   }
   k->crc = m3_crc32c(k->crc, buf, len);
   k->bytes += len;
   return (ssize_t)len;
-}
-
-static int write_all(int fd, const char *buf, size_t len) {
-  while (len) {
-    ssize_t w = write(fd, buf, len);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return w < 0 ? errno : EIO;
-    buf += w;
-    len -= (size_t)w;
-  }
-  return 0;
-}
-
-static int fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return m3__syserr(errno, "open directory %s", dir);
-  int rc = fsync(fd) != 0 ? m3__syserr(errno, "fsync directory %s", dir) : 0;
-  close(fd);
-  return rc;
 }
 
 /* Size and CRC32C of a whole file; 0, or an errno value. */
@@ -368,82 +345,53 @@ out:
   return rc;
 }
 
-/* Write the index and its stamp; caller holds the read lock and ix->meta. */
+/* The index file's contents (m3__fs_writer): FAISS's serialization through
+ * a crc_sink, so the stamp gets the file's size and checksum. */
+typedef struct index_src {
+  const m3_index *ix;
+  crc_sink k;
+} index_src;
+
+static int write_index(int fd, const char *tmp, void *ud) {
+  index_src *w = ud;
+  w->k = (crc_sink){fd, 0, 0, 0};
+  FILE *f = fopencookie(&w->k, "w", (cookie_io_functions_t){.write = sink_write});
+  if (!f) return m3__syserr(errno, "fopencookie for %s", tmp);
+  int wr = faiss_write_index(w->ix->fx, f);
+  int fl = fclose(f);
+  if (w->k.err) return m3__syserr(w->k.err, "write %s", tmp);
+  if (wr != 0 || fl != 0)
+    return m3__seterr(M3_EINTERNAL, "write %s (factory %s): %s", tmp, w->ix->factory,
+                      wr ? faiss_msg() : "fclose failed");
+  return 0;
+}
+
+/* Write the index and its stamp; caller holds the read lock and ix->meta.
+ * Index first: a crash (or a failed stamp write) after its replace leaves
+ * an old stamp whose checksum does not match the new file, which reads as
+ * stale. */
 static int save_locked(m3_index *ix, uint64_t seqno) {
-  char tmp[PATH_MAX + 32], dst[PATH_MAX + 32], stmp[PATH_MAX + 32], sdst[PATH_MAX + 32];
+  char dst[PATH_MAX + 32], sdst[PATH_MAX + 32];
   char text[STAMP_MAX];
-  crc_sink k = {-1, 0, 0, 0};
-  FILE *f = NULL;
-  int rc = 0, sfd = -1;
+  int rc;
 
   if (mkdir(ix->path, 0755) != 0 && errno != EEXIST) return m3__syserr(errno, "mkdir %s", ix->path);
-  snprintf(tmp, sizeof tmp, "%s/index.faiss.tmp", ix->path);
   snprintf(dst, sizeof dst, "%s/index.faiss", ix->path);
-  snprintf(stmp, sizeof stmp, "%s/stamp.tmp", ix->path);
   snprintf(sdst, sizeof sdst, "%s/stamp", ix->path);
 
-  k.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (k.fd < 0) return m3__syserr(errno, "create %s", tmp);
-  f = fopencookie(&k, "w", (cookie_io_functions_t){.write = sink_write});
-  if (!f) {
-    rc = m3__syserr(errno, "fopencookie for %s", tmp);
-    goto out;
-  }
-  int wr = faiss_write_index(ix->fx, f);
-  int fl = fclose(f);
-  f = NULL;
-  if (k.err) {
-    rc = m3__syserr(k.err, "write %s", tmp);
-    goto out;
-  }
-  if (wr != 0 || fl != 0) {
-    rc = m3__seterr(M3_EINTERNAL, "write %s (factory %s): %s", tmp, ix->factory,
-                    wr ? faiss_msg() : "fclose failed");
-    goto out;
-  }
-  if (fsync(k.fd) != 0) {
-    rc = m3__syserr(errno, "fsync %s", tmp);
-    goto out;
-  }
+  index_src w = {.ix = ix};
+  if ((rc = m3__fs_replace_fn(dst, write_index, &w)) != 0) return rc;
 
   stamp st = {.version = M3_INDEX_FORMAT_VERSION, .dim = ix->dim,
               .count = (uint64_t)faiss_Index_ntotal(ix->fx), .seqno = seqno,
-              .index_bytes = k.bytes, .index_crc = k.crc};
+              .index_bytes = w.k.bytes, .index_crc = w.k.crc};
   snprintf(st.factory, sizeof st.factory, "%s", ix->factory);
   snprintf(st.metric, sizeof st.metric, "inner_product");
   int n = stamp_format(text, sizeof text, &st);
   M3_ASSERT(n > 0);
-  sfd = open(stmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (sfd < 0) {
-    rc = m3__syserr(errno, "create %s", stmp);
-    goto out;
-  }
   int e = m3__fault("index.write");
-  if (!e) e = write_all(sfd, text, (size_t)n);
-  if (!e && fsync(sfd) != 0) e = errno;
-  if (e) {
-    rc = m3__syserr(e, "write %s", stmp);
-    goto out;
-  }
-  /* index first: a crash before the stamp's rename leaves an old stamp whose
-   * checksum does not match the new file, which reads as stale. */
-  if (rename(tmp, dst) != 0) {
-    rc = m3__syserr(errno, "rename %s to %s", tmp, dst);
-    goto out;
-  }
-  if (rename(stmp, sdst) != 0) {
-    rc = m3__syserr(errno, "rename %s to %s", stmp, sdst);
-    goto out;
-  }
-  rc = fsync_dir(ix->path);
-out:
-  if (sfd >= 0) close(sfd);
-  if (k.fd >= 0) close(k.fd);
-  if (rc) {
-    unlink(tmp);
-    unlink(stmp);
-  }
-  return rc;
+  if (e) return m3__syserr(e, "write %s.tmp", sdst);
+  return m3__fs_replace(sdst, text, (size_t)n);
 }
 
 /* ---- building ---------------------------------------------------------- */

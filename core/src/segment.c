@@ -13,6 +13,7 @@
 #include "m3_endian.h"
 #include "m3/crc32c.h"
 #include "m3/error.h"
+#include "m3/internal/fsutil.h"
 #include "m3/fault.h"
 #include "m3/log.h"
 
@@ -59,14 +60,6 @@ int m3__ident_equal(const m3_ident *a, const m3_ident *b) {
          a->layout.codec_kind == b->layout.codec_kind &&
          a->layout.code_bytes == b->layout.code_bytes &&
          a->layout.codec_fp == b->layout.codec_fp && a->layout.emb_dim == b->layout.emb_dim;
-}
-
-static int fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return m3__syserr(errno, "open directory %s", dir);
-  int rc = fsync(fd) ? m3__syserr(errno, "fsync directory %s", dir) : 0;
-  close(fd);
-  return rc;
 }
 
 /* O_DIRECT alignment this file needs, from statx where the kernel tells. */
@@ -131,7 +124,7 @@ int m3__segment_create(const char *dir, uint32_t id, const m3_ident *ident, int 
     rc = m3__syserr(errno, "rename %s to %s", tmp, path);
     goto out;
   }
-  if ((rc = fsync_dir(dir)) != 0) goto out;
+  if ((rc = m3__fsync_dir(dir)) != 0) goto out;
 
   memset(out, 0, sizeof *out);
   out->id = id;

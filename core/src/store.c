@@ -362,6 +362,9 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
 
   rc = m3__catalog_get_meta(&s->cat, &s->ident);
   if (rc == M3_ENOTFOUND && o->create && !o->read_only) rc = create_meta(s);
+  else if (rc == M3_ENOTFOUND && !has_segments(dir))
+    /* A create killed between the catalog and its meta: nothing was stored. */
+    rc = m3__seterr(M3_ENOTFOUND, "no store at %s (an interrupted create left an empty catalog; creating the store again completes it)", dir);
   else if (rc == M3_ENOTFOUND)
     rc = m3__seterr(M3_EBADFORMAT, "store %s: the catalog has no store meta; rebuild it with `m3 store repair %s`", dir, dir);
   else if (rc == 0 && o->create && !m3_layout_equal(&o->layout, &s->ident.layout)) {

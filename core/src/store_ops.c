@@ -15,6 +15,7 @@
 
 #include "m3/crc32c.h"
 #include "m3/error.h"
+#include "m3/internal/fsutil.h"
 #include "m3/log.h"
 #include "store_int.h"
 
@@ -223,14 +224,6 @@ out:
 
 /* ---- compact -------------------------------------------------------- */
 
-static int fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return m3__syserr(errno, "open %s", dir);
-  int rc = fsync(fd) ? m3__syserr(errno, "fsync %s", dir) : 0;
-  close(fd);
-  return rc;
-}
-
 static int compact_locked(m3_store *s, uint64_t *reclaimed);
 
 int m3_store_compact(m3_store *s, uint64_t *reclaimed) {
@@ -335,7 +328,7 @@ static int compact_locked(m3_store *s, uint64_t *reclaimed) {
     m3__store_retire(s, &s->segs[i]);
     unlink(m3__segment_path(s->dir, s->segs[i].id, path, sizeof path));
   }
-  fsync_dir(s->dir);
+  m3__fsync_dir(s->dir);
   free(s->segs);
   s->segs = out;
   s->nsegs = nout;
@@ -537,7 +530,7 @@ int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_repor
     rc = m3__syserr(errno, "rename %s to %s", newpath, catpath);
     goto out;
   }
-  fsync_dir(dir);
+  m3__fsync_dir(dir);
   if (rep->damaged)
     rc = m3__seterr(M3_ECORRUPT, "repair %s: rebuilt, but %llu damaged records were skipped",
                     dir, (unsigned long long)rep->damaged);

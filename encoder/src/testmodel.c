@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "m3/error.h"
+#include "m3/internal/hash.h"
 #include "m3/model.h"
 
 void m3_testmodel_params_default(m3_testmodel_params *p) {
@@ -40,12 +41,6 @@ static uint64_t splitmix(uint64_t *s) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
-}
-
-static uint64_t fnv1a(const char *s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
-  return h;
 }
 
 static uint16_t f32_to_bf16(float f) {
@@ -85,7 +80,7 @@ typedef struct tm_tensor {
 } tm_tensor;
 
 static void fill(const tm_tensor *t, uint64_t seed, float *v, size_t n) {
-  uint64_t s = seed ^ fnv1a(t->name);
+  uint64_t s = seed ^ m3__fnv1a64(t->name, strlen(t->name));
   double a = t->kind == 0 ? 1.0 / sqrt((double)t->shape[1]) : t->kind == 1 ? 0.1 : 1.0;
   for (size_t i = 0; i < n; i++) {
     double u = (double)(splitmix(&s) >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0;

@@ -27,18 +27,10 @@
 #include <string.h>
 
 #include "m3/error.h"
+#include "m3/internal/hash.h"
 #include "tok_int.h"
 
 static const char kSpace[] = "\xE2\x96\x81"; /* U+2581 */
-
-static inline uint64_t mix64(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  x ^= x >> 33;
-  return x;
-}
 
 static inline uint64_t merge_key(int32_t l, int32_t r) {
   return (((uint64_t)(uint32_t)l << 32) | (uint32_t)r) + 1;
@@ -48,7 +40,7 @@ static const m3__merge *merge_get(const m3__tok_model *m, int32_t l, int32_t r) 
   if (!m->merge_cap)
     return NULL;
   uint64_t k = merge_key(l, r);
-  size_t mask = m->merge_cap - 1, h = mix64(k) & mask;
+  size_t mask = m->merge_cap - 1, h = m3__fmix64(k) & mask;
   for (;;) {
     const m3__merge *e = &m->merges[h];
     if (e->key == k)
@@ -64,7 +56,7 @@ static const m3__merge *merge_get(const m3__tok_model *m, int32_t l, int32_t r) 
 static void merge_put(m3__tok_model *m, int32_t l, int32_t r, int32_t rank,
                       int32_t id) {
   uint64_t k = merge_key(l, r);
-  size_t mask = m->merge_cap - 1, h = mix64(k) & mask;
+  size_t mask = m->merge_cap - 1, h = m3__fmix64(k) & mask;
   while (m->merges[h].key && m->merges[h].key != k)
     h = (h + 1) & mask;
   if (!m->merges[h].key)

@@ -8,19 +8,11 @@
 #include <string.h>
 
 #include "m3/error.h"
+#include "m3/internal/hash.h"
 #include "tok_int.h"
 
 static inline uint64_t edge_key(uint32_t node, uint8_t byte) {
   return (((uint64_t)node << 8) | byte) + 1;
-}
-
-static inline uint64_t mix64(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  x ^= x >> 33;
-  return x;
 }
 
 void m3__trie_init(m3__trie *t) { memset(t, 0, sizeof(*t)); }
@@ -46,7 +38,7 @@ static int grow_edges(m3__trie *t) {
   for (uint32_t i = 0; i < t->cap_edges; i++) {
     if (!t->ekey[i])
       continue;
-    uint32_t h = (uint32_t)mix64(t->ekey[i]) & (ncap - 1);
+    uint32_t h = (uint32_t)m3__fmix64(t->ekey[i]) & (ncap - 1);
     while (k[h])
       h = (h + 1) & (ncap - 1);
     k[h] = t->ekey[i];
@@ -79,7 +71,7 @@ int32_t m3__trie_step(const m3__trie *t, uint32_t node, uint8_t byte) {
     return -1;
   uint64_t key = edge_key(node, byte);
   uint32_t mask = t->cap_edges - 1;
-  uint32_t h = (uint32_t)mix64(key) & mask;
+  uint32_t h = (uint32_t)m3__fmix64(key) & mask;
   for (;;) {
     uint64_t k = t->ekey[h];
     if (k == key)
@@ -112,7 +104,7 @@ int m3__trie_insert(m3__trie *t, const char *key, size_t len, int32_t value,
       return rc;
     uint64_t k = edge_key(node, b);
     uint32_t mask = t->cap_edges - 1;
-    uint32_t h = (uint32_t)mix64(k) & mask;
+    uint32_t h = (uint32_t)m3__fmix64(k) & mask;
     while (t->ekey[h])
       h = (h + 1) & mask;
     t->ekey[h] = k;

@@ -13,9 +13,6 @@ endforeach()
 # as M3_ENOSPC.
 m3_add_test(test_client_enospc SOURCES ${_ctdir}/test_client_enospc.c ${_ctutil}
   LABELS integration fault TIMEOUT 180 LIBS m3client m)
-add_dependencies(test_client_enospc m3-bench)
-if(TARGET m3-server)
-  add_dependencies(test_client_enospc m3-server)
-endif()
+add_dependencies(test_client_enospc m3-bench m3-server)
 
 m3_add_script_test(client_cli SCRIPT ${_ctdir}/test_client_cli.sh LABELS integration TIMEOUT 180)

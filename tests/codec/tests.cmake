@@ -1,8 +1,8 @@
-# Codec layer tests (m3/codec.h). Private headers are included by path
-# ("../../core/src/..."), not with -I core/src, whose endian.h would shadow
-# the system one. Small members of the paper's codec family
-# ("OPQ4_16,Residual2x4,PQ4x4") on a few thousand vectors keep each test
-# within seconds on a 2-core machine.
+# Codec layer tests (m3/codec.h). Core-private headers are included by path
+# ("../../core/src/...", so a test that reaches inside core says so); the
+# internal-but-shared ones (m3/internal/) come with m3core. Small members of
+# the paper's codec family ("OPQ4_16,Residual2x4,PQ4x4") on a few thousand
+# vectors keep each test within seconds on a 2-core machine.
 set(_cdir ${CMAKE_CURRENT_LIST_DIR})
 
 # m3core only (no FAISS), except codec_raw which encodes

@@ -9,12 +9,18 @@ m3_add_test(test_crc32c SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_crc32c.c ${M3_TES
   LABELS unit TIMEOUT 60)
 m3_add_test(test_cache SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cache.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 60)
+# core's internal-but-shared helpers (m3/internal/fsutil.h, hash.h).
+m3_add_test(test_fsutil SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_fsutil.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 60)
 
 # The same read/write tests under both read backends.
 m3_add_test(test_store_rw_uring SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_rw.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 120 ARGS uring)
 m3_add_test(test_store_rw_pread SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_rw.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 120 ARGS pread)
+# A create killed before its meta: open says "no store", create completes it.
+m3_add_test(test_store_create SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_create.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 60)
 m3_add_test(test_overhead SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_overhead.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 60)
 

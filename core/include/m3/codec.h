@@ -178,8 +178,8 @@ int m3_codec_set_load(const void *buf, size_t len, const char *name, m3_codec_se
 void m3_codec_set_close(m3_codec_set *cs);
 
 /*
- * Write the set to path atomically (path.tmp, fsync, rename). Returns 0 or
- * M3_EIO with the path in the message.
+ * Write the set to path durably: path.tmp, fsync, rename over path, fsync
+ * of the directory. Returns 0 or an m3 code with the path in the message.
  */
 int m3_codec_set_save(const m3_codec_set *cs, const char *path);
 

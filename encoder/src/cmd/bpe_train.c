@@ -28,6 +28,8 @@
 
 #include "encode_int.h"
 #include "m3/error.h"
+#include "m3/internal/hash.h"
+#include "m3/internal/fsutil.h"
 
 #define SPACE_MARK "\xe2\x96\x81" /* U+2581 */
 
@@ -38,8 +40,7 @@ typedef struct strmap {
 } strmap;
 
 static uint64_t hstr(const char *s, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 0x100000001b3ull;
+  uint64_t h = m3__fnv1a64(s, n);
   return h ^ (h >> 29);
 }
 
@@ -322,7 +323,7 @@ int enc_bpe_train(const char *corpus, size_t len, const enc_bpe_opts *o, const c
     rc = m3__seterr(M3_EINTERNAL, "bpe: cannot serialize tokenizer.json");
     goto out;
   }
-  rc = enc_write_file(path, s, strlen(s));
+  rc = m3__fs_replace(path, s, strlen(s));
   free(s);
   if (!rc) *n_vocab = (unsigned)nv;
   goto out;

@@ -41,6 +41,7 @@
 
 #include "encode_int.h"
 #include "m3/error.h"
+#include "m3/internal/hash.h"
 #include "m3/sequence.h"
 
 /* ---- a set of u64 ids (open addressing) ------------------------------- */
@@ -60,20 +61,11 @@ typedef struct idset {
   id_origin zero_from;
 } idset;
 
-static uint64_t fmix64(uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 33;
-  return h;
-}
-
 /* Where id came from, or NULL when the set does not hold it. */
 static const id_origin *idset_find(const idset *s, uint64_t id) {
   if (id == 0) return s->has_zero ? &s->zero_from : NULL;
   if (!s->cap) return NULL;
-  for (size_t i = fmix64(id) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+  for (size_t i = m3__fmix64(id) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
     if (s->slots[i] == id) return &s->from[i];
     if (s->slots[i] == 0) return NULL;
   }
@@ -91,7 +83,7 @@ static int idset_add(idset *s, uint64_t id, id_origin from) {
     }
     for (size_t i = 0; i < s->cap; i++) {
       if (!s->slots[i]) continue;
-      size_t j = fmix64(s->slots[i]) & (ncap - 1);
+      size_t j = m3__fmix64(s->slots[i]) & (ncap - 1);
       while (ns[j]) j = (j + 1) & (ncap - 1);
       ns[j] = s->slots[i];
       nf[j] = s->from[i];
@@ -99,7 +91,7 @@ static int idset_add(idset *s, uint64_t id, id_origin from) {
     free(s->slots), free(s->from);
     s->slots = ns, s->from = nf, s->cap = ncap;
   }
-  size_t i = fmix64(id) & (s->cap - 1);
+  size_t i = m3__fmix64(id) & (s->cap - 1);
   while (s->slots[i] && s->slots[i] != id) i = (i + 1) & (s->cap - 1);
   if (!s->slots[i]) s->slots[i] = id, s->from[i] = from, s->n++;
   return 0;
@@ -305,9 +297,7 @@ static uint64_t hash_id(const char *name, long line, int part) {
   int n = snprintf(buf, sizeof buf, "%s\n%ld\n%d", name, line, part);
   if (n < 0) n = 0;
   if ((size_t)n >= sizeof buf) n = sizeof buf - 1;
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (int i = 0; i < n; i++) h = (h ^ (uint8_t)buf[i]) * 0x100000001b3ull;
-  return fmix64(h) >> 1;
+  return m3__fmix64(m3__fnv1a64(buf, (size_t)n)) >> 1;
 }
 
 /* Append a chunk for text[0..len), whose tokens (n of them) are known to

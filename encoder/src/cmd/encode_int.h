@@ -123,8 +123,6 @@ int enc_bpe_train(const char *corpus, size_t len, const enc_bpe_opts *o, const c
 
 /* Whole file into a malloc'd NUL-terminated buffer. 0 or an m3 code. */
 int enc_read_file(const char *path, char **buf, size_t *len);
-/* Write len bytes to path atomically (path.tmp, fsync, rename). */
-int enc_write_file(const char *path, const void *buf, size_t len);
 /* mkdir -p. */
 int enc_mkdirs(const char *path);
 double enc_now(void);

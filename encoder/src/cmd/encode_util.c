@@ -49,32 +49,6 @@ int enc_read_file(const char *path, char **buf, size_t *len) {
   return 0;
 }
 
-int enc_write_file(const char *path, const void *buf, size_t len) {
-  char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return m3__syserr(errno, "create %s", tmp);
-  const char *p = buf;
-  size_t left = len;
-  while (left) {
-    ssize_t w = write(fd, p, left);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      int e = errno;
-      close(fd);
-      unlink(tmp);
-      return m3__syserr(e, "write %s", tmp);
-    }
-    p += w, left -= (size_t)w;
-  }
-  if (fsync(fd) != 0 || close(fd) != 0) {
-    unlink(tmp);
-    return m3__syserr(errno, "fsync %s", tmp);
-  }
-  if (rename(tmp, path) != 0) return m3__syserr(errno, "rename %s", tmp);
-  return 0;
-}
-
 int enc_mkdirs(const char *path) {
   char buf[4096];
   snprintf(buf, sizeof buf, "%s", path);

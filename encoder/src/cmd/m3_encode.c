@@ -35,6 +35,7 @@
 #include "m3/codec.h"
 #include "m3/embed.h"
 #include "m3/error.h"
+#include "m3/internal/fsutil.h"
 #include "m3/forward.h"
 #include "m3/index.h"
 #include "m3/model.h"
@@ -517,7 +518,7 @@ static int setup_store(run *r, const int32_t *pre, int npre) {
     size_t len;
     if ((rc = enc_read_file(src, &buf, &len)) != 0) return rc;
     snprintf(path, sizeof path, "%s/%s", dir, tok_file);
-    rc = enc_write_file(path, buf, len);
+    rc = m3__fs_replace(path, buf, len);
     free(buf);
     if (rc) return rc;
   }
@@ -526,7 +527,7 @@ static int setup_store(run *r, const int32_t *pre, int npre) {
   json_decref(m);
   if (!s) return m3__seterr(M3_ENOMEM, "manifest: out of memory");
   snprintf(path, sizeof path, "%s/encode.json", dir);
-  rc = enc_write_file(path, s, strlen(s));
+  rc = m3__fs_replace(path, s, strlen(s));
   free(s);
   if (rc) return rc;
   so.create = 1;
