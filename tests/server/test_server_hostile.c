@@ -64,13 +64,6 @@ static char store[4200], tokf[4300], admf[4300];
 static char nostore[4300]; /* for servers that must refuse their options before opening a store */
 static st_server srv;
 
-static void write_file(const char *path, const char *text) {
-  FILE *f = fopen(path, "w");
-  assert_non_null(f);
-  fputs(text, f);
-  fclose(f);
-}
-
 static const char *const srv_args[] = {
     "--token-file", tokf, "--admin-token-file", admf, "--handshake-timeout-ms", "1500",
     "--auth-fail-limit", "5", "--max-http-connections", "8", "--search-budget", "100",
@@ -84,8 +77,8 @@ static int setup(void **state) {
   snprintf(nostore, sizeof nostore, "%s/no-store", dir);
   snprintf(admf, sizeof admf, "%s/admin-token", dir);
   st_gen_store(store, COUNT, DIM);
-  write_file(tokf, READ_TOKEN "\n");
-  write_file(admf, ADMIN_TOKEN "\n");
+  free(m3t_write_file(dir, "token", READ_TOKEN));
+  free(m3t_write_file(dir, "admin-token", ADMIN_TOKEN));
   st_raise_nofile(4096);
   st_server_start(&srv, dir, store, srv_args, NULL);
   return 0;
@@ -114,6 +107,18 @@ static void conn_from(st_conn *c, const char *src, int port) {
     fail_msg("connect from %s: %s", src, strerror(errno));
   int one = 1;
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* A connection from 127.0.0.1 after a Hello with the read token. */
+static void open_reader(st_conn *c) {
+  st_conn_open(c, srv.rpc_port);
+  st_hello_ok(c, 1, READ_TOKEN);
+}
+
+/* The server's counter series must be at least least. */
+static void expect_counted(const char *series, double least) {
+  double v = st_server_metric(&srv, series);
+  if (v < least) fail_msg("%s is %g, want at least %g", series, v, least);
 }
 
 static M3__SearchRequest search_req(M3__Query **qs, unsigned nq, unsigned k) {
@@ -165,8 +170,7 @@ static void test_prehello_frame_cap(void **state) {
 static void test_method_message_cap(void **state) {
   (void)state;
   st_conn c;
-  st_conn_open(&c, srv.rpc_port);
-  st_hello_ok(&c, 1, READ_TOKEN);
+  open_reader(&c);
   /* Stats takes an empty message: 1000 bytes of unknown fields are refused
    * before protobuf-c unpacks them. */
   uint8_t junk[1000];
@@ -213,19 +217,7 @@ static void test_wrong_token_closes(void **state) {
 static void expect_exit2(const char *const *argv, const char *name, const char *want, const char *also) {
   char log[512];
   if ((size_t)snprintf(log, sizeof log, "%s/%s.log", dir, name) >= sizeof log) fail_msg("path too long");
-  pid_t pid = st_spawn_server(argv, NULL, log);
-  int ws;
-  if (!st_wait_pid(pid, 30000, &ws)) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &ws, 0);
-    fail_msg("%s: m3-server is still running, want exit 2", name);
-  }
-  st_server fake;
-  memset(&fake, 0, sizeof fake);
-  memcpy(fake.log_path, log, sizeof log);
-  char *out = st_server_log(&fake);
-  if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 2)
-    fail_msg("%s: wait status %#x, want exit 2; stderr: %s", name, ws, out);
+  char *out = st_spawn_expect_exit2(argv, log, name);
   ST_CONTAINS(out, want);
   if (also) ST_CONTAINS(out, also);
   free(out);
@@ -233,15 +225,14 @@ static void expect_exit2(const char *const *argv, const char *name, const char *
 
 static void test_short_token_refused(void **state) {
   (void)state;
-  char shortf[4300];
-  snprintf(shortf, sizeof shortf, "%s/short-token", dir);
-  write_file(shortf, "secret12\n");
+  char *shortf = m3t_write_file(dir, "short-token", "secret12");
   const char *argv[] = {"m3-server", "--store", nostore, "--listen", "127.0.0.1:0", "--http", "off",
                         "--token-file", shortf, NULL};
   expect_exit2(argv, "short-token", shortf, "at least 16");
   const char *argv2[] = {"m3-server", "--store", nostore, "--listen", "127.0.0.1:0", "--http", "off",
                          "--admin-token-file", shortf, NULL};
   expect_exit2(argv2, "short-admin-token", shortf, "at least 16");
+  free(shortf);
 }
 
 static void test_failed_hello_limit(void **state) {
@@ -265,10 +256,9 @@ static void test_failed_hello_limit(void **state) {
   st_result_free(&r);
   st_conn_close(&c);
   st_conn ok;
-  st_conn_open(&ok, srv.rpc_port); /* another address is not limited */
-  st_hello_ok(&ok, 1, READ_TOKEN);
+  open_reader(&ok); /* another address is not limited */
   st_conn_close(&ok);
-  if (st_server_metric(&srv, "m3_hello_rate_limited_total") < 1) fail_msg("no rate-limited Hello counted");
+  expect_counted("m3_hello_rate_limited_total", 1);
 }
 
 /* ---- defect 3: queries checked per call --------------------------------- */
@@ -276,8 +266,7 @@ static void test_failed_hello_limit(void **state) {
 static void test_bad_queries_alone(void **state) {
   (void)state;
   st_conn c;
-  st_conn_open(&c, srv.rpc_port);
-  st_hello_ok(&c, 1, READ_TOKEN);
+  open_reader(&c);
   uint64_t seed = 11;
   enum { BIG = 60 };
   float big[BIG * DIM], good[2 * DIM], nan_q[2 * DIM], inf_q[3 * DIM], zero_q[DIM];
@@ -368,8 +357,7 @@ static void searches_at_once(st_conn *c, uint32_t first, const unsigned *nq, siz
 static void test_search_budget(void **state) {
   (void)state;
   st_conn c;
-  st_conn_open(&c, srv.rpc_port);
-  st_hello_ok(&c, 1, READ_TOKEN);
+  open_reader(&c);
   /* Budget 100: 64 queued, 64 more would pass it. */
   unsigned over[2] = {64, 64};
   st_result r[3];
@@ -379,7 +367,7 @@ static void test_search_budget(void **state) {
   ST_CONTAINS(r[1].message, "search budget");
   st_result_free(&r[0]);
   st_result_free(&r[1]);
-  if (st_server_metric(&srv, "m3_search_refused_total") < 1) fail_msg("no refused search counted");
+  expect_counted("m3_search_refused_total", 1);
   /* Batches of at most 64 queries: 20 runs alone, 40 and 40 queue up and
    * are searched one after the other, not together. */
   double b0 = st_server_metric(&srv, "m3_search_batches_total");
@@ -405,20 +393,29 @@ static m3_layout layout_of(st_conn *c) {
   return l;
 }
 
-static int put_records(st_conn *c, uint32_t stream, const m3_layout *l, const uint64_t *ids,
-                       float *const *embs, size_t n, char *msg, size_t cap) {
+/* Put's attachment: records for ids with embeddings embs back to back
+ * (malloc'ed; *alen its size, sizes[i] each record's). */
+static uint8_t *records(const m3_layout *l, const uint64_t *ids, float *const *embs, size_t n,
+                        uint32_t *sizes, size_t *alen) {
   uint8_t *att = NULL;
-  size_t alen = 0;
-  uint32_t sizes[16];
+  *alen = 0;
   for (size_t i = 0; i < n; i++) {
     size_t len;
     uint8_t *rec = st_make_record(l, ids[i], embs[i], "hostile", &len);
-    att = realloc(att, alen + len);
-    memcpy(att + alen, rec, len);
-    alen += len;
+    att = realloc(att, *alen + len);
+    memcpy(att + *alen, rec, len);
+    *alen += len;
     sizes[i] = (uint32_t)len;
     free(rec);
   }
+  return att;
+}
+
+static int put_records(st_conn *c, uint32_t stream, const m3_layout *l, const uint64_t *ids,
+                       float *const *embs, size_t n, char *msg, size_t cap) {
+  uint32_t sizes[16];
+  size_t alen;
+  uint8_t *att = records(l, ids, embs, n, sizes, &alen);
   M3__PutRequest p = M3__PUT_REQUEST__INIT;
   p.sizes = sizes;
   p.n_sizes = n;
@@ -525,8 +522,7 @@ static void test_rebuild_skips_bad_vectors(void **state) {
   ST_CONTAINS(log, "left out of the index");
   free(log);
   st_conn c;
-  st_conn_open(&c, srv.rpc_port);
-  st_hello_ok(&c, 1, READ_TOKEN);
+  open_reader(&c);
   if (!fetch_has(&c, 2, 910000)) fail_msg("the skipped record is no longer fetchable");
   valid_search(&c, 3);
   st_conn_close(&c);
@@ -558,18 +554,9 @@ static void test_concurrent_put_delete(void **state) {
     ep[i] = embs[i];
   }
   /* Built once: the Put request and its attachment, the Delete request. */
-  uint8_t *att = NULL;
-  size_t alen = 0;
   uint32_t sizes[N];
-  for (int i = 0; i < N; i++) {
-    size_t len;
-    uint8_t *rec = st_make_record(&l, ids[i], ep[i], "race", &len);
-    att = realloc(att, alen + len);
-    memcpy(att + alen, rec, len);
-    alen += len;
-    sizes[i] = (uint32_t)len;
-    free(rec);
-  }
+  size_t alen;
+  uint8_t *att = records(&l, ids, ep, N, sizes, &alen);
   M3__PutRequest p = M3__PUT_REQUEST__INIT;
   p.sizes = sizes;
   p.n_sizes = N;
@@ -656,7 +643,7 @@ static void test_http_connection_cap(void **state) {
   close(extra);
   for (int i = 0; i < 8; i++) close(fds[i]);
   usleep(200 * 1000);
-  if (st_server_metric(&srv, "m3_http_connections_refused_total") < 1) fail_msg("no refused HTTP connection counted");
+  expect_counted("m3_http_connections_refused_total", 1);
 }
 
 /* ---- flood and slowloris, a valid client served throughout --------------- */
@@ -664,8 +651,7 @@ static void test_http_connection_cap(void **state) {
 static void test_flood_and_slowloris(void **state) {
   (void)state;
   st_conn v;
-  st_conn_open(&v, srv.rpc_port);
-  st_hello_ok(&v, 1, READ_TOKEN);
+  open_reader(&v);
   /* Hello flood: a child opens connection after connection from 127.0.0.3
    * with wrong tokens for 3 s. */
   pid_t flood = fork();
@@ -732,7 +718,7 @@ static void test_flood_and_slowloris(void **state) {
     if (!closed_within(http[i], 9000)) fail_msg("HTTP slowloris connection %d still open", i);
     close(http[i]);
   }
-  if (st_server_metric(&srv, "m3_hello_failures_total") < 5) fail_msg("the flood's failed Hellos were not counted");
+  expect_counted("m3_hello_failures_total", 5);
   valid_search(&v, stream + 2);
   st_conn_close(&v);
 }
