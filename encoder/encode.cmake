@@ -6,6 +6,7 @@ find_package(Threads REQUIRED)
 add_executable(m3-encode
   ${CMAKE_CURRENT_LIST_DIR}/src/cmd/m3_encode.c
   ${CMAKE_CURRENT_LIST_DIR}/src/cmd/encode_input.c
+  ${CMAKE_CURRENT_LIST_DIR}/src/cmd/encode_slice.c
   ${CMAKE_CURRENT_LIST_DIR}/src/cmd/encode_train.c
   ${CMAKE_CURRENT_LIST_DIR}/src/cmd/bpe_train.c
   ${CMAKE_CURRENT_LIST_DIR}/src/cmd/encode_util.c)

@@ -37,6 +37,11 @@ APT_PACKAGES=(
   libcmocka-dev python3 python3-numpy
   # Tokenizer parity: spm_train and spm_encode (SentencePiece reference tools)
   sentencepiece
+  # deploy/k8s tests: YAML of rendered manifests, and node + npm for the schema
+  # validator (npm kubernetes-models, installed by tests/k8s on first use).
+  # kubectl (kustomize >= 4) is not in this list: Debian 12's kubernetes-client
+  # is too old for the kustomization fields used; the test skips without kubectl.
+  python3-yaml nodejs npm
   # Fuzzing: clang with libFuzzer (libclang-rt-dev holds libclang_rt.fuzzer; it is
   # only a Recommends of clang, and we install without recommends)
   clang libclang-rt-dev

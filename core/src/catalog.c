@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "m3_endian.h"
 #include "m3/error.h"
@@ -417,4 +418,53 @@ int m3__catalog_commit(m3_catalog *c, m3__wbatch *b, int sync) {
   rocksdb_write(c->db, sync ? c->wopts_sync : c->wopts_async, b, &err);
   if (err) return from_rocks(err, "write batch", c->path);
   return 0;
+}
+
+/* ---- bulk ingest ------------------------------------------------------ */
+
+static int sst_put(rocksdb_sstfilewriter_t *w, char p, uint64_t id, const void *v, size_t vl,
+                   char **err) {
+  uint8_t k[9] = {(uint8_t)p};
+  be64(k + 1, id);
+  rocksdb_sstfilewriter_put(w, (const char *)k, sizeof k, v ? (const char *)v : "", vl, err);
+  return *err ? -1 : 0;
+}
+
+int m3__catalog_ingest(m3_catalog *c, const char *tmp_path, const m3__chunk_entry *v, size_t n) {
+  if (n == 0) return 0;
+  int ferr = m3__fault("catalog.ingest");
+  if (ferr) return m3__syserr(ferr, "catalog %s: ingest %s", c->path, tmp_path);
+  rocksdb_envoptions_t *env = rocksdb_envoptions_create();
+  rocksdb_sstfilewriter_t *w = rocksdb_sstfilewriter_create(env, c->opts);
+  rocksdb_ingestexternalfileoptions_t *io = rocksdb_ingestexternalfileoptions_create();
+  rocksdb_ingestexternalfileoptions_set_move_files(io, 1);
+  char *err = NULL;
+  int rc = 0;
+  const char *what = "write SST";
+  rocksdb_sstfilewriter_open(w, tmp_path, &err);
+  /* Keys in byte order: every 'C', then every 'E', then every 'T'. */
+  for (size_t i = 0; i < n && !err; i++) {
+    uint8_t val[LOC_BYTES];
+    loc_encode(val, &v[i].loc);
+    sst_put(w, 'C', v[i].id, val, sizeof val, &err);
+  }
+  for (size_t i = 0; i < n && !err; i++)
+    if (v[i].emb_bytes) sst_put(w, 'E', v[i].id, v[i].emb, v[i].emb_bytes, &err);
+  for (size_t i = 0; i < n && !err; i++) sst_put(w, 'T', v[i].id, v[i].text, v[i].text_len, &err);
+  if (!err) rocksdb_sstfilewriter_finish(w, &err);
+  if (!err) {
+    what = "ingest SST";
+    const char *files[1] = {tmp_path};
+    rocksdb_ingest_external_file(c->db, files, 1, io, &err);
+  }
+  if (err) {
+    char msg[4400];
+    snprintf(msg, sizeof msg, "%s %s", what, tmp_path);
+    rc = from_rocks(err, msg, c->path);
+  }
+  unlink(tmp_path); /* moved in (a hard link) or garbage */
+  rocksdb_ingestexternalfileoptions_destroy(io);
+  rocksdb_sstfilewriter_destroy(w);
+  rocksdb_envoptions_destroy(env);
+  return rc;
 }

@@ -86,4 +86,26 @@ void m3__batch_del_chunk(m3__wbatch *b, uint64_t id);
 /* Apply the batch atomically (fault point catalog.write). */
 int m3__catalog_commit(m3_catalog *c, m3__wbatch *b, int sync);
 
+/* ---- bulk ingest ----------------------------------------------------- */
+
+/* One memory's catalog entries ('C', 'E', 'T'), for m3__catalog_ingest. */
+typedef struct m3__chunk_entry {
+  uint64_t id;
+  m3_location loc;
+  const char *text;   /* text_len bytes, borrowed */
+  size_t text_len;
+  const uint8_t *emb; /* emb_bytes bytes (little-endian f32), borrowed; NULL when 0 */
+  size_t emb_bytes;
+} m3__chunk_entry;
+
+/*
+ * Write the entries of v (n, sorted by id, no id twice) as one sorted SST
+ * file at tmp_path and ingest it into the catalog (RocksDB
+ * IngestExternalFile, the file moved in): all of them become visible at
+ * once, or none. Entries replace what the catalog held for those ids. A
+ * file left at tmp_path by a crash is garbage (the store removes
+ * bulk-*.sst at open). Fault point catalog.ingest.
+ */
+int m3__catalog_ingest(m3_catalog *c, const char *tmp_path, const m3__chunk_entry *v, size_t n);
+
 #endif /* M3_CATALOG_H */

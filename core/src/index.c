@@ -471,9 +471,53 @@ static int build_entry(void *ud, uint64_t id, const float *emb) {
   return c->n == BUILD_BATCH ? flush_batch(c) : 0;
 }
 
+/* Train ix->fx on a uniform sample of at most cap vectors of n stores (one
+ * reservoir across all of them, fixed seed: repeatable). */
+static int train_sampled(m3_index *ix, m3_store *const *stores, size_t n, size_t cap) {
+  build_ctx c = {.ix = ix, .rng = 0x6d33696e646578ull /* "m3index" */, .pass_train = 1};
+  int rc = 0;
+  c.cap = cap ? cap : DEFAULT_TRAIN_SAMPLE;
+  c.sample = malloc(c.cap * ix->dim * sizeof(float));
+  if (!c.sample) return m3__seterr(M3_ENOMEM, "index %s: training sample of %zu vectors", ix->path, c.cap);
+  for (size_t i = 0; i < n && rc == 0; i++) rc = m3_store_iterate_embeddings(stores[i], build_entry, &c);
+  if (rc) goto out;
+  if (c.ns == 0) {
+    rc = m3__seterr(M3_EINVAL,
+                    "index factory '%s' needs training, and store %s holds no embeddings to "
+                    "train it on: use an untrained factory (IDMap,Flat) until it does",
+                    ix->factory, m3_store_dir(stores[0]));
+    goto out;
+  }
+  M3_INFO("index", "%s: training '%s' on %zu of %" PRIu64 " vectors", ix->path, ix->factory, c.ns,
+          c.seen);
+  if (faiss_Index_train(ix->fx, (idx_t)c.ns, c.sample) != 0)
+    rc = m3__seterr(M3_EINVAL, "index factory '%s': training on %zu vectors failed: %s", ix->factory,
+                    c.ns, faiss_msg());
+out:
+  free(c.sample);
+  return rc;
+}
+
+/* ix->fx := the trained, empty index in file path (m3_index_train_file). */
+static int load_trained(m3_index *ix, const char *path) {
+  FaissIndex *fx = NULL;
+  if (faiss_read_index_fname(path, 0, &fx) != 0)
+    return m3__seterr(M3_EINVAL, "trained index %s: %s", path, faiss_msg());
+  if ((unsigned)faiss_Index_d(fx) != ix->dim || !faiss_Index_is_trained(fx) ||
+      faiss_Index_ntotal(fx) != 0 || faiss_Index_metric_type(fx) != METRIC_INNER_PRODUCT) {
+    faiss_Index_free(fx);
+    return m3__seterr(M3_EINVAL,
+                      "trained index %s is not an empty trained inner-product index of %u dims "
+                      "(factory %s)", path, ix->dim, ix->factory);
+  }
+  faiss_Index_free(ix->fx);
+  ix->fx = fx;
+  return 0;
+}
+
 /* Build ix->fx from the store's embeddings. */
-static int rebuild(m3_index *ix, m3_store *s, size_t train_sample) {
-  build_ctx c = {.ix = ix, .rng = 0x6d33696e646578ull /* "m3index" */};
+static int rebuild(m3_index *ix, m3_store *s, size_t train_sample, const char *trained) {
+  build_ctx c = {.ix = ix};
   float *probe = NULL;
   int rc = 0;
 
@@ -482,31 +526,8 @@ static int rebuild(m3_index *ix, m3_store *s, size_t train_sample) {
     return m3__seterr(M3_EINVAL, "index factory '%s' (dim %u): %s", ix->factory, ix->dim, faiss_msg());
   }
   if (!faiss_Index_is_trained(ix->fx)) {
-    c.cap = train_sample ? train_sample : DEFAULT_TRAIN_SAMPLE;
-    c.sample = malloc(c.cap * ix->dim * sizeof(float));
-    if (!c.sample) {
-      rc = m3__seterr(M3_ENOMEM, "index %s: training sample of %zu vectors", ix->path, c.cap);
-      goto out;
-    }
-    c.pass_train = 1;
-    if ((rc = m3_store_iterate_embeddings(s, build_entry, &c)) != 0) goto out;
-    if (c.ns == 0) {
-      rc = m3__seterr(M3_EINVAL,
-                      "index factory '%s' needs training, and store %s holds no embeddings to "
-                      "train it on: use an untrained factory (IDMap,Flat) until it does",
-                      ix->factory, m3_store_dir(s));
-      goto out;
-    }
-    M3_INFO("index", "%s: training '%s' on %zu of %" PRIu64 " vectors", ix->path, ix->factory, c.ns,
-            c.seen);
-    if (faiss_Index_train(ix->fx, (idx_t)c.ns, c.sample) != 0) {
-      rc = m3__seterr(M3_EINVAL, "index factory '%s': training on %zu vectors failed: %s", ix->factory,
-                      c.ns, faiss_msg());
-      goto out;
-    }
-    free(c.sample);
-    c.sample = NULL;
-    c.pass_train = 0;
+    rc = trained ? load_trained(ix, trained) : train_sampled(ix, &s, 1, train_sample);
+    if (rc) goto out;
     ix->trained = 1;
   }
   /* Does it take ids? Asked now, not at the first put. */
@@ -614,7 +635,7 @@ int m3_index_open(m3_store *s, const m3_index_options *o, m3_index **out) {
     ix->loaded = 1;
   } else {
     M3_INFO("index", "%s: building '%s' (dim %u): %s", ix->path, ix->factory, ix->dim, ix->reason);
-    if ((rc = rebuild(ix, s, o->train_sample)) != 0) goto out;
+    if ((rc = rebuild(ix, s, o->train_sample, o->trained)) != 0) goto out;
     if (!ix->read_only && (rc = save_locked(ix, seqno)) != 0) goto out;
   }
   ix->seqno = seqno;
@@ -870,4 +891,56 @@ void m3_index_info_get(m3_index *ix, m3_index_info *out) {
   out->tie_scans = __atomic_load_n(&ix->tie_scans, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&ix->meta);
   pthread_rwlock_unlock(&ix->lock);
+}
+
+int m3_index_train_file(m3_store *const *stores, size_t n, const m3_index_options *o,
+                        const char *path, int *needed) {
+  m3_index_options def;
+  if (!o) {
+    m3_index_options_init(&def);
+    o = &def;
+  }
+  *needed = 0;
+  if (n == 0) return m3__seterr(M3_EINVAL, "trained index %s: no stores to sample", path);
+  m3_index *ix = calloc(1, sizeof *ix);
+  if (!ix) return m3__seterr(M3_ENOMEM, "index: out of memory");
+  int rc = 0;
+  char tmp[PATH_MAX + 8];
+  ix->dim = m3_store_layout(stores[0])->emb_dim;
+  snprintf(ix->factory, sizeof ix->factory, "%s",
+           o->factory && o->factory[0] ? o->factory : M3_INDEX_DEFAULT_FACTORY);
+  snprintf(ix->path, sizeof ix->path, "%s", path);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  for (size_t i = 1; i < n; i++)
+    if (m3_store_layout(stores[i])->emb_dim != ix->dim) {
+      rc = m3__seterr(M3_ESHAPE, "trained index %s: store %s has %u-dim embeddings, store %s %u",
+                      path, m3_store_dir(stores[i]), m3_store_layout(stores[i])->emb_dim,
+                      m3_store_dir(stores[0]), ix->dim);
+      goto out;
+    }
+  if (ix->dim == 0) {
+    rc = m3__seterr(M3_EUNSUPPORTED, "store %s keeps no retrieval embeddings", m3_store_dir(stores[0]));
+    goto out;
+  }
+  if (faiss_index_factory(&ix->fx, (int)ix->dim, ix->factory, METRIC_INNER_PRODUCT) != 0) {
+    ix->fx = NULL;
+    rc = m3__seterr(M3_EINVAL, "index factory '%s' (dim %u): %s", ix->factory, ix->dim, faiss_msg());
+    goto out;
+  }
+  if (faiss_Index_is_trained(ix->fx)) goto out; /* nothing to share */
+  *needed = 1;
+  if ((rc = train_sampled(ix, stores, n, o->train_sample)) != 0) goto out;
+  if (faiss_write_index_fname(ix->fx, tmp) != 0) {
+    rc = m3__seterr(M3_EIO, "trained index %s: %s", tmp, faiss_msg());
+    goto out;
+  }
+  int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) != 0) rc = m3__syserr(errno, "fsync %s", tmp);
+  if (fd >= 0) close(fd);
+  if (rc == 0 && rename(tmp, path) != 0) rc = m3__syserr(errno, "rename %s to %s", tmp, path);
+out:
+  if (rc) unlink(tmp);
+  if (ix->fx) faiss_Index_free(ix->fx);
+  free(ix);
+  return rc;
 }

@@ -74,6 +74,9 @@ int m3__segment_open(const char *dir, uint32_t id, int read_only, int direct,
 
 void m3__segment_close(m3_segment *seg);
 
+/* fsync a directory (after creating or renaming entries in it). */
+int m3__fsync_dir(const char *dir);
+
 /* Append len bytes at seg->size (fault point segment.write) and fdatasync
  * (segment.sync). On failure the file is cut back to seg->size. seg->size is
  * NOT advanced: the caller does that once the catalog commit succeeded. */

@@ -25,3 +25,5 @@ m3_add_script_test(encode_errors SCRIPT ${_xdir}/test_encode_errors.sh LABELS in
 foreach(_t encoder_forward_hidden encode_dump encode_e2e encode_resume encode_errors)
   set_property(TEST ${_t} APPEND PROPERTY ENVIRONMENT OPENBLAS_NUM_THREADS=1)
 endforeach()
+m3_add_script_test(encode_slice SCRIPT ${_xdir}/test_encode_slice.sh LABELS integration TIMEOUT 180)
+set_property(TEST encode_slice APPEND PROPERTY ENVIRONMENT OPENBLAS_NUM_THREADS=1)

@@ -84,6 +84,17 @@ runx() {
   pass=$((pass + 1))
 }
 
+# m3t_refused NAME PATTERN COMMAND...: COMMAND must fail (any non-zero
+# exit) with PATTERN (grep) in its output ($work/NAME.out); stops the test
+# otherwise.
+m3t_refused() {
+  local name=$1 pat=$2
+  shift 2
+  if "$@" >"$work/$name.out" 2>&1; then fail "$name: '$*' was accepted"; fi
+  grep -q -- "$pat" "$work/$name.out" || { cat "$work/$name.out" >&2; fail "$name: message lacks '$pat'"; }
+  pass=$((pass + 1))
+}
+
 # json_get FILE EXPR: print the Python expression EXPR over the JSON in FILE
 # (parsed as `j`).
 json_get() { "$py" -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }

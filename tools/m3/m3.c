@@ -21,6 +21,8 @@ int m3__cmd_fetch(int argc, char **argv);
 int m3__cmd_stats(int argc, char **argv);
 /* m3 store split (m3_cluster_cmd.c). */
 int m3__cmd_store_split(int argc, char **argv);
+/* m3 store merge (m3_merge_cmd.c). */
+int m3__cmd_store_merge(int argc, char **argv);
 /* m3 store dump (m3_dump.c). */
 int m3__cmd_store_dump(int argc, char **argv);
 
@@ -40,6 +42,8 @@ static const char *usage_text =
     "                                  one memory decoded: text, tokens, positions, K, V\n"
     "  m3 store split DIR --shards S --out OUTDIR\n"
     "                                  split into OUTDIR/shard-<s> stores by chunk id % S\n"
+    "  m3 store merge --shards S --out OUTDIR PARTIAL...\n"
+    "                                  partial stores (m3-encode --slice) into shard stores\n"
     "\n"
     "Server commands (talk to an m3-server; exit 1 when it answers with a failure):\n"
     "  m3 query (--server HOST:PORT | --cluster MAP) (--text \"...\" | --vector-file F)\n"
@@ -334,14 +338,14 @@ static int cmd_store(int argc, char **argv) {
     int (*fn)(int, char **);
   } cmds[] = {{"info", cmd_info}, {"verify", cmd_verify}, {"repair", cmd_repair},
               {"compact", cmd_compact}, {"get", cmd_get}, {"split", m3__cmd_store_split},
-              {"dump", m3__cmd_store_dump}};
+              {"merge", m3__cmd_store_merge}, {"dump", m3__cmd_store_dump}};
   if (argc < 2) {
     fputs(usage_text, stderr);
     return EXIT_FAILURE_;
   }
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
     if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
-  fprintf(stderr, "m3 store: unknown command '%s' (info, verify, repair, compact, get, split, dump)\n", argv[1]);
+  fprintf(stderr, "m3 store: unknown command '%s' (info, verify, repair, compact, get, split, merge, dump)\n", argv[1]);
   return EXIT_FAILURE_;
 }
 

@@ -160,6 +160,7 @@
 #include <stdint.h>
 
 #include "m3/client.h"
+#include "m3/shard.h"
 
 /* ---- cluster map ---------------------------------------------------- */
 
@@ -167,7 +168,7 @@ typedef struct m3_cluster_map m3_cluster_map;
 
 /* The sharding rule: the shard that owns chunk_id among n_shards. */
 static inline uint32_t m3_cluster_shard_of(uint64_t chunk_id, uint32_t n_shards) {
-  return (uint32_t)(chunk_id % n_shards);
+  return m3_shard_of(chunk_id, n_shards); /* m3/shard.h */
 }
 
 /*

@@ -69,10 +69,28 @@ typedef struct m3_index_options {
   int read_only;        /* never write DIR/index/: a rebuilt index lives in
                            memory only, m3_index_save fails (0) */
   int force_rebuild;    /* rebuild even when the saved index is current (0) */
+  const char *trained;  /* a factory that needs training starts from this
+                           file, an empty index trained once for many
+                           stores (m3_index_train_file), instead of
+                           training on this store's vectors (NULL);
+                           borrowed for the call */
 } m3_index_options;
 
 /* Defaults as written above. */
 void m3_index_options_init(m3_index_options *o);
+
+/*
+ * Train once for many stores (the shards of one knowledge base, so that
+ * they share one set of centroids): if o->factory needs training, train it
+ * on a uniform sample (o->train_sample) of the embeddings of all n stores
+ * and write the empty trained index to path (crash-safe: temporary name,
+ * fsync, rename), *needed = 1; pass path as m3_index_options.trained to
+ * m3_index_open of each store. A factory that needs no training (IDMap,Flat)
+ * writes nothing, *needed = 0. The stores are only read. Errors as
+ * m3_index_open, M3_ESHAPE for stores of different embedding dims.
+ */
+int m3_index_train_file(m3_store *const *stores, size_t n, const m3_index_options *o,
+                        const char *path, int *needed);
 
 /*
  * Open the retrieval index of store s. Loads DIR/index/ when its stamp is

@@ -290,4 +290,52 @@ typedef struct m3_repair_report {
  */
 int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_report *rep);
 
+/* ---- merge: partial stores into shard stores (store_merge.c) ----------- */
+
+typedef struct m3_merge_options {
+  uint32_t shards;        /* S, 1..4096: OUTDIR/shard-0 .. shard-<S-1> */
+  int copy;               /* 1: plain read/write copies; 0: copy_file_range,
+                             which the kernel turns into shared extents
+                             (reflinks) where the filesystem can (0) */
+  uint64_t segment_bytes; /* roll output segments past this size (1 GiB) */
+} m3_merge_options;
+
+typedef struct m3_merge_report {
+  uint64_t records;      /* live records in the shard stores */
+  uint64_t duplicates;   /* identical records held by more than one input */
+  uint64_t bytes;        /* record bytes placed into shards by this run */
+  uint32_t built;        /* shards built by this run */
+  uint32_t present;      /* shards a previous run had finished */
+} m3_merge_report;
+
+/*
+ * Build S shard stores in outdir from n partial stores (e.g. the slices of
+ * `m3-encode --slice I/N`): shard s = OUTDIR/shard-<s> holds every chunk c
+ * of every input with m3_shard_of(c, S) == s (m3/shard.h), with its record
+ * bytes as stored (never decoded or re-encoded: the same memory, text and
+ * embedding bytes and CRCs), its text and its embedding. Record bytes are
+ * copied with copy_file_range (shared extents where the filesystem clones;
+ * a segment's header names its store, so segments themselves cannot be
+ * linked into another store); catalog entries are written as one sorted
+ * SST file per shard and ingested. The top-level files of the first input
+ * beside its store (codec.m3c, encode.json, the tokenizer) are copied too.
+ *
+ * Refuses inputs of different layouts or record alignment before building
+ * anything (M3_ESHAPE, naming both stores), and a chunk id held by two
+ * inputs with different content (M3_EEXIST, naming the id and both stores;
+ * its shard is not built, shards finished before stay); identical copies
+ * count as duplicates and are taken once.
+ *
+ * Crash-safe and resumable: a shard is built in OUTDIR/shard-<s>.tmp and
+ * renamed when complete and synced; a rerun after an interruption at any
+ * point removes a leftover .tmp, keeps the finished shards and builds the
+ * rest, giving the same records. OUTDIR/merge.json fixes S: a rerun with
+ * another S is refused (M3_EINVAL). Inputs are opened read-only and never
+ * changed. shard_records (S entries, may be NULL) receives each shard's
+ * record count; rep (may be NULL) the totals. The retrieval indexes are
+ * not built here (m3/index.h: m3_index_open on each shard).
+ */
+int m3_store_merge(const char *const *inputs, size_t n, const char *outdir,
+                   const m3_merge_options *o, uint64_t *shard_records, m3_merge_report *rep);
+
 #endif /* M3_STORE_H */

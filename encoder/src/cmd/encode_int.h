@@ -119,6 +119,34 @@ typedef struct enc_bpe_opts {
 int enc_bpe_train(const char *corpus, size_t len, const enc_bpe_opts *o, const char *path,
                   unsigned *n_vocab);
 
+/* ---- slices (encode_slice.c) ------------------------------------------ */
+
+/*
+ * --slice I/N: this run encodes the chunks whose m3_slice_of(id, N) == I
+ * (m3/shard.h), into a partial store that `m3 store merge` joins with the
+ * other slices'. "auto/N" takes I from $JOB_COMPLETION_INDEX, as a
+ * Kubernetes Indexed Job sets it. Without --slice: slice 0 of 1 (all).
+ */
+typedef struct enc_slice {
+  uint32_t i, n;
+} enc_slice;
+
+/* Parse "I/N" or "auto/N" (N in 1..65536, I < N). 0, or M3_EINVAL with a
+ * message naming the argument or the environment variable. */
+int enc_slice_parse(const char *arg, enc_slice *out);
+
+/* Whether chunk id belongs to the slice. */
+int enc_slice_has(const enc_slice *s, uint64_t id);
+
+/*
+ * Bind the store at dir to the slice and codec: writes DIR/slice.json on
+ * first use; refuses (M3_EBADFORMAT, naming the file) a store made for
+ * another slice, and any sibling partial store (another DIR/../X/slice.json
+ * of the same N) made with another codec fingerprint, since every slice of
+ * one knowledge base must share one codec.
+ */
+int enc_slice_claim(const char *dir, const enc_slice *s, uint64_t codec_fp);
+
 /* ---- helpers ------------------------------------------------------------ */
 
 /* Whole file into a malloc'd NUL-terminated buffer. 0 or an m3 code. */

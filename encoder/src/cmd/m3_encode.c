@@ -105,6 +105,9 @@ static const char *usage_text =
     "  --report FILE          where skipped lines are listed (default stderr)\n"
     "  --id-base N            chunks without an \"id\" get N, N+1, ... in input order\n"
     "                         (default: a hash of file name, line and part)\n"
+    "  --slice I/N            encode only slice I of N (chunks by a hash of their id),\n"
+    "                         into a partial store for `m3 store merge`; auto/N takes\n"
+    "                         I from $JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs)\n"
     "  -h, --help\n"
     "\n"
     "Rerunning the same command resumes: chunks already in the store are skipped.\n"
@@ -114,6 +117,7 @@ typedef enum emb_kind { EMB_HASH, EMB_EXTERNAL, EMB_HIDDEN } emb_kind;
 
 typedef struct enc_opts {
   const char *model, *input, *store, *codec, *embed, *index, *prefix, *report, *backend;
+  enc_slice slice; /* --slice (0/1: everything) */
   int threads, batch, max_tokens, tokens_per_head, mem_layers, skip_bad, has_id_base;
   enc_long_policy long_chunks;
   uint64_t id_base;
@@ -463,7 +467,16 @@ static const char *model_tokenizer_file(const char *dir, char *path, size_t cap)
 
 /* Open the store, or create it with the codec file, tokenizer and manifest
  * beside it. An existing store must hold what this run produces. */
+static int setup_store_open(run *r, const int32_t *pre, int npre);
+
+/* The store, bound to its slice with --slice (slice.json). */
 static int setup_store(run *r, const int32_t *pre, int npre) {
+  int rc = setup_store_open(r, pre, npre);
+  if (rc == 0 && r->o.slice.n > 1) rc = enc_slice_claim(r->o.store, &r->o.slice, r->layout.codec_fp);
+  return rc;
+}
+
+static int setup_store_open(run *r, const int32_t *pre, int npre) {
   char path[4200];
   const char *dir = r->o.store;
   m3_store_options so;
@@ -542,7 +555,7 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       {"embed", required_argument, NULL, 'e'},     {"index", required_argument, NULL, 'x'},
       {"threads", required_argument, NULL, 't'},   {"batch", required_argument, NULL, 'b'},
       {"max-tokens", required_argument, NULL, 'M'}, {"prefix", required_argument, NULL, 'p'},
-      {"tokens-per-head", required_argument, NULL, 'T'},
+      {"tokens-per-head", required_argument, NULL, 'T'}, {"slice", required_argument, NULL, 'S'},
       {"mem-layers", required_argument, NULL, 'L'}, {"on-error", required_argument, NULL, 'E'},
       {"report", required_argument, NULL, 'r'},    {"id-base", required_argument, NULL, 'I'},
       {"backend", required_argument, NULL, 'B'},   {"help", no_argument, NULL, 'h'},
@@ -554,6 +567,7 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
   o->prefix = M3_SEQ_PREFIX;
   o->threads = 1, o->batch = 8, o->max_tokens = M3_SEQ_MAX_TOKENS, o->tokens_per_head = 8;
   o->backend = "auto";
+  o->slice = (enc_slice){0, 1};
   optind = 1;
   int c;
   long v;
@@ -568,6 +582,12 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
     case 'p': o->prefix = optarg; break;
     case 'r': o->report = optarg; break;
     case 'B': o->backend = optarg; break;
+    case 'S':
+      if (enc_slice_parse(optarg, &o->slice)) {
+        fprintf(stderr, "m3-encode: %s\n", m3_errmsg());
+        return EXIT_FAIL;
+      }
+      break;
     case 't': if (parse_int("--threads", optarg, 1, 256, &v)) return EXIT_FAIL; o->threads = (int)v; break;
     case 'b': if (parse_int("--batch", optarg, 1, 4096, &v)) return EXIT_FAIL; o->batch = (int)v; break;
     case 'M': if (parse_int("--max-tokens", optarg, 16, M3_SELECT_MAX_LEN, &v)) return EXIT_FAIL; o->max_tokens = (int)v; break;
@@ -747,6 +767,10 @@ int enc_cmd_encode(int argc, char **argv) {
       snprintf(msg, sizeof msg, "%s", m3_errmsg());
       set_err(r, got, msg);
       break;
+    }
+    if (got == 1 && !enc_slice_has(&o->slice, cur->c[cur->n].id)) {
+      enc_chunk_free(&cur->c[cur->n]); /* another slice's chunk */
+      continue;
     }
     if (got == 1) cur->n++;
     else end = 1;
