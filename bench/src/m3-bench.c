@@ -27,11 +27,17 @@ static const char *usage_text =
     "           the same rounds served by m3-server (Fetch) and by Redis (pipelined GETs)\n"
     "  storage  --store DIR [--ops N] [--batch 5] [--direct] [--warmup N] [--seed S] [--json]\n"
     "           store fetches of random batches vs raw io_uring reads of the same bytes\n"
+    "  scale    --dir DIR [--sizes 10000,100000,1000000] [--big] [--emb-dim 256] [--plot DIR]\n"
+    "           [--json]  bulk write, open, fetch vs raw reads, bytes per memory and trained\n"
+    "           index search/recall against the number of memories\n"
     "  codec    --codec STR [--train N] [--test N] [--vectors FILE] [--json]\n"
     "           codec size, error and speed (see m3-bench codec --help)\n"
     "  encode   [--hidden 1024 --layers 8 --heads 16 --kv-heads 4 --head-dim 64 --batch 8\n"
     "           --seq 128] [--json]\n"
     "           encoder memory-layer forward + selection vs OpenBLAS sgemm\n"
+    "  decode   --model DIR (--server HOST:PORT | --cluster MAP) --prompts FILE [--batch 8]\n"
+    "           [--new-tokens 64] [--no-memory] [--trace FILE] [--json]\n"
+    "           the reference worker's decode with retrieval every 64 tokens vs without\n"
     "\n"
     "Run `m3-bench <command> --help` for a command's options.\n";
 
@@ -70,9 +76,11 @@ int main(int argc, char **argv) {
       {"gen", bench_gen},
       {"storage", bench_storage},
       {"rpc", bench_rpc},
+      {"scale", bench_scale},
       {"peer", bench_peer},
       {"codec", m3_bench_codec},
       {"encode", bench_encode},
+      {"decode", bench_decode},
   };
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
     fputs(usage_text, argc < 2 ? stderr : stdout);
