@@ -3,6 +3,7 @@
  * user would otherwise pick. Every figure is a ratio against a baseline
  * measured in the same run, on the same data.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,18 @@ int bench_print_json(json_t *j) {
   json_decref(j);
   if (s) puts(s);
   free(s);
+  return 0;
+}
+
+int bench_read_token(const char *cmd, const char *path, char *buf, size_t cap) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    fprintf(stderr, "m3-bench %s: --token-file %s: %s\n", cmd, path, strerror(errno));
+    return -1;
+  }
+  if (fgets(buf, (int)cap, f) == NULL) buf[0] = '\0';
+  buf[strcspn(buf, "\r\n")] = '\0';
+  fclose(f);
   return 0;
 }
 

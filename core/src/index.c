@@ -7,6 +7,11 @@
  * from the write path; a rebuild streams every embedding of the store once
  * (twice when the factory trains). FAISS is reached through its C API only,
  * and its errors become m3 codes here, once.
+ *
+ * Why one file of ~950 lines: every function here holds the one FAISS handle
+ * under the index's lock (search, add, remove, train, save, load, rebuild),
+ * and FAISS's C API is used nowhere else in core, so the lock and the
+ * conversion of FAISS errors stay in one place.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -2,6 +2,13 @@
  * The store: open (with roll-forward recovery), group-commit writes, batched
  * checksummed reads. See m3/store.h for the contract and segment.h /
  * catalog.h for the on-disk pieces.
+ *
+ * Why one file of ~950 lines: open's recovery, the commit and the read path
+ * are the three users of the segment array and the store's rwlock, and
+ * their invariants (what a committed end means, when a location may be
+ * read) are easiest to check side by side. What does not need the array
+ * lives apart: store_ops.c, store_verify.c, store_bulk.c, store_loc.c,
+ * store_aio.c, store_merge.c.
  */
 #include <dirent.h>
 #include <errno.h>

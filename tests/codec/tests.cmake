@@ -14,13 +14,13 @@ m3_add_test(codec_file SOURCES ${_cdir}/test_codec_file.c LABELS unit TIMEOUT 60
 # m3codec: FAISS
 m3_add_test(codec_layout SOURCES ${_cdir}/test_codec_layout.c LABELS unit TIMEOUT 60
   LIBS m3codec)
-m3_add_test(codec_tables SOURCES ${_cdir}/test_codec_tables.c LABELS unit TIMEOUT 120
+m3_add_test(codec_tables SOURCES ${_cdir}/test_codec_tables.c LABELS unit TIMEOUT 300
   LIBS m3codec)
-m3_add_test(codec_fingerprint SOURCES ${_cdir}/test_codec_fingerprint.c LABELS unit TIMEOUT 60
+m3_add_test(codec_fingerprint SOURCES ${_cdir}/test_codec_fingerprint.c LABELS unit TIMEOUT 180
   LIBS m3codec)
 m3_add_test(codec_record SOURCES ${_cdir}/test_codec_record.c LABELS unit TIMEOUT 60
   LIBS m3codec)
-m3_add_test(codec_decode SOURCES ${_cdir}/test_codec_decode.c LABELS unit TIMEOUT 60
+m3_add_test(codec_decode SOURCES ${_cdir}/test_codec_decode.c LABELS unit TIMEOUT 180
   LIBS m3codec)
 m3_add_test(codec_train SOURCES ${_cdir}/test_codec_train.c LABELS unit TIMEOUT 180
   LIBS m3codec)
