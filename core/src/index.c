@@ -43,7 +43,8 @@
 #define STAMP_MAX 4096
 #define BUILD_BATCH 4096 /* vectors per add_with_ids call during a rebuild */
 #define TIE_EXTRA 8      /* results looked at past k to settle ties at the k-th place */
-#define TIE_WIDEN_MAX (2 * M3_INDEX_MAX_K) /* how deep a tie is followed */
+#define TIE_WIDEN_MIN 256 /* a tie is followed once, this deep at least ... */
+#define TIE_WIDEN_MUL 8   /* ... or this many times the first look */
 #define DEFAULT_TRAIN_SAMPLE 65536
 
 struct m3_index {
@@ -57,6 +58,8 @@ struct m3_index {
   uint64_t seqno;          /* meta */
   uint64_t unsaved;        /* meta (add/remove also change it, under the write lock) */
   int loaded, trained;
+  uint64_t skipped;        /* rebuild: vectors left out */
+  uint64_t tie_scans;      /* atomic: searches run under the read lock */
   char reason[768];
   char params[FACTORY_MAX + 1]; /* the open's params, restored after an override */
 };
@@ -429,12 +432,19 @@ static int flush_batch(build_ctx *c) {
   return rc;
 }
 
+#define SKIP_LOGGED 16 /* skipped vectors named one by one in the log */
+
+static void skip(m3_index *ix, uint64_t id, const char *why) {
+  if (ix->skipped++ < SKIP_LOGGED)
+    M3_WARN("index", "%s: chunk %" PRIu64 " left out of the index: %s", ix->path, id, why);
+}
+
 static int build_entry(void *ud, uint64_t id, const float *emb) {
   build_ctx *c = ud;
   m3_index *ix = c->ix;
   unsigned d = ix->dim;
   if (id == UINT64_MAX) {
-    m3_log(M3_LOG_WARN, "index", "%s: chunk id %" PRIu64 " cannot be indexed; skipped", ix->path, id);
+    if (!c->pass_train) skip(ix, id, "its id cannot be indexed");
     return 0;
   }
   if (c->pass_train) {
@@ -448,9 +458,7 @@ static int build_entry(void *ud, uint64_t id, const float *emb) {
       slot = c->sample + j * d;
     }
     int z = normalize(emb, d, slot);
-    if (z < 0)
-      return m3__seterr(M3_ECORRUPT, "store embedding of chunk %" PRIu64 " has a non-finite value", id);
-    if (z == 1) { /* zero: not indexed, so not a training vector either */
+    if (z != 0) { /* zero or not finite: not indexed, so not a training vector either */
       c->seen--;
       return 0;
     }
@@ -458,8 +466,12 @@ static int build_entry(void *ud, uint64_t id, const float *emb) {
     return 0;
   }
   int z = normalize(emb, d, c->vecs + c->n * d);
-  if (z < 0)
-    return m3__seterr(M3_ECORRUPT, "store embedding of chunk %" PRIu64 " has a non-finite value", id);
+  if (z < 0) {
+    /* A record the index cannot hold must not keep the server from
+     * starting: it is left out (not searchable) and reported. */
+    skip(ix, id, "its embedding has a non-finite value");
+    return 0;
+  }
   if (z == 1) return 0;
   c->ids[c->n++] = id;
   return c->n == BUILD_BATCH ? flush_batch(c) : 0;
@@ -543,8 +555,12 @@ static int rebuild(m3_index *ix, m3_store *s, size_t train_sample, const char *t
     rc = m3__seterr(M3_ENOMEM, "index %s: out of memory", ix->path);
     goto out;
   }
+  ix->skipped = 0;
   if ((rc = m3_store_iterate_embeddings(s, build_entry, &c)) != 0) goto out;
   rc = flush_batch(&c);
+  if (rc == 0 && ix->skipped)
+    M3_WARN("index", "%s: %" PRIu64 " store vectors left out of the index (not searchable; "
+            "Fetch still serves them): delete or rewrite them", ix->path, ix->skipped);
 out:
   free(probe);
   free(c.sample);
@@ -651,6 +667,42 @@ void m3_index_close(m3_index *ix) {
   free(ix);
 }
 
+typedef struct id_at {
+  uint64_t id;
+  size_t at;
+} id_at;
+
+static int cmp_id_at(const void *a, const void *b) {
+  const id_at *x = a, *y = b;
+  if (x->id != y->id) return x->id < y->id ? -1 : 1;
+  return x->at < y->at ? -1 : x->at > y->at;
+}
+
+int m3_index_check(unsigned dim, const uint64_t *ids, const float *vecs, size_t n) {
+  if (n == 0) return 0;
+  if (!ids || !vecs) return m3__seterr(M3_EINVAL, "index add: ids or vecs is NULL");
+  for (size_t i = 0; i < n; i++) {
+    if (ids[i] == UINT64_MAX)
+      return m3__seterr(M3_ERANGE, "item %zu: chunk id %" PRIu64 " (UINT64_MAX) cannot be indexed",
+                        i, ids[i]);
+    for (unsigned d = 0; d < dim; d++)
+      if (!isfinite(vecs[i * dim + d]))
+        return m3__seterr(M3_EINVAL, "item %zu: the embedding of chunk %" PRIu64
+                          " has a non-finite value at dimension %u", i, ids[i], d);
+  }
+  id_at *s = malloc(n * sizeof *s);
+  if (!s) return m3__seterr(M3_ENOMEM, "index check of %zu vectors: out of memory", n);
+  for (size_t i = 0; i < n; i++) s[i] = (id_at){ids[i], i};
+  qsort(s, n, sizeof *s, cmp_id_at);
+  int rc = 0;
+  for (size_t i = 1; i < n && rc == 0; i++)
+    if (s[i].id == s[i - 1].id)
+      rc = m3__seterr(M3_EINVAL, "items %zu and %zu: chunk id %" PRIu64 " twice in one batch",
+                      s[i - 1].at, s[i].at, s[i].id);
+  free(s);
+  return rc;
+}
+
 int m3_index_add(m3_index *ix, const uint64_t *ids, const float *vecs, size_t n) {
   uint64_t *sorted = NULL, *keep_ids = NULL;
   float *keep = NULL;
@@ -666,27 +718,11 @@ int m3_index_add(m3_index *ix, const uint64_t *ids, const float *vecs, size_t n)
     rc = m3__seterr(M3_ENOMEM, "index add of %zu vectors: out of memory", n);
     goto out;
   }
+  if ((rc = m3_index_check(ix->dim, ids, vecs, n)) != 0) goto out;
   memcpy(sorted, ids, n * sizeof *ids);
   qsort(sorted, n, sizeof *sorted, cmp_u64);
-  for (size_t i = 0; i < n; i++) {
-    if (sorted[i] == UINT64_MAX) {
-      rc = m3__seterr(M3_ERANGE, "index add: chunk id %" PRIu64 " (UINT64_MAX) cannot be indexed",
-                      sorted[i]);
-      goto out;
-    }
-    if (i && sorted[i] == sorted[i - 1]) {
-      rc = m3__seterr(M3_EINVAL, "index add: chunk id %" PRIu64 " appears twice in one batch", sorted[i]);
-      goto out;
-    }
-  }
-  for (size_t i = 0; i < n; i++) {
-    int z = normalize(vecs + i * ix->dim, ix->dim, keep + nk * ix->dim);
-    if (z < 0) {
-      rc = m3__seterr(M3_EINVAL, "index add: vector of chunk %" PRIu64 " has a non-finite value", ids[i]);
-      goto out;
-    }
-    if (z == 0) keep_ids[nk++] = ids[i];
-  }
+  for (size_t i = 0; i < n; i++)
+    if (normalize(vecs + i * ix->dim, ix->dim, keep + nk * ix->dim) == 0) keep_ids[nk++] = ids[i];
 
   pthread_rwlock_wrlock(&ix->lock);
   rc = remove_ids(ix, sorted, n, NULL);
@@ -831,15 +867,14 @@ static int search_locked(m3_index *ix, const float *qn, size_t nq, size_t k, uin
     float *wd = NULL;
     idx_t *wl = NULL;
     /* Still tied from the k-th to the last one looked at, with more to see:
-     * widen this query alone until the tie ends (rare: exact duplicates). */
+     * look deeper for this query alone (rare: exact duplicates). Once: an
+     * all-tied row (duplicates, a degenerate query) costs one extra scan,
+     * never a walk down the whole index. */
     size_t kw = kk;
-    while (rc == 0 && m == kw && kw < ntotal && kw < TIE_WIDEN_MAX && m > k &&
-           hq[k - 1].score == hq[m - 1].score) {
-      kw = kw * 2 < ntotal ? kw * 2 : ntotal;
-      if (kw > TIE_WIDEN_MAX) kw = TIE_WIDEN_MAX;
-      free(wh);
-      free(wd);
-      free(wl);
+    if (rc == 0 && m == kw && kw < ntotal && m > k && hq[k - 1].score == hq[m - 1].score) {
+      kw = kk * TIE_WIDEN_MUL > TIE_WIDEN_MIN ? kk * TIE_WIDEN_MUL : TIE_WIDEN_MIN;
+      if (kw > ntotal) kw = ntotal;
+      __atomic_fetch_add(&ix->tie_scans, 1, __ATOMIC_RELAXED);
       wh = malloc(kw * sizeof *wh);
       wd = malloc(kw * sizeof *wd);
       wl = malloc(kw * sizeof *wl);
@@ -904,6 +939,8 @@ void m3_index_info_get(m3_index *ix, m3_index_info *out) {
   out->trained = ix->trained;
   out->reason = ix->reason;
   out->path = ix->path;
+  out->skipped = ix->skipped;
+  out->tie_scans = __atomic_load_n(&ix->tie_scans, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&ix->meta);
   pthread_rwlock_unlock(&ix->lock);
 }

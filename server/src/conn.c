@@ -66,6 +66,8 @@ static void on_write(uv_write_t *req, int status) {
   if (status < 0 && !c->closing) {
     M3_DEBUG("server", "%s: write failed: %s", c->peer, uv_strerror(status));
     conn_close(c);
+  } else if (c->hangup && !c->closing && c->queued == 0) {
+    conn_close(c);
   } else if (!c->closing && !c->reading && c->queued < c->s->cfg.write_high_water / 2) {
     resume_reading(c);
   }
@@ -445,9 +447,10 @@ void conn_protocol_error(conn *c, const char *why) {
 
 static void process(conn *c) {
   size_t off = 0;
-  while (!c->closing && c->rlen - off >= M3_FRAME_HEADER_SIZE) {
+  while (!c->closing && !c->hangup && c->rlen - off >= M3_FRAME_HEADER_SIZE) {
     m3_frame f;
-    int rc = m3_frame_decode(c->rbuf + off, c->s->cfg.max_frame_bytes, &f);
+    int rc = m3_frame_decode(c->rbuf + off,
+                             c->hello ? c->s->cfg.max_frame_bytes : CONN_PREHELLO_FRAME_MAX, &f);
     if (rc == M3_ERANGE) {
       /* The header is sound, so the client learns which call was too big. */
       conn_send_status(c, M3_FRAME_END, f.method, f.stream, M3_STATUS_RESOURCE_EXHAUSTED, 0,
@@ -465,7 +468,7 @@ static void process(conn *c) {
     c->s->hooks.frame(c, &f, msg, msg + f.msg_len);
     off += total;
   }
-  if (off && !c->closing) {
+  if (off && !c->closing && !c->hangup) {
     memmove(c->rbuf, c->rbuf + off, c->rlen - off);
     c->rlen -= off;
   }
@@ -483,6 +486,13 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   c->s->m.bytes_in += (uint64_t)n;
   c->last_activity_ns = now_ns();
   process(c);
+}
+
+void conn_hangup(conn *c) {
+  conn_pause_reading(c);
+  /* The answer about to be queued closes it once written (on_write);
+   * should none come, the idle timer does. */
+  c->hangup = 1;
 }
 
 void conn_pause_reading(conn *c) {
@@ -551,7 +561,9 @@ static void on_idle(uv_timer_t *t) {
   uint64_t idle_ms = (now - c->last_activity_ns) / 1000000;
   /* From the accept, not the last byte: trickled bytes or refused calls do
    * not keep a connection without Hello open. */
-  if (!c->hello && (now - c->accepted_ns) / 1000000 >= s->cfg.handshake_timeout_ms) {
+  if (c->hangup && c->queued == 0) {
+    conn_close(c);
+  } else if (!c->hello && (now - c->accepted_ns) / 1000000 >= s->cfg.handshake_timeout_ms) {
     M3_INFO("server", "%s: no Hello within %u ms: closing", c->peer, s->cfg.handshake_timeout_ms);
     conn_close(c);
   } else if (c->queued > 0 && idle_ms >= s->cfg.idle_timeout_ms) {

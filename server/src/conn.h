@@ -56,6 +56,7 @@ struct conn {
   uint8_t *rbuf;
   size_t rlen, rcap;
   int closing;
+  int hangup;         /* close once the queued writes are written (conn_hangup) */
   int reading;
   size_t queued;      /* bytes handed to uv_write not yet written */
   uv_timer_t idle;    /* handshake / idle / stalled-writer timeout */
@@ -130,6 +131,14 @@ void conn_unref(conn *c);
 
 /* Close c (hooks.closing runs first); idempotent. */
 void conn_close(conn *c);
+/* Read nothing more from c and close it once what is queued has been
+ * written (the answer that says why reaches the peer first). */
+void conn_hangup(conn *c);
+/* Frames before Hello succeeds are at most this big (a Hello is a few
+ * hundred bytes): a connection that has not authenticated cannot make the
+ * server buffer or unpack more. */
+#define CONN_PREHELLO_FRAME_MAX 4096u
+
 /* Stop reading c until its queued writes drain below half the high-water
  * mark. */
 void conn_pause_reading(conn *c);

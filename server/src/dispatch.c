@@ -9,8 +9,30 @@
 
 #include <stdio.h>
 
+#define MSG_QUERY_TEXT 8192        /* bytes of text a query may average */
+#define MSG_ADMIN_MAX (1u << 20)   /* Put's sizes, Delete's ids */
+
 #include "call.h"
 #include "m3_handlers.h"
+
+/* The largest message a method's request may be (docs/OPERATIONS.md,
+ * Limits): protobuf-c allocates for what it unpacks, a multiple of the
+ * bytes for some messages (an empty Query is 2 bytes on the wire and a
+ * struct in memory), so no request is unpacked past what its method can
+ * need. */
+static size_t msg_cap(const server *s, unsigned method) {
+  switch (method) {
+  case M3_METHOD_HELLO: return CONN_PREHELLO_FRAME_MAX;
+  case M3_METHOD_SEARCH:
+  case M3_METHOD_RETRIEVE:
+    /* a float is 5 bytes unpacked-encoded; a text query up to MSG_QUERY_TEXT */
+    return 256 + (size_t)s->cfg.max_queries * (16 + 5 * (size_t)s->emb_dim + MSG_QUERY_TEXT);
+  case M3_METHOD_FETCH: return 256 + (size_t)s->cfg.max_ids * 16;
+  case M3_METHOD_PUT:
+  case M3_METHOD_DELETE: return MSG_ADMIN_MAX;
+  default: return 256; /* Stats, Health: empty requests */
+  }
+}
 
 /* An END for a stream that has no call object (the request was refused
  * before one existed). */
@@ -61,6 +83,14 @@ void dispatch_frame(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_
   }
   if (f->method != M3_METHOD_PUT && f->att_len) {
     refuse(c, f, M3_STATUS_INVALID_ARGUMENT, "this method takes no attachment");
+    return;
+  }
+  size_t cap = msg_cap(s, f->method);
+  if (f->msg_len > cap) {
+    char why[160];
+    snprintf(why, sizeof why, "%s message of %u bytes; this server takes at most %zu",
+             mi->request->name, f->msg_len, cap);
+    refuse(c, f, M3_STATUS_RESOURCE_EXHAUSTED, why);
     return;
   }
   call *cl = call_new(c, f);

@@ -30,6 +30,7 @@ static void http_closed(uv_handle_t *h) {
   if (hc->prev) hc->prev->next = hc->next;
   else hc->s->http_conns = hc->next;
   if (hc->next) hc->next->prev = hc->prev;
+  hc->s->http_nconns--;
   free(hc->out);
   free(hc);
 }
@@ -96,6 +97,10 @@ static void handle(http_conn *hc) {
     g.read_buffer_peak = s->bufs_peak * s->buf_cap;
     g.read_buffer_budget = s->bufs_max * s->buf_cap;
     g.calls_waiting_for_buffers = s->fetch_waiting;
+    g.search_queries_held = s->search_held;
+    g.search_budget = s->cfg.search_budget;
+    g.hello_failures = s->auth.failures;
+    g.hello_limited = s->auth.limited;
     g.io_backend = m3_store_io_backend(s->store);
     size_t len;
     char *text = metrics_render(&s->m, &g, &len);
@@ -146,9 +151,19 @@ static void http_accept(uv_stream_t *l, int status) {
   hc->next = s->http_conns;
   if (hc->next) hc->next->prev = hc;
   s->http_conns = hc;
-  if (uv_accept(l, (uv_stream_t *)&hc->tcp) != 0 ||
-      uv_read_start((uv_stream_t *)&hc->tcp, http_alloc, http_read) != 0)
+  s->http_nconns++;
+  if (uv_accept(l, (uv_stream_t *)&hc->tcp) != 0) {
     http_close(hc);
+  } else if (s->http_nconns > s->cfg.max_http_connections) {
+    /* Descriptors are shared with the RPC listener: a scraper flood must
+     * not take them all. Closed at once, unread. */
+    s->m.http_refused++;
+    M3_WARN("server", "http: refused a connection: %u open (--max-http-connections)",
+            s->cfg.max_http_connections);
+    http_close(hc);
+  } else if (uv_read_start((uv_stream_t *)&hc->tcp, http_alloc, http_read) != 0) {
+    http_close(hc);
+  }
 }
 
 int http_start(server *s) {

@@ -45,7 +45,12 @@ static const char *usage_text =
     "                            would take their cores)\n"
     "  --direct                  read memories with O_DIRECT\n"
     "  --max-connections N       (1024)\n"
-    "  --max-frame-mb N          (64)\n"
+    "  --max-http-connections N  open HTTP connections at once (64)\n"
+    "  --auth-fail-limit N       failed Hellos per address a minute; then Hello is\n"
+    "                            refused unchecked for the rest of it (10; 0: none)\n"
+    "  --search-budget N         queries queued or searched, all calls (16384)\n"
+    "  --max-batch-queries N     queries in one index search (1024)\n"
+    "  --max-frame-mb N          (64; at most 4095)\n"
     "  --max-inflight N          calls per connection (64)\n"
     "  --max-queries N           queries per call (256)\n"
     "  --max-k N                 (64)\n"
@@ -76,6 +81,10 @@ void server_config_defaults(server_config *c) {
   c->index_factory = "IDMap,Flat";
   c->name = "m3-server";
   c->max_connections = 1024;
+  c->max_http_connections = 64;
+  c->auth_fail_limit = 10;
+  c->search_budget = 16384;
+  c->max_batch_queries = 1024;
   c->max_frame_bytes = 64u << 20;
   c->max_inflight = 64;
   c->max_queries = 256;
@@ -119,22 +128,58 @@ static const struct option opts[] = {
     {"search-threads", required_argument, NULL, 16},
     {"fetch-memory-mb", required_argument, NULL, 17},
     {"index-params", required_argument, NULL, 18},
-    {"sendfile", no_argument, NULL, 19},
-    {"min-drain-kb-per-s", required_argument, NULL, 20},
+    {"max-http-connections", required_argument, NULL, 19},
+    {"auth-fail-limit", required_argument, NULL, 20},
+    {"search-budget", required_argument, NULL, 21},
+    {"max-batch-queries", required_argument, NULL, 22},
+    {"sendfile", no_argument, NULL, 23},
+    {"min-drain-kb-per-s", required_argument, NULL, 24},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
-/* Parse an unsigned option value; exits with a message naming it. */
-static unsigned long num(const char *name, const char *v, const char *where) {
+/* Parse an unsigned option value in lo..hi; exits with a message naming the
+ * option (and where: FILE:LINE). */
+static unsigned long num_in(const char *name, const char *v, const char *where, unsigned long lo,
+                            unsigned long hi) {
   char *end;
   errno = 0;
   unsigned long x = strtoul(v, &end, 10);
-  if (*v == '\0' || *end != '\0' || errno || x > 0xFFFFFFFFul) {
-    fprintf(stderr, "m3-server: %s%s--%s: '%s' is not a number\n", where ? where : "",
-            where ? ": " : "", name, v);
+  const char *w = where ? where : "", *sep = where ? ": " : "";
+  if (*v == '\0' || *v == '-' || *end != '\0' || errno) {
+    fprintf(stderr, "m3-server: %s%s--%s: '%s' is not a number\n", w, sep, name, v);
+    exit(2);
+  }
+  if (x < lo || x > hi) {
+    fprintf(stderr, "m3-server: %s%s--%s: %s is out of range (%lu to %lu)\n", w, sep, name, v, lo,
+            hi);
     exit(2);
   }
   return x;
+}
+
+/* The ranges of the numeric options. */
+#define MS_DAY 86400000ul
+#define MB_MAX (1ul << 20) /* a TiB in MiB */
+static unsigned long num(const char *name, const char *v, const char *where) {
+  static const struct {
+    const char *name;
+    unsigned long lo, hi;
+  } ranges[] = {
+      {"cache-mb", 0, MB_MAX},           {"max-connections", 1, 1u << 20},
+      {"max-frame-mb", 1, 4095},         {"max-inflight", 1, 1u << 16},
+      {"max-queries", 1, 1u << 16},      {"max-k", 1, M3_INDEX_MAX_K},
+      {"max-ids", 1, 1u << 20},          {"idle-timeout-ms", 1, MS_DAY},
+      {"handshake-timeout-ms", 1, MS_DAY}, {"default-timeout-ms", 0, MS_DAY},
+      {"drain-timeout-ms", 0, MS_DAY},   {"write-high-water-mb", 1, 4095},
+      {"shard", 0, 0xFFFFFFFFul},        {"search-threads", 0, 1024},
+      {"fetch-memory-mb", 1, MB_MAX},    {"max-http-connections", 1, 1u << 16},
+      {"auth-fail-limit", 0, 1u << 20},  {"search-budget", 1, 1u << 24},
+      {"max-batch-queries", 1, 1u << 20}, {"listen", 0, 65535},
+      {"http", 0, 65535},                {"min-drain-kb-per-s", 0, 1u << 22},
+  };
+  for (size_t i = 0; i < sizeof ranges / sizeof *ranges; i++)
+    if (!strcmp(ranges[i].name, name)) return num_in(name, v, where, ranges[i].lo, ranges[i].hi);
+  return num_in(name, v, where, 0, 0xFFFFFFFFul);
 }
 
 /* Apply one option (from a flag or a config line). where: "FILE:LINE" or NULL. */
@@ -165,10 +210,14 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
   case 16: c->search_threads = (unsigned)num(name, v, where); break;
   case 17: c->fetch_memory = (size_t)num(name, v, where) << 20; break;
   case 18: c->index_params = v; break;
-  case 19:
+  case 19: c->max_http_connections = (unsigned)num(name, v, where); break;
+  case 20: c->auth_fail_limit = (unsigned)num(name, v, where); break;
+  case 21: c->search_budget = (unsigned)num(name, v, where); break;
+  case 22: c->max_batch_queries = (unsigned)num(name, v, where); break;
+  case 23:
     c->sendfile = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes");
     break;
-  case 20: c->min_drain_bytes_per_s = (size_t)num(name, v, where) << 10; break;
+  case 24: c->min_drain_bytes_per_s = (size_t)num(name, v, where) << 10; break;
   }
 }
 
@@ -238,6 +287,13 @@ static char *read_token(const char *path, const char *what) {
   fclose(f);
   if (t == NULL || *t == '\0') {
     fprintf(stderr, "m3-server: %s %s: empty; the token is its first line\n", what, path);
+    exit(2);
+  }
+  if (strlen(t) < AUTH_TOKEN_MIN) {
+    fprintf(stderr,
+            "m3-server: %s %s: the token is %zu bytes; tokens must be at least %d (e.g. "
+            "`openssl rand -hex 16`)\n",
+            what, path, strlen(t), AUTH_TOKEN_MIN);
     exit(2);
   }
   return t;
@@ -358,6 +414,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "m3-server: --store DIR is required\n%s", usage_text);
     return 2;
   }
+  if (s.cfg.max_queries > s.cfg.search_budget) {
+    fprintf(stderr, "m3-server: --max-queries %u is over --search-budget %u: no call could fit\n",
+            s.cfg.max_queries, s.cfg.search_budget);
+    return 2;
+  }
   if (s.cfg.token_file) s.token = read_token(s.cfg.token_file, "--token-file");
   if (s.cfg.admin_token_file) s.admin_token = read_token(s.cfg.admin_token_file, "--admin-token-file");
 
@@ -402,6 +463,7 @@ int main(int argc, char **argv) {
             s.cfg.store_dir);
   }
 
+  pthread_mutex_init(&s.admin_lock, NULL);
   s.loop = uv_default_loop();
   s.started_ns = now_ns();
   s.hooks = (conn_hooks){dispatch_frame, call_conn_closing, rb_written};
@@ -462,6 +524,7 @@ int main(int argc, char **argv) {
     m3_index_close(s.index);
   }
   m3_store_close(s.store);
+  pthread_mutex_destroy(&s.admin_lock);
   free(s.token);
   free(s.admin_token);
   uv_loop_close(s.loop);

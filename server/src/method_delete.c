@@ -12,10 +12,12 @@ static void delete_work(uv_work_t *w) {
   server *s = cl->c->s;
   M3__DeleteRequest *r = (M3__DeleteRequest *)cl->req;
   size_t deleted = 0;
-  /* Store first, then index (the lock order in server.h). */
+  /* admin_lock, then the store, then the index (the lock order in server.h). */
+  pthread_mutex_lock(&s->admin_lock);
   st->status = m3_store_delete(s->store, r->ids, r->n_ids, &deleted);
   if (st->status == 0 && s->index) st->status = m3_index_remove(s->index, r->ids, r->n_ids, NULL);
   if (st->status) snprintf(st->errmsg, sizeof st->errmsg, "%s", m3_errmsg());
+  pthread_mutex_unlock(&s->admin_lock);
   st->count = deleted;
 }
 

@@ -2,17 +2,10 @@
  * call on every connection. Answers with the store's layout and limits. */
 #include <string.h>
 
+#include "auth.h"
 #include "call.h"
 #include "m3/log.h"
 #include "m3_handlers.h"
-
-/* Tokens compare in constant time: no early exit on the first difference. */
-static int token_equal(const char *a, const char *b) {
-  size_t la = strlen(a), lb = strlen(b);
-  unsigned char diff = (unsigned char)(la != lb);
-  for (size_t i = 0; i < lb; i++) diff |= (unsigned char)(a[i % (la ? la : 1)] ^ b[i]);
-  return diff == 0;
-}
 
 static void fill_layout(server *s, M3__Layout *l) {
   const m3_layout *sl = m3_store_layout(s->store);
@@ -38,11 +31,27 @@ void method_hello(call *cl, const uint8_t *att, size_t att_len) {
              r->protocol_version, M3_PROTOCOL_VERSION);
     return;
   }
+  char host[48];
+  auth_peer_host(c->peer, host, sizeof host);
+  uint64_t now = now_ns();
+  uint64_t wait_ms = auth_blocked_ms(&s->auth, host, s->cfg.auth_fail_limit, now);
+  if (wait_ms) {
+    /* The token is not even looked at: guessing goes no faster than the
+     * limit, whatever the connection rate. */
+    s->auth.limited++;
+    conn_hangup(c);
+    call_end(cl, M3_STATUS_RESOURCE_EXHAUSTED,
+             "too many failed Hellos from %s (--auth-fail-limit %u a minute): retry in %llu ms",
+             host, s->cfg.auth_fail_limit, (unsigned long long)wait_ms);
+    return;
+  }
   const char *tok = r->token ? r->token : "";
-  int is_admin = s->admin_token && token_equal(tok, s->admin_token);
-  int is_reader = is_admin || s->token == NULL || token_equal(tok, s->token);
+  int is_admin = s->admin_token && auth_token_equal(tok, s->admin_token);
+  int is_reader = is_admin || s->token == NULL || auth_token_equal(tok, s->token);
   if (!is_reader) {
-    M3_WARN("server", "%s: Hello with a wrong token", c->peer);
+    M3_WARN("server", "%s: Hello with a wrong token: closing", c->peer);
+    auth_failed(&s->auth, host, now);
+    conn_hangup(c);
     call_end(cl, M3_STATUS_UNAUTHENTICATED, "wrong token");
     return;
   }

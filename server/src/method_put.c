@@ -3,9 +3,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "call.h"
 #include "m3/error.h"
+#include "m3/fault.h"
 #include "m3_handlers.h"
 
 typedef struct put_state {
@@ -52,11 +54,22 @@ static void put_work(uv_work_t *w) {
     ids[i] = rec.chunk_id;
     off += r->sizes[i];
   }
-  /* Store first, then index (the lock order in server.h). */
+  /* Everything the index would refuse is refused before the store makes
+   * the batch durable: a record the index cannot hold would stay in the
+   * store, unsearchable. */
+  if (s->index && (st->job.status = m3_index_check(l->emb_dim, ids, emb, r->n_sizes)) != 0) {
+    snprintf(st->job.errmsg, sizeof st->job.errmsg, "nothing written: %s", m3_errmsg());
+    st->job.status = M3_EINVAL;
+    goto out;
+  }
+  /* admin_lock, then the store, then the index (the lock order in server.h). */
+  pthread_mutex_lock(&s->admin_lock);
   st->job.status = m3_store_put(s->store, in, r->n_sizes);
+  if (m3__fault("admin.between")) usleep(20000); /* tests widen the window (m3/fault.h) */
   if (st->job.status == 0 && s->index) st->job.status = m3_index_add(s->index, ids, emb, r->n_sizes);
   if (st->job.status) snprintf(st->job.errmsg, sizeof st->job.errmsg, "%s", m3_errmsg());
   else st->job.count = r->n_sizes;
+  pthread_mutex_unlock(&s->admin_lock);
 out:
   free(in);
   free(emb);

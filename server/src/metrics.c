@@ -93,6 +93,14 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
   COUNTER("m3_search_batches_total", "Index searches run (each serves one or more calls).",
           m->search_batches);
   COUNTER("m3_search_queries_total", "Queries searched.", m->search_queries);
+  COUNTER("m3_search_refused_total", "Search and Retrieve calls refused: the search budget was spent.",
+          m->search_refused);
+  COUNTER("m3_hello_failures_total", "Hellos refused for a wrong token.", g->hello_failures);
+  COUNTER("m3_hello_rate_limited_total",
+          "Hellos refused unchecked: their address failed too often (--auth-fail-limit).",
+          g->hello_limited);
+  COUNTER("m3_http_connections_refused_total", "HTTP connections closed at once (the cap).",
+          m->http_refused);
   COUNTER("m3_reads_deferred_total", "Loop read submissions put off while a store commit ran.",
           m->reads_deferred);
   COUNTER("m3_sendfile_bytes_total", "Memory bytes sent from the page cache without a copy.",
@@ -120,6 +128,9 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
         g->read_buffer_budget);
   GAUGE("m3_calls_waiting_for_buffers", "Fetches waiting for read buffers.",
         g->calls_waiting_for_buffers);
+  GAUGE("m3_search_queries_held", "Queries queued or being searched.", g->search_queries_held);
+  GAUGE("m3_search_budget_queries", "Most queries queued or searched at once (--search-budget).",
+        g->search_budget);
   put(&b, "# HELP m3_io_backend The store's read backend.\n# TYPE m3_io_backend gauge\n"
           "m3_io_backend{backend=\"%s\"} 1\n", g->io_backend);
 #undef COUNTER

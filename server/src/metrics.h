@@ -29,6 +29,8 @@ typedef struct metrics {
   uint64_t slow_readers_closed; /* connections closed for draining too slowly */
   uint64_t search_batches;
   uint64_t search_queries;
+  uint64_t search_refused;   /* calls refused: the search budget was spent */
+  uint64_t http_refused;     /* HTTP connections closed at once (the cap) */
 } metrics;
 
 /* Latency bucket upper bounds in seconds (the last is +Inf). */
@@ -41,7 +43,7 @@ void metrics_observe(metrics *m, unsigned method, int status, double seconds);
 typedef struct metrics_gauges {
   uint64_t connections, inflight, records, segment_bytes, index_vectors, cache_hits,
       cache_misses, cache_bytes, uptime_s, draining, read_buffer_bytes, read_buffer_peak, read_buffer_budget,
-      calls_waiting_for_buffers;
+      calls_waiting_for_buffers, search_queries_held, search_budget, hello_failures, hello_limited;
   const char *io_backend;
 } metrics_gauges;
 

@@ -6,6 +6,7 @@
  */
 #include "search.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,18 +26,20 @@ static void search_work(uv_work_t *w) {
     nq += r->nq;
     if (r->k > kmax) kmax = r->k;
   }
-  float *q = malloc(nq * s->emb_dim * sizeof *q);
+  /* A batch of one searches its request's own queries: no copy. */
+  int one = s->search_batch->qnext == NULL;
+  float *q = one ? NULL : malloc(nq * s->emb_dim * sizeof *q);
   uint64_t *ids = malloc(nq * kmax * sizeof *ids);
   float *scores = malloc(nq * kmax * sizeof *scores);
-  int rc = (q && ids && scores) ? 0 : M3_ENOMEM;
-  if (rc == 0) {
+  int rc = ((q || one) && ids && scores) ? 0 : M3_ENOMEM;
+  if (rc == 0 && !one) {
     size_t at = 0;
     for (search_req *r = s->search_batch; r; r = r->qnext) {
       memcpy(q + at * s->emb_dim, r->queries, (size_t)r->nq * s->emb_dim * sizeof *q);
       at += r->nq;
     }
-    rc = m3_index_search(s->index, q, nq, kmax, ids, scores);
   }
+  if (rc == 0) rc = m3_index_search(s->index, one ? s->search_batch->queries : q, nq, kmax, ids, scores);
   size_t at = 0;
   for (search_req *r = s->search_batch; r; r = r->qnext) {
     r->status = rc;
@@ -66,15 +69,26 @@ static void search_done(uv_work_t *w, int status) {
     next = r->qnext;
     r->qnext = NULL;
     s->m.search_queries += r->nq;
+    s->search_held -= r->nq;
     if (call_work_back(r->cl, status, r->status, "search", r->errmsg)) r->done(r);
   }
   if (s->search_queue) search_start(s);
 }
 
+/* The next batch: the oldest requests, up to cfg.max_batch_queries queries
+ * (always at least one request). */
 static void search_start(server *s) {
   if (s->search_running || s->search_queue == NULL) return;
+  search_req *last = s->search_queue;
+  size_t nq = last->nq;
+  while (last->qnext && nq + last->qnext->nq <= s->cfg.max_batch_queries) {
+    last = last->qnext;
+    nq += last->nq;
+  }
   s->search_batch = s->search_queue;
-  s->search_queue = s->search_tail = NULL;
+  s->search_queue = last->qnext;
+  if (s->search_queue == NULL) s->search_tail = NULL;
+  last->qnext = NULL;
   s->search_running = 1;
   s->search_work.data = s;
   uv_queue_work(s->loop, &s->search_work, search_work, search_done);
@@ -84,6 +98,7 @@ void search_enqueue(search_req *r) {
   server *s = r->cl->c->s;
   r->cl->working = 1;
   r->qnext = NULL;
+  s->search_held += r->nq; /* search_load checked that it fits the budget */
   if (s->search_tail) s->search_tail->qnext = r;
   else s->search_queue = r;
   s->search_tail = r;
@@ -105,6 +120,14 @@ int search_load(search_req *r, call *cl, unsigned k, M3__Query **qs, size_t nq) 
   if (nq == 0 || nq > s->cfg.max_queries) {
     call_end(cl, nq ? M3_STATUS_RESOURCE_EXHAUSTED : M3_STATUS_INVALID_ARGUMENT,
              "%zu queries; a call takes 1 to %u", nq, s->cfg.max_queries);
+    return -1;
+  }
+  if (s->search_held + nq > s->cfg.search_budget) {
+    s->m.search_refused++;
+    call_end(cl, M3_STATUS_RESOURCE_EXHAUSTED,
+             "%zu queries; %zu of the server's search budget of %u are queued (--search-budget): "
+             "retry later",
+             nq, s->search_held, s->cfg.search_budget);
     return -1;
   }
   r->queries = call_alloc(cl, nq * s->emb_dim * sizeof *r->queries);
@@ -131,6 +154,22 @@ int search_load(search_req *r, call *cl, unsigned k, M3__Query **qs, size_t nq) 
       }
     } else {
       call_end(cl, M3_STATUS_INVALID_ARGUMENT, "query %zu: neither a vector nor text", i);
+      return -1;
+    }
+    /* Checked here, per call: a bad query fails its own call, never the
+     * calls batched with it. */
+    int zero = 1;
+    for (unsigned d = 0; d < s->emb_dim; d++) {
+      if (!isfinite(q[d])) {
+        call_end(cl, M3_STATUS_INVALID_ARGUMENT, "query %zu: component %u is %s", i, d,
+                 isnan(q[d]) ? "NaN" : "infinite");
+        return -1;
+      }
+      zero &= q[d] == 0.0f;
+    }
+    if (zero) {
+      call_end(cl, M3_STATUS_INVALID_ARGUMENT,
+               "query %zu: all zeros (a query needs a direction to rank by cosine)", i);
       return -1;
     }
   }

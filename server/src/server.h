@@ -13,10 +13,11 @@
  *
  * Lock order. The server's own files take no lock: the loop thread is the
  * only one that touches their state. The locks are the store's and the
- * index's (m3/store.h, m3/index.h), taken inside their calls; a work
- * function that calls both calls the store first, then the index (Put:
- * m3_store_put, then m3_index_add; Delete: m3_store_delete, then
- * m3_index_remove), and holds neither across the other.
+ * index's (m3/store.h, m3/index.h), taken inside their calls, and
+ * server.admin_lock, which Put's and Delete's work functions hold around
+ * both: admin_lock first, then the store's (m3_store_put or
+ * m3_store_delete), released, then the index's (m3_index_add or
+ * m3_index_remove); the store's and the index's are never held together.
  *
  * Files, and the one way their calls go (each calls only files below it;
  * upward, only through a callback it was handed: conn_hooks, conn_write_cb,
@@ -35,6 +36,7 @@
  *                   reads, streaming them out
  *   readbuf.c       the read-buffer budget, the queue of calls waiting for
  *                   buffers and the io_uring pump (m3_store_aio)
+ *   auth.c          tokens, failed Hellos per address
  *   call.c          a call's life: create, deadline, end, free; its arena
  *   conn.c          transport: accept, frames up, writes with backpressure,
  *                   timeouts
@@ -47,6 +49,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include <pthread.h>
+
+#include "auth.h"
 #include "conn.h"
 #include "m3/frame.h"
 #include "m3/index.h"
@@ -64,6 +69,10 @@ typedef struct server_config {
   const char *index_params;    /* FAISS search parameters ("nprobe=16"), or NULL */
   const char *name;
   unsigned max_connections;
+  unsigned max_http_connections; /* open HTTP connections at once */
+  unsigned auth_fail_limit;    /* failed Hellos per address per minute (0: no limit) */
+  unsigned search_budget;      /* queries queued or searched, all calls together */
+  unsigned max_batch_queries;  /* queries in one index search (one batch) */
   unsigned max_frame_bytes;
   unsigned max_inflight;       /* calls per connection */
   unsigned max_queries;        /* per call */
@@ -106,6 +115,13 @@ typedef struct server {
   uv_tcp_t http_listener;
   int http_on;
   http_conn *http_conns;     /* open HTTP connections (http.c) */
+  unsigned http_nconns;
+  auth_state auth;           /* failed Hellos per address (auth.c) */
+  /* Put and Delete hold it across their store and index writes, so that
+   * two writers of one id cannot leave the store and the index disagreeing
+   * (a Put's store write, a Delete's store and index writes, then the
+   * Put's index write). */
+  pthread_mutex_t admin_lock;
   uv_signal_t sigterm, sigint;
   uv_timer_t drain_timer;
   int draining;
@@ -121,6 +137,7 @@ typedef struct server {
   int search_running;
   uv_work_t search_work;
   search_req *search_batch;  /* the requests the running job serves */
+  size_t search_held;        /* queries queued or in the running job (cfg.search_budget) */
   void (*omp_set_num_threads)(int); /* from the OpenMP runtime FAISS uses, if loaded */
   /* Memory reads (readbuf.c). With io_uring they run on the loop:
    * completions signal aio's eventfd, polled by aio_poll, and each memory

@@ -13,8 +13,8 @@
 
 #define N 100
 #define DIM 16
-#define READ_TOKEN "read-secret-1"
-#define ADMIN_TOKEN "admin-secret-2"
+#define READ_TOKEN "read-secret-0123456789"
+#define ADMIN_TOKEN "admin-secret-0123456789"
 
 static ct_store S;
 static ct_server SRV;
@@ -51,7 +51,7 @@ static void refused(const char *token) {
 static void test_no_or_wrong_token_refused(void **state) {
   refused(NULL);
   refused("read-secret-");
-  refused("read-secret-1x");
+  refused("read-secret-0123456789x");
 }
 
 static int count_ok(void *ud, const m3_client_memory *m) {

@@ -13,7 +13,7 @@
 
 #define N 20
 #define DIM 16
-#define ADMIN_TOKEN "admin-secret-3"
+#define ADMIN_TOKEN "admin-secret-0123456789"
 
 static ct_store S;
 static ct_server SRV;

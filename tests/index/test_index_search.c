@@ -226,6 +226,57 @@ static void test_bad_factories(void **state) {
   assert_null(f->ix);
 }
 
+/* 3000 copies of one vector: every row is one tie. The search looks deeper
+ * once per query (never a walk down the index), and still returns k ties. */
+static void test_tie_depth_capped(void **state) {
+  fixture *f = *state;
+  f->s = it_store_open(f->dir, DIM);
+  enum { NDUP = 3000, K = 4 };
+  uint64_t *ids = malloc(NDUP * sizeof *ids);
+  float *embs = malloc((size_t)NDUP * DIM * sizeof *embs);
+  uint64_t seed = 5;
+  float a[DIM];
+  m3t_randvec(&seed, a, DIM);
+  for (int i = 0; i < NDUP; i++) {
+    ids[i] = (uint64_t)i;
+    memcpy(embs + (size_t)i * DIM, a, sizeof a);
+  }
+  CHECK_OK(it_put(f->s, ids, embs, NDUP));
+  CHECK_OK(m3_index_open(f->s, NULL, &f->ix));
+  float q[3 * DIM];
+  for (int i = 0; i < 3; i++) memcpy(q + i * DIM, a, sizeof a);
+  uint64_t got[3 * K];
+  float sc[3 * K];
+  CHECK_OK(m3_index_search(f->ix, q, 3, K, got, sc));
+  m3_index_info info;
+  m3_index_info_get(f->ix, &info);
+  CHECK_U64(info.tie_scans, 3); /* one extra scan per query */
+  for (int j = 0; j < 3 * K; j++) {
+    assert_true(got[j] < NDUP);
+    CHECK_NEAR(sc[j], 1.0, 1e-5);
+  }
+  free(ids);
+  free(embs);
+}
+
+/* A store vector the index cannot hold (NaN) is left out of a rebuild and
+ * counted; the rest is indexed. */
+static void test_rebuild_skips_non_finite(void **state) {
+  fixture *f = *state;
+  f->s = it_store_open(f->dir, DIM);
+  uint64_t ids[3] = {1, 2, 3};
+  float embs[3 * DIM];
+  uint64_t seed = 9;
+  for (int i = 0; i < 3; i++) m3t_randvec(&seed, embs + i * DIM, DIM);
+  embs[DIM + 4] = NAN; /* chunk 2 */
+  CHECK_OK(it_put(f->s, ids, embs, 3));
+  CHECK_OK(m3_index_open(f->s, NULL, &f->ix));
+  m3_index_info info;
+  m3_index_info_get(f->ix, &info);
+  CHECK_U64(info.skipped, 1);
+  CHECK_U64(info.count, 2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_exact_equals_brute_force, setup, teardown),
@@ -235,6 +286,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_empty_store, setup, teardown),
       cmocka_unit_test_setup_teardown(test_store_without_embeddings, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_factories, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tie_depth_capped, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rebuild_skips_non_finite, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -106,8 +106,26 @@ void st_gen_store(const char *store, unsigned count, unsigned emb_dim) {
   }
 }
 
-char *st_server_log(const st_server *s) {
-  FILE *f = fopen(s->log_path, "r");
+static char *read_log(const char *path);
+
+char *st_spawn_expect_exit2(const char *const *argv, const char *log_path, const char *what) {
+  pid_t pid = st_spawn_server(argv, NULL, log_path);
+  int ws;
+  if (!st_wait_pid(pid, 30000, &ws)) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &ws, 0);
+    fail_msg("%s: m3-server is still running, want exit 2", what);
+  }
+  char *out = read_log(log_path);
+  if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 2)
+    fail_msg("%s: wait status %#x, want exit 2; stderr: %s", what, ws, out);
+  return out;
+}
+
+char *st_server_log(const st_server *s) { return read_log(s->log_path); }
+
+static char *read_log(const char *path) {
+  FILE *f = fopen(path, "r");
   size_t cap = 1 << 16, len = 0;
   char *buf = malloc(cap);
   assert_non_null(buf);

@@ -100,6 +100,12 @@ void st_server_start(st_server *s, const char *workdir, const char *store,
  * log_path, and return its pid: for tests of the command line itself. */
 pid_t st_spawn_server(const char *const *argv, const char *const *env, const char *log_path);
 
+/* Run m3-server with argv (as st_spawn_server, no env) and require that it
+ * exits 2 within 30 s (what refused options and stores do); fails the test,
+ * naming what (and printing stderr), otherwise. Returns its stderr
+ * (malloc'ed). */
+char *st_spawn_expect_exit2(const char *const *argv, const char *log_path, const char *what);
+
 /* Wait up to timeout_ms for pid to exit; 1 and *wstatus when it did. */
 int st_wait_pid(pid_t pid, int timeout_ms, int *wstatus);
 

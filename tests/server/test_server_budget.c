@@ -206,7 +206,7 @@ static void test_puts_during_reads(void **state) {
   snprintf(token, sizeof token, "%s/admin.token", e.dir);
   FILE *f = fopen(token, "w");
   assert_non_null(f);
-  fputs("admin-secret\n", f);
+  fputs("admin-secret-0123456789\n", f);
   fclose(f);
   env_serve(&e, "--admin-token-file", token);
   st_conn rd, adm;
@@ -214,7 +214,7 @@ static void test_puts_during_reads(void **state) {
   st_conn_open(&adm, srv->rpc_port);
   st_hello_ok(&rd, 1, NULL);
   M3__HelloResponse *h;
-  if (st_hello(&adm, 1, "admin-secret", &h) != 0) fail_msg("Hello with the admin token refused");
+  if (st_hello(&adm, 1, "admin-secret-0123456789", &h) != 0) fail_msg("Hello with the admin token refused");
   m3_layout l = st_layout_from_hello(h->layout);
   m3__hello_response__free_unpacked(h, NULL);
 

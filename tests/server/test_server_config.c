@@ -136,19 +136,7 @@ static void expect_refused(const char *name, const char *text, int line, const c
   if (text) write_file(cfg, text);
   const char *argv[] = {"m3-server", "--config", cfg, "--store", store, "--listen", "127.0.0.1:0",
                         "--http", "off", NULL};
-  pid_t pid = st_spawn_server(argv, NULL, log);
-  int ws;
-  if (!st_wait_pid(pid, 30000, &ws)) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &ws, 0);
-    fail_msg("%s: m3-server is still running, want exit 2", name);
-  }
-  st_server fake;
-  memset(&fake, 0, sizeof fake);
-  if (strlen(log) >= sizeof fake.log_path) fail_msg("path too long: %s", log);
-  memcpy(fake.log_path, log, strlen(log) + 1);
-  char *out = st_server_log(&fake);
-  if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 2) fail_msg("%s: wait status %#x, want exit 2; stderr: %s", name, ws, out);
+  char *out = st_spawn_expect_exit2(argv, log, name);
   if (line) snprintf(where, sizeof where, "%s:%d", cfg, line);
   else snprintf(where, sizeof where, "%s", cfg);
   ST_CONTAINS(out, where);
@@ -162,6 +150,7 @@ static void test_bad_config(void **state) {
   expect_refused("noeq.conf", "\nmax-k 5\n", 2, NULL);
   expect_refused("notnum.conf", "max-k = 5\nmax-ids = many\n", 2, "many");
   expect_refused("help.conf", "help = 1\n", 1, "help");
+  expect_refused("range.conf", "max-k = 5\nmax-frame-mb = 4096\n", 2, "out of range");
   expect_refused("missing.conf", NULL, 0, NULL);
 }
 

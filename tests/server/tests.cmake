@@ -24,6 +24,9 @@ m3_server_test(test_server_idle_conns LABELS integration fault server TIMEOUT 12
 # shared fairly (issue 14, defect 7).
 m3_server_test(test_server_trickle LABELS integration fault server TIMEOUT 120)
 m3_server_test(test_server_config LABELS integration server TIMEOUT 60)
+# Issue 14's findings as hostile clients, a Hello flood and slowloris on both
+# ports, while a valid client is served.
+m3_server_test(test_server_hostile LABELS integration fault server TIMEOUT 180)
 # The read buffer budget: reads on the loop (io_uring), then on the
 # threadpool (pread).
 m3_server_test(test_server_budget LABELS integration server TIMEOUT 120)

@@ -8,6 +8,9 @@
  * segment fail with ENOSPC. Points: segment.write, segment.sync,
  * catalog.write, index.write, io_uring.submit (io_uring_enter fails hard;
  * the read backend drains, replaces its ring and finishes with pread).
+ * admin.between is a pause, not a failure (any ERRNO): m3-server's Put
+ * sleeps 20 ms between its store write and its index write (tests of
+ * writers racing for one id).
  */
 #ifndef M3_FAULT_H
 #define M3_FAULT_H

@@ -114,6 +114,14 @@ int m3_index_open(m3_store *s, const m3_index_options *o, m3_index **out);
 void m3_index_close(m3_index *ix);
 
 /*
+ * Check a batch as m3_index_add would, without an index: no id UINT64_MAX
+ * (M3_ERANGE), no id twice, no non-finite value (M3_EINVAL); the message
+ * names the item (its position in the batch) and its chunk id. Writers call
+ * it before they make the batch durable anywhere else.
+ */
+int m3_index_check(unsigned dim, const uint64_t *ids, const float *vecs, size_t n);
+
+/*
  * Add n vectors (n * dim floats, row-major, any norm) under chunk ids. An id
  * already in the index is replaced; an all-zero vector only removes its id.
  * ids and vecs are borrowed for the call. Exclusive (write lock).
@@ -135,8 +143,9 @@ int m3_index_remove(m3_index *ix, const uint64_t *ids, size_t n, size_t *removed
  * k best chunk ids by cosine, ordered by score descending then id ascending;
  * rows with fewer than k results are padded with UINT64_MAX and score
  * -INFINITY. The order is deterministic, ties at the k-th place included
- * (the search looks past k until the tie ends, up to 2 * M3_INDEX_MAX_K
- * deep; past that FAISS's order decides). An all-zero query
+ * (the search looks past k, and then once more, at most
+ * max(8 * (k + 8), 256) deep, until the tie ends; past that FAISS's order
+ * decides: one extra scan at most, whatever the data). An all-zero query
  * scores 0 against everything. Shared: runs concurrently with other searches
  * and saves. Errors: M3_EINVAL (non-finite query value), M3_ERANGE (k >
  * M3_INDEX_MAX_K), M3_ENOMEM, M3_EINTERNAL.
@@ -185,6 +194,10 @@ typedef struct m3_index_info {
                             index: "no saved index", "store changed (seqno
                             7 != 9)", "index file damaged" ... */
   const char *path;      /* DIR/index, owned by the index */
+  uint64_t skipped;      /* store vectors the last rebuild could not index and
+                            left out (a non-finite value, id UINT64_MAX) */
+  uint64_t tie_scans;    /* extra single-query searches made to settle ties
+                            at the k-th place, since the index was opened */
 } m3_index_info;
 
 void m3_index_info_get(m3_index *ix, m3_index_info *out);
