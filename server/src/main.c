@@ -19,6 +19,7 @@
 #include "m3/log.h"
 #include "call.h"
 #include "dispatch.h"
+#include "embedder.h"
 #include "fetch.h"
 #include "readbuf.h"
 #include "server.h"
@@ -368,6 +369,11 @@ int main(int argc, char **argv) {
   }
   s.records = st.records;
   s.emb_dim = m3_store_layout(s.store)->emb_dim;
+  if ((rc = server_embedder_load(&s)) != 0) {
+    fprintf(stderr, "m3-server: %s\n", m3_errmsg());
+    m3_store_close(s.store);
+    return 2;
+  }
   if (s.emb_dim) {
     m3_index_options io;
     m3_index_options_init(&io);
@@ -421,8 +427,8 @@ int main(int argc, char **argv) {
   uv_signal_start(&s.sigint, on_signal, SIGINT);
   signal(SIGPIPE, SIG_IGN);
 
-  M3_INFO("server", "serving %s (%llu memories, %s, io %s%s) on port %d, http port %d",
-          s.cfg.store_dir, (unsigned long long)s.records,
+  M3_INFO("server", "serving %s (%llu memories, embedder %s, %s, io %s%s) on port %d, http port %d",
+          s.cfg.store_dir, (unsigned long long)s.records, s.embedder,
           s.index ? "retrieval index on" : "no retrieval index", m3_store_io_backend(s.store),
           s.aio ? " on the loop" : " on the threadpool", rpc_port, http_port);
   uv_run(s.loop, UV_RUN_DEFAULT);

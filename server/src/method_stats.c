@@ -40,5 +40,6 @@ void method_stats(call *cl, const uint8_t *att, size_t att_len) {
   out.n_methods = nm;
   out.methods = msp;
   out.index_vectors = s->index ? m3_index_count(s->index) : 0;
+  out.embedder = s->embedder;
   call_reply(cl, &out.base);
 }

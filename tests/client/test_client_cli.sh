@@ -24,8 +24,13 @@ check "query texts" test "$(json_get "$work/query" "all(r['text'] == 'synthetic 
 check "query scores sorted" test "$(json_get "$work/query" "all(q['results'][i]['score'] >= q['results'][i+1]['score'] for q in j['queries'] for i in range(2))")" = True
 run 0 "$work/query.txt" "$bin/m3" query --server "$addr" --vector-file "$work/q.vec" || true
 check "query text output" grep -q "synthetic memory" "$work/query.txt"
-run 0 "$work/qtext" "$bin/m3" query --server "$addr" --text "what is memory 12" -k 2 --json || true
-check "text query" test "$(json_get "$work/qtext" "len(j['queries'][0]['results'])")" = 2
+# a generated store names no embedder (no encode.json): the server does not
+# pretend to embed text for it (exit 1, the reason; vectors still work)
+check "stats embedder unknown" test "$(json_get "$work/stats" "j['hello']['embedder']")" = unknown
+check "query embedder unknown" test "$(json_get "$work/query" "j['embedder']")" = unknown
+run 1 "$work/qtext" "$bin/m3" query --server "$addr" --text "what is memory 12" -k 2 --json || true
+check "text query refused" grep -q "INVALID_ARGUMENT: query 0: this store's embedder is unknown (no \"embed\" in its encode.json; dimension 8), so the server cannot embed text for it: send vectors with --vector-file" "$work/qtext.err"
+check "text query: nothing on stdout" test ! -s "$work/qtext"
 
 # bad vector files: wrong dimension, not floats
 echo "1 2 3" >"$work/bad.vec"
