@@ -59,4 +59,28 @@ check "refused names address" grep -q "127.0.0.1:$free_port" "$work/refused.err"
 run 2 "$work/noserver" "$bin/m3" stats || true
 run 2 "$work/badaddr" "$bin/m3" stats --server nonsense || true
 
+# the wrong port: m3-server's HTTP port, and a port that speaks another
+# protocol first (a text banner). Both are named at once, well before the
+# 20 s deadline.
+kill -TERM "$srv"; wait "$srv" || true
+m3t_server web "$work/store" --http 127.0.0.1:0
+hport=$(sed -n 's/.*http=\([0-9]*\).*/\1/p' "$work/web.port")
+t0=$(date +%s%N)
+run 2 "$work/http" "$bin/m3" stats --server "127.0.0.1:$hport" --timeout-ms 20000 || true
+t1=$(date +%s%N)
+check "http port: named" grep -q "this port speaks HTTP, not the m3 protocol" "$work/http.err"
+check "http port: no bad magic" bash -c "! grep -q 'bad magic' '$work/http.err'"
+check "http port: at once, not at the deadline" test $(((t1 - t0) / 1000000)) -lt 10000
+"$py" -c "
+import socket, sys
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(4)
+open(sys.argv[1] + '.tmp', 'w').write(str(s.getsockname()[1])); __import__('os').rename(sys.argv[1] + '.tmp', sys.argv[1])
+while True:
+    c, _ = s.accept(); c.sendall(b'220 mail.example ESMTP ready\r\n')
+" "$work/banner.port" &
+m3t_reap $!
+m3t_wait_file "$work/banner.port" || fail "banner listener did not start"
+run 2 "$work/banner" "$bin/m3" query --server "127.0.0.1:$(cat "$work/banner.port")" --text x --timeout-ms 20000 || true
+check "banner port: named" grep -q 'this port answered "220 mail.example ESMTP ready", not the m3 protocol' "$work/banner.err"
+
 m3t_done
