@@ -9,6 +9,7 @@
 
 #include "bench.h"
 #include "m3/error.h"
+#include "m3/version.h"
 
 static const char *usage_text =
     "usage: m3-bench <command> [options]\n"
@@ -63,6 +64,7 @@ int bench_fail(const char *what, int rc) {
 }
 
 int main(int argc, char **argv) {
+  if (m3_version_asked(argc, argv, "m3-bench")) return 0;
   static const struct {
     const char *name;
     int (*fn)(int, char **);

@@ -23,6 +23,7 @@
 #include "fetch.h"
 #include "readbuf.h"
 #include "server.h"
+#include "m3/version.h"
 
 static const char *usage_text =
     "usage: m3-server --store DIR [options]\n"
@@ -308,6 +309,7 @@ static void on_signal(uv_signal_t *sig, int signum) {
 }
 
 int main(int argc, char **argv) {
+  if (m3_version_asked(argc, argv, "m3-server")) return 0;
   server s;
   memset(&s, 0, sizeof s);
   server_config_defaults(&s.cfg);

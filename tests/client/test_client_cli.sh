@@ -83,4 +83,11 @@ m3t_wait_file "$work/banner.port" || fail "banner listener did not start"
 run 2 "$work/banner" "$bin/m3" query --server "127.0.0.1:$(cat "$work/banner.port")" --text x --timeout-ms 20000 || true
 check "banner port: named" grep -q 'this port answered "220 mail.example ESMTP ready", not the m3 protocol' "$work/banner.err"
 
+# --version on every program: project()'s version, the commit, the options
+ver=$(sed -n 's/^project(m3store VERSION \([0-9.]*\).*/\1/p' "$src/CMakeLists.txt")
+for p in m3 m3-server m3-encode m3-bench; do
+  run 0 "$work/ver" "$bin/$p" --version || continue
+  check "$p --version" grep -Eq "^$p $ver \(commit ([0-9a-f]{12}|unknown), build [A-Za-z]*, cuda (ON|OFF), sanitize (ON|OFF)" "$work/ver"
+done
+
 m3t_done

@@ -14,6 +14,7 @@
 #include "m3/error.h"
 #include "m3/log.h"
 #include "m3/store.h"
+#include "m3/version.h"
 
 /* The commands that talk to a server (m3_remote.c). */
 int m3__cmd_query(int argc, char **argv);
@@ -59,6 +60,7 @@ static const char *usage_text =
     "Options:\n"
     "  --json        machine-readable output on stdout\n"
     "  -h, --help    this help\n"
+    "  --version     version, git commit and build options\n"
     "\n"
     "Environment: M3_LOG_LEVEL=debug|info|warn|error, M3_IO=uring|pread.\n";
 
@@ -350,6 +352,7 @@ static int cmd_store(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  if (m3_version_asked(argc, argv, "m3")) return 0;
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
     fputs(usage_text, argc < 2 ? stderr : stdout);
     return argc < 2 ? EXIT_FAILURE_ : 0;
