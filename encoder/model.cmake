@@ -1,39 +1,41 @@
-# The model side of m3encoder: safetensors checkpoints, config.json, the
-# forward pass of the memory layers (CPU reference on OpenBLAS; CUDA when
-# nvcc was found), Memory3 token selection and the test-model writer.
+# The model side of m3encoder, in two layers:
+#   m3model     safetensors checkpoints, config.json, the converted weights
+#               and the helpers backends share (model_int.h), the test-model
+#               writer. Depends on m3core only.
+#   m3encoder   the forward runner and its backend registry (forward.c), the
+#               CPU reference backend on OpenBLAS, Memory3 token selection;
+#               m3encoder_cuda (when nvcc was found) is its CUDA backend.
+# Links flow one way: m3encoder -> m3encoder_cuda -> m3model -> m3core.
 pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
-target_sources(m3encoder PRIVATE
+add_library(m3model STATIC
   ${CMAKE_CURRENT_LIST_DIR}/src/safetensors.c
   ${CMAKE_CURRENT_LIST_DIR}/src/model.c
+  ${CMAKE_CURRENT_LIST_DIR}/src/kernels_cpu.c
+  ${CMAKE_CURRENT_LIST_DIR}/src/registry.c
+  ${CMAKE_CURRENT_LIST_DIR}/src/testmodel.c)
+set_target_properties(m3model PROPERTIES POSITION_INDEPENDENT_CODE ON)
+# src/ is public to the backends in other directories (model_int.h).
+target_include_directories(m3model PUBLIC ${CMAKE_CURRENT_LIST_DIR}/include
+  ${CMAKE_CURRENT_LIST_DIR}/src)
+target_link_libraries(m3model PUBLIC m3core PkgConfig::JANSSON m)
+target_sources(m3encoder PRIVATE
+  ${CMAKE_CURRENT_LIST_DIR}/src/forward.c
   ${CMAKE_CURRENT_LIST_DIR}/src/forward_cpu.c
   ${CMAKE_CURRENT_LIST_DIR}/src/select.c
-  ${CMAKE_CURRENT_LIST_DIR}/src/testmodel.c
 )
-target_link_libraries(m3encoder PUBLIC PkgConfig::OPENBLAS m)
+target_link_libraries(m3encoder PUBLIC m3model PkgConfig::OPENBLAS m)
 # The elementwise loops (RMSNorm, SiLU, softmax, column sums) vectorize at -O3.
 set_source_files_properties(
   ${CMAKE_CURRENT_LIST_DIR}/src/forward_cpu.c ${CMAKE_CURRENT_LIST_DIR}/src/select.c
+  ${CMAKE_CURRENT_LIST_DIR}/src/kernels_cpu.c
   PROPERTIES COMPILE_OPTIONS "-O3")
 
 if(M3_HAVE_CUDA)
-  add_library(m3encoder_cuda STATIC ${CMAKE_CURRENT_LIST_DIR}/cuda/forward_cuda.cu)
-  set_target_properties(m3encoder_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON
-    CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
-  # The directory's C flags (-Wstrict-prototypes, sanitizers) are not nvcc's.
-  set_property(TARGET m3encoder_cuda PROPERTY COMPILE_OPTIONS "")
-  target_compile_options(m3encoder_cuda PRIVATE
-    $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wno-unused-parameter>)
-  if(M3_WERROR)
-    target_compile_options(m3encoder_cuda PRIVATE
-      $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
-  endif()
-  # Public headers only; the .cu includes ../src/model_int.h by path.
-  target_include_directories(m3encoder_cuda PRIVATE ${CMAKE_CURRENT_LIST_DIR}/include
-    ${PROJECT_SOURCE_DIR}/core/include)
-  # It uses m3encoder's host helpers (embedding rows, the RoPE table) and
-  # m3encoder uses its table: mutually dependent static libraries, which
-  # CMake repeats on the link line.
-  target_link_libraries(m3encoder_cuda PUBLIC m3encoder m3core CUDA::cublas CUDA::cudart)
+  m3_cuda_library(m3encoder_cuda ${CMAKE_CURRENT_LIST_DIR}/cuda/forward_cuda.cu)
+  # The .cu includes ../src/forward_int.h by path. It uses m3model's host
+  # helpers (embedding rows, the RoPE table); forward.c's registry lists its
+  # table: m3encoder -> m3encoder_cuda -> m3model, no cycle.
+  target_link_libraries(m3encoder_cuda PUBLIC m3model CUDA::cublas CUDA::cudart)
   target_link_libraries(m3encoder PUBLIC m3encoder_cuda)
   target_compile_definitions(m3encoder PRIVATE M3_ENCODER_CUDA)
 endif()

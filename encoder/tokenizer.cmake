@@ -22,6 +22,7 @@ set_source_files_properties(${m3_tok_gen}/sentencepiece_model.pb-c.c
 target_sources(m3encoder PRIVATE
   ${m3_tok_gen}/sentencepiece_model.pb-c.c
   ${CMAKE_CURRENT_SOURCE_DIR}/src/tok_common.c
+  ${CMAKE_CURRENT_SOURCE_DIR}/src/tok_model.c
   ${CMAKE_CURRENT_SOURCE_DIR}/src/tok_trie.c
   ${CMAKE_CURRENT_SOURCE_DIR}/src/tok_spm.c
   ${CMAKE_CURRENT_SOURCE_DIR}/src/tok_norm.c

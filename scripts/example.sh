@@ -82,4 +82,32 @@ rm -rf "$work/store/catalog"
 "$bin/m3" store repair "$work/store" || true
 "$bin/m3" store verify "$work/store"
 
+step "decode with memories: the reference worker retrieves 5 memories every 64 tokens"
+"$bin/m3-server" --store "$work/store" --listen 127.0.0.1:0 --http off \
+  --port-file "$work/ports2" 2>"$work/server2.log" &
+server_pid=$!
+for _ in $(seq 100); do [ -s "$work/ports2" ] && break; sleep 0.1; done
+rpc=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/ports2")
+[ -n "$rpc" ] || { cat "$work/server2.log"; echo "m3-server did not start" >&2; exit 1; }
+head -n 2 examples/prompts.txt >"$work/prompts.txt"
+"$bin/m3-bench" decode --model "$work/model" --server "127.0.0.1:$rpc" --codec "$work/codec.m3c" \
+  --prompts "$work/prompts.txt" --batch 2 --new-tokens 140 --trace "$work/trace.json"
+python3 - "$work/trace.json" examples/kb/kb.jsonl <<'PY'
+import json, sys
+trace = json.load(open(sys.argv[1]))
+texts = {}
+for line in open(sys.argv[2]):
+    c = json.loads(line)
+    texts[c["id"]] = c["text"]
+for s, seq in enumerate(trace["sequences"]):
+    print("sequence %d: %d prompt tokens, %d generated" % (s, len(seq["prompt"]), len(seq["tokens"])))
+    for w in seq["windows"]:
+        print("  window %d retrieved (used by window %d):" % (w["window"], w["window"] + 1))
+        for i in w["ids"]:
+            print("    %4d  %s" % (i, texts.get(i, "?")[:70]))
+PY
+kill -TERM "$server_pid"
+wait "$server_pid"
+server_pid=
+
 printf '\nDone. Model, codec and store are in %s\n' "$work"

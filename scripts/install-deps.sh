@@ -31,10 +31,14 @@ APT_PACKAGES=(
   libprotobuf-c-dev protobuf-c-compiler
   # JSON
   libjansson-dev
+  # Benchmark figures: m3-bench scale plots each figure against N (PNG, no X)
+  gnuplot-nox
   # Peer benchmark: Redis serving the same memories from RAM (m3-bench peer redis)
   redis-server libhiredis-dev
   # Tests: unit framework, Python tooling (ctypes binding + numpy)
   libcmocka-dev python3 python3-numpy
+  # The PyTorch reference worker (examples/worker.py), checked against the C decoder
+  python3-torch
   # Tokenizer parity: spm_train and spm_encode (SentencePiece reference tools)
   sentencepiece
   # deploy/k8s tests: YAML of rendered manifests, and node + npm for the schema
@@ -396,6 +400,9 @@ verify_all() {
   # Debian's python3 (a pyenv or venv python earlier in PATH may lack numpy).
   if ! /usr/bin/python3 -c 'import numpy' >/dev/null 2>&1; then
     log "MISSING: /usr/bin/python3 cannot import numpy"; errors=$((errors + 1))
+  fi
+  if ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then
+    log "MISSING: /usr/bin/python3 cannot import torch (python3-torch)"; errors=$((errors + 1))
   fi
   # libFuzzer: link a trivial fuzz target.
   local fz

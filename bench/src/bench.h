@@ -33,6 +33,11 @@ void bench_sort(double *v, size_t n);
 /* Print j (consumed) on stdout, indented. Returns 0. */
 int bench_print_json(json_t *j);
 
+/* The token in file path (its first line, without the line end) into buf
+ * (cap bytes). Returns 0, or -1 after printing "m3-bench CMD: --token-file
+ * PATH: why". */
+int bench_read_token(const char *cmd, const char *path, char *buf, size_t cap);
+
 /* Report a failed m3 call and return exit code 2. */
 int bench_fail(const char *what, int rc);
 
@@ -73,6 +78,42 @@ int bench_raw_open(bench_raw_reader *r, m3_store *s, const bench_chunks *cs, int
 int bench_raw_batch(bench_raw_reader *r, const bench_chunk **batch, size_t n, void **bufs);
 void bench_raw_close(bench_raw_reader *r);
 
+/* ---- synthetic stores (bench_store.c) -------------------------------- */
+
+typedef struct bench_gen_cfg {
+  const char *dir;
+  uint64_t count;        /* memories, chunk ids 0..count-1 */
+  const char *shape;     /* "memory3" or LxHxTxD */
+  unsigned code_bytes, batch, emb_dim;
+  unsigned emb_clusters; /* 0: uniform embeddings */
+  uint64_t seed;
+  int use_put;           /* m3_store_put instead of bulk ingest */
+  int quiet;             /* no progress on stderr */
+} bench_gen_cfg;
+
+/* Create and fill the store; *secs: wall time of the writes, *st: its
+ * stats after. 0, or 2 after printing why. */
+int bench_gen_write(const bench_gen_cfg *g, double *secs, m3_store_stats *st);
+
+/* A query near the stored embedding of id (emb_dim floats into q). */
+void bench_gen_query(const bench_gen_cfg *g, uint64_t id, uint64_t *rng, float *q);
+
+/* Fetch of random batches vs raw reads of the same bytes, alternating op
+ * by op (m3-bench storage). Times in microseconds. */
+typedef struct bench_fetch_result {
+  size_t records;
+  uint64_t bytes_per_op;
+  double raw_p50, raw_p99, store_p50, store_p99, raw_mean, store_mean;
+  double mem_bytes; /* one memory's bytes */
+  char backend[16];
+} bench_fetch_result;
+
+/* 0, or 2 after printing why. */
+int bench_fetch_compare(const char *dir, unsigned long ops, unsigned long warmup,
+                        unsigned long batch, int direct, uint64_t seed, bench_fetch_result *r);
+
+int bench_scale(int argc, char **argv);
+
 /* ---- the link and the server process (bench_link.c) ------------------ */
 
 /* MB/s that conns plain TCP streams carry between two endpoints on host (an
@@ -94,5 +135,6 @@ int bench_peer(int argc, char **argv);
 int bench_storage(int argc, char **argv);
 int m3_bench_codec(int argc, char **argv);
 int bench_encode(int argc, char **argv);
+int bench_decode(int argc, char **argv);
 
 #endif /* M3_BENCH_H */

@@ -5,7 +5,7 @@
  *   m3-bench codec [--codec STR] [--codec-v STR] [--train N] [--test N]
  *                  [--vectors FILE] [--values FILE] [--dim D] [--queries Q]
  *                  [--memories M] [--seed S] [--save PATH] [--load PATH]
- *                  [--logit-std X] [--json]
+ *                  [--logit-std X] [--threads N] [--checkpoint DIR] [--json]
  *
  * Trains a key codec and a value codec (separate quantizers, as the paper) on
  * N vectors each, real ones from fvecs files (--vectors keys, --values values;
@@ -23,10 +23,22 @@
  *   decode_cpu_gbps    decoded f32 output bytes per second, one CPU thread,
  *                      whole Memory3-shaped memories (also _f16, _bf16)
  *   encode_vectors_per_s  FAISS sa_encode (or raw conversion) throughput
+ *   encode_faiss_vectors_per_s, encode_gemm_vectors_per_s, encode_speedup
+ *                      FAISS's sa_encode and the GEMM encoder on the same
+ *                      test vectors, best of 3 interleaved rounds in process
+ *                      CPU time (one core with OMP_NUM_THREADS=1
+ *                      OPENBLAS_NUM_THREADS=1; _wall: wall clock), with
+ *                      sgemm_gflops (OpenBLAS alone at the encoder's GEMM
+ *                      shape, gemm_shape), encode_gemm_gflops (the encoder's
+ *                      flops per vector x its rate), code_agreement (fraction
+ *                      of codes equal to FAISS's), rel_mse_faiss /
+ *                      rel_mse_gemm (each encoder's codes) and load_avg
  *   train_s            training time of both codecs, table build and check
  *   table_check        max |table decode - FAISS decode| found by the check
  *                      at creation (random and encoded codes)
- * --save keeps the trained set; --load measures a saved set instead of
+ * --threads and --checkpoint are m3_codec_train_opts' threads and
+ * checkpoint_dir (FAISS's training teams; trained codebooks kept and read
+ * back). --save keeps the trained set; --load measures a saved set instead of
  * training (train_s is then null; the data must be the same to compare).
  * STR is a FAISS index_factory string (default: the paper's
  * "OPQ20_80,Residual2x14,PQ8x10") or raw-f32 / raw-f16 / raw-bf16.
@@ -46,6 +58,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_codec_enc.h"
 #include "m3/codec.h"
 #include "m3/error.h"
 
@@ -147,7 +160,7 @@ static void usage(FILE *f) {
           "usage: m3-bench codec [--codec STR] [--codec-v STR] [--train N] [--test N]\n"
           "                      [--vectors FILE] [--values FILE] [--dim D] [--queries Q]\n"
           "                      [--memories M] [--seed S] [--save PATH] [--load PATH]\n"
-          "                      [--logit-std X]\n"
+          "                      [--logit-std X] [--threads N] [--checkpoint DIR]\n"
           "                      [--json]\n"
           "  STR: FAISS index_factory string (default %s) or raw-f32|raw-f16|raw-bf16\n"
           "  FILE: fvecs (int32 d, then d float32, per vector)\n",
@@ -180,7 +193,9 @@ static int get_data(const char *path, int values, unsigned *dim, size_t n_train,
 
 int m3_bench_codec(int argc, char **argv) {
   const char *codec = M3_CODEC_DEFAULT_FACTORY, *codec_v = NULL, *vectors = NULL,
-             *values_path = NULL, *save = NULL, *load = NULL;
+             *values_path = NULL, *save = NULL, *load = NULL,
+             *checkpoint = NULL;
+  unsigned threads = 0;
   size_t n_train = 65536, n_test = 8192, n_queries = 2000, n_mem = 16;
   unsigned dim = 80;
   uint64_t seed = 1;
@@ -194,6 +209,7 @@ int m3_bench_codec(int argc, char **argv) {
       {"memories", required_argument, 0, 'm'}, {"seed", required_argument, 0, 's'},
       {"save", required_argument, 0, 'S'},    {"json", no_argument, 0, 'j'},
       {"logit-std", required_argument, 0, 'L'}, {"load", required_argument, 0, 'l'},
+      {"threads", required_argument, 0, 'P'}, {"checkpoint", required_argument, 0, 'K'},
       {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
   optind = 0; /* glibc: full reset, m3-bench may have parsed before */
   int ch;
@@ -213,6 +229,8 @@ int m3_bench_codec(int argc, char **argv) {
     case 'j': json = 1; break;
     case 'L': logit_std = strtod(optarg, NULL); break;
     case 'l': load = optarg; break;
+    case 'P': threads = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'K': checkpoint = optarg; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 1;
     }
@@ -256,6 +274,8 @@ int m3_bench_codec(int argc, char **argv) {
   o.factory_v = codec_v;
   o.seed = seed;
   o.verbose = 1;
+  o.threads = threads;
+  o.checkpoint_dir = checkpoint;
   m3_codec_sample sm[2] = {{ktr, n_train}, {vtr, n_train}};
   double t0 = now_s();
   if (load) { /* measure a saved set: no training */
@@ -283,7 +303,12 @@ int m3_bench_codec(int argc, char **argv) {
   m3_codec_set_info(cs, 0, M3_KV_K, &ik);
   m3_codec_set_info(cs, 0, M3_KV_V, &iv);
 
-  /* encode the test vectors */
+  /* encode the test vectors (FAISS's encoder: the figures below are its codes') */
+  if (m3_codec_set_kind(cs) == M3_CODEC_FAISS &&
+      (rc = m3_codec_set_encoder(cs, M3_CODEC_ENC_FAISS)) != 0) {
+    ret = fail("encoder", rc);
+    goto out;
+  }
   kcode = malloc(n_test * cb);
   vcode = malloc(n_test * cb);
   kdec = malloc(n_test * dim * sizeof(float));
@@ -423,6 +448,11 @@ int m3_bench_codec(int argc, char **argv) {
                       json_real(gbps[M3_DTYPE_F32] * 1e9 /
                                 (double)m3_codec_decoded_size(&spec, M3_DTYPE_F32)));
   json_object_set_new(j, "encode_vectors_per_s", json_real(2.0 * (double)n_test / enc_s));
+  if ((rc = m3_bench_codec_encoders(cs, kte, vte, n_test, dim, j)) != 0) {
+    ret = fail("encoders", rc);
+    json_decref(j);
+    goto out;
+  }
   json_object_set_new(j, "train_s", load ? json_null() : json_real(train_s));
   json_object_set_new(j, "table_check", json_real(fmax(ik.check_abs, iv.check_abs)));
   json_object_set_new(j, "table_check_test", json_real(test_check));
@@ -438,6 +468,20 @@ int m3_bench_codec(int argc, char **argv) {
            codec, cb, 2.0 * dim / (double)cb, (ek + ev) / (nk + nv), attn_mean,
            gbps[M3_DTYPE_F32], 2.0 * (double)n_test / enc_s, train_s,
            fmax(ik.check_abs, iv.check_abs));
+    json_t *g = json_object_get(j, "encode_gemm_vectors_per_s");
+    if (g)
+      printf("encoders: FAISS sa_encode %.0f vec/s, GEMM %.0f vec/s (%.2fx), sgemm %.1f GFLOP/s "
+             "at %s, GEMM encoder %.1f GFLOP/s, codes equal %.4f, rel_mse FAISS %.6g GEMM %.6g "
+             "(one-core CPU time, load average %.1f)\n",
+             json_real_value(json_object_get(j, "encode_faiss_vectors_per_s")),
+             json_real_value(g), json_real_value(json_object_get(j, "encode_speedup")),
+             json_real_value(json_object_get(j, "sgemm_gflops")),
+             json_string_value(json_object_get(j, "gemm_shape")),
+             json_real_value(json_object_get(j, "encode_gemm_gflops")),
+             json_real_value(json_object_get(j, "code_agreement")),
+             json_real_value(json_object_get(j, "rel_mse_faiss")),
+             json_real_value(json_object_get(j, "rel_mse_gemm")),
+             json_real_value(json_object_get(j, "load_avg")));
   }
   json_decref(j);
 out:

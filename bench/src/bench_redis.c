@@ -364,16 +364,8 @@ int bench_peer(int argc, char **argv) {
     return 2;
   }
   peer_shared sh = {.a = &a};
-  if (a.token_file) {
-    FILE *f = fopen(a.token_file, "r");
-    if (f == NULL) {
-      fprintf(stderr, "m3-bench peer redis: --token-file %s: %s\n", a.token_file, strerror(errno));
-      return 2;
-    }
-    if (fgets(sh.token, sizeof sh.token, f) == NULL) sh.token[0] = '\0';
-    sh.token[strcspn(sh.token, "\r\n")] = '\0';
-    fclose(f);
-  }
+  if (a.token_file && bench_read_token("peer redis", a.token_file, sh.token, sizeof sh.token) != 0)
+    return 2;
   m3_store_options o;
   m3_store_options_init(&o);
   o.read_only = 1;

@@ -371,16 +371,8 @@ int bench_rpc(int argc, char **argv) {
     return 2;
   }
   rpc_shared sh = {.a = &a};
-  if (a.token_file) {
-    FILE *f = fopen(a.token_file, "r");
-    if (f == NULL) {
-      fprintf(stderr, "m3-bench rpc: --token-file %s: %s\n", a.token_file, strerror(errno));
-      return 2;
-    }
-    if (fgets(sh.token, sizeof sh.token, f) == NULL) sh.token[0] = '\0';
-    sh.token[strcspn(sh.token, "\r\n")] = '\0';
-    fclose(f);
-  }
+  if (a.token_file && bench_read_token("rpc", a.token_file, sh.token, sizeof sh.token) != 0)
+    return 2;
   rpc_thread *th = calloc(a.conns, sizeof *th);
   size_t per_call = (size_t)a.qpc * a.k;
   int rc = 0, ex = 0;

@@ -27,72 +27,71 @@
 
 /* ---- gen ------------------------------------------------------------ */
 
-int bench_gen(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"store", required_argument, NULL, 's'}, {"count", required_argument, NULL, 'n'},
-      {"shape", required_argument, NULL, 'S'}, {"codec-bytes", required_argument, NULL, 'c'},
-      {"batch", required_argument, NULL, 'b'}, {"seed", required_argument, NULL, 'r'},
-      {"emb-dim", required_argument, NULL, 'e'}, {"json", no_argument, NULL, 'j'},
-      {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0}};
-  const char *dir = NULL, *shape = "memory3";
-  unsigned long long count = 0, seed = 1;
-  unsigned code_bytes = 14, batch = 256, emb_dim = 0;
-  int json = 0, c;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-    switch (c) {
-    case 's': dir = optarg; break;
-    case 'n': count = strtoull(optarg, NULL, 10); break;
-    case 'S': shape = optarg; break;
-    case 'c': code_bytes = (unsigned)strtoul(optarg, NULL, 10); break;
-    case 'b': batch = (unsigned)strtoul(optarg, NULL, 10); break;
-    case 'r': seed = strtoull(optarg, NULL, 10); break;
-    case 'e': emb_dim = (unsigned)strtoul(optarg, NULL, 10); break;
-    case 'j': json = 1; break;
-    case 'h':
-      puts("usage: m3-bench gen --store DIR --count N [--shape memory3|LxHxTxD]\n"
-           "                    [--codec-bytes 14] [--emb-dim 0] [--batch 256] [--seed S] [--json]\n"
-           "Writes N memories with random codes and positions (chunk ids 0..N-1) through\n"
-           "the normal write path: real records, segments and catalog. --emb-dim D adds a\n"
-           "random unit retrieval embedding of D dims to each.");
-      return 0;
-    default: return 2;
+/* One synthetic embedding: uniform directions, or with clusters, a center
+ * (from the seed and id % clusters) plus noise of half its length: the
+ * cluster structure real retrieval embeddings have. */
+static void gen_embedding(const bench_gen_cfg *g, uint64_t id, uint64_t *r, float *e) {
+  double norm = 0;
+  uint64_t cr = g->seed * 0x51ED27ull + (g->emb_clusters ? id % g->emb_clusters : 0) + 7;
+  for (unsigned d = 0; d < g->emb_dim; d++) {
+    /* Sum of uniforms: roughly Gaussian, so directions are uniform enough. */
+    double v = 0, c = 0;
+    for (int k = 0; k < 4; k++) v += (double)(bench_rand(r) >> 11) / 9007199254740992.0 - 0.5;
+    if (g->emb_clusters) {
+      for (int k = 0; k < 4; k++) c += (double)(bench_rand(&cr) >> 11) / 9007199254740992.0 - 0.5;
+      v = c + 0.5 * v;
     }
+    e[d] = (float)v;
+    norm += v * v;
   }
-  if (dir == NULL || count == 0 || code_bytes == 0 || code_bytes > 65535 || batch == 0 ||
-      emb_dim > 65535) {
-    fprintf(stderr, "m3-bench gen: needs --store DIR and --count N > 0 (see --help)\n");
-    return 2;
-  }
+  for (unsigned d = 0; d < g->emb_dim; d++) e[d] = (float)(e[d] / sqrt(norm > 0 ? norm : 1));
+}
+
+void bench_gen_query(const bench_gen_cfg *g, uint64_t id, uint64_t *r, float *q) {
+  uint64_t rr = g->seed * 0x9E3779B97F4A7C15ull ^ (id + 1);
+  gen_embedding(g, id, &rr, q);
+  for (unsigned d = 0; d < g->emb_dim; d++)
+    q[d] += (float)(0.02 * ((double)(bench_rand(r) >> 11) / 9007199254740992.0 - 0.5));
+}
+
+int bench_gen_write(const bench_gen_cfg *g, double *secs, m3_store_stats *st) {
   m3_store_options o;
   m3_store_options_init(&o);
   o.create = 1;
-  int rc = m3_spec_parse(shape, &o.layout.spec);
+  int rc = m3_spec_parse(g->shape, &o.layout.spec);
   if (rc) return bench_fail("--shape", rc);
   o.layout.codec_kind = M3_CODEC_SYNTHETIC;
-  o.layout.code_bytes = (uint16_t)code_bytes;
+  o.layout.code_bytes = (uint16_t)g->code_bytes;
   o.layout.codec_fp = SYNTHETIC_FP;
-  o.layout.emb_dim = (uint16_t)emb_dim;
+  o.layout.emb_dim = (uint16_t)g->emb_dim;
   m3_store *s;
-  if ((rc = m3_store_open(dir, &o, &s)) != 0) return bench_fail(dir, rc);
-
+  if ((rc = m3_store_open(g->dir, &o, &s)) != 0) return bench_fail(g->dir, rc);
+  m3_store_bulk *bulk = NULL;
+  if (!g->use_put && (rc = m3_store_bulk_begin(s, NULL, &bulk)) != 0) {
+    m3_store_close(s);
+    return bench_fail("bulk", rc);
+  }
+  size_t batch = g->batch, emb_dim = g->emb_dim;
   size_t npos = m3_spec_positions(&o.layout.spec);
   size_t ncode = m3_layout_codes_bytes(&o.layout);
   uint16_t *pos = malloc(batch * npos * sizeof *pos);
   uint8_t *codes = malloc(batch * ncode);
   char (*text)[48] = malloc(batch * sizeof *text);
   m3_record_in *items = malloc(batch * sizeof *items);
-  float *emb = malloc((size_t)batch * (emb_dim ? emb_dim : 1) * sizeof *emb);
+  float *emb = malloc(batch * (emb_dim ? emb_dim : 1) * sizeof *emb);
   if (!pos || !codes || !text || !items || !emb) {
     fprintf(stderr, "m3-bench gen: out of memory\n");
-    return 2;
+    rc = 2;
+    goto out;
   }
-  uint64_t t0 = bench_now_ns(), bytes = 0;
-  int tty = isatty(2);
-  for (uint64_t base = 0; base < count; base += batch) {
-    size_t n = count - base < batch ? (size_t)(count - base) : batch;
+  uint64_t t0 = bench_now_ns();
+  int tty = !g->quiet && isatty(2);
+  for (uint64_t base = 0; base < g->count; base += batch) {
+    size_t n = g->count - base < batch ? (size_t)(g->count - base) : batch;
     for (size_t i = 0; i < n; i++) {
-      uint64_t id = base + i, r = seed * 0x9E3779B97F4A7C15ull ^ (id + 1);
+      uint64_t id = base + i, r = g->seed * 0x9E3779B97F4A7C15ull ^ (id + 1);
+      float *e = emb + i * emb_dim;
+      if (emb_dim) gen_embedding(g, id, &r, e);
       uint16_t *p = pos + i * npos;
       /* 8 sorted distinct positions per head inside a 128-token chunk */
       for (size_t h = 0; h < npos; h += o.layout.spec.n_tokens)
@@ -104,45 +103,96 @@ int bench_gen(int argc, char **argv) {
         memcpy(cb + k, &v, ncode - k < 8 ? ncode - k : 8);
       }
       int tl = snprintf(text[i], sizeof text[i], "synthetic memory %llu", (unsigned long long)id);
-      float *e = emb + i * emb_dim;
-      double norm = 0;
-      for (unsigned d = 0; d < emb_dim; d++) {
-        /* Sum of uniforms: roughly Gaussian, so directions are uniform enough. */
-        double g = 0;
-        for (int k = 0; k < 4; k++) g += (double)(bench_rand(&r) >> 11) / 9007199254740992.0 - 0.5;
-        e[d] = (float)g;
-        norm += g * g;
-      }
-      for (unsigned d = 0; d < emb_dim; d++) e[d] = (float)(e[d] / sqrt(norm > 0 ? norm : 1));
       items[i] = (m3_record_in){.chunk_id = id, .chunk_len = 128, .positions = p, .codes = cb,
                                 .text = text[i], .text_len = (size_t)tl,
                                 .embedding = emb_dim ? e : NULL};
-      bytes += ncode;
     }
-    if ((rc = m3_store_put(s, items, n)) != 0) {
-      m3_store_close(s);
-      return bench_fail("put", rc);
+    rc = bulk ? m3_store_bulk_add(bulk, items, n) : m3_store_put(s, items, n);
+    if (rc) {
+      rc = bench_fail(bulk ? "bulk add" : "put", rc);
+      goto out;
     }
-    if (tty && !json)
-      fprintf(stderr, "\r%llu/%llu memories", (unsigned long long)(base + n), count);
+    if (tty) fprintf(stderr, "\r%llu/%llu memories", (unsigned long long)(base + n),
+                     (unsigned long long)g->count);
   }
-  double secs = (double)(bench_now_ns() - t0) / 1e9;
-  if (tty && !json) fputc('\n', stderr);
-  m3_store_stats st;
-  m3_store_stats_get(s, &st);
+  rc = bulk ? m3_store_bulk_finish(bulk) : 0;
+  bulk = NULL;
+  if (rc) {
+    rc = bench_fail("bulk finish", rc);
+    goto out;
+  }
+  *secs = (double)(bench_now_ns() - t0) / 1e9;
+  if (tty) fputc('\n', stderr);
+  if ((rc = m3_store_stats_get(s, st)) != 0) rc = bench_fail("stats", rc);
+out:
+  m3_store_bulk_abort(bulk);
   m3_store_close(s);
   free(pos);
   free(codes);
   free(text);
   free(items);
   free(emb);
+  return rc;
+}
+
+int bench_gen(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"store", required_argument, NULL, 's'}, {"count", required_argument, NULL, 'n'},
+      {"shape", required_argument, NULL, 'S'}, {"codec-bytes", required_argument, NULL, 'c'},
+      {"batch", required_argument, NULL, 'b'}, {"seed", required_argument, NULL, 'r'},
+      {"emb-dim", required_argument, NULL, 'e'}, {"json", no_argument, NULL, 'j'},
+      {"put", no_argument, NULL, 'p'},         {"emb-clusters", required_argument, NULL, 'C'},
+      {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0}};
+  bench_gen_cfg g = {NULL, 0, "memory3", 14, 256, 0, 0, 1, 0, 0};
+  int json = 0, c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 's': g.dir = optarg; break;
+    case 'p': g.use_put = 1; break;
+    case 'n': g.count = strtoull(optarg, NULL, 10); break;
+    case 'S': g.shape = optarg; break;
+    case 'c': g.code_bytes = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'b': g.batch = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'r': g.seed = strtoull(optarg, NULL, 10); break;
+    case 'e': g.emb_dim = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'C': g.emb_clusters = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'j': json = 1; break;
+    case 'h':
+      puts("usage: m3-bench gen --store DIR --count N [--shape memory3|LxHxTxD]\n"
+           "                    [--codec-bytes 14] [--emb-dim 0] [--emb-clusters 0] [--batch 256]\n"
+           "                    [--seed S] [--put] [--json]\n"
+           "Writes N memories with random codes and positions (chunk ids 0..N-1) by bulk\n"
+           "ingest (m3_store_bulk_*: real records, segments, catalog SSTs), or with --put\n"
+           "through m3_store_put, one group commit per batch. --emb-dim D adds a random\n"
+           "unit retrieval embedding of D dims to each; --emb-clusters C draws them around\n"
+           "C centers (noise half the center's length) instead of uniformly.");
+      return 0;
+    default: return 2;
+    }
+  }
+  if (g.dir == NULL || g.count == 0 || g.code_bytes == 0 || g.code_bytes > 65535 || g.batch == 0 ||
+      g.emb_dim > 65535) {
+    fprintf(stderr, "m3-bench gen: needs --store DIR and --count N > 0 (see --help)\n");
+    return 2;
+  }
+  g.quiet = json;
+  double secs = 0;
+  m3_store_stats st;
+  int rc = bench_gen_write(&g, &secs, &st);
+  if (rc) return rc;
+  double bytes = (double)g.count * (double)(st.records ? st.payload_bytes / st.records : 0);
   if (json)
     return bench_print_json(json_pack(
-        "{s:s,s:I,s:I,s:I,s:f,s:f,s:f}", "store", dir, "memories", (json_int_t)count,
-        "records", (json_int_t)st.records, "segment_bytes", (json_int_t)st.segment_bytes,
-        "seconds", secs, "mb_per_s", (double)bytes / 1e6 / secs, "overhead", st.overhead));
-  printf("wrote %llu memories to %s in %.2f s (%.1f MB/s of codes); store holds %llu, overhead %.2f%%\n",
-         count, dir, secs, (double)bytes / 1e6 / secs, (unsigned long long)st.records,
+        "{s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f}", "store", g.dir, "path",
+        g.use_put ? "put" : "bulk", "memories", (json_int_t)g.count, "records",
+        (json_int_t)st.records, "segment_bytes", (json_int_t)st.segment_bytes, "seconds", secs,
+        "records_per_s", (double)g.count / secs, "mb_per_s", bytes / 1e6 / secs, "overhead",
+        st.overhead));
+  printf("wrote %llu memories to %s in %.2f s (%s, %.0f records/s, %.1f MB/s of positions and codes); "
+         "store holds %llu, overhead %.2f%%\n",
+         (unsigned long long)g.count, g.dir, secs, g.use_put ? "put" : "bulk ingest",
+         (double)g.count / secs, bytes / 1e6 / secs, (unsigned long long)st.records,
          st.overhead * 100);
   return 0;
 }
@@ -230,41 +280,8 @@ void bench_raw_close(bench_raw_reader *r) {
   io_uring_queue_exit(&r->ring);
 }
 
-int bench_storage(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"store", required_argument, NULL, 's'}, {"ops", required_argument, NULL, 'n'},
-      {"batch", required_argument, NULL, 'b'}, {"direct", no_argument, NULL, 'd'},
-      {"warmup", required_argument, NULL, 'w'}, {"seed", required_argument, NULL, 'r'},
-      {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0}};
-  const char *dir = NULL;
-  unsigned long ops = 2000, warmup = 100, batch = 5;
-  unsigned long long seed = 42;
-  int direct = 0, json = 0, c;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-    switch (c) {
-    case 's': dir = optarg; break;
-    case 'n': ops = strtoul(optarg, NULL, 10); break;
-    case 'b': batch = strtoul(optarg, NULL, 10); break;
-    case 'd': direct = 1; break;
-    case 'w': warmup = strtoul(optarg, NULL, 10); break;
-    case 'r': seed = strtoull(optarg, NULL, 10); break;
-    case 'j': json = 1; break;
-    case 'h':
-      puts("usage: m3-bench storage --store DIR [--ops 2000] [--batch 5] [--direct]\n"
-           "                        [--warmup 100] [--seed 42] [--json]\n"
-           "Times m3_store_fetch of random batches of chunk ids against raw io_uring reads\n"
-           "of the same byte ranges, alternating op by op. --direct uses O_DIRECT for both\n"
-           "(disk, not page cache). $M3_IO=pread switches the store's backend.");
-      return 0;
-    default: return 2;
-    }
-  }
-  if (dir == NULL || ops == 0 || batch == 0 || batch > 256) {
-    fprintf(stderr, "m3-bench storage: needs --store DIR, --ops > 0, --batch 1..256\n");
-    return 2;
-  }
+int bench_fetch_compare(const char *dir, unsigned long ops, unsigned long warmup,
+                        unsigned long batch, int direct, uint64_t seed, bench_fetch_result *res) {
   m3_store_options o;
   m3_store_options_init(&o);
   o.read_only = 1;
@@ -323,30 +340,80 @@ int bench_storage(int argc, char **argv) {
       bytes_per_op = op_bytes;
     }
   }
-  const char *backend = m3_store_io_backend(s);
+  snprintf(res->backend, sizeof res->backend, "%s", m3_store_io_backend(s));
   bench_sort(raw_us, ops);
   bench_sort(store_us, ops);
-  double rp50 = bench_quantile(raw_us, ops, 0.5), rp99 = bench_quantile(raw_us, ops, 0.99);
-  double sp50 = bench_quantile(store_us, ops, 0.5), sp99 = bench_quantile(store_us, ops, 0.99);
-  double mem = (double)m3_record_mem_size(m3_store_layout(s));
-  json_t *j = json_pack(
-      "{s:s,s:I,s:I,s:I,s:f,s:s,s:b,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "store", dir,
-      "records", (json_int_t)cs.n, "ops", (json_int_t)ops, "batch", (json_int_t)batch,
-      "bytes_per_op", (double)bytes_per_op, "io_backend", backend, "direct", direct,
-      "raw_p50_us", rp50, "raw_p99_us", rp99, "store_p50_us", sp50, "store_p99_us", sp99,
-      "ratio_p50", sp50 / rp50, "ratio_p99", sp99 / rp99, "raw_mean_us", raw_total / (double)ops,
-      "store_mean_us", store_total / (double)ops, "raw_mb_per_s",
-      mem * (double)batch * (double)ops / raw_total, "store_mb_per_s",
-      mem * (double)batch * (double)ops / store_total);
+  res->records = cs.n;
+  res->bytes_per_op = bytes_per_op;
+  res->raw_p50 = bench_quantile(raw_us, ops, 0.5);
+  res->raw_p99 = bench_quantile(raw_us, ops, 0.99);
+  res->store_p50 = bench_quantile(store_us, ops, 0.5);
+  res->store_p99 = bench_quantile(store_us, ops, 0.99);
+  res->raw_mean = raw_total / (double)ops;
+  res->store_mean = store_total / (double)ops;
+  res->mem_bytes = (double)m3_record_mem_size(m3_store_layout(s));
   bench_raw_close(&raw);
   m3_store_close(s);
   for (size_t i = 0; i < batch; i++) free(bufs[i]);
   free(raw_us);
   free(store_us);
   free(cs.v);
+  return 0;
+}
+
+int bench_storage(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"store", required_argument, NULL, 's'}, {"ops", required_argument, NULL, 'n'},
+      {"batch", required_argument, NULL, 'b'}, {"direct", no_argument, NULL, 'd'},
+      {"warmup", required_argument, NULL, 'w'}, {"seed", required_argument, NULL, 'r'},
+      {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  const char *dir = NULL;
+  unsigned long ops = 2000, warmup = 100, batch = 5;
+  unsigned long long seed = 42;
+  int direct = 0, json = 0, c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 's': dir = optarg; break;
+    case 'n': ops = strtoul(optarg, NULL, 10); break;
+    case 'b': batch = strtoul(optarg, NULL, 10); break;
+    case 'd': direct = 1; break;
+    case 'w': warmup = strtoul(optarg, NULL, 10); break;
+    case 'r': seed = strtoull(optarg, NULL, 10); break;
+    case 'j': json = 1; break;
+    case 'h':
+      puts("usage: m3-bench storage --store DIR [--ops 2000] [--batch 5] [--direct]\n"
+           "                        [--warmup 100] [--seed 42] [--json]\n"
+           "Times m3_store_fetch of random batches of chunk ids against raw io_uring reads\n"
+           "of the same byte ranges, alternating op by op. --direct uses O_DIRECT for both\n"
+           "(disk, not page cache). $M3_IO=pread switches the store's backend.");
+      return 0;
+    default: return 2;
+    }
+  }
+  if (dir == NULL || ops == 0 || batch == 0 || batch > 256) {
+    fprintf(stderr, "m3-bench storage: needs --store DIR, --ops > 0, --batch 1..256\n");
+    return 2;
+  }
+  bench_fetch_result r;
+  int rc = bench_fetch_compare(dir, ops, warmup, batch, direct, seed, &r);
+  if (rc) return rc;
+  double rp50 = r.raw_p50, rp99 = r.raw_p99, sp50 = r.store_p50, sp99 = r.store_p99;
+  double mem = r.mem_bytes, raw_total = r.raw_mean * (double)ops, store_total = r.store_mean * (double)ops;
+  const char *backend = r.backend;
+  json_t *j = json_pack(
+      "{s:s,s:I,s:I,s:I,s:f,s:s,s:b,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "store", dir,
+      "records", (json_int_t)r.records, "ops", (json_int_t)ops, "batch", (json_int_t)batch,
+      "bytes_per_op", (double)r.bytes_per_op, "io_backend", backend, "direct", direct,
+      "raw_p50_us", rp50, "raw_p99_us", rp99, "store_p50_us", sp50, "store_p99_us", sp99,
+      "ratio_p50", sp50 / rp50, "ratio_p99", sp99 / rp99, "raw_mean_us", r.raw_mean,
+      "store_mean_us", r.store_mean, "raw_mb_per_s",
+      mem * (double)batch * (double)ops / raw_total, "store_mb_per_s",
+      mem * (double)batch * (double)ops / store_total);
   if (json) return bench_print_json(j);
   printf("%lu ops of %lu memories (%s%s), %zu records\n", ops, batch, backend,
-         direct ? ", O_DIRECT" : "", cs.n);
+         direct ? ", O_DIRECT" : "", r.records);
   printf("           p50 us    p99 us\n");
   printf("raw     %9.1f %9.1f\n", rp50, rp99);
   printf("store   %9.1f %9.1f\n", sp50, sp99);

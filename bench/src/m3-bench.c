@@ -3,6 +3,7 @@
  * user would otherwise pick. Every figure is a ratio against a baseline
  * measured in the same run, on the same data.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,11 +29,17 @@ static const char *usage_text =
     "           the same rounds served by m3-server (Fetch) and by Redis (pipelined GETs)\n"
     "  storage  --store DIR [--ops N] [--batch 5] [--direct] [--warmup N] [--seed S] [--json]\n"
     "           store fetches of random batches vs raw io_uring reads of the same bytes\n"
+    "  scale    --dir DIR [--sizes 10000,100000,1000000] [--big] [--emb-dim 256] [--plot DIR]\n"
+    "           [--json]  bulk write, open, fetch vs raw reads, bytes per memory and trained\n"
+    "           index search/recall against the number of memories\n"
     "  codec    --codec STR [--train N] [--test N] [--vectors FILE] [--json]\n"
     "           codec size, error and speed (see m3-bench codec --help)\n"
     "  encode   [--hidden 1024 --layers 8 --heads 16 --kv-heads 4 --head-dim 64 --batch 8\n"
     "           --seq 128] [--json]\n"
     "           encoder memory-layer forward + selection vs OpenBLAS sgemm\n"
+    "  decode   --model DIR (--server HOST:PORT | --cluster MAP) --prompts FILE [--batch 8]\n"
+    "           [--new-tokens 64] [--no-memory] [--trace FILE] [--json]\n"
+    "           the reference worker's decode with retrieval every 64 tokens vs without\n"
     "\n"
     "Run `m3-bench <command> --help` for a command's options.\n";
 
@@ -57,6 +64,18 @@ int bench_print_json(json_t *j) {
   return 0;
 }
 
+int bench_read_token(const char *cmd, const char *path, char *buf, size_t cap) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    fprintf(stderr, "m3-bench %s: --token-file %s: %s\n", cmd, path, strerror(errno));
+    return -1;
+  }
+  if (fgets(buf, (int)cap, f) == NULL) buf[0] = '\0';
+  buf[strcspn(buf, "\r\n")] = '\0';
+  fclose(f);
+  return 0;
+}
+
 int bench_fail(const char *what, int rc) {
   const char *msg = m3_errmsg();
   fprintf(stderr, "m3-bench: %s: %s%s%s\n", what, m3_strerror(rc), *msg ? ": " : "", msg);
@@ -72,9 +91,11 @@ int main(int argc, char **argv) {
       {"gen", bench_gen},
       {"storage", bench_storage},
       {"rpc", bench_rpc},
+      {"scale", bench_scale},
       {"peer", bench_peer},
       {"codec", m3_bench_codec},
       {"encode", bench_encode},
+      {"decode", bench_decode},
   };
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
     fputs(usage_text, argc < 2 ? stderr : stdout);

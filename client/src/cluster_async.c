@@ -14,10 +14,15 @@
  * one frees it. The cluster keeps a list of the ops whose done has not run,
  * so that close can cancel them and owes no callback when it returns.
  *
+ * Owns cl->async: async.mu (a leaf: the op list and the event queue) and
+ * dispatch_mu (first in cluster_int.h's lock order: dispatched callbacks
+ * run under it). Calls down only: the call runner, the pool, the copies.
+ *
  * Workload: tens to hundreds of ops in flight (a worker's retrieval rounds
  * of several batches), each of ~100 memories of tens to hundreds of KB; a
  * dispatch-mode memory costs one malloc and one copy.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +31,6 @@
 
 #include "cluster_int.h"
 #include "m3/error.h"
-
-enum { ST_CANCELLED = 1 }; /* m3.proto StatusCode */
 
 struct m3_cluster_op {
   m3__task task; /* first member: the op runs as one pool task */
@@ -44,8 +47,8 @@ struct m3_cluster_op {
   atomic_int cancel;  /* m3_cluster_op_cancel, or close */
   atomic_int stop_rc; /* dispatch mode: fn's non-zero return in dispatch */
   atomic_int refs;    /* the caller's handle, and the cluster's until done ran */
-  m3__outcome out;
-  m3_cluster_op *prev, *next; /* cl->live, under cl->amu */
+  m3_cluster_error out; /* how the call ended (m3__cluster_run) */
+  m3_cluster_op *prev, *next; /* cl->async.live, under cl->async.mu */
 };
 
 struct m3__event {
@@ -75,22 +78,26 @@ static void op_unref(m3_cluster_op *op) {
 /* What done gets: the call's outcome, unless the op was stopped in
  * dispatch or cancelled before its done ran. */
 static void op_result(m3_cluster_op *op, m3_cluster_result *res, char *msg, size_t cap) {
-  const m3__outcome *o = &op->out;
+  const m3_cluster_error *o = &op->out;
   memset(res, 0, sizeof *res);
   res->rc = o->rc;
   res->status = o->status;
   res->shard = o->shard;
+  res->replica = o->replica;
+  res->addr = o->addr;
   snprintf(msg, cap, "%s", o->msg);
   int stop = atomic_load(&op->stop_rc);
   if (stop) {
     res->rc = stop;
-    res->status = ST_CANCELLED;
-    res->shard = -1;
+    res->status = M3_STATUS_CANCELLED;
+    res->shard = res->replica = -1;
+    res->addr = "";
     snprintf(msg, cap, "stopped by the callback (%d)", stop);
-  } else if (atomic_load(&op->cancel) && !(o->rc && o->status == ST_CANCELLED)) {
+  } else if (atomic_load(&op->cancel) && !(o->rc && o->status == M3_STATUS_CANCELLED)) {
     res->rc = M3_ECANCELED;
-    res->status = ST_CANCELLED;
-    res->shard = -1;
+    res->status = M3_STATUS_CANCELLED;
+    res->shard = res->replica = -1;
+    res->addr = "";
     snprintf(msg, cap, "cancelled (m3_cluster_op_cancel or m3_cluster_close)");
   }
   res->msg = msg;
@@ -110,11 +117,11 @@ static void op_complete(m3_cluster_op *op) {
   char msg[1024];
   op_result(op, &res, msg, sizeof msg);
   if (op->done) op->done(op->ud, &res);
-  pthread_mutex_lock(&cl->amu);
+  pthread_mutex_lock(&cl->async.mu);
   if (op->prev) op->prev->next = op->next;
-  else cl->live = op->next;
+  else cl->async.live = op->next;
   if (op->next) op->next->prev = op->prev;
-  pthread_mutex_unlock(&cl->amu);
+  pthread_mutex_unlock(&cl->async.mu);
   op_unref(op);
 }
 
@@ -122,19 +129,19 @@ static void op_complete(m3_cluster_op *op) {
 
 static void ev_push(m3_cluster *cl, m3__event *ev) {
   ev->next = NULL;
-  pthread_mutex_lock(&cl->amu);
-  int was_empty = cl->ev_head == NULL;
-  if (cl->ev_tail) cl->ev_tail->next = ev;
-  else cl->ev_head = ev;
-  cl->ev_tail = ev;
+  pthread_mutex_lock(&cl->async.mu);
+  int was_empty = cl->async.ev_head == NULL;
+  if (cl->async.ev_tail) cl->async.ev_tail->next = ev;
+  else cl->async.ev_head = ev;
+  cl->async.ev_tail = ev;
   /* Readable from the first event on; dispatch reads the fd before it
    * takes the queue, so an event pushed after that take writes again. */
   if (was_empty) {
     uint64_t one = 1;
-    if (write(cl->efd, &one, sizeof one) < 0) { /* counter full: already readable */
+    if (write(cl->async.efd, &one, sizeof one) < 0) { /* counter full: already readable */
     }
   }
-  pthread_mutex_unlock(&cl->amu);
+  pthread_mutex_unlock(&cl->async.mu);
 }
 
 /* The memory callback of a dispatch-mode op, on a worker: copy, queue. */
@@ -179,10 +186,10 @@ static int run_events(m3__event *ev) {
 }
 
 static m3__event *ev_take_all(m3_cluster *cl) {
-  pthread_mutex_lock(&cl->amu);
-  m3__event *ev = cl->ev_head;
-  cl->ev_head = cl->ev_tail = NULL;
-  pthread_mutex_unlock(&cl->amu);
+  pthread_mutex_lock(&cl->async.mu);
+  m3__event *ev = cl->async.ev_head;
+  cl->async.ev_head = cl->async.ev_tail = NULL;
+  pthread_mutex_unlock(&cl->async.mu);
   return ev;
 }
 
@@ -190,21 +197,21 @@ int m3_cluster_event_fd(m3_cluster *cl) {
   if (!dispatch_mode(cl))
     return m3__seterr(M3_EINVAL, "m3_cluster_event_fd: the cluster completes async ops by "
                                  "callback (options.completion), it has no event fd");
-  return cl->efd;
+  return cl->async.efd;
 }
 
 int m3_cluster_dispatch(m3_cluster *cl) {
   if (!dispatch_mode(cl))
     return m3__seterr(M3_EINVAL, "m3_cluster_dispatch: the cluster completes async ops by "
                                  "callback (options.completion)");
-  if (pthread_mutex_trylock(&cl->dispatch_mu) != 0)
+  if (pthread_mutex_trylock(&cl->async.dispatch_mu) != 0)
     return m3__seterr(M3_EBUSY, "m3_cluster_dispatch: already dispatching (another thread, "
                                 "or called from a dispatched callback)");
   uint64_t v;
-  if (read(cl->efd, &v, sizeof v) < 0) { /* EAGAIN: not readable, nothing to clear */
+  if (read(cl->async.efd, &v, sizeof v) < 0) { /* EAGAIN: not readable, nothing to clear */
   }
   int n = run_events(ev_take_all(cl));
-  pthread_mutex_unlock(&cl->dispatch_mu);
+  pthread_mutex_unlock(&cl->async.dispatch_mu);
   return n;
 }
 
@@ -217,7 +224,7 @@ static void op_run(m3__task *t) {
   if (dispatch_mode(cl)) {
     m3__event *ev = calloc(1, sizeof *ev);
     /* Without memory for the event the done is owed still: m3_cluster_close
-     * finds the op in cl->live and completes it. */
+     * finds the op in cl->async.live and completes it. */
     if (ev) {
       ev->op = op;
       ev->is_done = 1;
@@ -226,10 +233,10 @@ static void op_run(m3__task *t) {
   } else {
     op_complete(op);
   }
-  pthread_mutex_lock(&cl->amu);
-  cl->running--;
-  pthread_cond_broadcast(&cl->acv);
-  pthread_mutex_unlock(&cl->amu);
+  pthread_mutex_lock(&cl->async.mu);
+  cl->async.running--;
+  pthread_cond_broadcast(&cl->async.cv);
+  pthread_mutex_unlock(&cl->async.mu);
 }
 
 static m3_cluster_op *op_new(m3_cluster *cl, int kind, m3_client_memory_fn fn,
@@ -257,18 +264,18 @@ static m3_cluster_op *op_new(m3_cluster *cl, int kind, m3_client_memory_fn fn,
 }
 
 static int op_submit(m3_cluster *cl, m3_cluster_op *op, m3_cluster_op **op_out) {
-  pthread_mutex_lock(&cl->amu);
-  if (cl->closing) {
-    pthread_mutex_unlock(&cl->amu);
+  pthread_mutex_lock(&cl->async.mu);
+  if (cl->async.closing) {
+    pthread_mutex_unlock(&cl->async.mu);
     op_destroy(op);
     return m3__seterr(M3_EBUSY, "m3_cluster: the cluster is closing, no new async ops");
   }
   op->prev = NULL;
-  op->next = cl->live;
-  if (cl->live) cl->live->prev = op;
-  cl->live = op;
-  cl->running++;
-  pthread_mutex_unlock(&cl->amu);
+  op->next = cl->async.live;
+  if (cl->async.live) cl->async.live->prev = op;
+  cl->async.live = op;
+  cl->async.running++;
+  pthread_mutex_unlock(&cl->async.mu);
   /* The deadline counts from submission, as the caller waits from now. */
   op->rq.deadline = m3__now_ms() + cl->o.call_timeout_ms;
   if (op_out) {
@@ -355,26 +362,46 @@ void m3_cluster_op_free(m3_cluster_op *op) {
   if (op) op_unref(op);
 }
 
-/* ---- close ---------------------------------------------------------- */
+/* ---- init / close --------------------------------------------------- */
 
-void m3__cluster_async_close(m3_cluster *cl) {
-  pthread_mutex_lock(&cl->amu);
-  cl->closing = 1;
-  for (m3_cluster_op *op = cl->live; op; op = op->next) atomic_store(&op->cancel, 1);
-  while (cl->running > 0) pthread_cond_wait(&cl->acv, &cl->amu);
-  pthread_mutex_unlock(&cl->amu);
+int m3__async_init(m3_cluster *cl) {
+  m3__async *a = &cl->async;
+  a->efd = -1;
+  pthread_mutex_init(&a->mu, NULL);
+  pthread_cond_init(&a->cv, NULL);
+  pthread_mutex_init(&a->dispatch_mu, NULL);
+  if (dispatch_mode(cl) && (a->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+    return m3__syserr(errno, "m3_cluster_open: eventfd for dispatch mode");
+  return 0;
+}
+
+void m3__async_free(m3_cluster *cl) {
+  m3__async *a = &cl->async;
+  if (a->efd >= 0) close(a->efd);
+  a->efd = -1;
+  pthread_mutex_destroy(&a->mu);
+  pthread_cond_destroy(&a->cv);
+  pthread_mutex_destroy(&a->dispatch_mu);
+}
+
+void m3__async_close(m3_cluster *cl) {
+  pthread_mutex_lock(&cl->async.mu);
+  cl->async.closing = 1;
+  for (m3_cluster_op *op = cl->async.live; op; op = op->next) atomic_store(&op->cancel, 1);
+  while (cl->async.running > 0) pthread_cond_wait(&cl->async.cv, &cl->async.mu);
+  pthread_mutex_unlock(&cl->async.mu);
   if (!dispatch_mode(cl)) return;
   /* The done callbacks still queued run here; their memories are dropped
    * (the ops are cancelled). One dispatcher at a time, as ever. */
-  pthread_mutex_lock(&cl->dispatch_mu);
+  pthread_mutex_lock(&cl->async.dispatch_mu);
   run_events(ev_take_all(cl));
   /* Ops whose done event could not be queued (out of memory). */
   for (;;) {
-    pthread_mutex_lock(&cl->amu);
-    m3_cluster_op *op = cl->live;
-    pthread_mutex_unlock(&cl->amu);
+    pthread_mutex_lock(&cl->async.mu);
+    m3_cluster_op *op = cl->async.live;
+    pthread_mutex_unlock(&cl->async.mu);
     if (op == NULL) break;
     op_complete(op);
   }
-  pthread_mutex_unlock(&cl->dispatch_mu);
+  pthread_mutex_unlock(&cl->async.dispatch_mu);
 }

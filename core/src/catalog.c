@@ -15,6 +15,11 @@
 #include "m3/fault.h"
 
 #define LOC_BYTES 28
+/* Texts and embeddings are read through it (get_text, get_embedding, the
+ * put path's checks); locations are served by the store's location table,
+ * so this only needs to hold the hot part of the rest and the index and
+ * filter blocks, which are pinned in it. */
+#define CATALOG_CACHE_BYTES (64u << 20)
 
 static void be32(uint8_t *p, uint32_t v) {
   for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
@@ -56,11 +61,17 @@ int m3__catalog_open(m3_catalog *c, const char *path, int create, int read_only)
   rocksdb_filterpolicy_t *bloom = rocksdb_filterpolicy_create_bloom(10);
   rocksdb_block_based_options_set_filter_policy(t, bloom);
   rocksdb_block_based_options_set_cache_index_and_filter_blocks(t, 1);
+  rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(t, 1);
+  c->cache = rocksdb_cache_create_lru(CATALOG_CACHE_BYTES);
+  rocksdb_block_based_options_set_block_cache(t, c->cache);
   rocksdb_options_set_block_based_table_factory(c->opts, t);
   rocksdb_block_based_options_destroy(t);
   rocksdb_options_set_info_log_level(c->opts, 3 /* ERROR */);
   rocksdb_options_set_keep_log_file_num(c->opts, 2);
   c->ropts = rocksdb_readoptions_create();
+  c->scan_ropts = rocksdb_readoptions_create();
+  rocksdb_readoptions_set_fill_cache(c->scan_ropts, 0);
+  rocksdb_readoptions_set_readahead_size(c->scan_ropts, 2u << 20);
   c->wopts_async = rocksdb_writeoptions_create();
   c->wopts_sync = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(c->wopts_sync, 1);
@@ -89,6 +100,8 @@ void m3__catalog_close(m3_catalog *c) {
   if (c->db) rocksdb_close(c->db);
   if (c->opts) rocksdb_options_destroy(c->opts);
   if (c->ropts) rocksdb_readoptions_destroy(c->ropts);
+  if (c->scan_ropts) rocksdb_readoptions_destroy(c->scan_ropts);
+  if (c->cache) rocksdb_cache_destroy(c->cache);
   if (c->wopts_async) rocksdb_writeoptions_destroy(c->wopts_async);
   if (c->wopts_sync) rocksdb_writeoptions_destroy(c->wopts_sync);
   free(c->path);
@@ -234,7 +247,7 @@ int m3__catalog_get_text(m3_catalog *c, uint64_t chunk_id, char **text, size_t *
 static int walk(m3_catalog *c, char p,
                 int (*fn)(void *ud, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl),
                 void *ud) {
-  rocksdb_iterator_t *it = rocksdb_create_iterator(c->db, c->ropts);
+  rocksdb_iterator_t *it = rocksdb_create_iterator(c->db, c->scan_ropts);
   int rc = 0;
   for (rocksdb_iter_seek(it, &p, 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
     size_t kl, vl;
@@ -249,6 +262,46 @@ static int walk(m3_catalog *c, char p,
     if (err) rc = from_rocks(err, "iterate", c->path);
   }
   rocksdb_iter_destroy(it);
+  return rc;
+}
+
+int m3__catalog_texts(m3_catalog *c,
+                      int (*fn)(void *ud, uint64_t id, const uint8_t *text, size_t tlen,
+                                const uint8_t *emb, size_t elen),
+                      void *ud) {
+  rocksdb_iterator_t *t = rocksdb_create_iterator(c->db, c->scan_ropts);
+  rocksdb_iterator_t *e = rocksdb_create_iterator(c->db, c->scan_ropts);
+  int rc = 0;
+  rocksdb_iter_seek(e, "E", 1);
+  for (rocksdb_iter_seek(t, "T", 1); rocksdb_iter_valid(t); rocksdb_iter_next(t)) {
+    size_t kl, vl, ekl = 0, evl = 0;
+    const char *k = rocksdb_iter_key(t, &kl);
+    if (kl == 0 || k[0] != 'T') break;
+    if (kl != 9) {
+      rc = m3__seterr(M3_ECORRUPT, "catalog %s: malformed text entry", c->path);
+      break;
+    }
+    uint64_t id = ld_be((const uint8_t *)k + 1, 8);
+    const char *v = rocksdb_iter_value(t, &vl), *ev = NULL;
+    /* Step the embedding iterator up to id. */
+    while (rocksdb_iter_valid(e)) {
+      const char *ek = rocksdb_iter_key(e, &ekl);
+      if (ekl != 9 || ek[0] != 'E' || ld_be((const uint8_t *)ek + 1, 8) >= id) break;
+      rocksdb_iter_next(e);
+    }
+    if (rocksdb_iter_valid(e)) {
+      const char *ek = rocksdb_iter_key(e, &ekl);
+      if (ekl == 9 && ek[0] == 'E' && ld_be((const uint8_t *)ek + 1, 8) == id)
+        ev = rocksdb_iter_value(e, &evl);
+    }
+    if ((rc = fn(ud, id, (const uint8_t *)v, vl, (const uint8_t *)ev, ev ? evl : 0)) != 0) break;
+  }
+  char *err = NULL;
+  if (rc == 0) rocksdb_iter_get_error(t, &err);
+  if (rc == 0 && !err) rocksdb_iter_get_error(e, &err);
+  if (err) rc = from_rocks(err, "iterate texts", c->path);
+  rocksdb_iter_destroy(t);
+  rocksdb_iter_destroy(e);
   return rc;
 }
 
@@ -332,6 +385,18 @@ int m3__catalog_embeddings(m3_catalog *c,
   return walk(c, 'E', emb_entry, &w);
 }
 
+static uint64_t prop(m3_catalog *c, const char *name) {
+  uint64_t v = 0;
+  return rocksdb_property_int(c->db, name, &v) == 0 ? v : 0;
+}
+
+uint64_t m3__catalog_estimate_chunks(m3_catalog *c) { return prop(c, "rocksdb.estimate-num-keys") / 3; }
+
+uint64_t m3__catalog_ram_bytes(m3_catalog *c) {
+  return (uint64_t)rocksdb_cache_get_usage(c->cache) + prop(c, "rocksdb.cur-size-all-mem-tables") +
+         prop(c, "rocksdb.estimate-table-readers-mem");
+}
+
 uint64_t m3__catalog_disk_bytes(m3_catalog *c) {
   uint64_t total = 0;
   DIR *d = opendir(c->path);
@@ -352,6 +417,8 @@ m3__wbatch *m3__batch_new(void) { return rocksdb_writebatch_create(); }
 void m3__batch_free(m3__wbatch *b) {
   if (b) rocksdb_writebatch_destroy(b);
 }
+
+void m3__batch_clear(m3__wbatch *b) { rocksdb_writebatch_clear(b); }
 
 void m3__batch_put_meta(m3__wbatch *b, const m3_ident *ident) {
   uint8_t v[50];

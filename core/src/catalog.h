@@ -29,6 +29,8 @@ typedef struct m3_catalog {
   rocksdb_t *db;
   rocksdb_options_t *opts;
   rocksdb_readoptions_t *ropts;
+  rocksdb_readoptions_t *scan_ropts; /* full walks: no block caching, readahead */
+  rocksdb_cache_t *cache;            /* block cache (CATALOG_CACHE_BYTES) */
   rocksdb_writeoptions_t *wopts_async;
   rocksdb_writeoptions_t *wopts_sync;
   char *path;
@@ -61,9 +63,23 @@ int m3__catalog_embeddings(m3_catalog *c,
                            int (*fn)(void *ud, uint64_t id, const uint8_t *emb, size_t n),
                            void *ud);
 
+/* Walk the 'T' entries in id order with each id's 'E' entry beside it
+ * (emb NULL, elen 0 when it has none): two iterators in step. */
+int m3__catalog_texts(m3_catalog *c,
+                      int (*fn)(void *ud, uint64_t id, const uint8_t *text, size_t tlen,
+                                const uint8_t *emb, size_t elen),
+                      void *ud);
+
 /* Walk the 'C' entries in id order. */
 int m3__catalog_chunks(m3_catalog *c,
                        int (*fn)(void *ud, uint64_t id, const m3_location *loc), void *ud);
+
+/* About how many 'C' entries there are (RocksDB's key estimate / 3), for
+ * sizing; may be 0 or off by a factor. */
+uint64_t m3__catalog_estimate_chunks(m3_catalog *c);
+/* RAM RocksDB holds for the catalog: block cache in use, memtables, table
+ * readers (index and filter blocks outside the cache). */
+uint64_t m3__catalog_ram_bytes(m3_catalog *c);
 
 /* Approximate bytes of the catalog's files. */
 uint64_t m3__catalog_disk_bytes(m3_catalog *c);
@@ -73,6 +89,7 @@ typedef rocksdb_writebatch_t m3__wbatch;
 
 m3__wbatch *m3__batch_new(void);
 void m3__batch_free(m3__wbatch *b);
+void m3__batch_clear(m3__wbatch *b);
 void m3__batch_put_meta(m3__wbatch *b, const m3_ident *ident);
 void m3__batch_put_next_seg(m3__wbatch *b, uint32_t next);
 void m3__batch_put_segment(m3__wbatch *b, uint32_t seg, uint64_t end);

@@ -11,10 +11,12 @@
  * every memory (2,816 vectors each), so m3_codec_encode batches all vectors
  * that share a codec into one sa_encode call.
  */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/error_c.h>
@@ -27,6 +29,10 @@
 #include "m3/log.h"
 
 #define WHY_CAP 160
+
+/* OpenBLAS threads while FAISS trains with n OpenMP threads (docs/CODECS.md,
+ * "Training threads"). */
+#define M3__TRAIN_BLAS_THREADS(n) ((int)(n))
 
 static const char *faiss_msg(void) {
   const char *m = faiss_get_last_error();
@@ -322,12 +328,56 @@ out:
   return rc;
 }
 
-static int train_one(const m3_codec_train_opts *o, uint32_t ci, const char *factory,
-                     const m3_codec_sample *sm, trained *t) {
+/* DIR/codec-<i>-<hash of factory, dim and sample size>.faiss */
+static void checkpoint_path(char *out, size_t cap, const char *dir, uint32_t ci,
+                            const char *factory, unsigned dim, size_t n) {
+  uint64_t h = m3__fp_update(M3__FP_INIT, factory, strlen(factory));
+  uint64_t w[2] = {dim, n};
+  h = m3__fp_final(m3__fp_update(h, w, sizeof w), strlen(factory) + sizeof w);
+  snprintf(out, cap, "%s/codec-%u-%016llx.faiss", dir, ci, (unsigned long long)h);
+}
+
+/* Read a checkpointed index; 1 when there was one. */
+static int checkpoint_read(const char *path, unsigned dim, FaissIndex **idx) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return 0;
+  FaissIndex *x = NULL;
+  int ok = faiss_read_index(f, 0, &x) == 0 && x && faiss_Index_is_trained(x) &&
+           faiss_Index_d(x) == (int)dim;
+  fclose(f);
+  if (!ok) {
+    if (x)
+      faiss_Index_free(x);
+    M3_WARN("codec", "checkpoint %s does not hold a trained %u-dim index: training again", path,
+            dim);
+    return 0;
+  }
+  *idx = x;
+  return 1;
+}
+
+static int checkpoint_write(const char *path, const void *blob, size_t len) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "wb");
+  int ok = f && fwrite(blob, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
+  if (f && fclose(f) != 0)
+    ok = 0;
+  if (!ok || rename(tmp, path) != 0) {
+    unlink(tmp);
+    return m3__seterr(M3_EIO, "codec checkpoint %s: cannot write it", path);
+  }
+  return 0;
+}
+
+static int train_one(const m3_codec_train_opts *o, uint32_t ci, uint32_t n_codecs,
+                     const char *factory, const m3_codec_sample *sm, trained *t) {
   int rc = 0;
   FILE *mem = NULL;
   const unsigned dim = o->head_dim;
   double tol = o->check_tol > 0 ? o->check_tol : 1e-5;
+  char ckpt[4096] = "";
   t->fields = calloc(M3_CODEC_MAX_FIELDS, sizeof *t->fields);
   if (!t->fields)
     return m3__seterr(M3_ENOMEM, "codec %u: out of memory", ci);
@@ -335,19 +385,40 @@ static int train_one(const m3_codec_train_opts *o, uint32_t ci, const char *fact
     rc = m3__seterr(M3_EINVAL, "codec %u (%s) '%s': no training vectors", ci, role(ci), factory);
     goto out;
   }
-  if (faiss_index_factory(&t->idx, (int)dim, factory, METRIC_L2) != 0) {
-    t->idx = NULL;
-    rc = m3__seterr(M3_EINVAL, "codec %u (%s): FAISS index_factory refused '%s' for %u dims: %s",
-                    ci, role(ci), factory, dim, faiss_msg());
+  size_t need, want;
+  m3_codec_train_sample_size(factory, &need, &want);
+  if (sm->n < need) {
+    rc = m3__seterr(M3_EINVAL, "codec %u (%s) '%s': %zu training vectors, but its largest k-means has %zu centroids: give at least %zu (FAISS asks for %zu, 39 per centroid)",
+                    ci, role(ci), factory, sm->n, need, need, want);
     goto out;
   }
+  if (sm->n < want)
+    M3_WARN("codec", "codec %u (%s) '%s': %zu training vectors, FAISS asks for %zu (39 per centroid of its %zu-centroid k-means): the codebooks will be undertrained",
+            ci, role(ci), factory, sm->n, want, need);
+  if (o->checkpoint_dir)
+    checkpoint_path(ckpt, sizeof ckpt, o->checkpoint_dir, ci, factory, dim, sm->n);
   double t0 = now_s();
-  if (o->verbose)
-    M3_INFO("codec", "training codec %u (%s) '%s' on %zu vectors", ci, role(ci), factory, sm->n);
-  if (faiss_Index_train(t->idx, (idx_t)sm->n, sm->x) != 0) {
-    rc = m3__seterr(M3_EINVAL, "codec %u (%s) '%s': FAISS training on %zu vectors failed: %s",
-                    ci, role(ci), factory, sm->n, faiss_msg());
-    goto out;
+  if (ckpt[0] && checkpoint_read(ckpt, dim, &t->idx)) {
+    M3_INFO("codec", "codec %u of %u (%s) '%s': read back from checkpoint %s", ci + 1, n_codecs,
+            role(ci), factory, ckpt);
+  } else {
+    if (faiss_index_factory(&t->idx, (int)dim, factory, METRIC_L2) != 0) {
+      t->idx = NULL;
+      rc = m3__seterr(M3_EINVAL, "codec %u (%s): FAISS index_factory refused '%s' for %u dims: %s",
+                      ci, role(ci), factory, dim, faiss_msg());
+      goto out;
+    }
+    if (o->verbose)
+      M3_INFO("codec", "codec %u of %u (%s) '%s': training on %zu vectors (largest k-means %zu centroids)%s%s",
+              ci + 1, n_codecs, role(ci), factory, sm->n, need, ckpt[0] ? ", checkpoint " : "", ckpt);
+    if (faiss_Index_train(t->idx, (idx_t)sm->n, sm->x) != 0) {
+      rc = m3__seterr(M3_EINVAL, "codec %u (%s) '%s': FAISS training on %zu vectors failed: %s",
+                      ci, role(ci), factory, sm->n, faiss_msg());
+      goto out;
+    }
+    if (o->verbose)
+      M3_INFO("codec", "codec %u of %u (%s): FAISS trained it in %.1f s; building decode tables",
+              ci + 1, n_codecs, role(ci), now_s() - t0);
   }
   size_t csz = 0; /* FAISS 1.7.3's C API needs the install-deps patch to fill it */
   if (faiss_Index_sa_code_size(t->idx, &csz) != 0 || csz == 0 || csz > 65535) {
@@ -364,6 +435,8 @@ static int train_one(const m3_codec_train_opts *o, uint32_t ci, const char *fact
   }
   fclose(mem);
   mem = NULL;
+  if (ckpt[0] && (rc = checkpoint_write(ckpt, t->blob, t->blob_len)) != 0)
+    goto out;
   int trc = build_tables(t, factory, dim, sm->x, sm->n, o, tol);
   if (trc && trc != M3_EUNSUPPORTED) {
     rc = trc;
@@ -387,9 +460,43 @@ out:
   return rc;
 }
 
+/*
+ * Size FAISS's thread teams for training: OpenMP's (FAISS's loops) to n and
+ * OpenBLAS's (its sgemm calls) to M3__TRAIN_BLAS_THREADS(n); saved[] keeps
+ * what they were (restored by threads_restore). Looked up, not linked, as the server
+ * does: whatever OpenMP and BLAS FAISS brought in. n 0: nothing changes.
+ */
+static void threads_set(unsigned n, int saved[2]) {
+  saved[0] = saved[1] = 0;
+  if (!n)
+    return;
+  int (*omp_get)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_max_threads");
+  void (*omp_set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+  int (*blas_get)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "openblas_get_num_threads");
+  void (*blas_set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
+  if (omp_get && omp_set) {
+    saved[0] = omp_get();
+    omp_set((int)n);
+  }
+  if (blas_get && blas_set) {
+    saved[1] = blas_get();
+    blas_set(M3__TRAIN_BLAS_THREADS(n));
+  }
+}
+
+static void threads_restore(const int saved[2]) {
+  void (*omp_set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+  void (*blas_set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
+  if (saved[0] > 0 && omp_set)
+    omp_set(saved[0]);
+  if (saved[1] > 0 && blas_set)
+    blas_set(saved[1]);
+}
+
 int m3_codec_set_train(const m3_codec_train_opts *o, const m3_codec_sample *samples,
                        m3_codec_set **out) {
   int rc = 0;
+  int saved[2] = {0, 0};
   *out = NULL;
   int kind = o->kind ? o->kind : M3_CODEC_FAISS;
   if (o->head_dim < 1 || o->head_dim > M3_CODEC_MAX_DIM)
@@ -406,8 +513,9 @@ int m3_codec_set_train(const m3_codec_train_opts *o, const m3_codec_sample *samp
     rc = m3__seterr(M3_ENOMEM, "codec train: out of memory");
     goto out;
   }
+  threads_set(o->threads, saved);
   for (uint32_t i = 0; i < n; i++) {
-    if ((rc = train_one(o, i, (i & 1) ? fv : fk, samples ? &samples[i] : NULL, &t[i])) != 0)
+    if ((rc = train_one(o, i, n, (i & 1) ? fv : fk, samples ? &samples[i] : NULL, &t[i])) != 0)
       goto out;
     if (t[i].code_bytes != t[0].code_bytes) {
       rc = m3__seterr(M3_EINVAL, "codec train: keys' '%s' makes %zu-byte codes, values' '%s' %zu: a record has one code size",
@@ -436,6 +544,7 @@ int m3_codec_set_train(const m3_codec_train_opts *o, const m3_codec_sample *samp
   }
   (*out)->faiss_free = free_index;
 out:
+  threads_restore(saved);
   if (t)
     for (uint32_t i = 0; i < n; i++)
       trained_free(&t[i]);
@@ -451,20 +560,17 @@ static int codec_of(const m3_codec_set *cs, unsigned layer, int kv) {
   return ci;
 }
 
-static int encode_ci(m3_codec_set *cs, int ci, const float *x, size_t n, uint8_t *codes) {
-  const m3__codec *c = &cs->codecs[ci];
-  if (c->kind != M3_CODEC_FAISS) {
-    const size_t d = c->dim;
-    for (size_t i = 0; i < n * d; i++) {
-      if (c->kind == M3_CODEC_RAW_F32)
-        m3__st32(codes + 4 * i, m3__f32_bits(x[i]));
-      else if (c->kind == M3_CODEC_RAW_F16)
-        m3__st16(codes + 2 * i, m3__f32_to_f16(x[i]));
-      else
-        m3__st16(codes + 2 * i, m3__f32_to_bf16(x[i]));
-    }
-    return 0;
-  }
+/* ---- the FAISS encoder (m3__enc_faiss) ---- */
+
+static int faiss_prepare(m3_codec_set *cs, int ci, char *why, size_t cap) {
+  FaissIndex *idx;
+  int rc = get_index(cs, ci, &idx);
+  if (rc)
+    snprintf(why, cap, "%s", m3_errmsg());
+  return rc;
+}
+
+static int faiss_encode(m3_codec_set *cs, int ci, const float *x, size_t n, uint8_t *codes) {
   FaissIndex *idx;
   int rc = get_index(cs, ci, &idx);
   if (rc)
@@ -475,55 +581,7 @@ static int encode_ci(m3_codec_set *cs, int ci, const float *x, size_t n, uint8_t
   return 0;
 }
 
-int m3_codec_encode_vectors(m3_codec_set *cs, unsigned layer, int kv, const float *x, size_t n,
-                            uint8_t *codes) {
-  int ci = codec_of(cs, layer, kv);
-  return ci < 0 ? M3_EINVAL : encode_ci(cs, ci, x, n, codes);
-}
-
-int m3_codec_encode(m3_codec_set *cs, const m3_spec *spec, const float *kv, size_t n_mem,
-                    uint8_t *codes) {
-  int rc = 0;
-  float *xb = NULL;
-  uint8_t *cb_buf = NULL;
-  m3_layout l;
-  if ((rc = m3_codec_set_layout(cs, spec, &l)) != 0)
-    return rc;
-  const size_t per_block = (size_t)spec->n_kv_heads * spec->n_tokens;
-  const size_t dim = cs->head_dim, cb = cs->code_bytes;
-  const size_t blocks = n_mem * spec->n_layers * 2;
-  if (cs->kind != M3_CODEC_FAISS) { /* raw: no batching to gain */
-    for (size_t b = 0; b < blocks && !rc; b++)
-      rc = encode_ci(cs, m3__codec_index(cs, (unsigned)(b / 2 % spec->n_layers), (int)(b % 2)),
-                     kv + b * per_block * dim, per_block, codes + b * per_block * cb);
-    return rc;
-  }
-  /* gather every block of one codec, encode them in one call, scatter */
-  size_t max_vec = per_block * n_mem * (cs->n_layers ? 1 : spec->n_layers);
-  xb = malloc(max_vec * dim * sizeof(float) + 1);
-  cb_buf = malloc(max_vec * cb + 1);
-  if (!xb || !cb_buf) {
-    rc = m3__seterr(M3_ENOMEM, "encode: out of memory for %zu vectors", max_vec);
-    goto out;
-  }
-  for (uint32_t ci = 0; ci < cs->n_codecs; ci++) {
-    size_t k = 0;
-    for (size_t b = 0; b < blocks; b++)
-      if (m3__codec_index(cs, (unsigned)(b / 2 % spec->n_layers), (int)(b % 2)) == (int)ci)
-        memcpy(xb + (k++) * per_block * dim, kv + b * per_block * dim,
-               per_block * dim * sizeof(float));
-    if ((rc = encode_ci(cs, (int)ci, xb, k * per_block, cb_buf)) != 0)
-      goto out;
-    k = 0;
-    for (size_t b = 0; b < blocks; b++)
-      if (m3__codec_index(cs, (unsigned)(b / 2 % spec->n_layers), (int)(b % 2)) == (int)ci)
-        memcpy(codes + b * per_block * cb, cb_buf + (k++) * per_block * cb, per_block * cb);
-  }
-out:
-  free(cb_buf);
-  free(xb);
-  return rc;
-}
+const m3__encoder m3__enc_faiss = {"faiss", faiss_prepare, faiss_encode};
 
 int m3_codec_decode_vectors_faiss(m3_codec_set *cs, unsigned layer, int kv, const uint8_t *codes,
                                   size_t n, float *out) {

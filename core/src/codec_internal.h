@@ -22,6 +22,8 @@
 extern "C" {
 #endif
 
+#define M3__NO_TABLES_CAP 160
+
 /* One codec of a set. Pointers point into the set's file bytes (buf) or its
  * strings; nothing here is freed separately except faiss_index. */
 typedef struct m3__codec {
@@ -39,6 +41,9 @@ typedef struct m3__codec {
   size_t faiss_bytes;
   double check_abs;
   void *faiss_index;              /* FaissIndex*, loaded by m3codec on demand */
+  void *gemm;                     /* m3__gemm*, read by m3codec on first GEMM encode */
+  int gemm_state;                 /* 0 not tried, 1 gemm ready, -1 unsupported (gemm_why) */
+  char gemm_why[M3__NO_TABLES_CAP]; /* why the GEMM encoder cannot encode it */
 } m3__codec;
 
 struct m3_codec_set {
@@ -56,9 +61,25 @@ struct m3_codec_set {
   char *no_tables;                /* per codec reason strings (n_codecs x 160) */
   pthread_mutex_t lock;           /* guards faiss_index loading */
   void (*faiss_free)(void *);     /* set by m3codec when it loads an index */
+  void (*gemm_free)(void *);      /* set by m3codec when it reads GEMM codebooks */
+  int encoder;                    /* M3_CODEC_ENC_*: what m3_codec_encode* use */
 };
 
-#define M3__NO_TABLES_CAP 160
+/*
+ * An encoder of faiss codecs (m3codec's function table; m3_codec_set_encoder
+ * picks one, M3_CODEC_ENC_AUTO the GEMM one wherever it applies).
+ *   prepare: 0 when codec ci can be encoded this way (loading what it needs,
+ *            under cs->lock); M3_EUNSUPPORTED with the reason in why (cap).
+ *   encode:  n vectors (n, dim) into codes (n, code_bytes); prepared first.
+ */
+typedef struct m3__encoder {
+  const char *name;
+  int (*prepare)(m3_codec_set *cs, int ci, char *why, size_t cap);
+  int (*encode)(m3_codec_set *cs, int ci, const float *x, size_t n, uint8_t *codes);
+} m3__encoder;
+
+extern const m3__encoder m3__enc_faiss; /* codec_faiss.c: FAISS sa_encode */
+extern const m3__encoder m3__enc_gemm;  /* codec_gemm.c: batched sgemm */
 
 /* One codec as the trainer hands it to the file writer. Borrowed pointers. */
 typedef struct m3__codec_in {

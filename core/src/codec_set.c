@@ -85,6 +85,10 @@ void m3_codec_set_close(m3_codec_set *cs) {
     for (uint32_t i = 0; i < cs->n_codecs; i++)
       if (cs->codecs[i].faiss_index)
         cs->faiss_free(cs->codecs[i].faiss_index);
+  if (cs->codecs && cs->gemm_free)
+    for (uint32_t i = 0; i < cs->n_codecs; i++)
+      if (cs->codecs[i].gemm)
+        cs->gemm_free(cs->codecs[i].gemm);
   pthread_mutex_destroy(&cs->lock);
   free(cs->no_tables);
   free(cs->strings);

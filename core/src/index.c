@@ -7,6 +7,11 @@
  * from the write path; a rebuild streams every embedding of the store once
  * (twice when the factory trains). FAISS is reached through its C API only,
  * and its errors become m3 codes here, once.
+ *
+ * Why one file of ~950 lines: every function here holds the one FAISS handle
+ * under the index's lock (search, add, remove, train, save, load, rebuild),
+ * and FAISS's C API is used nowhere else in core, so the lock and the
+ * conversion of FAISS errors stay in one place.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -53,6 +58,7 @@ struct m3_index {
   uint64_t unsaved;        /* meta (add/remove also change it, under the write lock) */
   int loaded, trained;
   char reason[768];
+  char params[FACTORY_MAX + 1]; /* the open's params, restored after an override */
 };
 
 /* ---- FAISS errors ---------------------------------------------------- */
@@ -624,6 +630,7 @@ int m3_index_open(m3_store *s, const m3_index_options *o, m3_index **out) {
   }
   ix->seqno = seqno;
   if ((rc = apply_params(ix, o->params)) != 0) goto out;
+  if (o->params) snprintf(ix->params, sizeof ix->params, "%s", o->params);
   M3_INFO("index", "%s: %s '%s', %" PRId64 " vectors of %u dims at seqno %" PRIu64, ix->path,
           ix->loaded ? "loaded" : "built", ix->factory, (int64_t)faiss_Index_ntotal(ix->fx), ix->dim,
           seqno);
@@ -728,26 +735,73 @@ static size_t row_hits(const idx_t *lab, const float *dist, size_t kk, hit *h) {
   return m;
 }
 
+/* FAISS's own defaults for what an override may set: restored after it
+ * when the open set none. */
+static void default_params(const char *over, const char *open_params, char *out, size_t cap) {
+  if (open_params[0]) {
+    snprintf(out, cap, "%s", open_params);
+    return;
+  }
+  out[0] = '\0';
+  if (strstr(over, "nprobe")) snprintf(out + strlen(out), cap - strlen(out), "%snprobe=1", out[0] ? "," : "");
+  if (strstr(over, "efSearch"))
+    snprintf(out + strlen(out), cap - strlen(out), "%sefSearch=16", out[0] ? "," : "");
+}
+
+static int search_locked(m3_index *ix, const float *qn, size_t nq, size_t k, uint64_t *ids,
+                         float *scores);
+
 int m3_index_search(m3_index *ix, const float *queries, size_t nq, size_t k, uint64_t *ids,
                     float *scores) {
-  float *qn = NULL, *dist = NULL;
-  idx_t *lab = NULL;
-  hit *h = NULL;
-  int rc = 0;
+  return m3_index_search_params(ix, queries, nq, k, ids, scores, NULL);
+}
 
+int m3_index_search_params(m3_index *ix, const float *queries, size_t nq, size_t k, uint64_t *ids,
+                           float *scores, const char *params) {
   if (nq == 0 || k == 0) return 0;
   if (k > M3_INDEX_MAX_K) return m3__seterr(M3_ERANGE, "index search: k %zu > %d", k, M3_INDEX_MAX_K);
   if (!queries || !ids) return m3__seterr(M3_EINVAL, "index search: queries or ids is NULL");
+  if (params && strlen(params) > FACTORY_MAX)
+    return m3__seterr(M3_EINVAL, "index search: params longer than %d bytes", FACTORY_MAX);
   unsigned d = ix->dim;
-  qn = malloc(nq * d * sizeof *qn);
+  float *qn = malloc(nq * d * sizeof *qn);
   if (!qn) return m3__seterr(M3_ENOMEM, "index search of %zu queries: out of memory", nq);
   for (size_t q = 0; q < nq; q++)
     if (normalize(queries + q * d, d, qn + q * d) < 0) {
       free(qn);
       return m3__seterr(M3_EINVAL, "index search: query %zu has a non-finite value", q);
     }
+  int rc;
+  if (params && params[0]) {
+    /* FAISS keeps nprobe / efSearch in the index: an override changes it,
+     * searches alone, and puts the open's values back. */
+    char restore[FACTORY_MAX * 2 + 2];
+    default_params(params, ix->params, restore, sizeof restore);
+    pthread_rwlock_wrlock(&ix->lock);
+    rc = apply_params(ix, params);
+    if (rc == 0) {
+      rc = search_locked(ix, qn, nq, k, ids, scores);
+      int rr = apply_params(ix, restore);
+      if (rc == 0) rc = rr;
+    }
+    pthread_rwlock_unlock(&ix->lock);
+  } else {
+    pthread_rwlock_rdlock(&ix->lock);
+    rc = search_locked(ix, qn, nq, k, ids, scores);
+    pthread_rwlock_unlock(&ix->lock);
+  }
+  free(qn);
+  return rc;
+}
 
-  pthread_rwlock_rdlock(&ix->lock);
+static int search_locked(m3_index *ix, const float *qn, size_t nq, size_t k, uint64_t *ids,
+                         float *scores) {
+  float *dist = NULL;
+  idx_t *lab = NULL;
+  hit *h = NULL;
+  int rc = 0;
+
+  unsigned d = ix->dim;
   size_t ntotal = (size_t)faiss_Index_ntotal(ix->fx);
   /* Look a little past k: a tie at the k-th place is then settled by id
    * instead of by FAISS's heap order. */
@@ -808,8 +862,6 @@ int m3_index_search(m3_index *ix, const float *queries, size_t nq, size_t k, uin
     if (rc) goto unlock;
   }
 unlock:
-  pthread_rwlock_unlock(&ix->lock);
-  free(qn);
   free(dist);
   free(lab);
   free(h);

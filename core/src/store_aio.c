@@ -204,7 +204,7 @@ int m3_store_aio_submit(m3_store_aio *a, m3_fetch_item *items, size_t n, m3_stor
       miss[nmiss++] = op;
     }
   }
-  if (nmiss && (rc = m3__catalog_get_locs(&s->cat, ids, nmiss, locs, st)) != 0) goto out;
+  if (nmiss && (rc = m3__store_locs(s, ids, nmiss, locs, st)) != 0) goto out;
   uint64_t gen = atomic_load(&s->gen);
   for (size_t j = 0; j < nmiss; j++) {
     aio_op *op = miss[j];

@@ -9,6 +9,7 @@
 #include "cache.h"
 #include "catalog.h"
 #include "io.h"
+#include "loctab.h"
 #include "m3/store.h"
 #include "segment.h"
 
@@ -17,6 +18,10 @@ struct m3_store {
   m3_store_options opts;
   m3_ident ident;     /* uuid, layout, alignment */
   m3_catalog cat;
+  /* id -> location for fetches (loctab.h), built at open and changed after
+   * each catalog commit under the exclusive lock; NULL after it could not
+   * follow a commit (out of memory), and lookups go to the catalog. */
+  m3_loctab *loc;
   m3_segment *segs;   /* live segments, sorted by id; the last is active */
   size_t nsegs, capsegs;
   uint32_t next_seg;  /* id of the next segment to create */
@@ -28,6 +33,8 @@ struct m3_store {
    * they change the segment array that readers walk. */
   pthread_rwlock_t rw;
   m3_cache *cache;    /* NULL when disabled; locks itself */
+  m3_store_bulk *bulk; /* the open bulk ingest, or NULL; set and cleared
+                         under the exclusive lock */
   uint8_t *wbuf;      /* write staging, grown as batches need */
   size_t wcap;
   /* Asynchronous reads (store_aio.c) run without the lock, so whatever they
@@ -47,6 +54,19 @@ struct m3_store {
 int m3__store_io_get(m3_store *s, m3_io **io);
 void m3__store_io_put(m3_store *s, m3_io *io);
 
+/* Locations of n ids (status[i] 0, M3_ENOTFOUND or M3_ECORRUPT) from the
+ * location table, or the catalog when there is none. Caller holds the lock
+ * (either side). */
+int m3__store_locs(m3_store *s, const uint64_t *ids, size_t n, m3_location *locs, int *status);
+
+/* After a committed catalog change: record (or, loc NULL, forget) id in the
+ * location table. On failure the table is dropped, with an error logged,
+ * and lookups fall back to the catalog. Caller holds the exclusive lock. */
+void m3__store_loc_set(m3_store *s, uint64_t id, const m3_location *loc);
+
+/* Build the location table from the catalog's 'C' entries. */
+int m3__store_loc_build(m3_store *s);
+
 /* Segment by id, or NULL. */
 m3_segment *m3__store_seg(m3_store *s, uint32_t id);
 
@@ -65,6 +85,28 @@ int m3__fetch_item_init(m3_store *s, m3_fetch_item *it, size_t i);
 int m3__fetch_plan(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_read *r);
 void m3__fetch_finish(m3_store *s, m3_fetch_item *it, const m3_location *loc, const m3_read *r,
                       int cache);
+
+/* Create the next segment and make it the active one (the catalog lists
+ * it, header only). Caller holds the exclusive lock. */
+int m3__store_roll_segment(m3_store *s);
+
+/* M3_EBUSY naming the open bulk ingest: puts, deletes and compaction wait
+ * for it to finish. */
+int m3__store_bulk_busy(m3_store *s);
+
+/* Verify every live record by reading it at the catalog's location and
+ * comparing with the catalog's text and embedding (point lookups): names
+ * each problem. The streaming verify (store_verify.c) falls back to it when
+ * its counts disagree. Caller holds the shared lock. */
+int m3__store_verify_entries(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud,
+                             uint64_t *checked);
+
+/* m3_store_check_locations without taking the lock (caller holds it). */
+int m3__store_loc_check(m3_store *s, uint64_t *checked);
+
+/* Report progress of a long walk to the hook m3_store_set_progress set
+ * (when done is a multiple of 2^16, or done == total). */
+void m3__progress(const char *what, uint64_t done, uint64_t total);
 
 /* Make sure wbuf holds size bytes. */
 int m3__store_wbuf(m3_store *s, size_t size);

@@ -70,21 +70,31 @@ int m3_store_stats_get(m3_store *s, m3_store_stats *st) {
   return rc;
 }
 
+typedef struct stats_ctx {
+  m3_store_stats *st;
+  uint64_t used; /* aligned bytes live records take */
+  uint32_t align;
+} stats_ctx;
+
+static int stats_entry(void *ud, uint64_t id, const m3_location *l) {
+  (void)id;
+  stats_ctx *c = ud;
+  c->st->records++;
+  c->st->payload_bytes += l->mem_len - M3_RECORD_HEADER_SIZE;
+  c->st->text_bytes += l->rec_len - l->mem_len;
+  c->st->record_bytes += l->rec_len;
+  c->used += (l->rec_len + c->align - 1) / c->align * c->align;
+  return 0;
+}
+
 static int stats_locked(m3_store *s, m3_store_stats *st) {
   memset(st, 0, sizeof *st);
-  entries e;
-  int rc = list_by_location(s, &e);
+  stats_ctx c = {st, 0, s->ident.align};
+  /* The table when there is one: no RocksDB walk, no sort. */
+  int rc = s->loc ? m3__loctab_each(s->loc, stats_entry, &c)
+                  : m3__catalog_chunks(&s->cat, stats_entry, &c);
   if (rc) return rc;
-  uint64_t used = 0;
-  for (size_t i = 0; i < e.n; i++) {
-    const m3_location *l = &e.v[i].loc;
-    st->records++;
-    st->payload_bytes += l->mem_len - M3_RECORD_HEADER_SIZE;
-    st->text_bytes += l->rec_len - l->mem_len;
-    st->record_bytes += l->rec_len;
-    used += (l->rec_len + s->ident.align - 1) / s->ident.align * s->ident.align;
-  }
-  free(e.v);
+  uint64_t used = c.used;
   for (size_t i = 0; i < s->nsegs; i++) {
     st->segment_bytes += s->segs[i].size;
     used += s->ident.align; /* segment header */
@@ -94,6 +104,8 @@ static int stats_locked(m3_store *s, m3_store_stats *st) {
   uint64_t payload = st->payload_bytes + st->text_bytes;
   st->overhead = payload ? (double)st->segment_bytes / (double)payload - 1.0 : 0.0;
   st->catalog_bytes = m3__catalog_disk_bytes(&s->cat);
+  st->loc_table_bytes = s->loc ? m3__loctab_bytes(s->loc) : 0;
+  st->catalog_ram_bytes = m3__catalog_ram_bytes(&s->cat);
   if (s->cache) {
     m3_cache_stats cs;
     m3__cache_stats(s->cache, &cs);
@@ -112,20 +124,10 @@ static void problem(m3_problem_fn fn, void *ud, uint64_t id, uint32_t seg, uint6
   fn(ud, &p);
 }
 
-static int verify_locked(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud, uint64_t *checked);
-
-int m3_store_verify(m3_store *s, m3_problem_fn fn, void *ud, uint64_t *checked) {
-  m3_io *io;
-  int rc = m3__store_io_get(s, &io);
-  if (rc) return rc;
-  pthread_rwlock_rdlock(&s->rw);
-  rc = verify_locked(s, io, fn, ud, checked);
-  pthread_rwlock_unlock(&s->rw);
-  m3__store_io_put(s, io);
-  return rc;
-}
-
-static int verify_locked(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud, uint64_t *checked) {
+/* Verify record by record, in file order, from the catalog's list: the slow
+ * path that names every problem (m3__store_verify_entries, store_int.h). */
+int m3__store_verify_entries(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud,
+                             uint64_t *checked) {
   enum { BATCH = 16 };
   entries e;
   int rc = list_by_location(s, &e), bad = 0;
@@ -236,6 +238,7 @@ int m3_store_compact(m3_store *s, uint64_t *reclaimed) {
 
 static int compact_locked(m3_store *s, uint64_t *reclaimed) {
   if (s->opts.read_only) return m3__seterr(M3_EUNSUPPORTED, "store %s: opened read-only", s->dir);
+  if (s->bulk) return m3__store_bulk_busy(s);
   m3_store_stats st;
   int rc = stats_locked(s, &st);
   if (reclaimed) *reclaimed = 0;
@@ -309,6 +312,7 @@ static int compact_locked(m3_store *s, uint64_t *reclaimed) {
     loc.segment = dst->id;
     loc.offset = dst->size;
     m3__batch_put_loc(b, en->id, &loc);
+    e.v[i].loc = loc; /* for the location table, once committed */
     dst->size += padded;
   }
 
@@ -320,6 +324,7 @@ static int compact_locked(m3_store *s, uint64_t *reclaimed) {
   }
   m3__batch_put_next_seg(b, id);
   if ((rc = m3__catalog_commit(&s->cat, b, 1)) != 0) goto out;
+  for (size_t i = 0; i < e.n; i++) m3__store_loc_set(s, e.v[i].id, &e.v[i].loc);
 
   /* 3. The old segments are now orphans: drop them (reads in flight keep
    * their descriptors until they complete). */
@@ -376,6 +381,7 @@ static int repair_record(void *ud, const m3_segment *seg, uint64_t off, const m3
     m3__batch_put_chunk(ctx->b, r->chunk_id, &loc, r->text, r->text_bytes, r->embedding,
                         4u * r->layout.emb_dim);
   }
+  m3__progress("repair records", ++ctx->rep->records, 0);
   /* Bound the batch's memory; order is kept because batches commit in order. */
   if (++ctx->pending == 4096) {
     int rc = m3__catalog_commit(ctx->cat, ctx->b, 0);
@@ -519,6 +525,7 @@ int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_repor
   m3__batch_put_meta(ctx.b, &ident);
   m3__batch_put_next_seg(ctx.b, ids[nids - 1] + 1);
   if ((rc = m3__catalog_commit(&cat, ctx.b, 1)) != 0) goto out;
+  rep->records = 0; /* counted as scanned above; now the live ones */
   if ((rc = m3__catalog_chunks(&cat, count_chunk, &rep->records)) != 0) goto out;
   m3__catalog_close(&cat);
   opened = 0;

@@ -23,8 +23,9 @@
 
 extern "C" {
 #include "m3/error.h"
-#include "../src/model_int.h"
+#include "../src/forward_int.h"
 }
+#include "kernels.cuh"
 
 namespace {
 
@@ -41,75 +42,6 @@ struct cuda_state {
   uint16_t *pos;
   int32_t *lens, *npre;
 };
-
-#define CK(call)                                                                             \
-  do {                                                                                       \
-    cudaError_t e_ = (call);                                                                 \
-    if (e_ != cudaSuccess)                                                                   \
-      return m3__seterr(M3_EINTERNAL, "cuda: %s: %s", #call, cudaGetErrorString(e_));        \
-  } while (0)
-
-#define CKB(call)                                                                            \
-  do {                                                                                       \
-    cublasStatus_t s_ = (call);                                                              \
-    if (s_ != CUBLAS_STATUS_SUCCESS)                                                         \
-      return m3__seterr(M3_EINTERNAL, "cublas: %s: status %d", #call, (int)s_);              \
-  } while (0)
-
-/* ---- reductions ---- */
-
-template <typename V>
-__device__ V warp_sum(V v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-  return v;
-}
-
-/* Block-wide sum/max; every thread gets the result. blockDim is a multiple
- * of 32 and at most 1024. */
-template <typename V>
-__device__ V block_sum(V v) {
-  __shared__ V buf[32];
-  int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) buf[wid] = v;
-  __syncthreads();
-  v = threadIdx.x < nw ? buf[threadIdx.x] : V(0);
-  if (wid == 0) v = warp_sum(v);
-  if (threadIdx.x == 0) buf[0] = v;
-  __syncthreads();
-  return buf[0];
-}
-
-__device__ float block_max(float v) {
-  __shared__ float buf[32];
-  int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) buf[wid] = v;
-  __syncthreads();
-  v = threadIdx.x < nw ? buf[threadIdx.x] : -INFINITY;
-  if (wid == 0) v = warp_max(v);
-  if (threadIdx.x == 0) buf[0] = v;
-  __syncthreads();
-  return buf[0];
-}
-
-/* ---- kernels ---- */
-
-__global__ void k_rmsnorm(float *y, const float *x, const float *w, int E, float eps) {
-  const float *xr = x + (size_t)blockIdx.x * E;
-  float *yr = y + (size_t)blockIdx.x * E;
-  double ss = 0;
-  for (int i = threadIdx.x; i < E; i += blockDim.x) ss += (double)xr[i] * xr[i];
-  ss = block_sum(ss);
-  float inv = (float)(1.0 / sqrt(ss / E + eps));
-  for (int i = threadIdx.x; i < E; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
-}
 
 /* One block per row (token); threads over (head, pair). */
 __global__ void k_split_rope(const float *qkv, float *qu, float *qh, float *ku, float *kh,
@@ -249,25 +181,6 @@ __global__ void k_topk_gather(const double *logw, const float *kh, const float *
   }
 }
 
-__global__ void k_silu_mul(float *hb, size_t N, int I) {
-  size_t n = N * (size_t)I;
-  for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < n;
-       idx += (size_t)gridDim.x * blockDim.x) {
-    size_t r = idx / I, i = idx % I;
-    float *gr = hb + r * 2 * I;
-    float gv = gr[i];
-    gr[i] = gv / (1.0f + expf(-gv)) * gr[I + i];
-  }
-}
-
-/* Row-major C (M x N) = alpha A (M x Kd, lda) W^T + beta C, W (N x Kd, ldw):
- * cuBLAS is column-major, so compute C^T = W A^T. */
-int gemm_nt(cublasHandle_t h, int M, int N, int Kd, float alpha, const float *A, int lda,
-            const float *W, int ldw, float beta, float *C, int ldc) {
-  CKB(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, Kd, &alpha, W, ldw, A, lda, &beta, C, ldc));
-  return 0;
-}
-
 void cuda_free(void *p) {
   cuda_state *st = (cuda_state *)p;
   if (!st) return;
@@ -299,13 +212,7 @@ int cuda_load_inner(cuda_state *st, const m3_model *m, const m3_forward_opts *o)
   CK(cudaMemcpy(st->w, m->arena, m->arena_floats * sizeof(float), cudaMemcpyHostToDevice));
   st->layers = (m3__layer *)calloc((size_t)st->L, sizeof *st->layers);
   if (!st->layers) return m3__seterr(M3_ENOMEM, "forward cuda: out of memory");
-  for (int l = 0; l < st->L; l++) {
-    const m3__layer *hl = &m->layers[l];
-    m3__layer *dl = &st->layers[l];
-    float *const *src[] = {&hl->w_in, &hl->w_qkv, &hl->w_o, &hl->w_post, &hl->w_gu, &hl->w_down};
-    float **dst[] = {&dl->w_in, &dl->w_qkv, &dl->w_o, &dl->w_post, &dl->w_gu, &dl->w_down};
-    for (int i = 0; i < 6; i++) *dst[i] = *src[i] ? st->w + (*src[i] - m->arena) : NULL;
-  }
+  map_layers(m, st->L, st->w, st->layers);
   CK(cudaMallocHost((void **)&st->x_host, N * st->E * sizeof(float)));
   CK(cudaMalloc((void **)&st->x, N * st->E * sizeof(float)));
   CK(cudaMalloc((void **)&st->xn, N * st->E * sizeof(float)));
@@ -324,20 +231,7 @@ int cuda_load_inner(cuda_state *st, const m3_model *m, const m3_forward_opts *o)
   CK(cudaMalloc((void **)&st->lens, B * sizeof(int32_t)));
   CK(cudaMalloc((void **)&st->npre, B * sizeof(int32_t)));
   /* The same table as the CPU's (host libm), uploaded. */
-  float *ct = (float *)malloc(S * D / 2 * sizeof(float)), *stb = (float *)malloc(S * D / 2 * sizeof(float));
-  if (!ct || !stb) {
-    free(ct);
-    free(stb);
-    return m3__seterr(M3_ENOMEM, "forward cuda: out of memory");
-  }
-  m3__rope_table(o->max_seq, st->D, c->rope_theta, ct, stb);
-  cudaError_t e1 = cudaMemcpy(st->cos_t, ct, S * D / 2 * sizeof(float), cudaMemcpyHostToDevice);
-  cudaError_t e2 = cudaMemcpy(st->sin_t, stb, S * D / 2 * sizeof(float), cudaMemcpyHostToDevice);
-  free(ct);
-  free(stb);
-  CK(e1);
-  CK(e2);
-  return 0;
+  return upload_rope(o->max_seq, st->D, c->rope_theta, st->cos_t, st->sin_t);
 }
 
 int cuda_load(const m3_model *m, const m3_forward_opts *o, void **out) {

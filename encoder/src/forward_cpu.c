@@ -29,7 +29,7 @@
 
 #include "m3/error.h"
 #include "m3/forward.h"
-#include "model_int.h"
+#include "forward_int.h"
 
 typedef struct cpu_state {
   const m3_model *m;
@@ -84,27 +84,6 @@ static int cpu_load(const m3_model *m, const m3_forward_opts *o, void **out) {
   return 0;
 }
 
-static void rmsnorm(float *y, const float *x, const float *w, size_t rows, int E, float eps) {
-  for (size_t r = 0; r < rows; r++) {
-    const float *xr = x + r * E;
-    float *yr = y + r * E;
-    double ss = 0;
-    for (int i = 0; i < E; i++) ss += (double)xr[i] * xr[i];
-    float inv = (float)(1.0 / sqrt(ss / E + eps));
-    for (int i = 0; i < E; i++) yr[i] = xr[i] * inv * w[i];
-  }
-}
-
-/* Llama rotate_half: pairs (i, i + D/2) turned by pos * theta^(-2i/D). */
-static void rope(float *dst, const float *src, const float *cs, const float *sn, int D) {
-  int half = D / 2;
-  for (int i = 0; i < half; i++) {
-    float a = src[i], b = src[i + half];
-    dst[i] = a * cs[i] - b * sn[i];
-    dst[i + half] = b * cs[i] + a * sn[i];
-  }
-}
-
 /* Split qkv into the head-major q/k buffers, rotated and not. */
 static void split_rope(cpu_state *st, const m3_batch *b) {
   int S = b->seq_len, D = st->D, H = st->H, K = st->K, half = D / 2;
@@ -123,7 +102,7 @@ static void split_rope(cpu_state *st, const m3_batch *b) {
           continue;
         }
         memcpy(u, row + (size_t)h * D, D * sizeof(float));
-        rope(r, u, cs, sn, D);
+        m3__rope(r, u, cs, sn, D);
       }
     }
 }
@@ -191,7 +170,7 @@ static int cpu_forward(void *p, const m3_batch *b, m3_memories *out) {
     const m3__layer *w = &m->layers[l];
     int last = l == L - 1;
     if (st->o.hidden && l == st->o.hidden_layer) pool_hidden(st, b, st->o.hidden);
-    rmsnorm(st->xn, st->x, w->w_in, N, E, eps);
+    m3__rmsnorm(st->xn, st->x, w->w_in, N, E, eps);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, QKV, E, 1.0f, st->xn, E, w->w_qkv,
                 E, 0.0f, st->qkv, QKV);
     split_rope(st, b);
@@ -242,20 +221,14 @@ static int cpu_forward(void *p, const m3_batch *b, m3_memories *out) {
     /* x += att Wo^T; x += (SiLU(xn Wg^T) * (xn Wu^T)) Wd^T */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, E, HD, 1.0f, st->att, HD, w->w_o,
                 HD, 1.0f, st->x, E);
-    rmsnorm(st->xn, st->x, w->w_post, N, E, eps);
+    m3__rmsnorm(st->xn, st->x, w->w_post, N, E, eps);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, 2 * F, E, 1.0f, st->xn, E,
                 w->w_gu, E, 0.0f, st->hb, 2 * F);
-    for (size_t r = 0; r < N; r++) {
-      float *gr = st->hb + r * 2 * F, *ur = gr + F;
-      for (int i = 0; i < F; i++) gr[i] = gr[i] / (1.0f + expf(-gr[i])) * ur[i];
-    }
+    m3__swiglu(st->hb, N, F);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, E, F, 1.0f, st->hb, 2 * F,
                 w->w_down, F, 1.0f, st->x, E);
   }
   return 0;
 }
 
-const m3_backend *m3_backend_cpu(void) {
-  static const m3_backend table = {"cpu", cpu_load, cpu_forward, cpu_free};
-  return &table;
-}
+const m3_backend m3__backend_cpu_table = {"cpu", cpu_load, cpu_forward, cpu_free};

@@ -1,8 +1,10 @@
 /*
- * Opening a Llama-family model for the encoder: config.json, the weights of
- * the memory layers converted to f32 (fused q|k|v and gate|up, so that each
- * is one GEMM), and the forward runner that puts a backend (CPU reference,
- * CUDA) behind one table.
+ * Opening a Llama-family model: config.json, the weights of the memory
+ * layers (or of every layer, the final norm and lm_head, for a decoder)
+ * converted to f32 (fused q|k|v and gate|up, so that each is one GEMM), and
+ * the helpers every backend shares (embedding rows, the RoPE table). It
+ * calls nothing of the forward: backends (forward_cpu.c, the CUDA library,
+ * worker/'s decoder) call into it, never back.
  *
  * Workload: one open per encoder process; weights of up to ~10 GB f32 for a
  * Memory3-size model (22 memory layers), read once from the mapping.
@@ -16,7 +18,6 @@
 #include <sys/stat.h>
 
 #include "m3/error.h"
-#include "m3/forward.h"
 #include "m3/model.h"
 #include "model_int.h"
 
@@ -184,18 +185,22 @@ int m3_model_open(const char *dir, const m3_model_opts *opts, m3_model **out) {
   }
   size_t E = (size_t)c->hidden_size, HD = (size_t)c->n_heads * c->head_dim,
          KD = (size_t)c->n_kv_heads * c->head_dim, I = (size_t)c->intermediate_size;
+  size_t V = (size_t)c->vocab_size;
   size_t full = E + (HD + 2 * KD) * E + E * HD + E + 2 * I * E + E * I;
   size_t last = E + (HD + 2 * KD) * E;
-  m->arena_floats = (size_t)(m->n_mem - 1) * full + last;
+  int all = opts && opts->all_layers;
+  m->n_load = all ? c->n_layers : m->n_mem;
+  m->arena_floats = all ? (size_t)m->n_load * full + E + V * E
+                        : (size_t)(m->n_mem - 1) * full + last;
   m->arena = malloc(m->arena_floats * sizeof(float));
-  m->layers = calloc((size_t)m->n_mem, sizeof *m->layers);
+  m->layers = calloc((size_t)m->n_load, sizeof *m->layers);
   if (!m->arena || !m->layers) {
     rc = m3__seterr(M3_ENOMEM, "model %s: cannot allocate %zu MB of f32 weights", dir,
                     m->arena_floats * sizeof(float) >> 20);
     goto out;
   }
   float *p = m->arena;
-  for (int l = 0; l < m->n_mem; l++) {
+  for (int l = 0; l < m->n_load; l++) {
     m3__layer *L = &m->layers[l];
     L->w_in = p, p += E;
     L->w_qkv = p, p += (HD + 2 * KD) * E;
@@ -205,7 +210,8 @@ int m3_model_open(const char *dir, const m3_model_opts *opts, m3_model **out) {
         (rc = read_w(m, l, "self_attn.v_proj", 2, (int64_t)KD, (int64_t)E,
                      L->w_qkv + (HD + KD) * E)))
       goto out;
-    if (l == m->n_mem - 1) break; /* the last memory layer's output is not needed */
+    /* An encoder does not need the last memory layer's output. */
+    if (!all && l == m->n_mem - 1) break;
     L->w_o = p, p += E * HD;
     L->w_post = p, p += E;
     L->w_gu = p, p += 2 * I * E;
@@ -216,6 +222,19 @@ int m3_model_open(const char *dir, const m3_model_opts *opts, m3_model **out) {
         (rc = read_w(m, l, "mlp.up_proj", 2, (int64_t)I, (int64_t)E, L->w_gu + I * E)) ||
         (rc = read_w(m, l, "mlp.down_proj", 2, (int64_t)E, (int64_t)I, L->w_down)))
       goto out;
+  }
+  if (all) {
+    int64_t ne = (int64_t)E, head_shape[2] = {(int64_t)V, (int64_t)E};
+    m3_tensor head;
+    m->w_norm = p, p += E;
+    m->w_head = p, p += V * E;
+    if ((rc = m3_safetensors_read_f32(m->st, "model.norm.weight", 1, &ne, m->w_norm))) goto out;
+    /* Tied (or no lm_head tensor): the head is the embedding table. */
+    const char *head_name = !c->tie_word_embeddings &&
+                                    m3_safetensors_find(m->st, "lm_head.weight", &head) == 0
+                                ? "lm_head.weight"
+                                : "model.embed_tokens.weight";
+    if ((rc = m3_safetensors_read_f32(m->st, head_name, 2, head_shape, m->w_head))) goto out;
   }
   M3_ASSERT(p == m->arena + m->arena_floats);
 out:
@@ -234,125 +253,4 @@ void m3__rope_table(int max_seq, int head_dim, float theta, float *cos_t, float 
       cos_t[p * half + i] = (float)cos(a);
       sin_t[p * half + i] = (float)sin(a);
     }
-}
-
-int m3__batch_check(const m3_model *m, const m3_forward_opts *o, const m3_batch *b) {
-  if (!b || !b->tokens || !b->lens || b->n_seq < 1 || b->n_seq > o->max_batch || b->seq_len < 1 ||
-      b->seq_len > o->max_seq)
-    return m3__seterr(M3_EINVAL, "forward: batch of %d x %d does not fit 1..%d x 1..%d",
-                      b ? b->n_seq : 0, b ? b->seq_len : 0, o->max_batch, o->max_seq);
-  if (b->seq_len > 65535) return m3__seterr(M3_EINVAL, "forward: positions are u16");
-  for (int s = 0; s < b->n_seq; s++) {
-    int len = b->lens[s], np = b->n_prefix ? b->n_prefix[s] : 0;
-    if (len < 1 || len > b->seq_len)
-      return m3__seterr(M3_EINVAL, "forward: sequence %d has length %d (1..%d)", s, len,
-                        b->seq_len);
-    if (np < 0 || np > len)
-      return m3__seterr(M3_EINVAL, "forward: sequence %d: n_prefix %d outside 0..%d", s, np, len);
-    for (int t = 0; t < len; t++) {
-      int32_t tok = b->tokens[(size_t)s * b->seq_len + t];
-      if (tok < 0 || tok >= m->cfg.vocab_size)
-        return m3__seterr(M3_EINVAL, "forward: sequence %d position %d: token %d outside the vocab (%d)",
-                          s, t, tok, m->cfg.vocab_size);
-    }
-  }
-  return 0;
-}
-
-/* ---- the forward runner: a backend behind the table ------------------ */
-
-struct m3_forward {
-  const m3_backend *be;
-  void *state;
-  m3_forward_opts opts;
-  const m3_model *m;
-};
-
-const m3_backend *m3_backend_cuda(void) {
-#ifdef M3_ENCODER_CUDA
-  return &m3__backend_cuda_table;
-#else
-  return NULL;
-#endif
-}
-
-int m3_forward_create(const m3_model *m, const m3_forward_opts *opts, m3_forward **out) {
-  int rc = 0;
-  *out = NULL;
-  m3_forward *f = calloc(1, sizeof *f);
-  if (!f) return m3__seterr(M3_ENOMEM, "forward: out of memory");
-  f->m = m;
-  if (opts) f->opts = *opts;
-  if (f->opts.max_batch <= 0) f->opts.max_batch = 8;
-  if (f->opts.max_seq <= 0) f->opts.max_seq = 128;
-  if (f->opts.n_tokens <= 0) f->opts.n_tokens = 8;
-  const char *want = f->opts.backend && *f->opts.backend ? f->opts.backend : "auto";
-  if (f->opts.max_seq > M3_SELECT_MAX_LEN || f->opts.n_tokens > f->opts.max_seq) {
-    rc = m3__seterr(M3_EINVAL, "forward: max_seq %d (at most 4096) and n_tokens %d (at most max_seq)",
-                    f->opts.max_seq, f->opts.n_tokens);
-    goto out;
-  }
-  if (!strcmp(want, "cpu")) {
-    f->be = m3_backend_cpu();
-  } else if (!strcmp(want, "cuda") || !strcmp(want, "auto")) {
-    f->be = m3_backend_cuda();
-    if (!f->be && !strcmp(want, "cuda")) {
-      rc = m3__seterr(M3_EUNSUPPORTED, "forward: m3 was built without CUDA");
-      goto out;
-    }
-    if (f->be) {
-      rc = f->be->load(m, &f->opts, &f->state);
-      if (rc == M3_EUNSUPPORTED && !strcmp(want, "auto")) f->be = NULL, rc = 0;
-      else goto out;
-    }
-    f->be = m3_backend_cpu();
-  } else {
-    rc = m3__seterr(M3_EINVAL, "forward: unknown backend '%s' (cpu, cuda, auto)", want);
-    goto out;
-  }
-  rc = f->be->load(m, &f->opts, &f->state);
-out:
-  if (rc) {
-    f->be = NULL;
-    m3_forward_destroy(f);
-  } else {
-    *out = f;
-  }
-  return rc;
-}
-
-void m3_forward_destroy(m3_forward *f) {
-  if (!f) return;
-  if (f->be && f->state) f->be->free(f->state);
-  free(f);
-}
-
-int m3_forward_run(m3_forward *f, const m3_batch *b, m3_memories *out) {
-  int rc = m3__batch_check(f->m, &f->opts, b);
-  if (rc) return rc;
-  if (!out || !out->positions || !out->kv) return m3__seterr(M3_EINVAL, "forward: no output buffers");
-  return f->be->forward(f->state, b, out);
-}
-
-const char *m3_forward_backend_name(const m3_forward *f) { return f->be->name; }
-
-m3_spec m3_forward_spec(const m3_forward *f) {
-  m3_spec s = {(uint16_t)f->m->n_mem, (uint16_t)f->m->cfg.n_kv_heads, (uint16_t)f->opts.n_tokens,
-               (uint16_t)f->m->cfg.head_dim};
-  return s;
-}
-
-m3_forward_opts m3_forward_get_opts(const m3_forward *f) { return f->opts; }
-
-double m3_forward_flops(const m3_model *m, const m3_batch *b) {
-  const m3_model_config *c = &m->cfg;
-  double E = c->hidden_size, H = c->n_heads, K = c->n_kv_heads, D = c->head_dim,
-         I = c->intermediate_size, S = b->seq_len, N = (double)b->n_seq * S, sum_len = 0;
-  for (int s = 0; s < b->n_seq; s++) sum_len += b->lens[s];
-  /* Scores are (query heads x padded rows) x valid keys per sequence. */
-  double scores = 2.0 * H * S * sum_len * D;
-  double last = 2.0 * N * E * (H + 2 * K) * D + scores;
-  double full = last + 2 * scores /* QK^T and PV */ + 2.0 * N * H * D * E +
-                2.0 * N * E * 2 * I + 2.0 * N * I * E;
-  return (m->n_mem - 1) * full + last;
 }

@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #include "m3/forward.h"
-#include "model_int.h"
+#include "forward_int.h"
 
 void m3__select_colsum(const float *scores, int n_mats, size_t mat_stride, int n_rows, size_t ld,
                        int n_cols, double *logw) {

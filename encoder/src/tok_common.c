@@ -1,6 +1,9 @@
 /*
  * Tokenizer handles: loading (format picked from the file's content),
  * cloning, the encode driver shared by every format, decode and accessors.
+ * This is the top of the tokenizer's files: it calls the formats (tok_spm,
+ * tok_hf) and algorithms (tok_norm, tok_bpe, tok_unigram), which call only
+ * tok_model.c and tok_trie.c below them.
  * Loading happens once per encoder process; encode runs once per reference
  * chunk (<= 128 tokens, a few hundred bytes) on the encoder's hot path, so
  * it works in the handle's scratch and allocates only to grow it.
@@ -18,110 +21,6 @@
 
 /* Tokenizer files are a few MB at most; refuse anything absurd early. */
 #define M3__TOK_MAX_FILE ((size_t)1 << 30)
-
-int m3__tok_reserve(void **buf, size_t *cap, size_t need) {
-  if (need <= *cap)
-    return 0;
-  size_t ncap = *cap ? *cap : 256;
-  while (ncap < need)
-    ncap *= 2;
-  void *p = realloc(*buf, ncap);
-  if (!p)
-    return m3__seterr(M3_ENOMEM, "tokenizer: scratch of %zu bytes", ncap);
-  *buf = p;
-  *cap = ncap;
-  return 0;
-}
-
-m3__tok_model *m3__tok_model_new(const char *path) {
-  m3__tok_model *m = calloc(1, sizeof(*m));
-  if (!m)
-    return NULL;
-  atomic_init(&m->refs, 1);
-  m->path = strdup(path);
-  if (!m->path) {
-    free(m);
-    return NULL;
-  }
-  m3__trie_init(&m->pieces);
-  m3__trie_init(&m->reserved);
-  m3__trie_init(&m->user);
-  for (int i = 0; i < 256; i++)
-    m->byte_id[i] = -1;
-  m->unk = m->bos = m->eos = m->pad = -1;
-  return m;
-}
-
-void m3__tok_model_unref(m3__tok_model *m) {
-  if (!m || atomic_fetch_sub(&m->refs, 1) != 1)
-    return;
-  free(m->path);
-  free(m->piece);
-  free(m->piece_len);
-  free(m->score);
-  free(m->type);
-  free(m->pool);
-  m3__trie_free(&m->pieces);
-  m3__trie_free(&m->reserved);
-  m3__trie_free(&m->user);
-  free(m->cm_units);
-  free(m->cm_norm);
-  free(m->merges);
-  free(m);
-}
-
-int m3__tok_model_alloc(m3__tok_model *m, uint32_t n, size_t pool_bytes) {
-  m->n_pieces = n;
-  m->piece = calloc(n ? n : 1, sizeof(*m->piece));
-  m->piece_len = calloc(n ? n : 1, sizeof(*m->piece_len));
-  m->score = calloc(n ? n : 1, sizeof(*m->score));
-  m->type = calloc(n ? n : 1, sizeof(*m->type));
-  m->pool = malloc(pool_bytes + n + 1);
-  if (!m->piece || !m->piece_len || !m->score || !m->type || !m->pool)
-    return m3__seterr(M3_ENOMEM, "%s: vocabulary of %u pieces", m->path, n);
-  return 0;
-}
-
-void m3__tok_model_set(m3__tok_model *m, uint32_t id, const char *p,
-                       size_t len, float score, int type, size_t *pool_off) {
-  char *dst = m->pool + *pool_off;
-  memcpy(dst, p, len);
-  dst[len] = '\0';
-  *pool_off += len + 1;
-  m->piece[id] = dst;
-  m->piece_len[id] = (uint32_t)len;
-  m->score[id] = score;
-  m->type[id] = (uint8_t)type;
-  if (len > m->max_piece_len)
-    m->max_piece_len = (uint32_t)len;
-}
-
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  return -1;
-}
-
-void m3__tok_model_find_bytes(m3__tok_model *m, int any_type) {
-  for (uint32_t i = 0; i < m->n_pieces; i++) {
-    const char *p = m->piece[i];
-    if (m->piece_len[i] != 6 || memcmp(p, "<0x", 3) != 0 || p[5] != '>')
-      continue;
-    if (!any_type && m->type[i] != M3__PIECE_BYTE)
-      continue;
-    int hi = hexval(p[3]), lo = hexval(p[4]);
-    if (hi < 0 || lo < 0)
-      continue;
-    if (m->byte_id[hi * 16 + lo] < 0)
-      m->byte_id[hi * 16 + lo] = (int32_t)i;
-  }
-}
-
-/* ---- loading ------------------------------------------------------------ */
 
 static int read_file(const char *path, char **data, size_t *len) {
   int rc = 0;
@@ -407,8 +306,8 @@ int m3_tokenizer_decode(const m3_tokenizer *tok, const int32_t *ids, size_t n,
         flush_bytes(&o, bytes, nbytes);
         nbytes = 0;
       }
-      bytes[nbytes++] = (uint8_t)(hexval(m->piece[id][3]) * 16 +
-                                  hexval(m->piece[id][4]));
+      bytes[nbytes++] = (uint8_t)(m3__tok_hexval(m->piece[id][3]) * 16 +
+                                  m3__tok_hexval(m->piece[id][4]));
       first = 0;
       continue;
     }
@@ -454,13 +353,7 @@ const char *m3_tokenizer_id_to_piece(const m3_tokenizer *tok, int32_t id) {
 }
 
 int32_t m3_tokenizer_piece_to_id(const m3_tokenizer *tok, const char *piece) {
-  if (!tok || !piece)
-    return -1;
-  size_t l = strlen(piece);
-  int32_t id = m3__trie_get(&tok->m->reserved, piece, l);
-  if (id < 0)
-    id = m3__trie_get(&tok->m->pieces, piece, l);
-  return id;
+  return tok ? m3__tok_model_piece_id(tok->m, piece) : -1;
 }
 
 float m3_tokenizer_score(const m3_tokenizer *tok, int32_t id) {

@@ -392,12 +392,12 @@ int m3__tok_load_hf(m3__tok_model *m, const char *data, size_t len) {
     const json_t *st = json_object_get(json_array_get(single, 0), "SpecialToken");
     const char *bos = json_is_object(st) ? jstr(st, "id") : NULL;
     if (bos)
-      m->bos = m3_tokenizer_piece_to_id(&(m3_tokenizer){.m = m}, bos);
+      m->bos = m3__tok_model_piece_id(m, bos);
   }
   if (m->bos < 0)
-    m->bos = m3_tokenizer_piece_to_id(&(m3_tokenizer){.m = m}, "<s>");
-  m->eos = m3_tokenizer_piece_to_id(&(m3_tokenizer){.m = m}, "</s>");
-  m->pad = m3_tokenizer_piece_to_id(&(m3_tokenizer){.m = m}, "<pad>");
+    m->bos = m3__tok_model_piece_id(m, "<s>");
+  m->eos = m3__tok_model_piece_id(m, "</s>");
+  m->pad = m3__tok_model_piece_id(m, "<pad>");
 out:
   free(buf);
   json_decref(root);

@@ -139,7 +139,7 @@ struct m3_tokenizer {
   m3__tok_scratch s;
 };
 
-/* Grow a scratch buffer to hold at least need bytes. */
+/* Grow a scratch buffer to hold at least need bytes (tok_model.c). */
 int m3__tok_reserve(void **buf, size_t *cap, size_t need);
 
 /* Length of the UTF-8 sequence starting with byte c, as SentencePiece's
@@ -150,7 +150,18 @@ static inline size_t m3__utf8_len(uint8_t c) {
   return tbl[c >> 4];
 }
 
-/* Model allocation helpers (tok_common.c). */
+/* The value of hex digit c, or -1 (the NN of a <0xNN> byte piece). */
+static inline int m3__tok_hexval(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  return -1;
+}
+
+/* Model helpers (tok_model.c). */
 m3__tok_model *m3__tok_model_new(const char *path);
 void m3__tok_model_unref(m3__tok_model *m);
 /* Allocate the id arrays and pool for n pieces totalling pool_bytes bytes
@@ -162,6 +173,8 @@ void m3__tok_model_set(m3__tok_model *m, uint32_t id, const char *p,
 /* Fill byte_id from <0xNN> pieces of type M3__PIECE_BYTE (spm) or any type
  * (hf: any_type != 0). */
 void m3__tok_model_find_bytes(m3__tok_model *m, int any_type);
+/* The id of piece (reserved pieces first), or -1. */
+int32_t m3__tok_model_piece_id(const m3__tok_model *m, const char *piece);
 
 /* Loaders: the file's bytes are in data[0..len). */
 int m3__tok_load_spm(m3__tok_model *m, const uint8_t *data, size_t len);

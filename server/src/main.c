@@ -35,7 +35,11 @@ static const char *usage_text =
     "  --token-file F            read token (first line); clients without it are refused\n"
     "  --admin-token-file F      admin token for Put and Delete (off without it)\n"
     "  --port-file F             write the bound ports (\"rpc=N http=M\") once listening\n"
-    "  --index STR               FAISS index_factory string of the retrieval index (IDMap,Flat)\n"
+    "  --index STR               FAISS index_factory string of the retrieval index (IDMap,Flat;\n"
+    "                            at 10^6+ memories a trained one: IVF1024,Flat, IVF4096,PQ32,\n"
+    "                            IDMap,HNSW32; docs/INDEX.md)\n"
+    "  --index-params STR        FAISS search parameters set after the index opens, e.g.\n"
+    "                            nprobe=16 (IVF) or efSearch=64 (HNSW) (FAISS's defaults)\n"
     "  --cache-mb N              hot-memory cache (256 with --direct; 0 otherwise: the\n"
     "                            page cache already holds hot memories)\n"
     "  --search-threads N        OpenMP/BLAS threads of an index search (1: the libuv\n"
@@ -109,6 +113,7 @@ static const struct option opts[] = {
     {"name", required_argument, NULL, 15},
     {"search-threads", required_argument, NULL, 16},
     {"fetch-memory-mb", required_argument, NULL, 17},
+    {"index-params", required_argument, NULL, 18},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
@@ -152,6 +157,7 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
   case 15: c->name = v; break;
   case 16: c->search_threads = (unsigned)num(name, v, where); break;
   case 17: c->fetch_memory = (size_t)num(name, v, where) << 20; break;
+  case 18: c->index_params = v; break;
   }
 }
 
@@ -380,6 +386,7 @@ int main(int argc, char **argv) {
     m3_index_options io;
     m3_index_options_init(&io);
     io.factory = s.cfg.index_factory;
+    io.params = s.cfg.index_params;
     if ((rc = m3_index_open(s.store, &io, &s.index)) != 0) {
       fprintf(stderr, "m3-server: retrieval index: %s: %s\n", m3_strerror(rc), m3_errmsg());
       m3_store_close(s.store);

@@ -40,6 +40,10 @@ void method_stats(call *cl, const uint8_t *att, size_t att_len) {
   out.n_methods = nm;
   out.methods = msp;
   out.index_vectors = s->index ? m3_index_count(s->index) : 0;
+  m3_index_info info = {0};
+  if (s->index) m3_index_info_get(s->index, &info);
+  out.index_factory = (char *)(info.factory ? info.factory : "");
+  out.index_params = (char *)(s->cfg.index_params ? s->cfg.index_params : "");
   out.embedder = s->embedder;
   call_reply(cl, &out.base);
 }

@@ -61,6 +61,7 @@ typedef struct server_config {
   const char *token_file;      /* read token */
   const char *admin_token_file;
   const char *index_factory;   /* FAISS index_factory string for the retrieval index */
+  const char *index_params;    /* FAISS search parameters ("nprobe=16"), or NULL */
   const char *name;
   unsigned max_connections;
   unsigned max_frame_bytes;

@@ -1,7 +1,9 @@
 /*
  * Async calls in callback mode on a 2-shard x 2-replica local cluster: 64
  * retrieves in flight at once on a 2-thread pool (and again hedged, with
- * every search and fetch raced over both replicas) deliver exactly what the
+ * searches and fetches raced over both replicas while one replica of shard
+ * 0 answers nothing, so that hedges are sent: at least one race starts on
+ * it) deliver exactly what the
  * sync m3_cluster_retrieve delivers for the same queries (ids, scores,
  * record bytes, texts), with the queries' memory scribbled over and freed
  * right after submission (the call copied them); callbacks run on the
@@ -90,8 +92,10 @@ static int teardown(void **state) {
 }
 
 /* 64 retrieves of 1..8 queries x top-3/5 in flight at once on a 2-thread
- * pool equal the same rounds run sync. */
-static void run_64(const m3_cluster_options *o, const char *what) {
+ * pool equal the same rounds run sync. hedged: with shard 0's replica 1
+ * stopped (SIGSTOP) for the async part, the races that start on it can
+ * only be won by a hedge: hedges must have been sent. */
+static void run_64(const m3_cluster_options *o, const char *what, int hedged) {
   m3_cluster *cl = cl_open(&cc, o);
   uint64_t rng = 99;
   static float pristine[NOPS][8 * DIM];
@@ -112,6 +116,7 @@ static void run_64(const m3_cluster_options *o, const char *what) {
   }
   memset(got, 0, sizeof got);
   n_done = 0;
+  if (hedged) cl_pause(&cc, 0, 1);
   for (int i = 0; i < NOPS; i++) {
     cl_round_init(&got[i].r, nq[i], k[i]);
     /* The caller's buffers die right after the call: the op has copies. */
@@ -128,6 +133,7 @@ static void run_64(const m3_cluster_options *o, const char *what) {
     m3_cluster_op_free(op); /* before it completed: the op lives on */
   }
   wait_done(NOPS);
+  if (hedged) cl_resume(&cc, 0, 1);
   for (int i = 0; i < NOPS; i++) {
     op_ctx *c = &got[i];
     if (c->rc != 0) fail_msg("%s op %d: %s (status %d): %s", what, i, m3_err_name(c->rc),
@@ -149,6 +155,7 @@ static void run_64(const m3_cluster_options *o, const char *what) {
                 (unsigned long long)ctr.hedges, (unsigned long long)ctr.failed);
   CHECK_U64(ctr.calls, 2 * NOPS);
   CHECK_U64(ctr.failed, 0);
+  if (hedged && ctr.hedges == 0) fail_msg("%s: no hedge sent around a stopped replica", what);
   m3_cluster_close(cl);
 }
 
@@ -157,7 +164,7 @@ static void test_64_async_retrieves_equal_sync(void **state) {
   m3_cluster_options o;
   m3_cluster_options_init(&o);
   o.threads = 2;
-  run_64(&o, "2 threads");
+  run_64(&o, "2 threads", 0);
 }
 
 static void test_64_hedged_async_retrieves_equal_sync(void **state) {
@@ -166,7 +173,8 @@ static void test_64_hedged_async_retrieves_equal_sync(void **state) {
   m3_cluster_options_init(&o);
   o.threads = 3;
   o.hedge_delay_ms = 1; /* most searches and fetches race both replicas */
-  run_64(&o, "hedged, 3 threads");
+  o.connect_timeout_ms = 500; /* a Hello to the stopped replica gives up soon */
+  run_64(&o, "hedged, 3 threads", 1);
 }
 
 static void test_fetch_and_search_async(void **state) {

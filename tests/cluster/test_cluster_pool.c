@@ -4,7 +4,9 @@
  * deadlock, every round equals the same round run alone beforehand, and
  * the calls start no thread: the process's thread count stays at what it
  * was after m3_cluster_open plus the 8 callers, sampled all along. Run
- * without and with hedging (1 ms: most searches and fetches race).
+ * without and with hedging (1 ms: most searches and fetches race; shard
+ * 0's replica 1 is stopped for the concurrent part, so the races that
+ * start on it are won by hedges, and hedges must have been sent).
  */
 #include <dirent.h>
 #include <math.h>
@@ -93,6 +95,7 @@ static void run(int hedge_ms) {
   m3_cluster_options_init(&o);
   o.threads = 2;
   o.hedge_delay_ms = hedge_ms;
+  if (hedge_ms) o.connect_timeout_ms = 500; /* a Hello to the stopped replica */
   cl = cl_open(&cc, &o);
   uint64_t rng = 7 + (uint64_t)hedge_ms;
   m3_client_query q[NQ];
@@ -111,6 +114,7 @@ static void run(int hedge_ms) {
   pthread_create(&samp, NULL, sampler, NULL);
   caller cs[CALLERS];
   memset(cs, 0, sizeof cs);
+  if (hedge_ms) cl_pause(&cc, 0, 1);
   long long t0 = m3t_now_ms();
   for (int c = 0; c < CALLERS; c++) {
     cs[c].id = c;
@@ -118,6 +122,7 @@ static void run(int hedge_ms) {
   }
   for (int c = 0; c < CALLERS; c++) pthread_join(cs[c].t, NULL);
   long long ms = m3t_now_ms() - t0;
+  if (hedge_ms) cl_resume(&cc, 0, 1);
   atomic_store(&running, 0);
   pthread_join(samp, NULL);
   m3_cluster_counters ctr;
@@ -131,6 +136,7 @@ static void run(int hedge_ms) {
                cs[c].wrong, cs[c].first);
     for (int i = 0; i < CALLS; i++) cl_round_free(&want[c][i]);
   }
+  if (hedge_ms && ctr.hedges == 0) fail_msg("no hedge sent around a stopped replica");
   /* The callers and the sampler, nothing else. */
   if (atomic_load(&max_threads) > base + CALLERS + 1)
     fail_msg("%d threads during the calls, %d after open: calls started threads",

@@ -42,3 +42,16 @@ set_tests_properties(test_cluster_failover_slow PROPERTIES TIMEOUT 3600
 
 m3_add_script_test(cluster_cli SCRIPT ${_cldir}/test_cluster_cli.sh LABELS integration
   TIMEOUT 180)
+
+# A hostile peer process (real frames, real protobuf-c messages) answering
+# Fetch with out-of-range Memory.query / a rank: refused as a protocol error.
+m3_add_test(test_cluster_hostile_query SOURCES ${_cldir}/test_cluster_hostile_query.c
+  LABELS "integration;fault" TIMEOUT 60 LIBS m3client)
+
+# No two of libm3client's files call each other, directly or round a cycle
+# (docs/ARCHITECTURE.md, the cluster client): the file-level call graph of
+# m3client's objects from nm (scripts/objgraph.py).
+find_program(M3_PYTHON3 python3 REQUIRED)
+add_test(NAME client_no_cycles
+  COMMAND ${M3_PYTHON3} ${PROJECT_SOURCE_DIR}/scripts/objgraph.py $<TARGET_OBJECTS:m3client>)
+set_tests_properties(client_no_cycles PROPERTIES LABELS "unit" TIMEOUT 30)

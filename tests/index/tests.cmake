@@ -3,7 +3,7 @@
 # The embedder is in m3core: its test needs no FAISS.
 m3_add_test(test_index_embed_hash SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_embed_hash.c
   LABELS unit index TIMEOUT 60)
-foreach(t search update persist ivf threads)
+foreach(t search update persist ivf threads recall)
   m3_add_test(test_index_${t} SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_index_${t}.c
     ${CMAKE_CURRENT_LIST_DIR}/index_testlib.c LABELS unit index TIMEOUT 120 LIBS m3index)
 endforeach()

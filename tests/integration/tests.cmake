@@ -7,7 +7,7 @@ if(NOT M3_TESTUTIL)
 endif()
 
 # Helper programs the tests start (found through M3_BIN_DIR).
-foreach(_helper crash_writer store_child)
+foreach(_helper crash_writer bulk_writer store_child)
   add_executable(${_helper} ${_itdir}/${_helper}.c ${M3_TESTUTIL})
   target_include_directories(${_helper} PRIVATE ${_itdir}/..)
   target_link_libraries(${_helper} PRIVATE m3core m3test PkgConfig::CMOCKA)
@@ -20,6 +20,11 @@ add_dependencies(test_crash_kill crash_writer)
 add_test(NAME test_crash_kill_soak COMMAND test_crash_kill)
 set_tests_properties(test_crash_kill_soak PROPERTIES TIMEOUT 3600 LABELS "slow"
   ENVIRONMENT "M3_BIN_DIR=${PROJECT_BINARY_DIR}/bin;M3_SOAK_FACTOR=10")
+
+# kill -9 during bulk ingest (SST checkpoints), reopen, verify, resume.
+m3_add_test(test_bulk_crash SOURCES ${_itdir}/test_bulk_crash.c ${M3_TESTUTIL}
+  LABELS fault integration TIMEOUT 300)
+add_dependencies(test_bulk_crash bulk_writer)
 
 m3_add_test(test_corrupt SOURCES ${_itdir}/test_corrupt.c ${M3_TESTUTIL}
   LABELS integration TIMEOUT 120)

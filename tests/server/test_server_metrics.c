@@ -107,6 +107,9 @@ static void test_metrics(void **state) {
   M3__StatsResponse *stats = (M3__StatsResponse *)r.resp;
   ST_EQ_U64(stats->records, COUNT);
   ST_EQ_U64(stats->index_vectors, COUNT);
+  if (strcmp(stats->index_factory, "IDMap,Flat") != 0 || strcmp(stats->index_params, "") != 0)
+    fail_msg("Stats: index_factory '%s' params '%s', want 'IDMap,Flat' and ''",
+             stats->index_factory, stats->index_params);
   ST_EQ_U64(stats->memories_served, memories);
   ST_EQ_U64(stats->payload_bytes_served, payload);
   ST_EQ_U64(stats->calls, 12);

@@ -19,3 +19,11 @@ foreach(t test_tok_load test_tok_encode)
 endforeach()
 m3_add_script_test(test_tok_parity SCRIPT ${CMAKE_CURRENT_LIST_DIR}/test_tok_parity.sh
   LABELS integration TIMEOUT 120)
+
+# Calls between the encoder library's files (tokenizers, forward, selection,
+# the token-sequence rule) flow one way: no cycle in the file-level call
+# graph of m3encoder's objects, from nm (scripts/objgraph.py).
+find_program(M3_PYTHON3 python3 REQUIRED)
+add_test(NAME encoder_no_cycles
+  COMMAND ${M3_PYTHON3} ${PROJECT_SOURCE_DIR}/scripts/objgraph.py $<TARGET_OBJECTS:m3encoder>)
+set_tests_properties(encoder_no_cycles PROPERTIES LABELS "unit" TIMEOUT 30)

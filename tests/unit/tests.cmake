@@ -28,6 +28,15 @@ m3_add_test(test_overhead SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_overhead.c ${M3
 m3_add_test(test_store_aio SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store_aio.c ${M3_TESTUTIL}
   LABELS unit TIMEOUT 120)
 
+# The in-RAM location table against the catalog after puts, deletes,
+# compaction and repair.
+m3_add_test(test_loctab SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_loctab.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 120)
+
+# Bulk ingest: checkpoints, repeats, resume, abort, puts refused meanwhile.
+m3_add_test(test_bulk SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_bulk.c ${M3_TESTUTIL}
+  LABELS unit TIMEOUT 120)
+
 # The wire status table (proto/include/m3/status.h), both ways.
 m3_add_test(test_status SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_status.c LABELS unit TIMEOUT 30
   LIBS m3proto)

@@ -21,6 +21,14 @@ m3_layout tu_layout_m3_14(void) {
   return l;
 }
 
+m3_layout tu_layout_small(void) {
+  m3_layout l = tu_layout_m3_14();
+  l.spec = (m3_spec){2, 2, 8, 16};
+  l.code_bytes = 4;
+  l.emb_dim = 8;
+  return l;
+}
+
 m3_layout tu_layout_m3_bf16(void) {
   m3_layout l;
   memset(&l, 0, sizeof l);

@@ -26,6 +26,9 @@
 
 /* Memory3 22x8x8x80 with 14-byte FAISS codes (the paper's compression). */
 m3_layout tu_layout_m3_14(void);
+/* A small 2x2x8x16 shape with 4-byte FAISS codes and 8-dim embeddings
+ * (records of about 1 KB): for tests that write 10^4 memories. */
+m3_layout tu_layout_small(void);
 /* Memory3 with raw bf16 vectors. */
 m3_layout tu_layout_m3_bf16(void);
 

@@ -35,3 +35,4 @@ foreach(_t worker_python worker_python_lib)
     "M3_LIB=$<TARGET_FILE:m3client_shared>" "M3_MKSTORE=$<TARGET_FILE:worker_mkstore>"
     "M3_SANITIZE=${M3_SANITIZE}" OMP_NUM_THREADS=1)
 endforeach()
+include(${CMAKE_CURRENT_LIST_DIR}/decode_tests.cmake)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "m3/error.h"
 #include "m3/log.h"
@@ -145,13 +146,19 @@ static int cmd_info(int argc, char **argv) {
   }
   const m3_layout *l = m3_store_layout(s);
   size_t mem = m3_record_mem_size(l);
+  /* While serving: the location table and RocksDB's caches and memtables. */
+  uint64_t ram = m3_store_ram_bytes(s), disk = st.segment_bytes + st.catalog_bytes;
   if (a.json) {
     json_t *j = json_pack(
-        "{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:i,s:I,s:o,s:s}", "store", a.dir, "records",
+        "{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I,s:I,s:f,s:f,s:i,s:I,s:o,s:s}", "store", a.dir,
+        "records",
         (json_int_t)st.records, "segments", (json_int_t)st.segments, "segment_bytes",
         (json_int_t)st.segment_bytes, "payload_bytes", (json_int_t)st.payload_bytes, "text_bytes",
         (json_int_t)st.text_bytes, "dead_bytes", (json_int_t)st.dead_bytes, "overhead",
-        st.overhead, "catalog_bytes", (json_int_t)st.catalog_bytes, "align",
+        st.overhead, "catalog_bytes", (json_int_t)st.catalog_bytes, "ram_bytes", (json_int_t)ram,
+        "location_table_bytes", (json_int_t)st.loc_table_bytes, "ram_bytes_per_memory",
+        st.records ? (double)ram / (double)st.records : 0.0, "disk_bytes_per_memory",
+        st.records ? (double)disk / (double)st.records : 0.0, "align",
         (int)m3_store_align(s), "memory_bytes", (json_int_t)mem, "layout", layout_json(l),
         "io_backend", m3_store_io_backend(s));
     m3_store_close(s);
@@ -172,6 +179,13 @@ static int cmd_info(int argc, char **argv) {
          (unsigned long long)st.payload_bytes, (unsigned long long)st.text_bytes);
   printf("overhead       %.2f%% (segment bytes over payload and text)\n", st.overhead * 100);
   printf("catalog        %llu bytes\n", (unsigned long long)st.catalog_bytes);
+  if (st.records) {
+    printf("RAM serving    %llu bytes, %.1f per memory (location table %llu, RocksDB %llu)\n",
+           (unsigned long long)ram, (double)ram / (double)st.records,
+           (unsigned long long)st.loc_table_bytes, (unsigned long long)st.catalog_ram_bytes);
+    printf("disk           %.1f bytes per memory (segments and catalog)\n",
+           (double)disk / (double)st.records);
+  }
   m3_store_close(s);
   return 0;
 }
@@ -205,6 +219,18 @@ static void on_problem(void *ud, const m3_problem *p) {
            pr->dir, p->segment, (unsigned long long)p->offset, m3_err_name(p->err), p->detail);
 }
 
+/* Progress of verify and repair on a terminal's stderr. */
+static void on_progress(void *ud, const char *what, uint64_t done, uint64_t total) {
+  (void)ud;
+  if (total) fprintf(stderr, "\r%s: %llu of %llu (%.0f%%)   ", what, (unsigned long long)done,
+                     (unsigned long long)total, 100.0 * (double)done / (double)total);
+  else fprintf(stderr, "\r%s: %llu   ", what, (unsigned long long)done);
+}
+
+static void progress_on(int json) {
+  if (!json && isatty(2)) m3_store_set_progress(on_progress, NULL);
+}
+
 static int cmd_verify(int argc, char **argv) {
   store_args a;
   int rc = parse_store_args(argc, argv, &a);
@@ -216,7 +242,9 @@ static int cmd_verify(int argc, char **argv) {
   if ((rc = m3_store_open(a.dir, &o, &s)) != 0) return fail(a.dir, rc);
   problems pr = {a.json ? json_array() : NULL, 0, a.dir};
   uint64_t checked = 0;
+  progress_on(a.json);
   rc = m3_store_verify(s, on_problem, &pr, &checked);
+  if (!a.json && isatty(2)) fputc('\n', stderr);
   m3_store_close(s);
   if (rc != 0 && rc != M3_ECORRUPT) {
     json_decref(pr.list);
@@ -240,7 +268,9 @@ static int cmd_repair(int argc, char **argv) {
   if (rc) return rc;
   problems pr = {a.json ? json_array() : NULL, 0, a.dir};
   m3_repair_report rep;
+  progress_on(a.json);
   rc = m3_store_repair(a.dir, on_problem, &pr, &rep);
+  if (!a.json && isatty(2)) fputc('\n', stderr);
   if (rc != 0 && rc != M3_ECORRUPT) {
     json_decref(pr.list);
     return fail(a.dir, rc);

@@ -91,14 +91,22 @@
  *
  * Errors: 0 or a negative m3 code. When every replica of a shard failed,
  * the call fails with M3_EBUSY and gRPC status UNAVAILABLE, and the message
- * names the shard and each replica's error ("shard 1 unavailable: ...");
+ * names the shard and each replica's error ("shard 1 unavailable: all 2
+ * replicas failed: ADDR: why; ADDR: why");
  * when the deadline ran out, M3_EBUSY with DEADLINE_EXCEEDED; when every
  * replica of a shard was refused for its layout, M3_EFINGERPRINT
  * (FAILED_PRECONDITION). A failed call is never a partial answer: if it
  * fails in the search phase the callback has seen nothing; if it fails in
  * the fetch phase the callback may have seen some memories, and the non-zero
- * return says the round is incomplete. m3_errmsg() and
- * m3_cluster_last_status() (per thread) hold the message.
+ * return says the round is incomplete. A server whose answer breaks the
+ * protocol (a Fetch item whose Memory.query is not an index of the ids
+ * asked, or that carries a Memory.rank) is a failed replica, as one that
+ * does not answer: its connection is closed and the call moves on; its
+ * error says "protocol error". How a call ended travels as fields, not
+ * only as text: m3_cluster_last_error() (per thread; async ops: their
+ * m3_cluster_result) gives the code, the gRPC status, the shard and the
+ * replica that decided it, and the message; m3_errmsg() holds the message
+ * too.
  *
  * Threads: an m3_cluster is thread-safe: any number of threads may call it
  * at once. Callbacks of one sync call run on the calling thread or the
@@ -257,16 +265,43 @@ int m3_cluster_info(m3_cluster *cl, m3_client_info *out);
  * Say Hello to every replica (a connection each, kept in the pool).
  * Returns 0 when all answer with the reference layout; otherwise the code
  * of the first failing replica in map order (M3_EFINGERPRINT for a refused
- * layout), and m3_errmsg() lists each failing replica with its shard.
+ * layout; its shard and replica in m3_cluster_last_error()), and
+ * m3_errmsg() lists each failing replica with its shard.
  * Failing replicas are marked down as a call would mark them.
  */
 int m3_cluster_check(m3_cluster *cl);
 
+/* How an m3_cluster call ended: the error as fields. */
+typedef struct m3_cluster_error {
+  int rc;         /* what the call returned: 0, an m3 code, or the memory
+                     callback's non-zero value */
+  int status;     /* gRPC status (m3.proto StatusCode): 0 OK, 1 CANCELLED,
+                     4 DEADLINE_EXCEEDED, 9 FAILED_PRECONDITION, 14
+                     UNAVAILABLE, or the server's own for a request error */
+  int shard;      /* the shard that failed the call; -1 when none did (ok,
+                     stopped, cancelled, bad arguments, no server answering
+                     for the reference layout) */
+  int replica;    /* index in that shard's replicas (the map's order) of
+                     the replica whose error decided it: the one that gave
+                     a request error, or the last one that failed when all
+                     did; -1 when no replica's error did (the deadline
+                     passed with none tried, out of memory) */
+  char addr[256]; /* that replica's "HOST:PORT"; "" when replica is -1 */
+  char msg[1024]; /* why; "" on success. Lists each replica's error when
+                     every replica of the shard failed */
+} m3_cluster_error;
+
 /*
- * The gRPC status (m3.proto StatusCode; 0 OK, 14 UNAVAILABLE, ...) of the
- * last m3_cluster call made by this thread; *shard (may be NULL) the shard
- * that failed it or -1; *msg (may be NULL) its message, owned by the
- * thread, valid until its next m3_cluster call.
+ * The error of the last m3_cluster call (search, retrieve, fetch, check)
+ * made by this thread: owned by the thread, valid (and unchanged) until
+ * its next m3_cluster call. Never NULL; before any call, rc 0 and shard
+ * and replica -1.
+ */
+const m3_cluster_error *m3_cluster_last_error(void);
+
+/*
+ * The same, as the gRPC status (m3_cluster_last_error()->status); *shard
+ * (may be NULL) its shard; *msg (may be NULL) its message.
  */
 int m3_cluster_last_status(int *shard, const char **msg);
 
@@ -313,6 +348,9 @@ typedef struct m3_cluster_result {
                              the memory callback's non-zero value */
   int status;             /* gRPC status, as m3_cluster_last_status */
   int shard;              /* the shard that failed the op, or -1 */
+  int replica;            /* the replica that decided it, or -1; addr its
+                             "HOST:PORT" or "" (as m3_cluster_error) */
+  const char *addr;
   const char *msg;        /* why it failed; "" on success */
   /* m3_cluster_search_async (NULL for the others): the global top-k as
    * m3_cluster_search fills its arrays, ids and scores (nq, k), counts (nq);

@@ -278,7 +278,26 @@ typedef struct m3_codec_train_opts {
                             fail the check (it then decodes only through
                             FAISS); 0: refuse to train it */
   int verbose;           /* log progress at info level */
+  unsigned threads;      /* FAISS's OpenMP team and OpenBLAS's pool are both
+                            sized to this for the training and restored after
+                            (0: left as they are; see docs/CODECS.md) */
+  const char *checkpoint_dir; /* non-NULL: each codec's trained FAISS index is
+                            kept in DIR/codec-<i>-<hash of factory and dim>.faiss
+                            as soon as it is trained, and a codec whose file is
+                            there is read back instead of trained (a restarted
+                            training resumes at the first untrained codec; the
+                            sample must be the same) */
 } m3_codec_train_opts;
+
+/*
+ * How many training vectors a factory string needs: *min, below which FAISS
+ * cannot train it (the centroids of its largest k-means), and *want, what
+ * FAISS asks for (39 vectors per centroid of that k-means; the paper's
+ * 2 x 2^14 multi-index: 638,976). Both 0 for strings without k-means (SQ,
+ * raw kinds). m3_codec_set_train refuses fewer than min vectors and warns
+ * below want.
+ */
+void m3_codec_train_sample_size(const char *factory, size_t *min, size_t *want);
 
 /* Training vectors for one codec: x is (n, head_dim), borrowed. */
 typedef struct m3_codec_sample {
@@ -302,8 +321,9 @@ int m3_codec_set_train(const m3_codec_train_opts *opts, const m3_codec_sample *s
 
 /*
  * Encode n vectors x (n, head_dim) with the codec for (layer, kv) into codes
- * (n, code_bytes). Buffers are the caller's. Exactly FAISS's sa_encode codes
- * for faiss codecs; round-to-nearest-even for raw f16/bf16.
+ * (n, code_bytes). Buffers are the caller's. FAISS's sa_encode codes for
+ * faiss codecs, by the encoder m3_codec_set_encoder chose (below);
+ * round-to-nearest-even for raw f16/bf16.
  */
 int m3_codec_encode_vectors(m3_codec_set *cs, unsigned layer, int kv, const float *x,
                             size_t n, uint8_t *codes);
@@ -316,6 +336,34 @@ int m3_codec_encode_vectors(m3_codec_set *cs, unsigned layer, int kv, const floa
  */
 int m3_codec_encode(m3_codec_set *cs, const m3_spec *spec, const float *kv, size_t n_mem,
                     uint8_t *codes);
+
+/*
+ * Encoders of faiss codecs (raw kinds ignore the choice):
+ *   M3_CODEC_ENC_AUTO   the GEMM encoder for every codec whose FAISS structure
+ *                       it reads (docs/CODECS.md), FAISS for the rest; default
+ *   M3_CODEC_ENC_FAISS  FAISS's sa_encode
+ *   M3_CODEC_ENC_GEMM   the GEMM encoder: vectors in batches, nearest centroids
+ *                       as ||x||^2 - 2 x.c + ||c||^2 with OpenBLAS sgemm. Its
+ *                       codes are FAISS's except where float rounding settles
+ *                       a near-tie between two centroids the other way.
+ * m3_codec_set_encoder returns 0, M3_EINVAL for an unknown value, or (GEMM)
+ * M3_EUNSUPPORTED naming the codec and why; the set keeps its previous choice
+ * then. Not to be called while another thread encodes with the set.
+ */
+enum { M3_CODEC_ENC_AUTO = 0, M3_CODEC_ENC_FAISS = 1, M3_CODEC_ENC_GEMM = 2 };
+int m3_codec_set_encoder(m3_codec_set *cs, int which);
+
+/* How one codec encodes (pointers into the set, valid until it is closed). */
+typedef struct m3_codec_enc_info {
+  const char *encoder;      /* "gemm", "faiss" or "raw": what the set's choice uses */
+  const char *no_gemm;      /* why the GEMM encoder cannot ("" when it can) */
+  double flops_per_vector;  /* the GEMM encoder's sgemm flops for one vector */
+  /* the shape of its largest sgemm (M vectors x N centroids x K dims) */
+  uint32_t gemm_m, gemm_n, gemm_k;
+} m3_codec_enc_info;
+
+/* Describe how the codec for (layer, kv) encodes. 0 or M3_EINVAL. */
+int m3_codec_encoder_info(m3_codec_set *cs, unsigned layer, int kv, m3_codec_enc_info *out);
 
 /*
  * Reference decode through FAISS's sa_decode (faiss codecs) or the raw
@@ -356,6 +404,32 @@ void m3_codec_cuda_destroy(m3_codec_cuda *g);
  */
 int m3_codec_cuda_decode(const m3_codec_cuda *g, const m3_spec *spec, const void *d_codes,
                          size_t n_mem, int dtype, void *d_out, void *stream);
+
+/* ---- m3cudaenc: the GEMM encoder on the GPU (built when nvcc is found) ---- */
+
+/* A faiss codec set's GEMM-encoder codebooks on the current CUDA device, with
+ * a cuBLAS handle and scratch for one stream. */
+typedef struct m3_codec_cuda_enc m3_codec_cuda_enc;
+
+/*
+ * Upload the codebooks of every codec of cs (read as m3_codec_set_encoder
+ * GEMM reads them). cs must outlive the encoder. *out is freed with
+ * m3_codec_cuda_enc_destroy. M3_EUNSUPPORTED without a device or when a codec
+ * has no GEMM encoder (the message says why), M3_ENOMEM / M3_EINTERNAL on
+ * CUDA or cuBLAS errors.
+ */
+int m3_codec_cuda_enc_create(m3_codec_set *cs, m3_codec_cuda_enc **out);
+void m3_codec_cuda_enc_destroy(m3_codec_cuda_enc *e);
+
+/*
+ * m3_codec_encode_vectors on the device: d_x (n, head_dim) floats into
+ * d_codes (n, code_bytes), device pointers, on stream (a cudaStream_t; NULL:
+ * the default stream); asynchronous, ready when the stream is. One stream at
+ * a time per encoder (its scratch is shared). Codes are the CPU GEMM
+ * encoder's except where cuBLAS's rounding settles a near-tie the other way.
+ */
+int m3_codec_cuda_encode_vectors(m3_codec_cuda_enc *e, unsigned layer, int kv, const float *d_x,
+                                 size_t n, uint8_t *d_codes, void *stream);
 
 #ifdef __cplusplus
 }

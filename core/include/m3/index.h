@@ -145,6 +145,18 @@ int m3_index_search(m3_index *ix, const float *queries, size_t nq, size_t k, uin
                     float *scores);
 
 /*
+ * m3_index_search with FAISS search parameters for this call only, e.g.
+ * "nprobe=64" (IVF) or "efSearch=128" (HNSW) (NULL or "": the open's
+ * params, as m3_index_search). FAISS keeps them in the index, so an
+ * override takes the write lock: it runs alone, then restores the open's
+ * params (or FAISS's defaults nprobe=1, efSearch=16 when the open set
+ * none). Errors as m3_index_search, and M3_EINVAL for params the factory
+ * does not take.
+ */
+int m3_index_search_params(m3_index *ix, const float *queries, size_t nq, size_t k,
+                           uint64_t *ids, float *scores, const char *params);
+
+/*
  * Write the index to DIR/index/ stamped with seqno: the m3_store_seqno() of
  * the store state it now reflects (the caller knows, having applied the
  * store's changes with add/remove). Crash-safe (temporary names, fsync,

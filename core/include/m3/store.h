@@ -96,6 +96,87 @@ int m3_store_put(m3_store *s, const m3_record_in *items, size_t n);
  * *deleted, when not NULL, receives how many were present. */
 int m3_store_delete(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted);
 
+/* ---- bulk ingest ---------------------------------------------------- */
+
+/*
+ * Bulk ingest: write many memories (m3-bench gen, m3-encode, a merge of
+ * partial stores) at disk speed. Records are appended to segments without
+ * a sync per batch; at each checkpoint the segments are fdatasync'ed, the
+ * checkpoint's catalog entries are written as one sorted RocksDB SST file
+ * and ingested (IngestExternalFile: all visible at once), then the segments'
+ * ends are committed. A put costs a sync and a write batch per call; a
+ * checkpoint costs one sync and one file per ~10^5 records.
+ *
+ *   m3_store_bulk *b;
+ *   m3_store_bulk_begin(s, NULL, &b);
+ *   while (more) m3_store_bulk_add(b, items, n);   // any batch size
+ *   rc = m3_store_bulk_finish(b);                  // last checkpoint, frees b
+ *
+ * Contract:
+ * - What is durable: everything added before a checkpoint that returned 0
+ *   (m3_store_bulk_checkpoint, one made automatically inside add every
+ *   checkpoint_records, or finish). After a crash (kill -9 at any point) the
+ *   store opens, verifies and holds every checkpointed memory intact; records
+ *   added after the last checkpoint are either present whole (rolled forward
+ *   from the segment at open) or absent, never partial. Resuming is adding
+ *   again: re-adding an id with identical content (same checksums and
+ *   length) is skipped, so a resumed ingest writes no duplicates.
+ * - Visibility: fetches, get_text, iterate ... see a memory from the
+ *   checkpoint that made it durable on, never before.
+ * - An id added twice in one bulk ends with the content added last; an id
+ *   already in the store is replaced (its old record becomes dead bytes for
+ *   compaction). Bulk ingest only adds or replaces; delete with
+ *   m3_store_delete after finishing.
+ * - Threads: one bulk per store at a time, used by one thread. Fetches and
+ *   other reads run on other threads meanwhile; m3_store_put, delete and
+ *   compact return M3_EBUSY until the bulk is finished or aborted.
+ * - Errors: add and checkpoint return M3_EINVAL (an item without the
+ *   store's layout, nothing of the call staged), M3_ENOSPC / M3_EIO (naming
+ *   the file), M3_ENOMEM. After a failed checkpoint the bulk accepts nothing
+ *   more (M3_EIO): abort it; what earlier checkpoints made durable stays.
+ */
+typedef struct m3_store_bulk m3_store_bulk;
+
+typedef struct m3_store_bulk_options {
+  size_t checkpoint_records; /* automatic checkpoint after this many records
+                                were staged (262144) */
+  size_t checkpoint_bytes;   /* ... or this many bytes of catalog entries
+                                (texts, embeddings) were staged (256 MiB):
+                                bounds the RAM a bulk holds */
+} m3_store_bulk_options;
+
+void m3_store_bulk_options_init(m3_store_bulk_options *o);
+
+/* Start a bulk ingest into s (o NULL: defaults). *out owns it until
+ * m3_store_bulk_finish or m3_store_bulk_abort. M3_EBUSY when one is open,
+ * M3_EUNSUPPORTED on a read-only store. */
+int m3_store_bulk_begin(m3_store *s, const m3_store_bulk_options *o, m3_store_bulk **out);
+
+/* Stage n memories (items borrowed for the call, copied). May run a
+ * checkpoint. */
+int m3_store_bulk_add(m3_store_bulk *b, const m3_record_in *items, size_t n);
+
+/* Make everything staged durable and visible now. */
+int m3_store_bulk_checkpoint(m3_store_bulk *b);
+
+/* Counters of a bulk so far. */
+typedef struct m3_store_bulk_stats {
+  uint64_t added;       /* items given to add */
+  uint64_t skipped;     /* of those, already stored with identical content */
+  uint64_t durable;     /* records made durable by checkpoints */
+  uint64_t checkpoints;
+} m3_store_bulk_stats;
+
+void m3_store_bulk_stats_get(const m3_store_bulk *b, m3_store_bulk_stats *st);
+
+/* Checkpoint, then free b (also when the checkpoint failed). Returns the
+ * checkpoint's code. NULL: 0. */
+int m3_store_bulk_finish(m3_store_bulk *b);
+
+/* Drop what was staged since the last checkpoint (cut from the segments)
+ * and free b. NULL: no-op. */
+void m3_store_bulk_abort(m3_store_bulk *b);
+
 /* ---- reading -------------------------------------------------------- */
 
 /* One memory to fetch. */
@@ -233,11 +314,27 @@ typedef struct m3_store_stats {
   uint64_t dead_bytes;     /* segment bytes not held by live records */
   double overhead;         /* segment_bytes / (payload_bytes + text_bytes) - 1 */
   uint64_t catalog_bytes;  /* RocksDB files */
+  uint64_t loc_table_bytes;   /* RAM of the id -> location table */
+  uint64_t catalog_ram_bytes; /* RAM RocksDB holds: block cache in use,
+                                 memtables, index/filter readers */
   uint64_t cache_hits, cache_misses;
 } m3_store_stats;
 
 /* Walks the catalog: O(records). For a cheap look, see m3_store_cache_counters. */
 int m3_store_stats_get(m3_store *s, m3_store_stats *st);
+
+/* RAM the store holds to serve fetches: the location table and RocksDB's
+ * block cache, memtables and table readers (not the hot-memory cache).
+ * Constant time, for metrics. */
+size_t m3_store_ram_bytes(m3_store *s);
+
+/*
+ * Check that the in-RAM location table (what fetches use) equals the
+ * catalog's locations (the truth): same ids, same locations. Walks the
+ * catalog: O(records). 0 when equal, M3_ECORRUPT (details logged) when not.
+ * *checked (may be NULL) receives how many catalog entries were compared.
+ */
+int m3_store_check_locations(m3_store *s, uint64_t *checked);
 
 /* Bytes of all live segment files; constant time per segment, for metrics. */
 uint64_t m3_store_segment_bytes(m3_store *s);
@@ -245,6 +342,15 @@ uint64_t m3_store_segment_bytes(m3_store *s);
 /* The hot-memory cache's hits, misses and bytes held (zeros when disabled);
  * constant time, for metrics. */
 void m3_store_cache_counters(m3_store *s, uint64_t *hits, uint64_t *misses, uint64_t *bytes);
+
+/* Progress of a long walk: open's location table, verify, repair. what
+ * names the phase ("locations", "verify bytes", "verify texts", "repair
+ * bytes"); done of total, in that phase's unit. */
+typedef void (*m3_progress_fn)(void *ud, const char *what, uint64_t done, uint64_t total);
+
+/* Process-wide hook for progress (NULL: none), for command-line tools; it
+ * is called from the thread doing the walk, every 65536 units. */
+void m3_store_set_progress(m3_progress_fn fn, void *ud);
 
 /* One failure found by verify or repair. */
 typedef struct m3_problem {
@@ -260,7 +366,9 @@ typedef void (*m3_problem_fn)(void *ud, const m3_problem *p);
 /*
  * Scrub: read every live record, check every checksum and that the record is
  * the one the catalog points at; also check that every segment the catalog
- * names exists. fn (may be NULL) is called once per problem. Returns 0 when
+ * names exists, and that the location table equals the catalog. Streams
+ * each segment once in file order (disk speed); only when something is
+ * wrong does it re-check record by record to name each problem. fn (may be NULL) is called once per problem. Returns 0 when
  * all is well, M3_ECORRUPT when any problem was found, or another code when
  * verify itself could not run. *checked receives how many records were read.
  */

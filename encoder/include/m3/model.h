@@ -33,7 +33,8 @@
  *   model.layers.N.mlp.down_proj.weight            (E, I)
  *   model.norm.weight                              (E)
  *   lm_head.weight                                 (vocab, E), absent when tied
- * The encoder reads only the embeddings and the memory layers.
+ * The encoder reads only the embeddings and the memory layers; a decoder
+ * (m3_model_opts.all_layers, worker/) reads every tensor.
  */
 #ifndef M3_MODEL_H
 #define M3_MODEL_H
@@ -133,13 +134,16 @@ int m3_model_config_load(const char *path, m3_model_config *out);
 typedef struct m3_model_opts {
   int n_mem_layers; /* memory layers: the first n layers; 0: n_layers / 2
                        (Memory3: 22 of 44) */
+  int all_layers;   /* 1: also every other layer, model.norm and lm_head
+                       (the embeddings when tied or absent), for a full
+                       decode (m3/decode.h); 0: the memory layers only */
 } m3_model_opts;
 
 typedef struct m3_model m3_model;
 
 /*
- * Open a model folder: config, then the weights of the memory layers,
- * converted to f32 into buffers owned by the model (the projections of a
+ * Open a model folder: config, then the weights of the memory layers (of
+ * every layer and the head with opts->all_layers), converted to f32 into buffers owned by the model (the projections of a
  * layer fused: q|k|v and gate|up); the embedding table stays in the mapping
  * and rows are converted when looked up. Shapes are checked against the
  * config (errors name the tensor and the file). opts may be NULL. *out is

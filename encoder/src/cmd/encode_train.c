@@ -11,11 +11,13 @@
  * BPE tokenizer.json learnt from a corpus by enc_bpe_train, so that the
  * model folder works without any tool outside m3.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "encode_int.h"
 #include "m3/codec.h"
@@ -63,6 +65,9 @@ static const char *train_usage =
     "  --max-vectors N      training vectors per codec at most (1000000)\n"
     "  --seed N             sampling and check seed (1)\n"
     "  --allow-no-tables    keep a codec that decodes only through FAISS\n"
+    "  --threads N          FAISS training threads: OpenMP and OpenBLAS teams (1)\n"
+    "  --checkpoint DIR     keep each trained codebook in DIR; a rerun with the same\n"
+    "                       options reads those back and trains only the rest\n"
     "  --max-tokens, --prefix, --tokens-per-head, --mem-layers, --batch, --on-error\n"
     "                       as for encoding (use the same values)\n";
 
@@ -77,10 +82,12 @@ int enc_cmd_train_codec(int argc, char **argv) {
       {"tokens-per-head", required_argument, NULL, 'T'},
       {"mem-layers", required_argument, NULL, 'L'}, {"batch", required_argument, NULL, 'b'},
       {"on-error", required_argument, NULL, 'E'}, {"help", no_argument, NULL, 'h'},
+      {"threads", required_argument, NULL, 'j'}, {"checkpoint", required_argument, NULL, 'K'},
       {NULL, 0, NULL, 0}};
   const char *model_dir = NULL, *input = NULL, *out = NULL, *fk = M3_CODEC_DEFAULT_FACTORY,
-             *fv = NULL, *prefix = M3_SEQ_PREFIX;
+             *fv = NULL, *prefix = M3_SEQ_PREFIX, *ckpt = NULL;
   long sample = 2000, maxv = 1000000, seed = 1, max_tokens = M3_SEQ_MAX_TOKENS, tph = 8, mem = 0, B = 8, v;
+  long threads = 1;
   int per_layer = 0, allow = 0, skip_bad = 0, c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -101,9 +108,30 @@ int enc_cmd_train_codec(int argc, char **argv) {
     case 'L': if (num("--mem-layers", optarg, 1, 65535, &mem)) return 2; break;
     case 'b': if (num("--batch", optarg, 1, 4096, &B)) return 2; break;
     case 'E': skip_bad = !strcmp(optarg, "skip"); break;
+    case 'j': if (num("--threads", optarg, 1, 1024, &threads)) return 2; break;
+    case 'K': ckpt = optarg; break;
     case 'h': fputs(train_usage, stdout); return 0;
     default: fputs(train_usage, stderr); return 2;
     }
+  }
+  /* FAISS trains with an OpenMP team and OpenBLAS's pool that busy-wait
+   * between calls: with both on a 2-core machine each spins while the other
+   * works (measured: 3x the CPU time of one thread, slower on the clock).
+   * Their wait policies are read when the libraries load, so set them and
+   * start again, once (docs/CODECS.md, "Training"). */
+  if (threads > 1 && !getenv("M3_TRAIN_THREADS_SET")) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+    setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
+    setenv("M3_TRAIN_THREADS_SET", "1", 1);
+    char **av = calloc((size_t)argc + 2, sizeof *av);
+    if (av) {
+      av[0] = (char *)"m3-encode";
+      for (int i = 0; i < argc; i++) av[i + 1] = argv[i];
+      execv("/proc/self/exe", av);
+      free(av);
+    }
+    fprintf(stderr, "m3-encode train-codec: cannot restart with passive thread waits (%s); going on\n",
+            strerror(errno));
   }
   if (optind != argc || !model_dir || !out || (!input && strncmp(fk, "raw-", 4))) {
     fprintf(stderr, "m3-encode train-codec: --model, --input and --out are required\n%s", train_usage);
@@ -175,6 +203,25 @@ int enc_cmd_train_codec(int argc, char **argv) {
   nvec = calloc((size_t)ncodec, sizeof *nvec);
   size_t per_codec_max = (size_t)nres * (per_layer ? 1 : (size_t)L) * K * T;
   if (per_codec_max > (size_t)maxv) per_codec_max = (size_t)maxv;
+  /* the sample against the codec, before any forward pass: at most
+   * per_codec_max vectors per codec (fewer where chunks are short) */
+  for (int kvi = 0; kvi < 2; kvi++) {
+    const char *fs = kvi && fv ? fv : fk;
+    size_t need, want;
+    m3_codec_train_sample_size(fs, &need, &want);
+    if (per_codec_max < need) {
+      fprintf(stderr, "m3-encode train-codec: --sample %ld chunks give at most %zu %s vectors per codec "
+                      "(%d layers x %d heads x %d tokens each%s), but '%s' trains a %zu-centroid k-means: "
+                      "it needs at least %zu (FAISS asks for %zu, 39 per centroid)\n",
+              sample, per_codec_max, kvi ? "V" : "K", per_layer ? 1 : L, K, T,
+              per_codec_max == (size_t)maxv ? ", capped by --max-vectors" : "", fs, need, need, want);
+      goto done;
+    }
+    if (per_codec_max < want)
+      fprintf(stderr, "m3-encode train-codec: warning: at most %zu %s vectors per codec; '%s' wants %zu "
+                      "(39 per centroid of its %zu-centroid k-means): raise --sample to train it fully\n",
+              per_codec_max, kvi ? "V" : "K", fs, want, need);
+  }
   tokens = malloc((size_t)B * max_tokens * sizeof *tokens);
   lens = malloc((size_t)B * sizeof *lens);
   npre = malloc((size_t)B * sizeof *npre);
@@ -213,9 +260,14 @@ int enc_cmd_train_codec(int argc, char **argv) {
   m3_codec_train_opts to = {.kind = M3_CODEC_FAISS, .head_dim = (uint16_t)D,
                             .n_layers = (uint16_t)(per_layer ? L : 0), .factory_k = fk,
                             .factory_v = fv, .seed = (uint64_t)seed, .allow_no_tables = allow,
-                            .verbose = 1};
+                            .verbose = 1, .threads = (unsigned)threads, .checkpoint_dir = ckpt};
   fprintf(stderr, "m3-encode train-codec: %zu chunks sampled of %llu; %zu K and %zu V vectors of %d dims per codec\n",
           nres, (unsigned long long)seen, nvec[0], nvec[1], D);
+  if (ckpt && mkdir(ckpt, 0777) != 0 && errno != EEXIST) {
+    fprintf(stderr, "m3-encode train-codec: --checkpoint %s: %s\n", ckpt, strerror(errno));
+    free(smp);
+    goto done;
+  }
   rc = m3_codec_set_train(&to, smp, &cs);
   free(smp);
   if (rc) { ex = errout("train", rc); goto done; }

@@ -1,122 +1,55 @@
 /*
- * The cluster handle and its replicas: open and close (the worker pool,
- * the async ops and the event fd are started and stopped here), per
- * replica a pool of m3_client connections (lazily opened, bounded, LIFO so
- * that warm connections are reused), health state with exponential
- * backoff, the reference layout that every server must match, and the
- * prober thread that brings backed-off replicas back after a Hello and a
- * Health call.
+ * The replicas of a cluster handle: per replica a pool of m3_client
+ * connections (lazily opened, bounded, LIFO so that warm connections are
+ * reused), health state with exponential backoff and the slow mark of
+ * lost hedge races, the order a call tries a shard's replicas in, the
+ * reference layout that every server must match, and the prober thread
+ * that brings backed-off replicas back after a Hello and a Health call.
+ * Owns cl->shards (each replica's fields under its mu) and cl->reps.
+ *
+ * Messages of failures here say why, not which replica: callers hold the
+ * replica and name it (as the error's shard and replica fields, and in
+ * the text of per-shard lists).
  *
  * Workload: a handful of shards x replicas, tens of worker threads, calls of
  * a few ms; every lock here is held for a few instructions, never across
  * I/O.
  */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "cluster_int.h"
 #include "m3/error.h"
 #include "m3/log.h"
 
-int64_t m3__now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+static void *prober_main(void *arg);
 
-static void abs_time(int64_t ms, struct timespec *ts) {
-  ts->tv_sec = (time_t)(ms / 1000);
-  ts->tv_nsec = (long)(ms % 1000) * 1000000;
-}
+/* ---- init / free ---------------------------------------------------- */
 
-static void cond_init(pthread_cond_t *cv) {
-  pthread_condattr_t a;
-  pthread_condattr_init(&a);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  pthread_cond_init(cv, &a);
-  pthread_condattr_destroy(&a);
-}
-
-void m3__cluster_count(m3_cluster *cl, uint64_t *field, uint64_t n) {
-  pthread_mutex_lock(&cl->mu);
-  *field += n;
-  pthread_mutex_unlock(&cl->mu);
-}
-
-void m3_cluster_options_init(m3_cluster_options *o) {
-  memset(o, 0, sizeof *o);
-  o->connect_timeout_ms = 2000;
-  o->call_timeout_ms = 10000;
-  o->try_timeout_ms = 3000;
-  o->hedge_delay_ms = 0;
-  o->max_conns_per_replica = 16;
-  o->backoff_min_ms = 100;
-  o->backoff_max_ms = 5000;
-  o->probe_interval_ms = 100;
-  o->client_name = "libm3client cluster";
-  o->threads = 0;
-  o->completion = M3_CLUSTER_COMPLETION_CALLBACK;
-}
-
-/* ---- open / close --------------------------------------------------- */
-
-int m3_cluster_open(const m3_cluster_map *map, const m3_cluster_options *o, m3_cluster **out) {
-  m3_cluster_options defaults;
-  if (o == NULL) {
-    m3_cluster_options_init(&defaults);
-    o = &defaults;
-  }
-  *out = NULL;
-  if (map == NULL || map->n_shards == 0) return m3__seterr(M3_EINVAL, "m3_cluster_open: no map");
-  if (o->call_timeout_ms <= 0 || o->connect_timeout_ms <= 0 || o->try_timeout_ms <= 0 ||
-      o->max_conns_per_replica <= 0 || o->backoff_min_ms <= 0 ||
-      o->backoff_max_ms < o->backoff_min_ms || o->hedge_delay_ms < 0 || o->probe_interval_ms < 0)
-    return m3__seterr(M3_EINVAL, "m3_cluster_open: timeouts, backoffs and max_conns_per_replica "
-                                 "must be positive (backoff_max_ms >= backoff_min_ms)");
-  if (o->threads < 0 || o->threads > 1024)
-    return m3__seterr(M3_EINVAL, "m3_cluster_open: threads %d is not 0 (2 x shards) .. 1024",
-                      o->threads);
-  if (o->completion != M3_CLUSTER_COMPLETION_CALLBACK &&
-      o->completion != M3_CLUSTER_COMPLETION_DISPATCH)
-    return m3__seterr(M3_EINVAL, "m3_cluster_open: completion %d is neither "
-                                 "M3_CLUSTER_COMPLETION_CALLBACK nor _DISPATCH", o->completion);
-  m3_cluster *cl = calloc(1, sizeof *cl);
-  if (cl == NULL) return m3__seterr(M3_ENOMEM, "m3_cluster_open: out of memory");
-  cl->efd = -1;
-  pthread_mutex_init(&cl->amu, NULL);
-  pthread_cond_init(&cl->acv, NULL);
-  pthread_mutex_init(&cl->dispatch_mu, NULL);
-  cl->o = *o;
-  const char *tok = o->token ? o->token : map->token;
-  cl->token = strdup(tok ? tok : "");
-  cl->client_name = strdup(o->client_name ? o->client_name : "libm3client cluster");
-  cl->o.token = cl->token;
-  cl->o.client_name = cl->client_name;
-  pthread_mutex_init(&cl->mu, NULL);
-  cond_init(&cl->cv);
+int m3__replicas_init(m3_cluster *cl, const m3_cluster_map *map) {
+  const m3_cluster_options *o = &cl->o;
+  m3__reps *rs = &cl->reps;
+  pthread_mutex_init(&rs->mu, NULL);
+  m3__cond_init(&rs->cv);
   if (o->check_fingerprint) {
-    cl->want_fp_set = 1;
-    cl->want_fp = o->codec_fingerprint;
-    snprintf(cl->ref_from, sizeof cl->ref_from, "the worker's codec fingerprint %016llx",
+    rs->want_fp_set = 1;
+    rs->want_fp = o->codec_fingerprint;
+    snprintf(rs->ref_from, sizeof rs->ref_from, "the worker's codec fingerprint %016llx",
              (unsigned long long)o->codec_fingerprint);
   } else if (map->has_fp) {
-    cl->want_fp_set = 1;
-    cl->want_fp = map->fp;
-    snprintf(cl->ref_from, sizeof cl->ref_from, "the cluster map's codec_fingerprint %016llx",
+    rs->want_fp_set = 1;
+    rs->want_fp = map->fp;
+    snprintf(rs->ref_from, sizeof rs->ref_from, "the cluster map's codec_fingerprint %016llx",
              (unsigned long long)map->fp);
   }
-  cl->n_shards = map->n_shards;
   cl->shards = calloc(map->n_shards, sizeof *cl->shards);
-  if (cl->token == NULL || cl->client_name == NULL || cl->shards == NULL) goto nomem;
+  if (cl->shards == NULL) return M3_ENOMEM;
+  cl->n_shards = map->n_shards;
   for (uint32_t s = 0; s < map->n_shards; s++) {
     m3__shard *sh = &cl->shards[s];
     sh->r = calloc(map->n_replicas[s], sizeof *sh->r);
-    if (sh->r == NULL) goto nomem;
+    if (sh->r == NULL) return M3_ENOMEM;
     sh->n = map->n_replicas[s];
     atomic_init(&sh->rr, 0);
     for (uint32_t r = 0; r < sh->n; r++) {
@@ -125,54 +58,32 @@ int m3_cluster_open(const m3_cluster_map *map, const m3_cluster_options *o, m3_c
       rep->shard = s;
       rep->idx = r;
       pthread_mutex_init(&rep->mu, NULL);
-      cond_init(&rep->cv);
+      m3__cond_init(&rep->cv);
       rep->idle = calloc((size_t)o->max_conns_per_replica, sizeof *rep->idle);
-      if (rep->idle == NULL) goto nomem;
+      if (rep->idle == NULL) return M3_ENOMEM;
     }
   }
-  if (o->completion == M3_CLUSTER_COMPLETION_DISPATCH &&
-      (cl->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
-    int rc = m3__syserr(errno, "m3_cluster_open: eventfd for dispatch mode");
-    m3_cluster_close(cl);
-    return rc;
-  }
-  /* A call keeps a job per shard busy (one on the caller); with hedging
-   * each also runs up to two attempts at once: 3 x shards lets one hedged
-   * call race every shard without running an attempt on its waiting job. */
-  unsigned threads = o->threads ? (unsigned)o->threads
-                                : (o->hedge_delay_ms > 0 ? 3 : 2) * map->n_shards;
-  int rc = m3__workers_start(&cl->workers, threads < 2 ? 2 : threads);
-  if (rc) {
-    char msg[300];
-    snprintf(msg, sizeof msg, "%s", m3_errmsg());
-    m3_cluster_close(cl);
-    return m3__seterr(rc, "%s", msg);
-  }
-  if (o->probe_interval_ms > 0) {
-    if (pthread_create(&cl->prober, NULL, m3__cluster_prober, cl) != 0) {
-      m3_cluster_close(cl);
-      return m3__seterr(M3_EIO, "m3_cluster_open: cannot start the prober thread");
-    }
-    cl->prober_on = 1;
-  }
-  *out = cl;
   return 0;
-nomem:
-  m3_cluster_close(cl);
-  return m3__seterr(M3_ENOMEM, "m3_cluster_open: out of memory");
 }
 
-void m3_cluster_close(m3_cluster *cl) {
-  if (cl == NULL) return;
-  /* Async ops first: they need the workers to finish. */
-  m3__cluster_async_close(cl);
-  pthread_mutex_lock(&cl->mu);
-  cl->stop = 1;
-  pthread_cond_broadcast(&cl->cv);
-  pthread_mutex_unlock(&cl->mu);
-  if (cl->prober_on) pthread_join(cl->prober, NULL);
-  /* Abandoned hedged attempts hold connections: the workers finish them. */
-  m3__workers_stop(&cl->workers);
+int m3__replicas_start_prober(m3_cluster *cl) {
+  if (cl->o.probe_interval_ms <= 0) return 0;
+  if (pthread_create(&cl->reps.prober, NULL, prober_main, cl) != 0)
+    return m3__seterr(M3_EIO, "m3_cluster_open: cannot start the prober thread");
+  cl->reps.prober_on = 1;
+  return 0;
+}
+
+void m3__replicas_stop_prober(m3_cluster *cl) {
+  pthread_mutex_lock(&cl->reps.mu);
+  cl->reps.stop = 1;
+  pthread_cond_broadcast(&cl->reps.cv);
+  pthread_mutex_unlock(&cl->reps.mu);
+  if (cl->reps.prober_on) pthread_join(cl->reps.prober, NULL);
+  cl->reps.prober_on = 0;
+}
+
+void m3__replicas_free(m3_cluster *cl) {
   for (uint32_t s = 0; cl->shards && s < cl->n_shards; s++) {
     m3__shard *sh = &cl->shards[s];
     for (uint32_t r = 0; sh->r && r < sh->n; r++) {
@@ -188,18 +99,10 @@ void m3_cluster_close(m3_cluster *cl) {
     free(sh->r);
   }
   free(cl->shards);
-  if (cl->efd >= 0) close(cl->efd);
-  pthread_mutex_destroy(&cl->amu);
-  pthread_cond_destroy(&cl->acv);
-  pthread_mutex_destroy(&cl->dispatch_mu);
-  pthread_mutex_destroy(&cl->mu);
-  pthread_cond_destroy(&cl->cv);
-  free(cl->token);
-  free(cl->client_name);
-  free(cl);
+  cl->shards = NULL;
+  pthread_mutex_destroy(&cl->reps.mu);
+  pthread_cond_destroy(&cl->reps.cv);
 }
-
-uint32_t m3_cluster_shards(const m3_cluster *cl) { return cl->n_shards; }
 
 /* ---- connections ---------------------------------------------------- */
 
@@ -226,46 +129,42 @@ static int dial(m3_cluster *cl, m3__replica *rep, int timeout_ms, int may_set_re
   m3_client *c = NULL;
   int rc = m3_client_connect(rep->addr, &co, &c);
   if (rc) {
-    char msg[700];
-    snprintf(msg, sizeof msg, "%s", m3_errmsg());
-    return m3__seterr(rc, "shard %u replica %s: %s", rep->shard, rep->addr, msg);
+    return rc; /* m3_errmsg() names the address and says why */
   }
   const m3_client_info *in = m3_client_info_get(c);
   char have[160], want[160];
-  pthread_mutex_lock(&cl->mu);
-  if (!cl->have_ref) {
-    if (cl->want_fp_set && in->layout.codec_fp != cl->want_fp) {
-      pthread_mutex_unlock(&cl->mu);
+  pthread_mutex_lock(&cl->reps.mu);
+  if (!cl->reps.have_ref) {
+    if (cl->reps.want_fp_set && in->layout.codec_fp != cl->reps.want_fp) {
+      pthread_mutex_unlock(&cl->reps.mu);
       layout_str(in, have, sizeof have);
       m3_client_close(c);
       return m3__seterr(M3_EFINGERPRINT,
-                        "shard %u replica %s refused: m3-server %s holds %s; the cluster expects "
-                        "%s", rep->shard, rep->addr, rep->addr, have, cl->ref_from);
+                        "refused: m3-server %s holds %s; the cluster expects %s", rep->addr,
+                        have, cl->reps.ref_from);
     }
     if (!may_set_ref) {
-      pthread_mutex_unlock(&cl->mu);
+      pthread_mutex_unlock(&cl->reps.mu);
       m3_client_close(c);
-      return m3__seterr(M3_EBUSY, "shard %u replica %s: no reference layout yet", rep->shard,
-                        rep->addr);
+      return m3__seterr(M3_EBUSY, "no reference layout yet");
     }
-    cl->ref = *in;
-    cl->have_ref = 1;
-    if (!cl->want_fp_set)
-      snprintf(cl->ref_from, sizeof cl->ref_from, "the layout of the first server, %s",
+    cl->reps.ref = *in;
+    cl->reps.have_ref = 1;
+    if (!cl->reps.want_fp_set)
+      snprintf(cl->reps.ref_from, sizeof cl->reps.ref_from, "the layout of the first server, %s",
                rep->addr);
-  } else if (!m3_layout_equal(&in->layout, &cl->ref.layout) ||
-             in->memory_bytes != cl->ref.memory_bytes) {
+  } else if (!m3_layout_equal(&in->layout, &cl->reps.ref.layout) ||
+             in->memory_bytes != cl->reps.ref.memory_bytes) {
     layout_str(in, have, sizeof have);
-    layout_str(&cl->ref, want, sizeof want);
-    pthread_mutex_unlock(&cl->mu);
+    layout_str(&cl->reps.ref, want, sizeof want);
+    pthread_mutex_unlock(&cl->reps.mu);
     m3_client_close(c);
     return m3__seterr(M3_EFINGERPRINT,
-                      "shard %u replica %s refused: m3-server %s holds %s; the cluster's "
-                      "reference (%s) is %s", rep->shard, rep->addr, rep->addr, have,
-                      cl->ref_from, want);
+                      "refused: m3-server %s holds %s; the cluster's reference (%s) is %s",
+                      rep->addr, have, cl->reps.ref_from, want);
   }
-  cl->ctr.connects++;
-  pthread_mutex_unlock(&cl->mu);
+  pthread_mutex_unlock(&cl->reps.mu);
+  M3__COUNT(cl, connects, 1);
   if (in->shard != rep->shard)
     M3_DEBUG("cluster", "m3-server %s announces shard %u, the map says %u", rep->addr, in->shard,
              rep->shard);
@@ -287,11 +186,10 @@ int m3__conn_get(m3_cluster *cl, m3__replica *rep, int64_t deadline, m3__pconn *
     }
     if (rep->n_open < (unsigned)cl->o.max_conns_per_replica) break;
     struct timespec ts;
-    abs_time(deadline, &ts);
+    m3__abs_time(deadline, &ts);
     if (pthread_cond_timedwait(&rep->cv, &rep->mu, &ts) != 0 && m3__now_ms() >= deadline) {
       pthread_mutex_unlock(&rep->mu);
-      return m3__seterr(M3_EBUSY, "shard %u replica %s: all %d connections busy until the "
-                                  "deadline", rep->shard, rep->addr,
+      return m3__seterr(M3_EBUSY, "all %d connections busy until the deadline",
                         cl->o.max_conns_per_replica);
     }
   }
@@ -302,8 +200,7 @@ int m3__conn_get(m3_cluster *cl, m3__replica *rep, int64_t deadline, m3__pconn *
   int t = (int)(left < cl->o.connect_timeout_ms ? left : cl->o.connect_timeout_ms);
   m3_client *c = NULL;
   int rc = t > 0 ? dial(cl, rep, t, 0, &c)
-                 : m3__seterr(M3_EBUSY, "shard %u replica %s: deadline passed before connect",
-                              rep->shard, rep->addr);
+                 : m3__seterr(M3_EBUSY, "deadline passed before connect");
   m3__pconn *pc = rc ? NULL : calloc(1, sizeof *pc);
   if (rc == 0 && pc == NULL) {
     m3_client_close(c);
@@ -325,7 +222,7 @@ void m3__conn_put(m3_cluster *cl, m3__replica *rep, m3__pconn *pc, int keep) {
   if (pc == NULL) return;
   m3_client_counters cc;
   m3_client_counters_get(pc->c, &cc);
-  m3__cluster_count(cl, &cl->ctr.bytes_read, cc.bytes_read - pc->read_seen);
+  M3__COUNT(cl, bytes_read, cc.bytes_read - pc->read_seen);
   pc->read_seen = cc.bytes_read;
   keep = keep && m3_client_ok(pc->c);
   pthread_mutex_lock(&rep->mu);
@@ -414,7 +311,7 @@ uint32_t m3__replica_order(m3_cluster *cl, uint32_t shard, uint32_t *order) {
   int64_t until[256];
   uint32_t downs[256], slows[256];
   int64_t now = m3__now_ms();
-  int probing = cl->prober_on;
+  int probing = cl->reps.prober_on; /* set before any call, unset after */
   for (uint32_t i = 0; i < n && i < 256; i++) {
     m3__replica *rep = &sh->r[(start + i) % n];
     pthread_mutex_lock(&rep->mu);
@@ -445,9 +342,9 @@ uint32_t m3__replica_order(m3_cluster *cl, uint32_t shard, uint32_t *order) {
 }
 
 int m3__cluster_ensure_ref(m3_cluster *cl, int64_t deadline) {
-  pthread_mutex_lock(&cl->mu);
-  int have = cl->have_ref;
-  pthread_mutex_unlock(&cl->mu);
+  pthread_mutex_lock(&cl->reps.mu);
+  int have = cl->reps.have_ref;
+  pthread_mutex_unlock(&cl->reps.mu);
   if (have) return 0;
   char errs[900] = "";
   size_t len = 0;
@@ -478,11 +375,11 @@ int m3__cluster_ensure_ref(m3_cluster *cl, int64_t deadline) {
       if (rc == M3_EFINGERPRINT) refused++;
       m3__replica_fail(cl, rep, rc == M3_EFINGERPRINT, m3_errmsg());
       if (len < sizeof errs - 1)
-        len += (size_t)snprintf(errs + len, sizeof errs - len, "%s%s", len ? "; " : "",
-                                m3_errmsg());
-      pthread_mutex_lock(&cl->mu);
-      have = cl->have_ref; /* another thread may have got there */
-      pthread_mutex_unlock(&cl->mu);
+        len += (size_t)snprintf(errs + len, sizeof errs - len, "%sshard %u replica %s: %s",
+                                len ? "; " : "", s, rep->addr, m3_errmsg());
+      pthread_mutex_lock(&cl->reps.mu);
+      have = cl->reps.have_ref; /* another thread may have got there */
+      pthread_mutex_unlock(&cl->reps.mu);
       if (have) return 0;
     }
   }
@@ -494,11 +391,11 @@ none:
 /* ---- prober --------------------------------------------------------- */
 
 static void probe(m3_cluster *cl, m3__replica *rep) {
-  m3__cluster_count(cl, &cl->ctr.probes, 1);
+  M3__COUNT(cl, probes, 1);
   m3_client *c = NULL;
-  pthread_mutex_lock(&cl->mu);
-  int may_set_ref = !cl->have_ref;
-  pthread_mutex_unlock(&cl->mu);
+  pthread_mutex_lock(&cl->reps.mu);
+  int may_set_ref = !cl->reps.have_ref;
+  pthread_mutex_unlock(&cl->reps.mu);
   int rc = dial(cl, rep, cl->o.connect_timeout_ms, may_set_ref, &c);
   char err[300];
   if (rc == 0) {
@@ -525,7 +422,7 @@ static void probe(m3_cluster *cl, m3__replica *rep) {
     m3__replica_fail(cl, rep, rc == M3_EFINGERPRINT, err);
     return;
   }
-  m3__cluster_count(cl, &cl->ctr.probes_ok, 1);
+  M3__COUNT(cl, probes_ok, 1);
   m3__pconn *pc = calloc(1, sizeof *pc);
   pthread_mutex_lock(&rep->mu);
   rep->failures = 0;
@@ -545,15 +442,15 @@ static void probe(m3_cluster *cl, m3__replica *rep) {
   m3__conn_put(cl, rep, pc, 1);
 }
 
-void *m3__cluster_prober(void *arg) {
+static void *prober_main(void *arg) {
   m3_cluster *cl = arg;
-  pthread_mutex_lock(&cl->mu);
-  while (!cl->stop) {
+  pthread_mutex_lock(&cl->reps.mu);
+  while (!cl->reps.stop) {
     struct timespec ts;
-    abs_time(m3__now_ms() + cl->o.probe_interval_ms, &ts);
-    pthread_cond_timedwait(&cl->cv, &cl->mu, &ts);
-    if (cl->stop) break;
-    pthread_mutex_unlock(&cl->mu);
+    m3__abs_time(m3__now_ms() + cl->o.probe_interval_ms, &ts);
+    pthread_cond_timedwait(&cl->reps.cv, &cl->reps.mu, &ts);
+    if (cl->reps.stop) break;
+    pthread_mutex_unlock(&cl->reps.mu);
     int64_t now = m3__now_ms();
     for (uint32_t s = 0; s < cl->n_shards; s++) {
       for (uint32_t r = 0; r < cl->shards[s].n; r++) {
@@ -564,9 +461,9 @@ void *m3__cluster_prober(void *arg) {
         if (due) probe(cl, rep);
       }
     }
-    pthread_mutex_lock(&cl->mu);
+    pthread_mutex_lock(&cl->reps.mu);
   }
-  pthread_mutex_unlock(&cl->mu);
+  pthread_mutex_unlock(&cl->reps.mu);
   return NULL;
 }
 
@@ -592,8 +489,8 @@ int m3_cluster_replica_get(m3_cluster *cl, uint32_t shard, uint32_t replica,
   return 0;
 }
 
-void m3_cluster_counters_get(m3_cluster *cl, m3_cluster_counters *out) {
-  pthread_mutex_lock(&cl->mu);
-  *out = cl->ctr;
-  pthread_mutex_unlock(&cl->mu);
+void m3__cluster_ref(m3_cluster *cl, m3_client_info *out) {
+  pthread_mutex_lock(&cl->reps.mu);
+  *out = cl->reps.ref;
+  pthread_mutex_unlock(&cl->reps.mu);
 }

@@ -1,0 +1,105 @@
+/*
+ * The in-RAM location table (what fetches use) against the catalog (the
+ * truth), on a real store: after puts of scattered 64-bit ids (the table
+ * grows several times), deletes (backward-shift removal), replacements,
+ * compaction, repair and reopen, m3_store_check_locations finds them equal,
+ * every live id fetches its latest content and every deleted id is gone.
+ */
+#include <stdlib.h>
+
+#include "unit/testutil.h"
+
+#define N 4000
+#define SEG 2000000
+
+typedef struct model {
+  uint64_t id[N];
+  int version[N]; /* -1: deleted */
+} model;
+
+static uint64_t scatter(uint64_t i) {
+  /* Spread over the id space, with the edges: 0 and UINT64_MAX - 1. */
+  if (i == 0) return 0;
+  if (i == 1) return UINT64_MAX - 1;
+  uint64_t x = i * 0x9E3779B97F4A7C15ull;
+  return (x ^ x >> 29) & ~(1ull << 63);
+}
+
+static void put_ids(m3_store *s, model *m, size_t first, size_t n, int version) {
+  const m3_layout *l = m3_store_layout(s);
+  tu_mem *mem = calloc(n, sizeof *mem);
+  m3_record_in *in = calloc(n, sizeof *in);
+  for (size_t i = 0; i < n; i++) {
+    tu_mem_make(&mem[i], l, m->id[first + i], (uint32_t)version);
+    in[i] = mem[i].in;
+    m->version[first + i] = version;
+  }
+  CHECK_OK(m3_store_put(s, in, n));
+  for (size_t i = 0; i < n; i++) tu_mem_free(&mem[i]);
+  free(mem);
+  free(in);
+}
+
+static void check_all(m3_store *s, const model *m, const char *when) {
+  uint64_t checked = 0;
+  size_t live = 0;
+  CHECK_OK(m3_store_check_locations(s, &checked));
+  for (size_t i = 0; i < N; i++) {
+    int has = m3_store_contains(s, m->id[i]);
+    if (has != (m->version[i] >= 0))
+      fail_msg("%s: chunk %llu contains %d, want %d", when, (unsigned long long)m->id[i], has,
+               m->version[i] >= 0);
+    if (m->version[i] < 0) continue;
+    live++;
+    if (i % 7 == 0) tu_check_fetch(s, m->id[i], (uint32_t)m->version[i]);
+  }
+  CHECK_U64(checked, live);
+  print_message("%s: %llu locations equal to the catalog's\n", when, (unsigned long long)checked);
+}
+
+static void test_table_follows_catalog(void **state) {
+  (void)state;
+  char *dir = m3t_mkdtemp("loctab");
+  m3_layout l = tu_layout_m3_14();
+  model *m = calloc(1, sizeof *m);
+  for (size_t i = 0; i < N; i++) m->id[i] = scatter(i), m->version[i] = -1;
+  m3_store *s = tu_open(dir, &l, 1, SEG);
+  for (size_t i = 0; i < N; i += 500) put_ids(s, m, i, 500, 0);
+  check_all(s, m, "after puts");
+
+  uint64_t rng = 7, del[N];
+  size_t nd = 0;
+  for (size_t i = 0; i < N; i++)
+    if (m3t_rand(&rng) % 3 == 0) del[nd++] = m->id[i], m->version[i] = -1;
+  size_t deleted = 0;
+  CHECK_OK(m3_store_delete(s, del, nd, &deleted));
+  CHECK_U64(deleted, nd);
+  check_all(s, m, "after deletes");
+
+  put_ids(s, m, 1000, 400, 1); /* replaces, and puts back deleted ones */
+  check_all(s, m, "after replacements");
+
+  uint64_t reclaimed = 0;
+  CHECK_OK(m3_store_compact(s, &reclaimed));
+  assert_true(reclaimed > 0);
+  check_all(s, m, "after compaction");
+  m3_store_close(s);
+
+  m3_repair_report rep;
+  CHECK_OK(m3_store_repair(dir, NULL, NULL, &rep));
+  s = tu_open(dir, &l, 0, SEG);
+  check_all(s, m, "after repair");
+  m3_store_stats st;
+  CHECK_OK(m3_store_stats_get(s, &st));
+  assert_true(st.loc_table_bytes >= st.records * 28);
+  assert_true(m3_store_ram_bytes(s) >= st.loc_table_bytes);
+  m3_store_close(s);
+  m3t_rmrf(dir);
+  free(dir);
+  free(m);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_table_follows_catalog)};
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

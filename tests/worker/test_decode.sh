@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The reference worker end to end on the bundled example: a test model, the
+# knowledge base encoded with it (raw-f32) and an empty store, each served
+# by a real m3-server on loopback; worker_decode_check (plain vs memory
+# path, rounds, memory attention vs m3_attn_ref); m3-bench decode's JSON
+# keys and trace; and the PyTorch worker (examples/worker.py) writing the
+# same trace (tokens and retrieved chunk ids) as the C loop.
+. "$(dirname "$0")/../lib/m3test.sh" worker-decode
+: "${M3_DECODE_CHECK:?}" "${M3_LIB:?}"
+m3t_need_exec "$bin/m3-server"
+
+"$bin/m3-encode" test-model --out "$work/model" >/dev/null
+"$bin/m3-encode" --model "$work/model" --input "$src/examples/kb/kb.jsonl" --store "$work/store" \
+  --codec raw-f32 >/dev/null 2>&1
+: >"$work/empty.jsonl"
+"$bin/m3-encode" --model "$work/model" --input "$work/empty.jsonl" --store "$work/empty" \
+  --codec raw-f32 >/dev/null 2>&1
+m3t_server store "$work/store"
+store=$addr
+m3t_server empty "$work/empty"
+empty=$addr
+
+"$M3_DECODE_CHECK" "$work/model" "$store" "$empty" "$src/examples/prompts.txt"
+
+# m3-bench decode: the keys the issue names, and its trace.
+"$bin/m3-bench" decode --model "$work/model" --server "$store" --prompts "$src/examples/prompts.txt" \
+  --batch 4 --new-tokens 140 --backend cpu --trace "$work/c.trace" --json >"$work/bench.json"
+"$py" - "$work/bench.json" "$work/c.trace" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+for key in ("tokens_per_s_with", "tokens_per_s_without", "slowdown", "stall_p50_ms",
+            "stall_p99_ms", "paper_equivalent", "retrieve_p50_ms", "decode_into_buffers_p50_ms"):
+    assert key in b, "m3-bench decode --json lacks %s" % key
+assert b["rounds"] >= 1 and b["memories_placed"] == b["rounds"] * 4 * 5, b
+assert b["tokens_per_s_with"] > 0 and b["tokens_per_s_without"] > 0
+t = json.load(open(sys.argv[2]))
+assert t["format"] == "m3-decode-trace/1" and t["memory"] is True and t["k"] == 5
+assert len(t["sequences"]) == 4
+for s in t["sequences"]:
+    assert len(s["tokens"]) == 140 and s["prompt"][0] == 1
+    assert len(s["windows"]) == b["rounds"] and all(len(w["ids"]) == 5 for w in s["windows"])
+print("m3-bench decode: %d rounds, slowdown %.3f, trace ok" % (b["rounds"], b["slowdown"]))
+PY
+
+# The PyTorch worker: the same trace.
+if "$py" -c "import torch" 2>/dev/null; then
+  M3_LIB=$M3_LIB PYTHONPATH="$src/client/python" "$py" "$src/examples/worker.py" \
+    --model "$work/model" --server "$store" --prompts "$src/examples/prompts.txt" --batch 4 \
+    --new-tokens 140 --trace "$work/py.trace"
+  "$py" - "$work/c.trace" "$work/py.trace" <<'PY'
+import json, sys
+c, p = (json.load(open(f)) for f in sys.argv[1:3])
+for i, (a, b) in enumerate(zip(c["sequences"], p["sequences"])):
+    assert a["prompt"] == b["prompt"], "sequence %d: prompts differ" % i
+    for w, (x, y) in enumerate(zip(a["windows"], b["windows"])):
+        assert x == y, "sequence %d window %d: C retrieved %s, Python %s" % (i, w, x, y)
+    for j, (x, y) in enumerate(zip(a["tokens"], b["tokens"])):
+        assert x == y, "sequence %d token %d: C %d, Python %d" % (i, j, x, y)
+assert c == p, "traces differ outside tokens and windows"
+print("C and PyTorch traces equal: %d sequences" % len(c["sequences"]))
+PY
+else
+  echo "python3-torch missing (scripts/install-deps.sh installs it)" >&2
+  exit 1
+fi
