@@ -90,4 +90,14 @@ for p in m3 m3-server m3-encode m3-bench; do
   check "$p --version" grep -Eq "^$p $ver \(commit ([0-9a-f]{12}|unknown), build [A-Za-z]*, cuda (ON|OFF), sanitize (ON|OFF)" "$work/ver"
 done
 
+# --help on every subcommand: that subcommand's usage on stdout, exit 0
+for c in query fetch stats "store info" "store verify" "store repair" "store compact" \
+  "store get" "store dump" "store split" "store merge"; do
+  run 0 "$work/help" "$bin/m3" $c --help || continue
+  check "m3 $c --help" grep -q "^usage: m3 $c " "$work/help"
+done
+run 0 "$work/help" "$bin/m3" store --help || true
+check "m3 store --help: the store commands" test "$(grep -c '^  m3 store ' "$work/help")" = 8
+check "m3 store --help: not the server commands" bash -c "! grep -q 'm3 query' '$work/help'"
+
 m3t_done
