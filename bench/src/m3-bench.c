@@ -41,7 +41,8 @@ static const char *usage_text =
     "           [--new-tokens 64] [--no-memory] [--trace FILE] [--json]\n"
     "           the reference worker's decode with retrieval every 64 tokens vs without\n"
     "\n"
-    "Run `m3-bench <command> --help` for a command's options.\n";
+    "Run `m3-bench <command> --help` for a command's options; `m3-bench --version` for\n"
+    "the version, git commit and build options.\n";
 
 double bench_quantile(const double *sorted, size_t n, double q) {
   if (n == 0) return 0;

@@ -62,6 +62,7 @@ static const char *usage_text =
     "  --shard N                 shard number announced in Hello (0)\n"
     "  --name NAME               server name announced in Hello\n"
     "  -h, --help\n"
+    "  --version                 version, git commit and build options\n"
     "\n"
     "SIGTERM or SIGINT: stop accepting, finish in-flight calls, exit 0.\n";
 

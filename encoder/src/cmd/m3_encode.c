@@ -115,6 +115,7 @@ static const char *usage_text =
     "                         into a partial store for `m3 store merge`; auto/N takes\n"
     "                         I from $JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs)\n"
     "  -h, --help\n"
+    "  --version              version, git commit and build options\n"
     "\n"
     "Rerunning the same command resumes: chunks already in the store are skipped.\n"
     "Exit: 0 done, 1 bad input (FILE:LINE named) or a store of another codec, 2 failure.\n";
