@@ -10,6 +10,7 @@
 
 #include "bench.h"
 #include "m3/error.h"
+#include "m3/version.h"
 
 static const char *usage_text =
     "usage: m3-bench <command> [options]\n"
@@ -40,7 +41,8 @@ static const char *usage_text =
     "           [--new-tokens 64] [--no-memory] [--trace FILE] [--json]\n"
     "           the reference worker's decode with retrieval every 64 tokens vs without\n"
     "\n"
-    "Run `m3-bench <command> --help` for a command's options.\n";
+    "Run `m3-bench <command> --help` for a command's options; `m3-bench --version` for\n"
+    "the version, git commit and build options.\n";
 
 double bench_quantile(const double *sorted, size_t n, double q) {
   if (n == 0) return 0;
@@ -82,6 +84,7 @@ int bench_fail(const char *what, int rc) {
 }
 
 int main(int argc, char **argv) {
+  if (m3_version_asked(argc, argv, "m3-bench")) return 0;
   static const struct {
     const char *name;
     int (*fn)(int, char **);

@@ -72,6 +72,7 @@ static int on_hello(void *ud, const ProtobufCMessage *msg, const uint8_t *att, s
   i->admin = h->admin;
   i->shard = h->shard;
   copy_str(i->server_name, sizeof i->server_name, h->server_name);
+  copy_str(i->embedder, sizeof i->embedder, h->embedder);
   return 0;
 }
 
@@ -323,6 +324,7 @@ static int on_stats(void *ud, const ProtobufCMessage *msg, const uint8_t *att, s
   o->uptime_ms = r->uptime_ms;
   o->index_vectors = r->index_vectors;
   copy_str(o->io_backend, sizeof o->io_backend, r->io_backend);
+  copy_str(o->embedder, sizeof o->embedder, r->embedder);
   o->n_methods = 0;
   for (size_t i = 0; i < r->n_methods && i < M3_CLIENT_MAX_METHOD_STATS; i++) {
     copy_str(o->methods[i].method, sizeof o->methods[i].method, r->methods[i]->method);

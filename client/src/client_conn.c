@@ -322,11 +322,43 @@ static int fill(m3_client *c, m3_method method, size_t need, uint64_t deadline) 
   return 0;
 }
 
+/* The peer's first bytes do not start an m3 frame (no "M3" magic): say
+ * what it speaks when its bytes tell (an HTTP status line, an SSH or other
+ * text banner, read for up to 200 ms more to name it), so a client pointed
+ * at the wrong port learns that instead of "bad magic" or a deadline. The
+ * connection is broken either way. */
+static int not_m3_peer(m3_client *c, m3_method method) {
+  char b[64];
+  size_t n = c->rlen - c->rpos, t = 0;
+  if (n > sizeof b) n = sizeof b;
+  memcpy(b, c->rbuf + c->rpos, n);
+  uint64_t until = now_ns() + 200000000ull;
+  while (n < sizeof b && !memchr(b, '\n', n)) {
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    if (poll(&pfd, 1, left_ms(until)) <= 0) break;
+    ssize_t r = recv(c->fd, b + n, sizeof b - n, 0);
+    if (r <= 0) break;
+    n += (size_t)r;
+  }
+  if (n >= 5 && memcmp(b, "HTTP/", 5) == 0)
+    return broken(c, method, "this port speaks HTTP, not the m3 protocol (the m3 port is "
+                             "m3-server's --listen; --http is for /metrics and health)");
+  if (n >= 4 && memcmp(b, "SSH-", 4) == 0)
+    return broken(c, method, "this port speaks SSH, not the m3 protocol");
+  while (t < n && (b[t] == '\t' || (b[t] >= 0x20 && b[t] < 0x7f))) t++;
+  if (t >= 3)
+    return broken(c, method, "this port answered \"%.*s\", not the m3 protocol", (int)t, b);
+  return broken(c, method, "this port answered bytes %02x %02x, not an m3 frame (\"M3\"): not "
+                           "the m3 protocol", (unsigned char)b[0], n > 1 ? (unsigned char)b[1] : 0);
+}
+
 /* Read one frame; msg and att point into rbuf until the next read. */
 static int read_frame(m3_client *c, m3_method method, uint64_t deadline, m3_frame *f,
                       const uint8_t **msg, const uint8_t **att) {
-  int rc = fill(c, method, M3_FRAME_HEADER_SIZE, deadline);
+  int rc = fill(c, method, 2, deadline);
   if (rc) return rc;
+  if (c->rbuf[c->rpos] != 'M' || c->rbuf[c->rpos + 1] != '3') return not_m3_peer(c, method);
+  if ((rc = fill(c, method, M3_FRAME_HEADER_SIZE, deadline)) != 0) return rc;
   rc = m3_frame_decode(c->rbuf + c->rpos, c->max_frame, f);
   if (rc) return broken(c, method, "bad frame from the server: %s", m3_errmsg());
   size_t total = M3_FRAME_HEADER_SIZE + (size_t)f->msg_len + f->att_len;

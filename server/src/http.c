@@ -122,6 +122,18 @@ static void http_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(hc->buf + hc->len, (unsigned)(sizeof hc->buf - 1 - hc->len));
 }
 
+/* Whether the first bytes cannot start an HTTP request line (a method of
+ * capital letters, then a space): an m3 client's Hello ("M3" + binary) sent
+ * to this port then gets its 400 at once, which it reports as "this port
+ * speaks HTTP", rather than a wait for a blank line that never comes. */
+static int not_http(const char *b, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (b[i] == ' ') return i == 0;
+    if (b[i] < 'A' || b[i] > 'Z') return 1;
+  }
+  return 0;
+}
+
 static void http_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   (void)buf;
   http_conn *hc = st->data;
@@ -131,7 +143,9 @@ static void http_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   }
   hc->len += (size_t)n;
   hc->buf[hc->len] = '\0';
-  if (strstr(hc->buf, "\r\n\r\n") || strstr(hc->buf, "\n\n")) handle(hc);
+  if (not_http(hc->buf, hc->len))
+    respond(hc, 400, "Bad Request", "text/plain", "not an HTTP request\n", 20);
+  else if (strstr(hc->buf, "\r\n\r\n") || strstr(hc->buf, "\n\n")) handle(hc);
   else if (hc->len >= sizeof hc->buf - 1)
     respond(hc, 431, "Request Header Fields Too Large", "text/plain", "too large\n", 10);
 }

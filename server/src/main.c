@@ -19,9 +19,11 @@
 #include "m3/log.h"
 #include "call.h"
 #include "dispatch.h"
+#include "embedder.h"
 #include "fetch.h"
 #include "readbuf.h"
 #include "server.h"
+#include "m3/version.h"
 
 static const char *usage_text =
     "usage: m3-server --store DIR [options]\n"
@@ -71,6 +73,7 @@ static const char *usage_text =
     "  --shard N                 shard number announced in Hello (0)\n"
     "  --name NAME               server name announced in Hello\n"
     "  -h, --help\n"
+    "  --version                 version, git commit and build options\n"
     "\n"
     "SIGTERM or SIGINT: stop accepting, finish in-flight calls, exit 0.\n";
 
@@ -382,6 +385,7 @@ static void on_signal(uv_signal_t *sig, int signum) {
 }
 
 int main(int argc, char **argv) {
+  if (m3_version_asked(argc, argv, "m3-server")) return 0;
   server s;
   memset(&s, 0, sizeof s);
   server_config_defaults(&s.cfg);
@@ -448,6 +452,11 @@ int main(int argc, char **argv) {
   }
   s.records = st.records;
   s.emb_dim = m3_store_layout(s.store)->emb_dim;
+  if ((rc = server_embedder_load(&s)) != 0) {
+    fprintf(stderr, "m3-server: %s\n", m3_errmsg());
+    m3_store_close(s.store);
+    return 2;
+  }
   if (s.emb_dim) {
     m3_index_options io;
     m3_index_options_init(&io);
@@ -503,8 +512,8 @@ int main(int argc, char **argv) {
   uv_signal_start(&s.sigint, on_signal, SIGINT);
   signal(SIGPIPE, SIG_IGN);
 
-  M3_INFO("server", "serving %s (%llu memories, %s, io %s%s) on port %d, http port %d",
-          s.cfg.store_dir, (unsigned long long)s.records,
+  M3_INFO("server", "serving %s (%llu memories, embedder %s, %s, io %s%s) on port %d, http port %d",
+          s.cfg.store_dir, (unsigned long long)s.records, s.embedder,
           s.index ? "retrieval index on" : "no retrieval index", m3_store_io_backend(s.store),
           s.aio ? " on the loop" : " on the threadpool", rpc_port, http_port);
   uv_run(s.loop, UV_RUN_DEFAULT);

@@ -81,6 +81,7 @@ void method_hello(call *cl, const uint8_t *att, size_t att_len) {
   out.records = s->records;
   out.admin = is_admin;
   out.shard = s->cfg.shard;
+  out.embedder = s->embedder;
   M3_DEBUG("server", "%s: Hello from '%s'%s", c->peer, r->client_name ? r->client_name : "",
            is_admin ? " (admin)" : "");
   call_reply(cl, &out.base);

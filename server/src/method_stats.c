@@ -44,5 +44,6 @@ void method_stats(call *cl, const uint8_t *att, size_t att_len) {
   if (s->index) m3_index_info_get(s->index, &info);
   out.index_factory = (char *)(info.factory ? info.factory : "");
   out.index_params = (char *)(s->cfg.index_params ? s->cfg.index_params : "");
+  out.embedder = s->embedder;
   call_reply(cl, &out.base);
 }

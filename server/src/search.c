@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "m3/embed.h"
+#include "embedder.h"
 #include "m3/error.h"
 
 static void search_start(server *s);
@@ -148,10 +148,7 @@ int search_load(search_req *r, call *cl, unsigned k, M3__Query **qs, size_t nq) 
       }
       memcpy(q, qs[i]->vector, s->emb_dim * sizeof *q);
     } else if (qs[i]->text && qs[i]->text[0]) {
-      if (m3_embed_hash(qs[i]->text, strlen(qs[i]->text), q, s->emb_dim) != 0) {
-        call_end(cl, M3_STATUS_INVALID_ARGUMENT, "query %zu: %s", i, m3_errmsg());
-        return -1;
-      }
+      if (server_embed_text(cl, i, qs[i]->text, q) != 0) return -1;
     } else {
       call_end(cl, M3_STATUS_INVALID_ARGUMENT, "query %zu: neither a vector nor text", i);
       return -1;

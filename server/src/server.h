@@ -110,6 +110,8 @@ typedef struct server {
   m3_store *store;
   m3_index *index;           /* NULL when the store keeps no embeddings */
   unsigned emb_dim;
+  char embedder[64];         /* how the store was embedded (embedder.c) */
+  unsigned text_dim;         /* dims the server embeds text at; 0: it cannot */
   char *token, *admin_token; /* NULL when not configured */
   uv_tcp_t listener;
   uv_tcp_t http_listener;

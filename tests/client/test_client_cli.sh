@@ -24,8 +24,13 @@ check "query texts" test "$(json_get "$work/query" "all(r['text'] == 'synthetic 
 check "query scores sorted" test "$(json_get "$work/query" "all(q['results'][i]['score'] >= q['results'][i+1]['score'] for q in j['queries'] for i in range(2))")" = True
 run 0 "$work/query.txt" "$bin/m3" query --server "$addr" --vector-file "$work/q.vec" || true
 check "query text output" grep -q "synthetic memory" "$work/query.txt"
-run 0 "$work/qtext" "$bin/m3" query --server "$addr" --text "what is memory 12" -k 2 --json || true
-check "text query" test "$(json_get "$work/qtext" "len(j['queries'][0]['results'])")" = 2
+# a generated store names no embedder (no encode.json): the server does not
+# pretend to embed text for it (exit 1, the reason; vectors still work)
+check "stats embedder unknown" test "$(json_get "$work/stats" "j['hello']['embedder']")" = unknown
+check "query embedder unknown" test "$(json_get "$work/query" "j['embedder']")" = unknown
+run 1 "$work/qtext" "$bin/m3" query --server "$addr" --text "what is memory 12" -k 2 --json || true
+check "text query refused" grep -q "INVALID_ARGUMENT: query 0: this store's embedder is unknown (no \"embed\" in its encode.json; dimension 8), so the server cannot embed text for it: send vectors with --vector-file" "$work/qtext.err"
+check "text query: nothing on stdout" test ! -s "$work/qtext"
 
 # bad vector files: wrong dimension, not floats
 echo "1 2 3" >"$work/bad.vec"
@@ -53,5 +58,46 @@ run 2 "$work/refused" "$bin/m3" stats --server "127.0.0.1:$free_port" || true
 check "refused names address" grep -q "127.0.0.1:$free_port" "$work/refused.err"
 run 2 "$work/noserver" "$bin/m3" stats || true
 run 2 "$work/badaddr" "$bin/m3" stats --server nonsense || true
+
+# the wrong port: m3-server's HTTP port, and a port that speaks another
+# protocol first (a text banner). Both are named at once, well before the
+# 20 s deadline.
+kill -TERM "$srv"; wait "$srv" || true
+m3t_server web "$work/store" --http 127.0.0.1:0
+hport=$(sed -n 's/.*http=\([0-9]*\).*/\1/p' "$work/web.port")
+t0=$(date +%s%N)
+run 2 "$work/http" "$bin/m3" stats --server "127.0.0.1:$hport" --timeout-ms 20000 || true
+t1=$(date +%s%N)
+check "http port: named" grep -q "this port speaks HTTP, not the m3 protocol" "$work/http.err"
+check "http port: no bad magic" bash -c "! grep -q 'bad magic' '$work/http.err'"
+check "http port: at once, not at the deadline" test $(((t1 - t0) / 1000000)) -lt 10000
+"$py" -c "
+import socket, sys
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(4)
+open(sys.argv[1] + '.tmp', 'w').write(str(s.getsockname()[1])); __import__('os').rename(sys.argv[1] + '.tmp', sys.argv[1])
+while True:
+    c, _ = s.accept(); c.sendall(b'220 mail.example ESMTP ready\r\n')
+" "$work/banner.port" &
+m3t_reap $!
+m3t_wait_file "$work/banner.port" || fail "banner listener did not start"
+run 2 "$work/banner" "$bin/m3" query --server "127.0.0.1:$(cat "$work/banner.port")" --text x --timeout-ms 20000 || true
+check "banner port: named" grep -q 'this port answered "220 mail.example ESMTP ready", not the m3 protocol' "$work/banner.err"
+
+# --version on every program: project()'s version, the commit, the options
+ver=$(sed -n 's/^project(m3store VERSION \([0-9.]*\).*/\1/p' "$src/CMakeLists.txt")
+for p in m3 m3-server m3-encode m3-bench; do
+  run 0 "$work/ver" "$bin/$p" --version || continue
+  check "$p --version" grep -Eq "^$p $ver \(commit ([0-9a-f]{12}|unknown), build [A-Za-z]*, cuda (ON|OFF), sanitize (ON|OFF)" "$work/ver"
+done
+
+# --help on every subcommand: that subcommand's usage on stdout, exit 0
+for c in query fetch stats "store info" "store verify" "store repair" "store compact" \
+  "store get" "store dump" "store split" "store merge"; do
+  run 0 "$work/help" "$bin/m3" $c --help || continue
+  check "m3 $c --help" grep -q "^usage: m3 $c " "$work/help"
+done
+run 0 "$work/help" "$bin/m3" store --help || true
+check "m3 store --help: the store commands" test "$(grep -c '^  m3 store ' "$work/help")" = 8
+check "m3 store --help: not the server commands" bash -c "! grep -q 'm3 query' '$work/help'"
 
 m3t_done

@@ -42,6 +42,10 @@ for q in "Jupiter largest planet" "Saturn bright rings" "Andromeda Galaxy"; do
   word=$(echo "$q" | awk '{print $1}')
   check "query '$q'" grep -q "$word" <(json_get "$work/q.json" "j['queries'][0]['results'][0]['text']")
 done
+check "hash store: log names the embedder" grep -q "embedder hash:256" "$work/server.log"
+"$bin/m3" stats --server "$addr" --json >"$work/st.json"
+check "hash store: stats embedder" test "$(json_get "$work/st.json" "j['hello']['embedder']")" = hash:256
+check "hash store: query embedder" test "$(json_get "$work/q.json" "j['embedder']")" = hash:256
 kill -TERM "$srv"; wait "$srv" || true
 
 # 4. a folder of documents, sequential ids from --id-base
@@ -116,6 +120,13 @@ enc --input "$kb" --store "$work/hid" --embed hidden:1 2>"$work/hid.log"
 check "hidden index" grep -q "index IDMap,Flat: 297 vectors" "$work/hid.log"
 "$bin/m3" store info "$work/hid" --json >"$work/hinfo"
 check "hidden dims" test "$(json_get "$work/hinfo" "j['layout']['embedding_dim']")" = 64
+m3t_server hid "$work/hid"
+lr=0; "$bin/m3" query --server "$addr" --text "Jupiter" -k 3 >"$work/hq.out" 2>"$work/hq.err" || lr=$?
+check "hidden store: text query refused" test "$lr" != 0
+check "hidden store: says why" grep -q "embeddings are the model's hidden states (hidden:1, dimension 64).*send vectors with --vector-file" "$work/hq.err"
+"$bin/m3" stats --server "$addr" >"$work/hst.txt"
+check "hidden store: stats embedder" grep -q "embedder hidden:1" "$work/hst.txt"
+kill -TERM "$srv"; wait "$srv" || true
 
 # 8. external embeddings
 "$py" -c "
@@ -127,5 +138,15 @@ enc --input "$work/ext.jsonl" --store "$work/ext" --embed external 2>"$work/ext.
 check "external" grep -q "index IDMap,Flat: 297 vectors" "$work/ext.log"
 enc --input "$work/ext.jsonl" --store "$work/ext" --embed external 2>"$work/ext2.log"
 check "external rerun" grep -q "297 already in the store" "$work/ext2.log"
+m3t_server ext "$work/ext"
+lr=0; "$bin/m3" query --server "$addr" --text "Jupiter" -k 3 >"$work/eq.out" 2>"$work/eq.err" || lr=$?
+check "external store: text query refused" test "$lr" != 0
+check "external store: says why" grep -q "this store's embeddings are external (dimension 8): send vectors with --vector-file" "$work/eq.err"
+check "external store: no results printed" test ! -s "$work/eq.out"
+"$py" -c "print(' '.join(str(float((7 + k) % 5) - 2) for k in range(8)))" >"$work/v1.txt"
+"$bin/m3" query --server "$addr" --vector-file "$work/v1.txt" -k 1 --json >"$work/ev.json"
+check "external store: query embedder" test "$(json_get "$work/ev.json" "j['embedder']")" = external
+check "external store: vector query finds line 2" test "$(json_get "$work/ev.json" "j['queries'][0]['results'][0]['chunk_id']")" = 1
+kill -TERM "$srv"; wait "$srv" || true
 
 m3t_done

@@ -47,6 +47,15 @@ static int setup(void **state) {
   F.dir = m3t_mkdtemp("retrieve");
   snprintf(F.store, sizeof F.store, "%s/store", F.dir);
   st_gen_store(F.store, COUNT, DIM);
+  /* The store says its embeddings are the server's hash embedder's, so the
+   * server embeds text queries for it (test_text_queries); without this a
+   * generated store's embedder is unknown and text is refused. */
+  char man[sizeof F.store + 16];
+  snprintf(man, sizeof man, "%s/encode.json", F.store);
+  FILE *mf = fopen(man, "w");
+  assert_non_null(mf);
+  fprintf(mf, "{\"embed\": \"hash:%d\"}\n", DIM);
+  assert_int_equal(fclose(mf), 0);
   st_ref_load(&F.ref, F.store);
   assert_int_equal(F.ref.n, COUNT);
   st_server_start(&F.srv, F.dir, F.store, NULL, NULL);

@@ -15,6 +15,7 @@
 #include "m3/error.h"
 #include "m3/log.h"
 #include "m3/store.h"
+#include "m3/version.h"
 
 /* The commands that talk to a server (m3_remote.c). */
 int m3__cmd_query(int argc, char **argv);
@@ -60,6 +61,7 @@ static const char *usage_text =
     "Options:\n"
     "  --json        machine-readable output on stdout\n"
     "  -h, --help    this help\n"
+    "  --version     version, git commit and build options\n"
     "\n"
     "Environment: M3_LOG_LEVEL=debug|info|warn|error, M3_IO=uring|pread.\n";
 
@@ -76,6 +78,27 @@ static int print_json(json_t *j) {
   puts(s);
   free(s);
   return 0;
+}
+
+/* Usage of the store commands, from usage_text (so there is one text): with
+ * cmd, the entry of `m3 store CMD` (its line and the indented lines under
+ * it); without, the whole "Store commands" section. */
+static void store_usage(const char *cmd, FILE *f) {
+  char head[64];
+  snprintf(head, sizeof head, cmd ? "  m3 store %s " : "Store commands", cmd ? cmd : "");
+  const char *p = strstr(usage_text, head);
+  if (p == NULL) {
+    fputs(usage_text, f);
+    return;
+  }
+  if (cmd) fputs("usage: ", f);
+  for (int first = 1; *p; first = 0) {
+    const char *nl = strchr(p, '\n');
+    size_t len = nl ? (size_t)(nl - p) + 1 : strlen(p);
+    if (!first && (len <= 1 || (cmd && strncmp(p, "          ", 10) != 0))) break;
+    fprintf(f, "%.*s", (int)(first && cmd ? len - 2 : len), first && cmd ? p + 2 : p);
+    p += len;
+  }
 }
 
 typedef struct store_args {
@@ -107,8 +130,8 @@ static int parse_store_args(int argc, char **argv, store_args *a) {
       a->has_id = 1;
       break;
     }
-    case 'h': fputs(usage_text, stdout); exit(0);
-    default: fputs(usage_text, stderr); return EXIT_FAILURE_;
+    case 'h': store_usage(argv[0], stdout); exit(0);
+    default: store_usage(argv[0], stderr); return EXIT_FAILURE_;
     }
   }
   if (optind != argc - 1) {
@@ -369,9 +392,9 @@ static int cmd_store(int argc, char **argv) {
   } cmds[] = {{"info", cmd_info}, {"verify", cmd_verify}, {"repair", cmd_repair},
               {"compact", cmd_compact}, {"get", cmd_get}, {"split", m3__cmd_store_split},
               {"merge", m3__cmd_store_merge}, {"dump", m3__cmd_store_dump}};
-  if (argc < 2) {
-    fputs(usage_text, stderr);
-    return EXIT_FAILURE_;
+  if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+    store_usage(NULL, argc < 2 ? stderr : stdout);
+    return argc < 2 ? EXIT_FAILURE_ : 0;
   }
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
     if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
@@ -380,6 +403,7 @@ static int cmd_store(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  if (m3_version_asked(argc, argv, "m3")) return 0;
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
     fputs(usage_text, argc < 2 ? stderr : stdout);
     return argc < 2 ? EXIT_FAILURE_ : 0;

@@ -394,7 +394,8 @@ int m3__cmd_query(int argc, char **argv) {
       }
       json_array_append_new(arr, json_pack("{s:I,s:o}", "query", (json_int_t)i, "results", res));
     }
-    print_json(json_pack("{s:s,s:i,s:o}", rm.key, rm.where, "k", a.k, "queries", arr));
+    print_json(json_pack("{s:s,s:s,s:i,s:o}", rm.key, rm.where, "embedder", info->embedder, "k",
+                         a.k, "queries", arr));
   } else {
     for (size_t i = 0; i < nq; i++) {
       printf("query %zu%s%s%s\n", i, a.text ? " \"" : "", a.text ? a.text : "", a.text ? "\"" : "");
@@ -707,10 +708,10 @@ int m3__cmd_stats(int argc, char **argv) {
                                                "calls", (json_int_t)st.methods[i].calls,
                                                "errors", (json_int_t)st.methods[i].errors));
     json_t *hello = json_pack(
-        "{s:s,s:i,s:s,s:i,s:i,s:s,s:i,s:i,s:b,s:i}", "server_name", in->server_name,
+        "{s:s,s:i,s:s,s:i,s:i,s:s,s:i,s:s,s:i,s:b,s:i}", "server_name", in->server_name,
         "protocol_version", (int)in->protocol_version, "shape", shape, "codec_kind",
         l->codec_kind, "code_bytes", l->code_bytes, "codec_fingerprint", fp, "embedding_dim",
-        l->emb_dim, "memory_bytes", (int)in->memory_bytes, "admin", in->admin, "shard",
+        l->emb_dim, "embedder", st.embedder, "memory_bytes", (int)in->memory_bytes, "admin", in->admin, "shard",
         (int)in->shard);
     json_t *limits = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "max_frame_bytes",
                                (json_int_t)in->max_frame_bytes, "max_inflight_calls",
@@ -733,8 +734,8 @@ int m3__cmd_stats(int argc, char **argv) {
            in->protocol_version, in->admin ? ", admin token" : "");
     printf("layout          %s, codec %u, %u bytes per vector, fingerprint %s\n", shape,
            l->codec_kind, l->code_bytes, fp);
-    printf("memory          %u bytes per record; embeddings %u dims\n", in->memory_bytes,
-           l->emb_dim);
+    printf("memory          %u bytes per record; embeddings %u dims, embedder %s\n",
+           in->memory_bytes, l->emb_dim, st.embedder);
     printf("records         %llu (index %llu vectors)\n", (unsigned long long)st.records,
            (unsigned long long)st.index_vectors);
     printf("segment_bytes   %llu\n", (unsigned long long)st.segment_bytes);

@@ -94,6 +94,8 @@ typedef struct m3_client_info {
   int admin;                 /* the token grants Put and Delete */
   uint32_t shard;
   char server_name[64];
+  char embedder[64];         /* how the store was embedded: "hash:DIM", "external",
+                                "hidden:L", "unknown" ("" from an older server) */
 } m3_client_info;
 
 /*
@@ -216,6 +218,7 @@ typedef struct m3_client_stats {
   uint64_t uptime_ms;
   uint64_t index_vectors;
   char io_backend[16];
+  char embedder[64];         /* as m3_client_info.embedder */
   size_t n_methods;
   struct {
     char method[32];

@@ -183,7 +183,7 @@ class _ClientInfo(ctypes.Structure):
                 ("max_k", ctypes.c_uint32), ("max_ids_per_call", ctypes.c_uint32),
                 ("idle_timeout_ms", ctypes.c_uint32), ("records", ctypes.c_uint64),
                 ("admin", ctypes.c_int), ("shard", ctypes.c_uint32),
-                ("server_name", ctypes.c_char * 64)]
+                ("server_name", ctypes.c_char * 64), ("embedder", ctypes.c_char * 64)]
 
 
 class _Query(ctypes.Structure):
@@ -200,7 +200,8 @@ class _ClientStats(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in (
         "records", "segment_bytes", "connections", "calls", "memories_served",
         "payload_bytes_served", "cache_hits", "cache_misses", "uptime_ms", "index_vectors")] + [
-        ("io_backend", ctypes.c_char * 16), ("n_methods", ctypes.c_size_t),
+        ("io_backend", ctypes.c_char * 16), ("embedder", ctypes.c_char * 64),
+        ("n_methods", ctypes.c_size_t),
         ("methods", _MethodStats * 16)]
 
 
@@ -568,6 +569,7 @@ class Client:
         return {
             "protocol_version": i.protocol_version, "records": i.records,
             "server_name": i.server_name.decode(errors="replace"), "shard": i.shard,
+            "embedder": i.embedder.decode(errors="replace"),
             "layers": lay.spec.n_layers, "kv_heads": lay.spec.n_kv_heads,
             "tokens": lay.spec.n_tokens, "head_dim": lay.spec.head_dim,
             "codec": _KINDS.get(lay.codec_kind, str(lay.codec_kind)),
@@ -750,6 +752,7 @@ class Client:
                 raise self._call_failed(rc)
             d = {n: getattr(s, n) for n, _ in _ClientStats._fields_[:10]}
             d["io_backend"] = s.io_backend.decode()
+            d["embedder"] = s.embedder.decode(errors="replace")
             d["methods"] = {s.methods[i].method.decode(): {"calls": s.methods[i].calls,
                                                            "errors": s.methods[i].errors}
                             for i in range(min(s.n_methods, 16))}

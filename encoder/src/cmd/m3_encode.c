@@ -47,6 +47,7 @@
 #include "m3/sequence.h"
 #include "m3/store.h"
 #include "m3/tokenizer.h"
+#include "m3/version.h"
 
 #define ENC_STR_(x) #x
 #define ENC_STR(x) ENC_STR_(x) /* a number macro as a string literal */
@@ -114,6 +115,7 @@ static const char *usage_text =
     "                         into a partial store for `m3 store merge`; auto/N takes\n"
     "                         I from $JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs)\n"
     "  -h, --help\n"
+    "  --version              version, git commit and build options\n"
     "\n"
     "Rerunning the same command resumes: chunks already in the store are skipped.\n"
     "Exit: 0 done, 1 bad input (FILE:LINE named) or a store of another codec, 2 failure.\n";
@@ -922,6 +924,7 @@ out:
 }
 
 int main(int argc, char **argv) {
+  if (m3_version_asked(argc, argv, "m3-encode")) return 0;
   if (argc >= 2 && !strcmp(argv[1], "train-codec")) return enc_cmd_train_codec(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "test-model")) return enc_cmd_test_model(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "encode")) return enc_cmd_encode(argc - 1, argv + 1);
