@@ -30,11 +30,9 @@ void m3__cluster_error_set(const m3_cluster_error *e) {
   if (e->rc) m3__seterr(e->rc, "%s", e->msg);
 }
 
-int m3__cluster_status(int rc) {
-  if (rc == 0) return M3_STATUS_OK;
-  if (rc == M3_EBUSY) return M3_STATUS_UNAVAILABLE;
-  return m3_status_from_err(rc);
-}
+/* The status table sends M3_EBUSY as UNAVAILABLE (a replica that cannot
+ * answer in time is one to fail over from). */
+int m3__cluster_status(int rc) { return rc == 0 ? M3_STATUS_OK : m3_status_from_err(rc); }
 
 void m3__cluster_error_from_errmsg(m3_cluster_error *e, int rc) {
   e->rc = rc;
