@@ -41,11 +41,14 @@ APT_PACKAGES=(
   python3-torch
   # Tokenizer parity: spm_train and spm_encode (SentencePiece reference tools)
   sentencepiece
-  # deploy/k8s tests: YAML of rendered manifests, and node + npm for the schema
-  # validator (npm kubernetes-models, installed by tests/k8s on first use).
-  # kubectl (kustomize >= 4) is not in this list: Debian 12's kubernetes-client
-  # is too old for the kustomization fields used; the test skips without kubectl.
-  python3-yaml nodejs npm
+  # deploy/k8s tests: YAML of rendered manifests. node + npm for the schema
+  # validator (npm kubernetes-models, installed by tests/k8s on first use) are
+  # NODE_PACKAGES below: installed only when the commands are missing, since a
+  # machine may carry another nodejs build (with its own npm) that Debian's npm
+  # package conflicts with. kubectl (kustomize >= 4) is not in this list:
+  # Debian 12's kubernetes-client is too old for the kustomization fields used;
+  # the test skips without kubectl.
+  python3-yaml
   # Fuzzing: clang with libFuzzer (libclang-rt-dev holds libclang_rt.fuzzer; it is
   # only a Recommends of clang, and we install without recommends)
   clang libclang-rt-dev
@@ -394,7 +397,7 @@ verify_all() {
   for m in "${PKGCONFIG_MODULES[@]}"; do
     if ! pkg-config --exists "$m"; then log "MISSING pkg-config module: $m"; errors=$((errors + 1)); fi
   done
-  for p in cc c++ cmake make pkg-config git protoc-c clang dpkg-source redis-server; do
+  for p in cc c++ cmake make pkg-config git protoc-c clang dpkg-source redis-server node npm; do
     if ! command -v "$p" >/dev/null 2>&1; then log "MISSING command: $p"; errors=$((errors + 1)); fi
   done
   # Debian's python3 (a pyenv or venv python earlier in PATH may lack numpy).
@@ -437,6 +440,11 @@ verify_all() {
 # ---------------------------------------------------------------------------------
 log "checking ${#APT_PACKAGES[@]} Debian packages"
 mapfile -t MISSING < <(missing_packages)
+# node and npm: any build that provides both commands will do (see above).
+NODE_PACKAGES=(nodejs npm)
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  MISSING+=("${NODE_PACKAGES[@]}")
+fi
 
 # Decide early whether libfaiss_c must be built, so that a needed deb-src entry goes
 # in before the (single) apt-get update.
