@@ -15,7 +15,8 @@
 struct http_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
-  int refs; /* handles not yet closed */
+  int refs;    /* handles not yet closed */
+  int closing; /* http_close ran: no longer counted in s->http_nconns */
   server *s;
   http_conn *next, *prev; /* s->http_conns, until closed */
   char buf[4096];
@@ -30,12 +31,18 @@ static void http_closed(uv_handle_t *h) {
   if (hc->prev) hc->prev->next = hc->next;
   else hc->s->http_conns = hc->next;
   if (hc->next) hc->next->prev = hc->prev;
-  hc->s->http_nconns--;
   free(hc->out);
   free(hc);
 }
 
 static void http_close(http_conn *hc) {
+  /* Uncounted at once, not in the close callback: the descriptor is closed
+   * now, and a client that saw it close may connect again within this same
+   * loop pass, before the callbacks run; it must not meet the cap. */
+  if (!hc->closing) {
+    hc->closing = 1;
+    hc->s->http_nconns--;
+  }
   if (!uv_is_closing((uv_handle_t *)&hc->tcp)) uv_close((uv_handle_t *)&hc->tcp, http_closed);
   if (!uv_is_closing((uv_handle_t *)&hc->timer)) uv_close((uv_handle_t *)&hc->timer, http_closed);
 }

@@ -62,6 +62,7 @@ cf=$src/deploy/k8s/Containerfile
 [ "$(grep -c '^FROM docker.io/library/debian:12' "$cf")" = 2 ] || fail "Containerfile: not two Debian 12 stages"
 runtime=$(sed -n '/^FROM docker.io\/library\/debian:12-slim/,$p' "$cf")
 grep -q 'COPY --from=build /out/ /' <<<"$runtime" || fail "Containerfile: runtime copies more than /out"
+grep -q -- '-DM3_CUDA=OFF' "$cf" || fail "Containerfile: not a CPU build (-DM3_CUDA=OFF)"
 need=$(for b in m3-server m3-encode m3; do ldd "$bin/$b" | awk '/=>/{print $3}'; done | sort -u |
   while read -r f; do
     p=$(dpkg -S "$f" 2>/dev/null | head -1 | cut -d: -f1)
@@ -73,6 +74,9 @@ for p in $need; do
     libc6) ;;
     # sanitizer runtimes: in the ASan/UBSan test build only, never in the image
     libasan*|libubsan*) ;;
+    # the CUDA toolkit's libraries (cuBLAS, cudart) where this build has CUDA:
+    # the image is a CPU build (-DM3_CUDA=OFF, checked below)
+    /usr/local/cuda*) ;;
     /usr/local/lib/libfaiss_c.so) grep -q "/out/usr/local/lib/libfaiss_c.so" "$cf" || fail "Containerfile: libfaiss_c.so not in /out" ;;
     *) grep -qw -- "$p" <<<"$(grep -A4 'apt-get install' <<<"$runtime")" || fail "Containerfile: runtime lacks $p" ;;
   esac
