@@ -164,7 +164,7 @@ add_deb_src_entry() {
 }
 
 have_faiss_source() {  # $1: source version
-  apt-cache showsrc faiss 2>/dev/null | grep -qxF "Version: $1"
+  apt-cache showsrc faiss 2>/dev/null | grep -xF "Version: $1" >/dev/null
 }
 
 build_faiss_c() {
@@ -419,10 +419,10 @@ verify_all() {
   rm -rf "$fz"
   if [[ ! -e $FAISS_C_LIB ]]; then
     log "MISSING: $FAISS_C_LIB"; errors=$((errors + 1))
-  elif ! ldconfig -p | grep -q 'libfaiss_c\.so '; then
+  elif ! ldconfig -p | grep 'libfaiss_c\.so ' >/dev/null; then
     # The library is there but the cache is stale (e.g. rebuilt by hand): mend it.
     as_root ldconfig
-    if ! ldconfig -p | grep -q 'libfaiss_c\.so '; then
+    if ! ldconfig -p | grep 'libfaiss_c\.so ' >/dev/null; then
       log "MISSING: libfaiss_c.so is not in the ld.so cache even after ldconfig"; errors=$((errors + 1))
     fi
   fi
