@@ -59,7 +59,14 @@ long m3_record_encode(void *buf, size_t cap, const m3_layout *l, const m3_record
 
   uint8_t *b = buf;
   uint8_t *pos = b + M3_RECORD_HEADER_SIZE;
-  for (size_t i = 0; i < npos; i++) m3__st16(pos + 2 * i, in->positions[i]);
+  /* in->positions may point into a received frame at any alignment (a Put's
+   * records): read each by bytes. */
+  const uint8_t *src_pos = (const uint8_t *)in->positions;
+  for (size_t i = 0; i < npos; i++) {
+    uint16_t v;
+    memcpy(&v, src_pos + 2 * i, 2);
+    m3__st16(pos + 2 * i, v);
+  }
   memset(pos + 2 * npos, 0, pos_bytes - 2 * npos);
   memcpy(pos + pos_bytes, in->codes, code_bytes);
   uint8_t *text = pos + pos_bytes + code_bytes;
