@@ -151,15 +151,22 @@ static json_t *layout_json(const m3_layout *l) {
                    l->code_bytes, "codec_fingerprint", fp, "embedding_dim", l->emb_dim);
 }
 
+/* Open dir read-only for an inspecting command; on failure the reason is
+ * printed and the command's exit code returned. */
+static int open_read_only(const char *dir, m3_store **s) {
+  m3_store_options o;
+  m3_store_options_init(&o);
+  o.read_only = 1;
+  int rc = m3_store_open(dir, &o, s);
+  return rc ? fail(dir, rc) : 0;
+}
+
 static int cmd_info(int argc, char **argv) {
   store_args a;
   int rc = parse_store_args(argc, argv, &a);
   if (rc) return rc;
-  m3_store_options o;
-  m3_store_options_init(&o);
-  o.read_only = 1;
   m3_store *s;
-  if ((rc = m3_store_open(a.dir, &o, &s)) != 0) return fail(a.dir, rc);
+  if ((rc = open_read_only(a.dir, &s)) != 0) return rc;
   m3_store_stats st;
   if ((rc = m3_store_stats_get(s, &st)) != 0) {
     m3_store_close(s);
@@ -256,11 +263,8 @@ static int cmd_verify(int argc, char **argv) {
   store_args a;
   int rc = parse_store_args(argc, argv, &a);
   if (rc) return rc;
-  m3_store_options o;
-  m3_store_options_init(&o);
-  o.read_only = 1;
   m3_store *s;
-  if ((rc = m3_store_open(a.dir, &o, &s)) != 0) return fail(a.dir, rc);
+  if ((rc = open_read_only(a.dir, &s)) != 0) return rc;
   problems pr = {a.json ? json_array() : NULL, 0, a.dir};
   uint64_t checked = 0;
   progress_on(a.json);
@@ -340,11 +344,8 @@ static int cmd_get(int argc, char **argv) {
     fprintf(stderr, "m3 store get: needs --id N\n");
     return EXIT_FAILURE_;
   }
-  m3_store_options o;
-  m3_store_options_init(&o);
-  o.read_only = 1;
   m3_store *s;
-  if ((rc = m3_store_open(a.dir, &o, &s)) != 0) return fail(a.dir, rc);
+  if ((rc = open_read_only(a.dir, &s)) != 0) return rc;
   m3_location loc;
   char *text = NULL, path[4096];
   size_t tlen = 0;
