@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "m3/token.h"
 #include "m3/error.h"
 #include "m3/log.h"
 #include "call.h"
@@ -284,16 +285,14 @@ static void load_config(server_config *c, const char *path) {
 }
 
 static char *read_token(const char *path, const char *what) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    fprintf(stderr, "m3-server: %s %s: %s\n", what, path, strerror(errno));
+  char buf[512];
+  if (m3_token_read(path, buf, sizeof buf) != 0) {
+    fprintf(stderr, "m3-server: %s: %s\n", what, m3_errmsg());
     exit(2);
   }
-  char buf[512];
-  char *t = fgets(buf, sizeof buf, f) ? strdup(trim(buf)) : NULL;
-  fclose(f);
-  if (t == NULL || *t == '\0') {
-    fprintf(stderr, "m3-server: %s %s: empty; the token is its first line\n", what, path);
+  char *t = strdup(buf);
+  if (t == NULL) {
+    fprintf(stderr, "m3-server: %s: out of memory\n", what);
     exit(2);
   }
   if (strlen(t) < AUTH_TOKEN_MIN) {
@@ -520,6 +519,8 @@ int main(int argc, char **argv) {
           s.cfg.store_dir, (unsigned long long)s.records, s.embedder,
           s.index ? "retrieval index on" : "no retrieval index", m3_store_io_backend(s.store),
           s.aio ? " on the loop" : " on the threadpool", rpc_port, http_port);
+  M3_INFO("server", "read auth %s, admin auth %s", s.token ? "on (--token-file)" : "off (anyone may read)",
+          s.admin_token ? "on (--admin-token-file)" : "off (Put and Delete refused)");
   uv_run(s.loop, UV_RUN_DEFAULT);
 
   /* Drained (or stopped): close what is left and let the callbacks run. */

@@ -100,4 +100,31 @@ run 0 "$work/help" "$bin/m3" store --help || true
 check "m3 store --help: the store commands" test "$(grep -c '^  m3 store ' "$work/help")" = 8
 check "m3 store --help: not the server commands" bash -c "! grep -q 'm3 query' '$work/help'"
 
+# tokens: read the same way by server and client (first line, blanks
+# trimmed at both ends), from --token-file, M3_TOKEN or M3_TOKEN_FILE; no
+# token and a wrong token have their own messages, neither an i/o error
+printf '  0123456789abcdef-token \t\nsecond line\n' >"$work/tok.srv"
+printf '0123456789abcdef-token\n' >"$work/tok.ok"
+printf 'not-the-token-at-all\n' >"$work/tok.bad"
+"$bin/m3-bench" gen --store "$work/store2" --count 200 --emb-dim 8 --json >/dev/null
+m3t_server authsrv "$work/store2" --token-file "$work/tok.srv"
+check "startup line: auth on" grep -q 'read auth on' "$work/authsrv.log"
+run 2 "$work/tnone" env -u M3_TOKEN -u M3_TOKEN_FILE "$bin/m3" stats --server "$addr" || true
+check "no token: its own message" grep -q "this server requires a token" "$work/tnone.err"
+check "no token: not an i/o error" bash -c "! grep -q 'i/o error' '$work/tnone.err'"
+run 2 "$work/tbad" "$bin/m3" stats --server "$addr" --token-file "$work/tok.bad" || true
+check "wrong token: its own message" grep -q "the server refused the token" "$work/tbad.err"
+check "wrong token: not an i/o error" bash -c "! grep -q 'i/o error' '$work/tbad.err'"
+run 0 "$work/tfile" "$bin/m3" stats --server "$addr" --token-file "$work/tok.ok" --json || true
+check "token file (server's has blanks around it)" test "$(json_get "$work/tfile" "j['records']")" = 200
+run 0 "$work/tenv" env M3_TOKEN=0123456789abcdef-token "$bin/m3" stats --server "$addr" --json || true
+check "M3_TOKEN" test "$(json_get "$work/tenv" "j['records']")" = 200
+run 0 "$work/tenvf" env M3_TOKEN_FILE="$work/tok.ok" "$bin/m3" stats --server "$addr" --json || true
+check "M3_TOKEN_FILE" test "$(json_get "$work/tenvf" "j['records']")" = 200
+run 0 "$work/tbench" env M3_TOKEN_FILE="$work/tok.ok" "$bin/m3-bench" rpc --server "$addr" --calls 3 \
+  --queries-per-call 2 -k 2 --loopback-seconds 0 --json || true
+check "m3-bench takes M3_TOKEN_FILE" test "$(json_get "$work/tbench" "j['errors']")" = 0
+run 2 "$work/tmissing" "$bin/m3" stats --server "$addr" --token-file "$work/no-such-file" || true
+check "missing token file named" grep -q "no-such-file" "$work/tmissing.err"
+
 m3t_done

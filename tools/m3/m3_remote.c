@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "m3/token.h"
 #include "m3/client.h"
 #include "m3/cluster.h"
 #include "m3/error.h"
@@ -44,16 +45,13 @@ static int print_json(json_t *j) {
   return 0;
 }
 
-/* The token is the file's first line, without its newline. */
+/* The token: --token-file, else M3_TOKEN, else M3_TOKEN_FILE (m3/token.h);
+ * buf[0] = 0 when none is given. */
 static int read_token(const char *path, char *buf, size_t cap) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    fprintf(stderr, "m3: --token-file %s: %s\n", path, strerror(errno));
+  if (m3_token_resolve(path, buf, cap, NULL) != 0) {
+    fprintf(stderr, "m3: %s\n", m3_errmsg());
     return -1;
   }
-  if (fgets(buf, (int)cap, f) == NULL) buf[0] = '\0';
-  fclose(f);
-  buf[strcspn(buf, "\r\n")] = '\0';
   return 0;
 }
 
@@ -162,7 +160,7 @@ static int parse_args(int argc, char **argv, remote_args *a) {
 
 static int connect_server(const char *cmd, const remote_args *a, m3_client **c) {
   char token[512] = "";
-  if (a->token_file && read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
+  if (read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
   m3_client_options o;
   m3_client_options_init(&o);
   o.token = token;
@@ -198,13 +196,13 @@ static int remote_open(const char *cmd, const remote_args *a, remote *r) {
   r->where = a->cluster ? a->cluster : a->server;
   if (a->server) return connect_server(cmd, a, &r->c);
   char token[512] = "";
-  if (a->token_file && read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
+  if (read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
   m3_cluster_map *map = NULL;
   int rc = m3_cluster_map_load(a->cluster, &map);
   if (rc == 0) {
     m3_cluster_options o;
     m3_cluster_options_init(&o);
-    if (a->token_file) o.token = token;
+    if (token[0]) o.token = token;
     if (a->timeout_ms > 0) o.call_timeout_ms = a->timeout_ms;
     if (o.try_timeout_ms > o.call_timeout_ms) o.try_timeout_ms = o.call_timeout_ms;
     o.probe_interval_ms = 0; /* one call: no prober thread */
@@ -588,14 +586,14 @@ static void replica_stats_get(const remote_args *a, const char *token, replica_s
  */
 static int cluster_stats(const remote_args *a) {
   char token[512] = "";
-  if (a->token_file && read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
+  if (read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
   m3_cluster_map *map = NULL;
   int rc = m3_cluster_map_load(a->cluster, &map);
   if (rc) {
     fprintf(stderr, "m3 stats: %s: %s\n", m3_strerror(rc), m3_errmsg());
     return EXIT_USAGE;
   }
-  const char *tok = a->token_file ? token : m3_cluster_map_token(map);
+  const char *tok = token[0] ? token : m3_cluster_map_token(map);
   uint32_t ns = m3_cluster_map_shards(map), n = 0;
   for (uint32_t s = 0; s < ns; s++) n += m3_cluster_map_replicas(map, s);
   replica_stats *rs = calloc(n, sizeof *rs);
