@@ -22,6 +22,7 @@
 
 #include "m3/crc32c.h"
 #include "m3/error.h"
+#include "m3/internal/fsutil.h"
 #include "m3/log.h"
 #include "store_int.h"
 
@@ -357,6 +358,24 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
 
   char catpath[4200];
   snprintf(catpath, sizeof catpath, "%s/catalog", dir);
+  /* A repair interrupted between its two renames left the old catalog
+   * aside and none in place: put it back (read-only: open it there). */
+  struct stat ast;
+  char asidepath[4200];
+  snprintf(asidepath, sizeof asidepath, "%s/" M3__CATALOG_ASIDE, dir);
+  if (stat(catpath, &ast) != 0 && errno == ENOENT && stat(asidepath, &ast) == 0) {
+    if (o->read_only) {
+      snprintf(catpath, sizeof catpath, "%s", asidepath);
+    } else {
+      M3_WARN("store", "store %s: an interrupted repair left the catalog at %s; putting it back",
+              dir, asidepath);
+      if (rename(asidepath, catpath) != 0) {
+        rc = m3__syserr(errno, "rename %s to %s", asidepath, catpath);
+        goto fail;
+      }
+      if ((rc = m3__fsync_dir(dir)) != 0) goto fail;
+    }
+  }
   int fresh = 0;
   if (o->create && !has_segments(dir)) {
     struct stat cst;
