@@ -550,6 +550,11 @@ static int place(commit *c, size_t len, uint32_t *seg_id, uint64_t *off) {
   return 0;
 }
 
+/* Undo a failed commit: cut each touched segment back to its size before
+ * the commit. Nothing of the batch is visible now (the catalog did not
+ * commit). A cut that fails leaves the records in the file: those written
+ * whole ARE rolled forward by the next open (a Put reported failed may
+ * persist, as m3/store.h says); a partial one is cut there as a torn tail. */
 static void abort_commit(commit *c) {
   for (int i = c->ntouched - 1; i >= 0; i--) {
     m3_segment *seg = m3__store_seg(c->s, c->touched[i].seg);
