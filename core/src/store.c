@@ -266,7 +266,7 @@ static int roll_forward(m3_store *s, const uint64_t *ends) {
     }
     if (seg->size == ends[i]) continue;
     uint64_t before = ctx.applied, good_end = ends[i], damaged = 0;
-    m3_scan_cb cb = {&ctx, roll_record, roll_problem};
+    m3_scan_cb cb = {&ctx, roll_record, roll_problem, &s->ident.layout};
     if ((rc = m3__segment_scan(seg, s->dir, ends[i], s->ident.align, &cb, &good_end, &damaged)) != 0)
       goto out;
     if (ctx.applied > before)

@@ -506,7 +506,7 @@ int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_repor
     }
     rep->segments++;
     uint64_t good_end = 0, damaged = 0;
-    m3_scan_cb cb = {&ctx, repair_record, repair_problem};
+    m3_scan_cb cb = {&ctx, repair_record, repair_problem, &ident.layout};
     rc = m3__segment_scan(&seg, dir, ident.align, ident.align, &cb, &good_end, &damaged);
     if (rc == 0 && good_end < seg.size) {
       rep->truncated_bytes += seg.size - good_end;

@@ -203,6 +203,46 @@ static void test_torn_tail_repair(void **state) {
   }
 }
 
+/* A valid record of another layout (more tokens: a bigger memory) at the
+ * end of a segment: roll-forward and repair must not catalogue it (its
+ * size would overflow a fetch buffer planned for the store's layout), but
+ * skip it and report it (issue 14, defect 9). */
+static void test_foreign_layout_record(void **state) {
+  fixture *f = *state;
+  tu_dump a, b;
+  tu_dump_store(f->s, &a);
+  char path[4096];
+  last_segment(f, path, sizeof path);
+  m3_store_close(f->s);
+  f->s = NULL;
+  m3_layout big = f->l;
+  big.spec.n_tokens *= 2;
+  size_t len;
+  uint8_t *rec = tu_expected(&big, 998, 0, &len);
+  append(path, rec, len);
+  free(rec);
+  f->s = reopen(f); /* roll-forward */
+  CHECK_U64(m3_store_contains(f->s, 998), 0);
+  int np = 0;
+  tu_dump_store(f->s, &b);
+  tu_dump_compare(&a, &b, 0); /* its bytes stay (damage is kept) */
+  tu_dump_free(&b);
+  m3_store_close(f->s);
+  f->s = NULL;
+  rm_catalog(f);
+  m3_repair_report rep;
+  np = 0;
+  CHECK_RC(m3_store_repair(f->dir, on_problem, &np, &rep), M3_ECORRUPT);
+  CHECK_U64(rep.damaged, 1);
+  CHECK_U64(rep.records, a.n);
+  f->s = reopen(f);
+  CHECK_U64(m3_store_contains(f->s, 998), 0);
+  tu_dump_store(f->s, &b);
+  tu_dump_compare(&a, &b, 0); /* its bytes stay (damage is kept) */
+  tu_dump_free(&a);
+  tu_dump_free(&b);
+}
+
 /* Repair swaps the rebuilt catalog in with two renames (old aside, new
  * in): a crash between them (fault point repair.swap) must leave a store
  * that opens with its old catalog and the same content, and a second
@@ -374,6 +414,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_torn_tail_repair, setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_repair_busy, setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_repair_interrupted_swap, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_foreign_layout_record, setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_missing_segment, setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_repair_errors, setup, tu_teardown),
   };
