@@ -64,10 +64,11 @@ static const char *usage_text =
     "  --write-high-water-mb N   stop reading a connection with more queued (16)\n"
     "  --fetch-memory-mb N       read buffers of all calls together; calls beyond\n"
     "                            wait for buffers, oldest first (256)\n"
-    "  --sendfile                send memories from the page cache with sendfile\n"
-    "                            (the client checks every CRC32C; the loop reads on\n"
-    "                            its own thread: for stores that fit in RAM). Default:\n"
-    "                            io_uring reads into buffers, checked by the server\n"
+    "  --no-sendfile             always read memories into buffers on the io_uring and\n"
+    "                            check them in the server. Default: memories whose\n"
+    "                            pages are in the page cache (probed without blocking)\n"
+    "                            go out with sendfile, only their headers checked here\n"
+    "                            (the client checks every CRC32C); the rest are read\n"
     "  --min-drain-kb-per-s N    close a connection whose queued answers drain\n"
     "                            slower than this for 2 s: its buffers go back (256)\n"
     "  --shard N                 shard number announced in Hello (0)\n"
@@ -102,6 +103,7 @@ void server_config_defaults(server_config *c) {
   c->search_threads = 1;
   c->fetch_memory = (size_t)256 << 20;
   c->min_drain_bytes_per_s = (size_t)256 << 10;
+  c->sendfile = 1;
 }
 
 static const struct option opts[] = {
@@ -136,6 +138,7 @@ static const struct option opts[] = {
     {"search-budget", required_argument, NULL, 21},
     {"max-batch-queries", required_argument, NULL, 22},
     {"sendfile", no_argument, NULL, 23},
+    {"no-sendfile", no_argument, NULL, 25},
     {"min-drain-kb-per-s", required_argument, NULL, 24},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
@@ -221,6 +224,7 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
     c->sendfile = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes");
     break;
   case 24: c->min_drain_bytes_per_s = (size_t)num(name, v, where) << 10; break;
+  case 25: c->sendfile = 0; break;
   }
 }
 

@@ -108,6 +108,10 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
   COUNTER("m3_sendfile_bounced_bytes_total",
           "Memory bytes meant for sendfile read into a buffer because the socket was full.",
           m->sendfile_bounced_bytes);
+  COUNTER("m3_sendfile_cold_batches_total",
+          "Batches of memories read into buffers instead of sent with sendfile: a record was not "
+          "in the page cache.",
+          m->sendfile_cold_batches);
   COUNTER("m3_slow_readers_closed_total",
           "Connections closed for draining their answers below the minimum rate.",
           m->slow_readers_closed);

@@ -284,9 +284,16 @@ typedef struct m3_span {
  * descriptor open (a compaction that drops the segment closes it later)
  * until m3_store_spans_release counts it back. Returns 0; M3_EBUSY (none
  * handed out) while a writer holds the store; M3_EUNSUPPORTED with O_DIRECT;
- * M3_EINVAL for a bad buffer; a catalog error. Blocks on the header reads.
+ * M3_EINVAL for a bad buffer; a catalog error. Blocks on the header reads,
+ * unless flags has M3_SPANS_CACHED: then each record's header and last byte
+ * are read with RWF_NOWAIT, and when any of them is not in the page cache
+ * (or the filesystem cannot say) none is handed out and it returns
+ * M3_SPANS_COLD (> 0): read those items instead. The pages between can
+ * still have been evicted, so a sendfile of a span may block (rarely).
  */
-int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans);
+#define M3_SPANS_CACHED 1u
+#define M3_SPANS_COLD 1
+int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans, unsigned flags);
 /* n spans handed out by m3_store_spans are no longer used. */
 void m3_store_spans_release(m3_store *s, size_t n);
 
