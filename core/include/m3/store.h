@@ -89,6 +89,11 @@ const char *m3_store_io_backend(const m3_store *s);
  * for the call. Putting a chunk id that holds identical content is a no-op;
  * different content replaces it. On failure nothing of the batch is visible
  * and the store stays usable; M3_ENOSPC and M3_EIO name the file.
+ * A failed Put may still persist: its segment bytes are cut back, but when
+ * that cut fails too (or the process dies before it) the records written
+ * whole are rolled forward at the next open, so after a restart such a Put
+ * can be there, whole, or absent; never partial. Retrying it is safe (the
+ * same content is a no-op).
  */
 int m3_store_put(m3_store *s, const m3_record_in *items, size_t n);
 
