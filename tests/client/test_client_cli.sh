@@ -127,4 +127,23 @@ check "m3-bench takes M3_TOKEN_FILE" test "$(json_get "$work/tbench" "j['errors'
 run 2 "$work/tmissing" "$bin/m3" stats --server "$addr" --token-file "$work/no-such-file" || true
 check "missing token file named" grep -q "no-such-file" "$work/tmissing.err"
 
+# TLS on one side only: an m3 client at a TLS port that answers its plain
+# Hello with a TLS alert record (as many TLS servers do; OpenSSL's s_server
+# just closes) is told so, and m3-server says in its log when a TLS
+# ClientHello reaches its plain port, and closes.
+"$py" -c "
+import socket, sys, os
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(4)
+open(sys.argv[1] + '.tmp', 'w').write(str(s.getsockname()[1])); os.rename(sys.argv[1] + '.tmp', sys.argv[1])
+while True:
+    c, _ = s.accept(); c.recv(4096); c.sendall(bytes([0x15, 3, 3, 0, 2, 2, 70])); c.close()
+" "$work/tls.port" &
+m3t_reap $!
+m3t_wait_file "$work/tls.port" || true
+run 2 "$work/tlsport" "$bin/m3" stats --server "127.0.0.1:$(cat "$work/tls.port")" --timeout-ms 20000 || true
+check "TLS port: named" grep -q "this port speaks TLS" "$work/tlsport.err"
+openssl s_client -connect "$addr" -tls1_3 </dev/null >"$work/sclient.out" 2>&1 || true
+sleep 0.2
+check "plain port: a TLS ClientHello is logged" grep -q "TLS ClientHello" "$work/authsrv.log"
+
 m3t_done
