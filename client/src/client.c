@@ -169,6 +169,7 @@ static int encode_queries(m3_client *c, m3_method method, const m3_client_query 
       m->vector = (float *)q[i].vector;
     } else if (q[i].text) {
       m->text = (char *)q[i].text;
+      m->allow_fillers = q[i].allow_fillers != 0;
     } else {
       return m3__client_status(c, method, M3__STATUS_CODE__INVALID_ARGUMENT,
                                "query %zu has neither a vector nor text", i);

@@ -467,6 +467,7 @@ int main(int argc, char **argv) {
     io.params = s.cfg.index_params;
     if ((rc = m3_index_open(s.store, &io, &s.index)) != 0) {
       fprintf(stderr, "m3-server: retrieval index: %s: %s\n", m3_strerror(rc), m3_errmsg());
+      server_embedder_close(&s);
       m3_store_close(s.store);
       return 2;
     }
@@ -537,6 +538,7 @@ int main(int argc, char **argv) {
               m3_errmsg());
     m3_index_close(s.index);
   }
+  server_embedder_close(&s);
   m3_store_close(s.store);
   pthread_mutex_destroy(&s.admin_lock);
   free(s.token);

@@ -67,11 +67,17 @@ static size_t lend(server *s, rb_reads *r, size_t n) {
   return k;
 }
 
+/* Item i of r is read (at now): its latency into the histogram. */
+static void read_done(server *s, rb_reads *r, size_t i, uint64_t now) {
+  metrics_hist_observe(&s->m.store_read, (double)(now - r->t_start[i]) * 1e-9);
+}
+
 /* An item's read completed (from m3_store_aio_reap, on the loop). */
 static void on_read(void *ud, m3_fetch_item *it) {
   rb_reads *r = ud;
   server *s = r->cl->c->s;
   r->reading--;
+  read_done(s, r, (size_t)(it - r->items), now_ns());
   r->ready[r->nready++] = (size_t)(it - r->items);
   if (!r->flushing) {
     r->flushing = 1;
@@ -83,6 +89,8 @@ static void on_read(void *ud, m3_fetch_item *it) {
 /* Start the reads of k items from r->started on (buffers lent): 0, or an
  * m3 code (M3_EBUSY: a writer holds the store; nothing started). */
 static int start_reads(server *s, rb_reads *r, size_t k) {
+  uint64_t t0 = now_ns();
+  for (size_t j = 0; j < k; j++) r->t_start[r->started + j] = t0;
   if (r->spans && !r->pool) {
     /* From the page cache: only the headers are read; the sender sends
      * the records' byte ranges from the files (flushed by rb_pump). */
@@ -93,6 +101,8 @@ static int start_reads(server *s, rb_reads *r, size_t k) {
       s->m.sendfile_cold_batches++;
       goto read; /* not all in the page cache: read them on the io_uring */
     }
+    uint64_t t1 = now_ns();
+    for (size_t j = 0; j < k; j++) read_done(s, r, r->started + j, t1);
     for (size_t j = 0; j < k; j++) r->ready[r->nready++] = r->started + j;
     r->started += k;
     if (!r->flushing) {
@@ -228,6 +238,8 @@ void rb_queue(rb_reads *r) {
 void rb_job_done(rb_reads *r, size_t first, size_t n) {
   server *s = r->cl->c->s;
   r->job_running = 0;
+  uint64_t now = now_ns();
+  for (size_t j = 0; j < n; j++) read_done(s, r, first + j, now);
   for (size_t j = 0; j < n; j++) r->ready[r->nready++] = first + j;
   r->reading -= n;
   r->send(r); /* or, after an error, gives the buffers back */

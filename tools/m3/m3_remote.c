@@ -63,6 +63,7 @@ typedef struct remote_args {
   const char *vector_file;
   const char *out;
   int json;
+  int allow_fillers; /* query --allow-fillers */
   int timeout_ms;
   unsigned k;
   uint64_t *ids;
@@ -72,8 +73,10 @@ typedef struct remote_args {
 static void usage(const char *cmd) {
   if (!strcmp(cmd, "query"))
     fputs("usage: m3 query (--server HOST:PORT | --cluster MAP) (--text \"...\" | --vector-file F)\n"
-          "                [-k 5] [--token-file F] [--timeout-ms 10000] [--json]\n"
+          "                [-k 5] [--token-file F] [--timeout-ms 10000] [--json] [--allow-fillers]\n"
           "Retrieve the top-k memories of each query; print ids, scores and chunk texts.\n"
+          "A text query lists only memories scoring above 0 (fewer than k when fewer share\n"
+          "a word with it); --allow-fillers lists k anyway.\n"
           "Vector file: one query per line, floats separated by whitespace ('#' comments).\n"
           "--cluster MAP: a cluster map file (docs/CLIENT.md); every shard is searched and\n"
           "the global top-k fetched from the owning shards, with failover between replicas.\n",
@@ -100,7 +103,8 @@ static int parse_args(int argc, char **argv, remote_args *a) {
       {"text", required_argument, NULL, 'x'},       {"vector-file", required_argument, NULL, 'v'},
       {"id", required_argument, NULL, 'i'},         {"out", required_argument, NULL, 'o'},
       {"timeout-ms", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
-      {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0}};
+      {"help", no_argument, NULL, 'h'},             {"allow-fillers", no_argument, NULL, 'F'},
+      {NULL, 0, NULL, 0}};
   memset(a, 0, sizeof *a);
   a->k = 5;
   a->timeout_ms = 10000;
@@ -116,6 +120,7 @@ static int parse_args(int argc, char **argv, remote_args *a) {
     case 'v': a->vector_file = optarg; break;
     case 'o': a->out = optarg; break;
     case 'j': a->json = 1; break;
+    case 'F': a->allow_fillers = 1; break;
     case 'k':
       a->k = (unsigned)strtoul(optarg, &end, 10);
       if (*end || a->k == 0) {
@@ -370,7 +375,7 @@ int m3__cmd_query(int argc, char **argv) {
   for (size_t i = 0; i < nq * a.k; i++) q.hits[i].id = UINT64_MAX;
   for (size_t i = 0; i < nq; i++) {
     if (vecs) qs[i] = (m3_client_query){.vector = vecs + i * dim, .dim = (uint32_t)dim};
-    else qs[i] = (m3_client_query){.text = a.text};
+    else qs[i] = (m3_client_query){.text = a.text, .allow_fillers = a.allow_fillers};
   }
   rc = rm.c ? m3_client_retrieve(rm.c, qs, nq, a.k, 1, on_query_memory, &q)
             : m3_cluster_retrieve(rm.cl, qs, nq, a.k, 1, on_query_memory, &q);
