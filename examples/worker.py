@@ -7,8 +7,10 @@ compares their traces on the bundled example).
 A Llama-family model from its safetensors folder (every layer, model.norm,
 lm_head), greedy decode of a batch of prompts in lockstep (prompt tokens fed
 one per step), and every 64 tokens a retrieval round through the m3store
-binding: query s = the text of sequence s's last 64 tokens (the server
-embeds it), k memories each, decoded to f32 attention buffers. The memory
+binding (asynchronously, on a thread): query s = the text of sequence s's
+last 64 tokens (the server embeds it) or, for a store encoded with
+m3-encode --embed hidden:LAYER, that layer's mean hidden state over
+[BOS] + prefix + the window (as m3-encode embeds a chunk), k memories each, decoded to f32 attention buffers. The memory
 layers (the first half) attend with ONE softmax over the round's memory
 slots of their KV head and the causal context; the context sits at
 positions 128 + i (parallel position encoding, docs/CLIENT.md); memory keys
@@ -71,10 +73,16 @@ def load_safetensors(folder):
 
 class Tokenizer:
     def __init__(self, folder):
-        t = json.load(open(os.path.join(folder, "tokenizer.json")))
+        path = os.path.join(folder, "tokenizer.json")
+        if not os.path.exists(path):
+            raise ValueError("%s: no tokenizer.json; worker.py reads HF BPE tokenizer.json only "
+                             "(not SentencePiece tokenizer.model, which m3-encode also reads)"
+                             % folder)
+        t = json.load(open(path))
         m = t["model"]
         if m["type"] != "BPE":
-            raise ValueError("worker.py reads HF BPE tokenizer.json only")
+            raise ValueError("%s: model type %s; worker.py reads HF BPE tokenizer.json only"
+                             % (path, m["type"]))
         self.vocab = m["vocab"]
         self.pieces = {i: p for p, i in self.vocab.items()}
         self.ranks = {tuple(p if isinstance(p, list) else p.split(" ")): r
