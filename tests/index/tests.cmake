@@ -13,3 +13,4 @@ m3_add_test(test_index_embed_words SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_embed_
   LABELS unit index TIMEOUT 60)
 m3_add_test(test_index_embed_recall SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_embed_recall.c
   LABELS unit index TIMEOUT 120 LIBS PkgConfig::JANSSON)
+m3_add_script_test(index_percall SCRIPT ${CMAKE_CURRENT_LIST_DIR}/test_index_percall.sh LABELS integration index TIMEOUT 120)
