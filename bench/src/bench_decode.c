@@ -380,6 +380,17 @@ int bench_decode(int argc, char **argv) {
     json_decref(j);
   }
   ex = 0;
+  if (!no_memory && with.n_rounds > 0) {
+    int rounds_failed = 0;
+    for (int r = 0; r < with.n_rounds; r++) rounds_failed += with.rounds[r].rc != 0;
+    if (rounds_failed == with.n_rounds) {
+      /* Nothing was retrieved: the figures above measured no retrieval. */
+      fprintf(stderr, "m3-bench decode: all %d retrieval rounds failed (first: %s); the "
+                      "memory run measured no retrieval\n",
+              with.n_rounds, m3_strerror(with.rounds[0].rc));
+      ex = 1;
+    }
+  }
 out:
   m3_generate_result_free(&with);
   m3_generate_result_free(&without);

@@ -48,6 +48,18 @@ check "hash store: stats embedder" test "$(json_get "$work/st.json" "j['hello'][
 check "hash store: query embedder" test "$(json_get "$work/q.json" "j['embedder']")" = hash:256
 kill -TERM "$srv"; wait "$srv" || true
 
+# 3b. m3 store split keeps each shard's embedder (encode.json and the codec
+# and tokenizer beside the records): a server on one shard still embeds text
+"$bin/m3" store split "$work/kb" --shards 2 --out "$work/split" >/dev/null
+for f in encode.json codec.m3c tokenizer.json; do
+  check "split: shard-0 has $f" cmp -s "$work/kb/$f" "$work/split/shard-0/$f"
+done
+m3t_server shard0 "$work/split/shard-0"
+check "split shard: log names the embedder" grep -q "embedder hash:256" "$work/shard0.log"
+run 0 "$work/sq.json" "$bin/m3" query --server "$addr" --text "Jupiter largest planet" -k 3 --json || true
+check "split shard: text query answered" test "$(json_get "$work/sq.json" "len(j['queries'][0]['results']) > 0")" = True
+kill -TERM "$srv"; wait "$srv" || true
+
 # 4. a folder of documents, sequential ids from --id-base
 mkdir -p "$work/docs/sub"
 cp "$src/examples/kb/corpus.txt" "$work/docs/a.txt"

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "m3/cluster.h"
 #include "m3/error.h"
@@ -42,10 +43,33 @@ static int add_id(void *ud, uint64_t id, const m3_location *loc) {
   return 0;
 }
 
+/* The files an encoded store keeps beside its records: how it was embedded
+ * and encoded (encode.json, and for words:DIM its IDF table), its codec and
+ * tokenizer. Each shard gets them, so a server on a shard knows its
+ * embedder as the whole store's would. */
+static const char *const side_files[] = {"encode.json", "codec.m3c", "tokenizer.json", "idf.bin"};
+
+static int copy_file(const char *from, const char *to) {
+  FILE *in = fopen(from, "rb");
+  if (in == NULL) return errno == ENOENT ? 0 : m3__syserr(errno, "open %s", from);
+  FILE *out = fopen(to, "wb");
+  int rc = out ? 0 : m3__syserr(errno, "create %s", to);
+  char buf[65536];
+  for (size_t n; rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0;)
+    if (fwrite(buf, 1, n, out) != n) rc = m3__syserr(errno, "write %s", to);
+  if (rc == 0 && ferror(in)) rc = m3__syserr(EIO, "read %s", from);
+  if (out && (fflush(out) != 0 || fsync(fileno(out)) != 0) && rc == 0)
+    rc = m3__syserr(errno, "write %s", to);
+  if (out && fclose(out) != 0 && rc == 0) rc = m3__syserr(errno, "close %s", to);
+  fclose(in);
+  return rc;
+}
+
 static void usage(FILE *f) {
   fputs("usage: m3 store split DIR --shards S --out OUTDIR [--json]\n"
         "Write OUTDIR/shard-0 .. OUTDIR/shard-<S-1>: shard s holds the chunks of DIR whose\n"
-        "id % S == s (texts and embeddings included, same layout). OUTDIR/shard-* must not\n"
+        "id % S == s (texts and embeddings included, same layout; encode.json, codec.m3c,\n"
+        "tokenizer.json and idf.bin copied beside each). OUTDIR/shard-* must not\n"
         "exist yet.\n",
         f);
 }
@@ -165,6 +189,13 @@ int m3__cmd_store_split(int argc, char **argv) {
       n = 0;
     }
   }
+  for (unsigned long s = 0; s < shards; s++)
+    for (size_t f = 0; f < sizeof side_files / sizeof side_files[0]; f++) {
+      char from[4200], to[4200];
+      snprintf(from, sizeof from, "%s/%s", dir, side_files[f]);
+      snprintf(to, sizeof to, "%s/shard-%lu/%s", out, s, side_files[f]);
+      if ((rc = copy_file(from, to)) != 0) goto fail;
+    }
   if (json) {
     printf("{\"store\": \"%s\", \"shards\": %lu, \"out\": \"%s\", \"records\": [", dir, shards,
            out);
