@@ -55,6 +55,7 @@ typedef struct rpc_args {
   int text;
   int json;
   uint64_t seed;
+  m3_search_params params; /* --nprobe, --ef-search (0: the server's) */
 } rpc_args;
 
 typedef struct rpc_shared {
@@ -106,7 +107,9 @@ static int connect_one(rpc_shared *sh, m3_client **c) {
   o.token = sh->token;
   o.call_timeout_ms = sh->a->timeout_ms;
   o.client_name = "m3-bench rpc";
-  return m3_client_connect(sh->a->server, &o, c);
+  int rc = m3_client_connect(sh->a->server, &o, c);
+  if (rc == 0) m3_client_set_search_params(*c, &sh->a->params);
+  return rc;
 }
 
 static void sleep_until(uint64_t t_ns) {
@@ -308,7 +311,7 @@ static void usage(FILE *f) {
         "                    [-k 5] [--duration 10 | --calls N] [--rate R] [--warmup 20]\n"
         "                    [--store DIR] [--raw-samples 1000] [--token-file F]\n"
         "                    [--timeout-ms 10000] [--text] [--seed S]\n"
-        "                    [--loopback-seconds 3] [--json]\n"
+        "                    [--loopback-seconds 3] [--nprobe N] [--ef-search N] [--json]\n"
         "Retrieve calls of Q random unit query vectors (the server's embedding_dim;\n"
         "--text: texts for its embedder) x top-k. Closed loop, or open loop at R calls/s\n"
         "over all connections with latency from each call's scheduled time. --warmup N\n"
@@ -318,7 +321,8 @@ static void usage(FILE *f) {
         "sharing its pools; --hedge-ms: hedged searches). After the calls, the link's own\n"
         "limit: plain TCP streams for --loopback-seconds (0: skip), one per connection,\n"
         "on the server's interface (loopback_mb_per_s, served_over_loopback); servers\n"
-        "on this machine also get their CPU per GB served (from /proc).\n",
+        "on this machine also get their CPU per GB served (from /proc). --nprobe /\n"
+        "--ef-search: every call's index params (IVF / HNSW; default: the server's).\n",
         f);
 }
 
@@ -333,6 +337,7 @@ int bench_rpc(int argc, char **argv) {
       {"raw-samples", required_argument, NULL, 'R'}, {"timeout-ms", required_argument, NULL, 'T'},
       {"text", no_argument, NULL, 'x'},           {"seed", required_argument, NULL, 'e'},
       {"loopback-seconds", required_argument, NULL, 'L'},
+      {"nprobe", required_argument, NULL, 'P'},   {"ef-search", required_argument, NULL, 'E'},
       {"json", no_argument, NULL, 'j'},           {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   rpc_args a = {.conns = 1, .qpc = 32, .k = 5, .duration = 10, .warmup = 20,
@@ -358,6 +363,8 @@ int bench_rpc(int argc, char **argv) {
     case 'x': a.text = 1; break;
     case 'L': a.loopback_s = strtod(optarg, NULL); break;
     case 'e': a.seed = strtoull(optarg, NULL, 10); break;
+    case 'P': a.params.nprobe = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'E': a.params.ef_search = (uint32_t)strtoul(optarg, NULL, 10); break;
     case 'j': a.json = 1; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
@@ -398,6 +405,7 @@ int bench_rpc(int argc, char **argv) {
         add_local_pid(m3_cluster_map_replica(map, sd, rp), pids, &npids);
     rc = m3_cluster_open(map, &co, &sh.cl);
     m3_cluster_map_free(map);
+    if (rc == 0) m3_cluster_set_search_params(sh.cl, &a.params);
     if (rc == 0) rc = m3_cluster_info(sh.cl, &cinfo);
     if (rc) {
       ex = bench_fail("cluster", rc);
@@ -516,6 +524,8 @@ int bench_rpc(int argc, char **argv) {
                                   (json_int_t)nraw));
     json_object_set_new(j, "p99_over_raw_p99", json_real(raw99 > 0 ? p99 / raw99 : 0));
   }
+  if (a.params.nprobe) json_object_set_new(j, "nprobe", json_integer(a.params.nprobe));
+  if (a.params.ef_search) json_object_set_new(j, "ef_search", json_integer(a.params.ef_search));
   double served_mbs = (double)payload / 1e6 / secs;
   if (loop_mbs > 0) {
     json_object_set_new(j, "loopback_mb_per_s", json_real(loop_mbs));

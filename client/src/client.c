@@ -30,6 +30,21 @@ void m3_client_set_timeout(m3_client *c, int timeout_ms) {
   c->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
 }
 
+void m3_client_set_search_params(m3_client *c, const m3_search_params *p) {
+  if (p) c->params = *p;
+  else memset(&c->params, 0, sizeof c->params);
+}
+
+/* The IndexParams of a Search or Retrieve: NULL when every field is 0 (the
+ * message stays as an older client sent it). */
+static M3__IndexParams *index_params(m3_client *c, M3__IndexParams *out) {
+  if (c->params.nprobe == 0 && c->params.ef_search == 0) return NULL;
+  m3__index_params__init(out);
+  out->nprobe = c->params.nprobe;
+  out->ef_search = c->params.ef_search;
+  return out;
+}
+
 int m3_client_last_status(const m3_client *c, const char **msg) {
   if (msg) *msg = c->last_msg;
   return c->last_status;
@@ -209,6 +224,8 @@ int m3_client_search(m3_client *c, const m3_client_query *queries, size_t nq, ui
   if (rc) return rc;
   req.n_queries = nq;
   req.k = k;
+  M3__IndexParams ip;
+  req.params = index_params(c, &ip);
   for (size_t i = 0; i < nq * k; i++) {
     ids[i] = UINT64_MAX;
     scores[i] = 0;
@@ -292,6 +309,8 @@ int m3_client_retrieve(m3_client *c, const m3_client_query *queries, size_t nq, 
   req.n_queries = nq;
   req.k = k;
   req.with_text = with_text != 0;
+  M3__IndexParams ip;
+  req.params = index_params(c, &ip);
   stream_ctx s = {c, fn, ud};
   return m3__client_call(c, M3_METHOD_RETRIEVE, &req.base, NULL, 0, c->timeout_ms, on_memory, &s);
 }
@@ -323,6 +342,8 @@ static int on_stats(void *ud, const ProtobufCMessage *msg, const uint8_t *att, s
   o->cache_misses = r->cache_misses;
   o->uptime_ms = r->uptime_ms;
   o->index_vectors = r->index_vectors;
+  copy_str(o->index_factory, sizeof o->index_factory, r->index_factory);
+  copy_str(o->index_params, sizeof o->index_params, r->index_params);
   copy_str(o->io_backend, sizeof o->io_backend, r->io_backend);
   copy_str(o->embedder, sizeof o->embedder, r->embedder);
   o->n_methods = 0;

@@ -27,6 +27,7 @@ struct m3_client {
   char addr[256];
   m3_client_info info;
   int timeout_ms;
+  m3_search_params params; /* sent with Search and Retrieve when non-zero */
   uint32_t max_frame;
   uint32_t next_stream;
   int broken;  /* transport failed: every call fails */

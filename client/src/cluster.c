@@ -69,6 +69,7 @@ int m3_cluster_open(const m3_cluster_map *map, const m3_cluster_options *o, m3_c
   m3_cluster *cl = calloc(1, sizeof *cl);
   if (cl == NULL) return m3__seterr(M3_ENOMEM, "m3_cluster_open: out of memory");
   cl->o = *o;
+  atomic_init(&cl->search_params, 0);
   const char *tok = o->token ? o->token : map->token;
   cl->token = strdup(tok ? tok : "");
   cl->client_name = strdup(o->client_name ? o->client_name : "libm3client cluster");

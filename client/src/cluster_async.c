@@ -278,6 +278,7 @@ static int op_submit(m3_cluster *cl, m3_cluster_op *op, m3_cluster_op **op_out) 
   pthread_mutex_unlock(&cl->async.mu);
   /* The deadline counts from submission, as the caller waits from now. */
   op->rq.deadline = m3__now_ms() + cl->o.call_timeout_ms;
+  op->rq.params = m3__cluster_search_params(cl);
   if (op_out) {
     atomic_store(&op->refs, 2);
     *op_out = op;

@@ -124,10 +124,21 @@ void m3__cluster_run(m3_cluster *cl, const m3__req *rq, m3_cluster_error *out) {
  * m3_errmsg. */
 static int run_sync(m3_cluster *cl, m3__req *rq) {
   rq->deadline = m3__now_ms() + cl->o.call_timeout_ms;
+  rq->params = m3__cluster_search_params(cl);
   m3_cluster_error out;
   m3__cluster_run(cl, rq, &out);
   m3__cluster_error_set(&out);
   return out.rc;
+}
+
+void m3_cluster_set_search_params(m3_cluster *cl, const m3_search_params *p) {
+  uint64_t v = p ? (uint64_t)p->nprobe | (uint64_t)p->ef_search << 32 : 0;
+  atomic_store(&cl->search_params, v);
+}
+
+m3_search_params m3__cluster_search_params(m3_cluster *cl) {
+  uint64_t v = atomic_load(&cl->search_params);
+  return (m3_search_params){.nprobe = (uint32_t)v, .ef_search = (uint32_t)(v >> 32)};
 }
 
 int m3_cluster_search(m3_cluster *cl, const m3_client_query *queries, size_t nq, uint32_t k,

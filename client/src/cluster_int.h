@@ -307,6 +307,9 @@ struct m3_cluster {
   m3__stats stats;   /* cluster_status.c */
   m3__workers workers; /* cluster_workers.c */
   m3__async async;   /* cluster_async.c */
+  /* m3_cluster_set_search_params: nprobe in the low 32 bits, ef_search in
+   * the high ones, read once as each call starts (cluster_call.c). */
+  atomic_uint_least64_t search_params;
 };
 
 static inline m3__replica *m3__replica_at(m3_cluster *cl, uint32_t shard, uint32_t idx) {
@@ -337,7 +340,11 @@ typedef struct m3__req {
   uint32_t *counts_out;     /* search: (nq) */
   int64_t deadline;         /* ms, CLOCK_MONOTONIC */
   const atomic_int *cancel; /* async: stops the call once non-zero */
+  m3_search_params params;  /* search, retrieve: sent with every shard's Search */
 } m3__req;
+
+/* The cluster's search params now (m3_cluster_set_search_params). */
+m3_search_params m3__cluster_search_params(m3_cluster *cl);
 
 /* Run one call on this thread (its shard jobs on the pool as well); *out
  * gets how it ended. */
@@ -394,6 +401,7 @@ struct m3__call {
   const m3_client_query *q;
   size_t nq;
   uint32_t k;
+  m3_search_params params;
   int with_text;
   m3_client_memory_fn fn;
   void *ud;

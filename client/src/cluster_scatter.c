@@ -17,7 +17,10 @@
 
 /* Search nq queries on one connection, in batches the server accepts. */
 static int search_batches(m3_client *c, const m3_client_query *q, size_t nq, uint32_t k,
-                          uint64_t *ids, float *scores, uint32_t *counts) {
+                          const m3_search_params *p, uint64_t *ids, float *scores,
+                          uint32_t *counts) {
+  /* Set on every call: a pooled connection keeps what the last call set. */
+  m3_client_set_search_params(c, p);
   size_t maxq = m3_client_info_get(c)->max_queries_per_call;
   if (maxq == 0) maxq = nq;
   for (size_t off = 0; off < nq; off += maxq) {
@@ -30,7 +33,7 @@ static int search_batches(m3_client *c, const m3_client_query *q, size_t nq, uin
 
 static int search_op(m3__job *j, m3_client *c) {
   m3__call *ca = j->call;
-  return search_batches(c, ca->q, ca->nq, ca->k, j->ids, j->scores, j->counts);
+  return search_batches(c, ca->q, ca->nq, ca->k, &ca->params, j->ids, j->scores, j->counts);
 }
 
 /* ---- hedged: the race's own copy of the queries --------------------- */
@@ -41,6 +44,7 @@ typedef struct search_req {
   char *texts;
   size_t nq;
   uint32_t k;
+  m3_search_params params;
 } search_req;
 
 static void search_req_free(void *arg) {
@@ -61,7 +65,7 @@ static int search_attempt(m3__race *r, void *arg, m3_client *c, void **out, char
   if (ids == NULL) return M3_ENOMEM;
   float *scores = (float *)(ids + n);
   uint32_t *counts = (uint32_t *)(scores + n);
-  int rc = search_batches(c, s->q, s->nq, s->k, ids, scores, counts);
+  int rc = search_batches(c, s->q, s->nq, s->k, &s->params, ids, scores, counts);
   if (rc) free(ids);
   else *out = ids;
   return rc;
@@ -80,6 +84,7 @@ static void search_hedged(m3__job *j) {
   }
   s->nq = ca->nq;
   s->k = ca->k;
+  s->params = ca->params;
   uint64_t *ids = m3__race_run(j, &search_race, s);
   if (ids == NULL) return;
   size_t nn = ca->nq * ca->k;

@@ -27,6 +27,7 @@ void m3__call_init(m3__call *ca, m3_cluster *cl, const m3__req *rq) {
   ca->q = rq->q;
   ca->nq = rq->nq;
   ca->k = rq->k;
+  ca->params = rq->params;
   ca->with_text = rq->with_text;
   ca->fn = rq->fn;
   ca->ud = rq->ud;

@@ -31,6 +31,9 @@
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
 #include <faiss/c_api/index_io_c.h>
+#include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/IndexPreTransform_c.h>
+#include <faiss/c_api/MetaIndexes_c.h>
 
 #include "m3/crc32c.h"
 #include "m3/error.h"
@@ -927,6 +930,21 @@ size_t m3_index_count(m3_index *ix) {
 
 unsigned m3_index_dim(const m3_index *ix) { return ix->dim; }
 
+/* The index under FAISS's wrappers (IDMap, IDMap2, a PreTransform such as
+ * OPQ): the one whose search parameters a call can set. */
+static FaissIndex *unwrapped(FaissIndex *fx) {
+  for (int depth = 0; fx && depth < 8; depth++) {
+    FaissIndexIDMap2 *m2 = faiss_IndexIDMap2_cast(fx);
+    FaissIndexIDMap *m = m2 ? NULL : faiss_IndexIDMap_cast(fx);
+    FaissIndexPreTransform *pt = faiss_IndexPreTransform_cast(fx);
+    if (m2) fx = faiss_IndexIDMap2_sub_index(m2);
+    else if (m) fx = faiss_IndexIDMap_sub_index(m);
+    else if (pt) fx = faiss_IndexPreTransform_index(pt);
+    else break;
+  }
+  return fx;
+}
+
 void m3_index_info_get(m3_index *ix, m3_index_info *out) {
   pthread_rwlock_rdlock(&ix->lock);
   pthread_mutex_lock(&ix->meta);
@@ -941,6 +959,12 @@ void m3_index_info_get(m3_index *ix, m3_index_info *out) {
   out->path = ix->path;
   out->skipped = ix->skipped;
   out->tie_scans = __atomic_load_n(&ix->tie_scans, __ATOMIC_RELAXED);
+  FaissIndex *top = unwrapped(ix->fx);
+  FaissIndexIVF *ivf = top ? faiss_IndexIVF_cast(top) : NULL;
+  out->nlist = ivf ? faiss_IndexIVF_nlist(ivf) : 0;
+  /* FAISS's C API has no HNSW cast: an HNSW factory that is not the
+   * coarse quantizer of an IVF ("IVF4096_HNSW32,Flat") is a graph index. */
+  out->takes_ef_search = ivf == NULL && strstr(ix->factory, "HNSW") != NULL;
   pthread_mutex_unlock(&ix->meta);
   pthread_rwlock_unlock(&ix->lock);
 }

@@ -467,6 +467,11 @@ int main(int argc, char **argv) {
       m3_store_close(s.store);
       return 2;
     }
+    m3_index_info ii;
+    m3_index_info_get(s.index, &ii);
+    s.index_nlist = ii.nlist;
+    s.index_ef_search = ii.takes_ef_search;
+    s.index_factory = ii.factory;
   } else {
     M3_WARN("server", "%s keeps no embeddings: Search and Retrieve are off, Fetch works",
             s.cfg.store_dir);

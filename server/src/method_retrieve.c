@@ -27,6 +27,6 @@ void method_retrieve(call *cl, const uint8_t *att, size_t att_len) {
   }
   st->with_text = q->with_text;
   st->search.done = found;
-  if (search_load(&st->search, cl, q->k, q->queries, q->n_queries) == 0)
+  if (search_load(&st->search, cl, q->k, q->queries, q->n_queries, q->params) == 0)
     search_enqueue(&st->search);
 }

@@ -54,5 +54,5 @@ void method_search(call *cl, const uint8_t *att, size_t att_len) {
     return;
   }
   r->done = reply;
-  if (search_load(r, cl, q->k, q->queries, q->n_queries) == 0) search_enqueue(r);
+  if (search_load(r, cl, q->k, q->queries, q->n_queries, q->params) == 0) search_enqueue(r);
 }

@@ -39,7 +39,13 @@ static void search_work(uv_work_t *w) {
       at += r->nq;
     }
   }
-  if (rc == 0) rc = m3_index_search(s->index, one ? s->search_batch->queries : q, nq, kmax, ids, scores);
+  /* Every request of a batch has the same params (search_start). */
+  char params[64] = "";
+  const search_req *head = s->search_batch;
+  if (head->nprobe) snprintf(params, sizeof params, "nprobe=%u", head->nprobe);
+  else if (head->ef_search) snprintf(params, sizeof params, "efSearch=%u", head->ef_search);
+  if (rc == 0)
+    rc = m3_index_search_params(s->index, one ? head->queries : q, nq, kmax, ids, scores, params);
   size_t at = 0;
   for (search_req *r = s->search_batch; r; r = r->qnext) {
     r->status = rc;
@@ -75,20 +81,46 @@ static void search_done(uv_work_t *w, int status) {
   if (s->search_queue) search_start(s);
 }
 
-/* The next batch: the oldest requests, up to cfg.max_batch_queries queries
- * (always at least one request). */
+/* The next batch: the oldest request, and after it, in queue order, the
+ * requests with the same IndexParams that fit in cfg.max_batch_queries
+ * queries; the others keep their places for a later batch. (A request
+ * that does not fit ends the batch, so none is overtaken forever.) */
 static void search_start(server *s) {
   if (s->search_running || s->search_queue == NULL) return;
-  search_req *last = s->search_queue;
-  size_t nq = last->nq;
-  while (last->qnext && nq + last->qnext->nq <= s->cfg.max_batch_queries) {
-    last = last->qnext;
-    nq += last->nq;
+  search_req *head = s->search_queue, *last = head;
+  search_req *rest = head->qnext, *kept = NULL, *kept_tail = NULL;
+  size_t nq = head->nq;
+  s->search_queue = NULL;
+  while (rest) {
+    search_req *r = rest;
+    rest = r->qnext;
+    r->qnext = NULL;
+    if (r->nprobe == head->nprobe && r->ef_search == head->ef_search) {
+      if (nq + r->nq > s->cfg.max_batch_queries) {
+        r->qnext = rest; /* full: r and everything after it wait */
+        rest = r;
+        break;
+      }
+      nq += r->nq;
+      last->qnext = r;
+      last = r;
+    } else {
+      if (kept_tail) kept_tail->qnext = r;
+      else kept = r;
+      kept_tail = r;
+    }
   }
-  s->search_batch = s->search_queue;
-  s->search_queue = last->qnext;
+  /* What waits: the left-behind requests, then the rest, in their order. */
+  if (kept_tail) {
+    kept_tail->qnext = rest;
+    s->search_queue = kept;
+  } else {
+    s->search_queue = rest;
+  }
   if (s->search_queue == NULL) s->search_tail = NULL;
+  else if (rest == NULL) s->search_tail = kept_tail;
   last->qnext = NULL;
+  s->search_batch = head;
   s->search_running = 1;
   s->search_work.data = s;
   uv_queue_work(s->loop, &s->search_work, search_work, search_done);
@@ -105,7 +137,47 @@ void search_enqueue(search_req *r) {
   search_start(s);
 }
 
-int search_load(search_req *r, call *cl, unsigned k, M3__Query **qs, size_t nq) {
+/* The call's IndexParams into r: 0, or the call ended naming the field. */
+static int params_load(search_req *r, call *cl, const M3__IndexParams *p) {
+  server *s = cl->c->s;
+  r->nprobe = r->ef_search = 0;
+  if (p == NULL) return 0;
+  if (p->nprobe) {
+    if (s->index_nlist == 0) {
+      call_end(cl, M3_STATUS_INVALID_ARGUMENT,
+               "params.nprobe = %u: the index '%s' has no inverted lists (nprobe is for IVF "
+               "indexes)",
+               p->nprobe, s->index_factory);
+      return -1;
+    }
+    if (p->nprobe > s->index_nlist) {
+      call_end(cl, M3_STATUS_INVALID_ARGUMENT,
+               "params.nprobe = %u; the index '%s' has %zu lists: 1 to %zu", p->nprobe,
+               s->index_factory, s->index_nlist, s->index_nlist);
+      return -1;
+    }
+  }
+  if (p->ef_search) {
+    if (!s->index_ef_search) {
+      call_end(cl, M3_STATUS_INVALID_ARGUMENT,
+               "params.ef_search = %u: the index '%s' is not an HNSW graph (ef_search is for "
+               "HNSW indexes)",
+               p->ef_search, s->index_factory);
+      return -1;
+    }
+    if (p->ef_search > SEARCH_MAX_EF_SEARCH) {
+      call_end(cl, M3_STATUS_INVALID_ARGUMENT, "params.ef_search = %u; 1 to %u", p->ef_search,
+               SEARCH_MAX_EF_SEARCH);
+      return -1;
+    }
+  }
+  r->nprobe = p->nprobe;
+  r->ef_search = p->ef_search;
+  return 0;
+}
+
+int search_load(search_req *r, call *cl, unsigned k, M3__Query **qs, size_t nq,
+                const M3__IndexParams *params) {
   server *s = cl->c->s;
   r->cl = cl;
   if (k == 0 || k > s->cfg.max_k) {
@@ -117,6 +189,7 @@ int search_load(search_req *r, call *cl, unsigned k, M3__Query **qs, size_t nq) 
     call_end(cl, M3_STATUS_UNIMPLEMENTED, "this store keeps no embeddings: search is not available");
     return -1;
   }
+  if (params_load(r, cl, params) != 0) return -1;
   if (nq == 0 || nq > s->cfg.max_queries) {
     call_end(cl, nq ? M3_STATUS_RESOURCE_EXHAUSTED : M3_STATUS_INVALID_ARGUMENT,
              "%zu queries; a call takes 1 to %u", nq, s->cfg.max_queries);

@@ -109,6 +109,13 @@ typedef struct server {
   conn_hooks hooks;          /* what conn.c calls up into (main.c sets them) */
   m3_store *store;
   m3_index *index;           /* NULL when the store keeps no embeddings */
+  /* What a call's IndexParams may set on it, fixed at open (search.c
+   * checks them on the loop, which must not wait for the index's lock):
+   * nlist (IVF, the most nprobe; 0: no nprobe), whether it takes ef_search,
+   * its factory string (owned by the index). */
+  size_t index_nlist;
+  int index_ef_search;
+  const char *index_factory;
   unsigned emb_dim;
   char embedder[64];         /* how the store was embedded (embedder.c) */
   unsigned text_dim;         /* dims the server embeds text at; 0: it cannot */

@@ -67,6 +67,7 @@ typedef struct remote_args {
   int json;
   int timeout_ms;
   unsigned k;
+  m3_search_params params; /* query: --nprobe, --ef-search (0: the server's) */
   uint64_t *ids;
   size_t n_ids;
 } remote_args;
@@ -74,8 +75,11 @@ typedef struct remote_args {
 static void usage(const char *cmd) {
   if (!strcmp(cmd, "query"))
     fputs("usage: m3 query (--server HOST:PORT | --cluster MAP) (--text \"...\" | --vector-file F)\n"
-          "                [-k 5] [--token-file F] [--timeout-ms 10000] [--json]\n"
+          "                [-k 5] [--nprobe N] [--ef-search N] [--token-file F]\n"
+          "                [--timeout-ms 10000] [--json]\n"
           "Retrieve the top-k memories of each query; print ids, scores and chunk texts.\n"
+          "--nprobe N (IVF index) / --ef-search N (HNSW index): how hard the server's index\n"
+          "searches for this call (default: the server's --index-params).\n"
           "Vector file: one query per line, floats separated by whitespace ('#' comments).\n"
           "--cluster MAP: a cluster map file (docs/CLIENT.md); every shard is searched and\n"
           "the global top-k fetched from the owning shards, with failover between replicas.\n",
@@ -102,6 +106,7 @@ static int parse_args(int argc, char **argv, remote_args *a) {
       {"text", required_argument, NULL, 'x'},       {"vector-file", required_argument, NULL, 'v'},
       {"id", required_argument, NULL, 'i'},         {"out", required_argument, NULL, 'o'},
       {"timeout-ms", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
+      {"nprobe", required_argument, NULL, 'P'},     {"ef-search", required_argument, NULL, 'E'},
       {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0}};
   memset(a, 0, sizeof *a);
   a->k = 5;
@@ -125,6 +130,18 @@ static int parse_args(int argc, char **argv, remote_args *a) {
         return EXIT_USAGE;
       }
       break;
+    case 'P':
+    case 'E': {
+      unsigned long v = strtoul(optarg, &end, 10);
+      if (*optarg == '\0' || *optarg == '-' || *end || v == 0 || v > UINT32_MAX) {
+        fprintf(stderr, "m3 %s: %s '%s' is not a positive integer\n", argv[0],
+                c == 'P' ? "--nprobe" : "--ef-search", optarg);
+        return EXIT_USAGE;
+      }
+      if (c == 'P') a->params.nprobe = (uint32_t)v;
+      else a->params.ef_search = (uint32_t)v;
+      break;
+    }
     case 'T':
       a->timeout_ms = (int)strtol(optarg, &end, 10);
       if (*end || a->timeout_ms < 0) {
@@ -374,6 +391,8 @@ int m3__cmd_query(int argc, char **argv) {
     if (vecs) qs[i] = (m3_client_query){.vector = vecs + i * dim, .dim = (uint32_t)dim};
     else qs[i] = (m3_client_query){.text = a.text};
   }
+  if (rm.c) m3_client_set_search_params(rm.c, &a.params);
+  else m3_cluster_set_search_params(rm.cl, &a.params);
   rc = rm.c ? m3_client_retrieve(rm.c, qs, nq, a.k, 1, on_query_memory, &q)
             : m3_cluster_retrieve(rm.cl, qs, nq, a.k, 1, on_query_memory, &q);
   if (rc) {
@@ -720,7 +739,7 @@ int m3__cmd_stats(int argc, char **argv) {
                                (json_int_t)in->max_k, "max_ids_per_call",
                                (json_int_t)in->max_ids_per_call, "idle_timeout_ms",
                                (json_int_t)in->idle_timeout_ms);
-    print_json(json_pack(
+    json_t *top = json_pack(
         "{s:s,s:o,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:I,s:I,s:o}", "server", a.server,
         "hello", hello, "limits", limits, "records", (json_int_t)st.records, "segment_bytes",
         (json_int_t)st.segment_bytes, "connections", (json_int_t)st.connections, "calls",
@@ -728,7 +747,10 @@ int m3__cmd_stats(int argc, char **argv) {
         "payload_bytes_served", (json_int_t)st.payload_bytes_served, "cache_hits",
         (json_int_t)st.cache_hits, "cache_misses", (json_int_t)st.cache_misses, "io_backend",
         st.io_backend, "uptime_ms", (json_int_t)st.uptime_ms, "index_vectors",
-        (json_int_t)st.index_vectors, "methods", methods));
+        (json_int_t)st.index_vectors, "methods", methods);
+    json_object_set_new(top, "index_factory", json_string(st.index_factory));
+    json_object_set_new(top, "index_params", json_string(st.index_params));
+    print_json(top);
   } else {
     printf("server          %s (%s), protocol %u%s\n", a.server, in->server_name,
            in->protocol_version, in->admin ? ", admin token" : "");
@@ -738,6 +760,11 @@ int m3__cmd_stats(int argc, char **argv) {
            in->memory_bytes, l->emb_dim, st.embedder);
     printf("records         %llu (index %llu vectors)\n", (unsigned long long)st.records,
            (unsigned long long)st.index_vectors);
+    if (st.index_factory[0])
+      printf("index           %s, search params %s\n", st.index_factory,
+             st.index_params[0] ? st.index_params : "FAISS's defaults");
+    else
+      printf("index           none\n");
     printf("segment_bytes   %llu\n", (unsigned long long)st.segment_bytes);
     printf("io_backend      %s\n", st.io_backend);
     printf("uptime          %.1f s\n", (double)st.uptime_ms / 1e3);

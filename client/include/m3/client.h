@@ -154,6 +154,21 @@ typedef struct m3_client_query {
   const char *text;    /* NUL-terminated */
 } m3_client_query;
 
+/* How hard the server's trained index searches (SearchRequest.params,
+ * m3.proto): 0 leaves a field to the server (m3-server --index-params, else
+ * FAISS's default). nprobe is for IVF indexes (1..nlist), ef_search for
+ * HNSW (1..65536); a field the server's index does not take, or out of
+ * range, fails the call with INVALID_ARGUMENT naming the field. */
+typedef struct m3_search_params {
+  uint32_t nprobe;
+  uint32_t ef_search;
+} m3_search_params;
+
+/* The params later Search and Retrieve calls on c send (copied; NULL: none,
+ * the server's setting). Like m3_client_set_timeout, not concurrently with
+ * a call on c. */
+void m3_client_set_search_params(m3_client *c, const m3_search_params *p);
+
 /*
  * Search: the top-k chunk ids of each of nq queries, best first. Results go
  * to caller-owned arrays: ids and scores (nq, k), row q holding counts[q]
@@ -217,6 +232,8 @@ typedef struct m3_client_stats {
   uint64_t cache_misses;
   uint64_t uptime_ms;
   uint64_t index_vectors;
+  char index_factory[256];   /* the retrieval index's FAISS factory ("" without one) */
+  char index_params[256];    /* the server's search params (--index-params; "": FAISS's) */
   char io_backend[16];
   char embedder[64];         /* as m3_client_info.embedder */
   size_t n_methods;

@@ -312,6 +312,15 @@ int m3_cluster_last_status(int *shard, const char **msg);
  * round, no payloads): caller-owned ids and scores (nq, k), counts (nq), as
  * m3_client_search fills them.
  */
+/*
+ * The search params (m3_search_params, client.h) that calls started after
+ * this one send with each shard's Search (sync and async search and
+ * retrieve); NULL: none, each server's setting. Safe to call while other
+ * threads make calls: each call reads the params once when it starts (an
+ * async one when it is submitted).
+ */
+void m3_cluster_set_search_params(m3_cluster *cl, const m3_search_params *p);
+
 int m3_cluster_search(m3_cluster *cl, const m3_client_query *queries, size_t nq, uint32_t k,
                       uint64_t *ids, float *scores, uint32_t *counts);
 

@@ -200,9 +200,14 @@ class _ClientStats(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in (
         "records", "segment_bytes", "connections", "calls", "memories_served",
         "payload_bytes_served", "cache_hits", "cache_misses", "uptime_ms", "index_vectors")] + [
+        ("index_factory", ctypes.c_char * 256), ("index_params", ctypes.c_char * 256),
         ("io_backend", ctypes.c_char * 16), ("embedder", ctypes.c_char * 64),
         ("n_methods", ctypes.c_size_t),
         ("methods", _MethodStats * 16)]
+
+
+class _SearchParams(ctypes.Structure):
+    _fields_ = [("nprobe", ctypes.c_uint32), ("ef_search", ctypes.c_uint32)]
 
 
 class _ClusterOptions(ctypes.Structure):
@@ -264,7 +269,7 @@ _MEMORY_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(_Mem
 
 _MIRRORS = {
     "m3_layout": _Layout, "m3_client_options": _ClientOptions, "m3_client_info": _ClientInfo,
-    "m3_client_query": _Query, "m3_client_stats": _ClientStats,
+    "m3_client_query": _Query, "m3_client_stats": _ClientStats, "m3_search_params": _SearchParams,
     "m3_cluster_options": _ClusterOptions, "m3_cluster_counters": _ClusterCounters,
     "m3_cluster_replica_info": _ReplicaInfo, "m3_attn_geom": _Geom, "m3_attn_round": _AttnRound,
     "m3_attn_stats": _AttnStats, "m3_attn_codes": _AttnCodes, "m3_client_memory": _Memory,
@@ -287,6 +292,8 @@ _SIGS = {
                                           _P, _P]),
     "m3_client_fetch": (ctypes.c_int, [_P, _P, ctypes.c_size_t, ctypes.c_int, _P, _P]),
     "m3_client_stats_get": (ctypes.c_int, [_P, _P]),
+    "m3_client_set_search_params": (None, [_P, _P]),
+    "m3_cluster_set_search_params": (None, [_P, _P]),
     "m3_cluster_map_load": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_P)]),
     "m3_cluster_map_parse": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(_P)]),
     "m3_cluster_map_free": (None, [_P]),
@@ -492,15 +499,21 @@ class Client:
     cluster map, or its JSON text). token: read token (default: none, or the
     map's). codec: path of the codec set file to decode with (raw codecs
     need none); its fingerprint must be the servers'. timeout_ms: deadline
-    of each call. A Client is not thread-safe for server=; cluster= handles
-    are (the C cluster is)."""
+    of each call. nprobe / ef_search: how hard the servers' trained index
+    searches (IVF / HNSW), for every search and retrieve (0: the servers'
+    setting); search() and retrieve() take them per call too. A Client is
+    not thread-safe for server=; cluster= handles are (the C cluster is),
+    except for per-call nprobe / ef_search, which set the handle's params
+    for the call."""
 
     def __init__(self, server=None, cluster=None, token=None, codec=None, timeout_ms=10000,
-                 check_fingerprint=False):
+                 check_fingerprint=False, nprobe=0, ef_search=0):
         if (server is None) == (cluster is None):
             raise ValueError("give exactly one of server= or cluster=")
         self._lib = lib = load_library()
         self._c = self._cl = self._cs = None
+        self._params = self._check_params(nprobe, ef_search)
+        self._params_set = None
         self._token = token.encode() if isinstance(token, str) else token
         info = _ClientInfo()
         fp = 0
@@ -700,7 +713,29 @@ class Client:
         return Round(ids=ids, scores=scores, kv=kv, positions=pos, stats=stats, status=tap.status,
                      errors=tap.errors_of(tap.status), texts=tap.texts)
 
-    def retrieve(self, queries, k=5, decoded=False, with_text=False):
+    @staticmethod
+    def _check_params(nprobe, ef_search):
+        for name, v in (("nprobe", nprobe), ("ef_search", ef_search)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 0xFFFFFFFF:
+                raise ValueError("%s: an integer 0..2^32-1 (0: the server's), not %r" % (name, v))
+        return (nprobe, ef_search)
+
+    def _use_params(self, nprobe, ef_search):
+        """Set the search params of the next call (the Client's unless given)."""
+        p = self._params
+        if nprobe is not None or ef_search is not None:
+            p = self._check_params(p[0] if nprobe is None else nprobe,
+                                   p[1] if ef_search is None else ef_search)
+        if p == self._params_set:
+            return
+        sp = _SearchParams(nprobe=p[0], ef_search=p[1])
+        if self._c is not None:
+            self._lib.m3_client_set_search_params(self._c, ctypes.byref(sp))
+        else:
+            self._lib.m3_cluster_set_search_params(self._cl, ctypes.byref(sp))
+        self._params_set = p
+
+    def retrieve(self, queries, k=5, decoded=False, with_text=False, nprobe=None, ef_search=None):
         """One retrieval round: queries as a float32 array (Q, embedding_dim)
         or a list of texts (at least one query). decoded=False: Round.codes
         (Q, k, record_bytes); 'f32' / 'f16' / 'bf16' (or True: f32):
@@ -708,17 +743,21 @@ class Client:
         way Round.status (Q, k) holds each item's m3 code (0; M3_ENOTFOUND
         when the store lacks it or nothing arrived) and Round.errors the
         message of each failed item; with_text=True: Round.texts (Q lists
-        of k str, None where no memory). Raises M3Error when the call fails
+        of k str, None where no memory). nprobe / ef_search: this call's
+        index params (None: the Client's). Raises M3Error when the call fails
         (a whole shard down, the deadline, a refused query)."""
         arr, n, keep = self._queries(queries)
+        self._use_params(nprobe, ef_search)
         r = self._run("retrieve", (ctypes.byref(arr), n, k, 1 if with_text else 0), n, k,
                       decoded, with_text)
         del keep
         return r
 
-    def search(self, queries, k=5):
-        """Search only: (ids (Q, k) uint64, scores (Q, k) float32)."""
+    def search(self, queries, k=5, nprobe=None, ef_search=None):
+        """Search only: (ids (Q, k) uint64, scores (Q, k) float32).
+        nprobe / ef_search: this call's index params (None: the Client's)."""
         arr, n, keep = self._queries(queries)
+        self._use_params(nprobe, ef_search)
         ids = np.full((n, k), EMPTY_ID, dtype=np.uint64)
         scores = np.zeros((n, k), dtype=np.float32)
         counts = np.zeros(n, dtype=np.uint32)
@@ -751,6 +790,8 @@ class Client:
             if rc:
                 raise self._call_failed(rc)
             d = {n: getattr(s, n) for n, _ in _ClientStats._fields_[:10]}
+            d["index_factory"] = s.index_factory.decode(errors="replace")
+            d["index_params"] = s.index_params.decode(errors="replace")
             d["io_backend"] = s.io_backend.decode()
             d["embedder"] = s.embedder.decode(errors="replace")
             d["methods"] = {s.methods[i].method.decode(): {"calls": s.methods[i].calls,

@@ -198,6 +198,9 @@ typedef struct m3_index_info {
                             left out (a non-finite value, id UINT64_MAX) */
   uint64_t tie_scans;    /* extra single-query searches made to settle ties
                             at the k-th place, since the index was opened */
+  size_t nlist;          /* IVF: inverted lists, the most "nprobe=" can take;
+                            0: the index takes no nprobe */
+  int takes_ef_search;   /* 1: an HNSW graph index, which takes "efSearch=" */
 } m3_index_info;
 
 void m3_index_info_get(m3_index *ix, m3_index_info *out);

@@ -359,7 +359,7 @@ int m3_attn_ref_cuda(const m3_attn_ref_args *a, void *stream);
  * "m3_client_memory", "m3_client_query", "m3_client_options",
  * "m3_cluster_options", "m3_cluster_counters", "m3_attn_geom",
  * "m3_attn_round", "m3_attn_stats", "m3_attn_codes", "m3_attn_ref_args",
- * "m3_layout", "m3_record", "m3_cluster_replica_info"), or 0 for an unknown
+ * "m3_layout", "m3_record", "m3_cluster_replica_info", "m3_search_params"), or 0 for an unknown
  * name: lets a binding check its mirrors of these structs against the
  * library it loaded. */
 size_t m3_attn_abi_sizeof(const char *type);
