@@ -1,11 +1,12 @@
 # The retrieval index (m3/index.h) and the built-in embedders (m3/embed.h).
-#   m3core  gets the hash embedder: no FAISS, the server and clients embed
+#   m3core  gets the hash and words embedders: no FAISS, the server and clients embed
 #           text queries with it.
 #   m3index the FAISS-backed index over the store's retrieval embeddings.
-target_sources(m3core PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src/embed_hash.c)
-# Same bits on every machine: no fused multiply-adds in the embedder.
+target_sources(m3core PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src/embed_hash.c
+  ${CMAKE_CURRENT_SOURCE_DIR}/src/embed_words.c)
+# Same bits on every machine: no fused multiply-adds in the embedders.
 set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/src/embed_hash.c
-  PROPERTIES COMPILE_OPTIONS "-ffp-contract=off")
+  ${CMAKE_CURRENT_SOURCE_DIR}/src/embed_words.c PROPERTIES COMPILE_OPTIONS "-ffp-contract=off")
 
 # codec.cmake may have asked pkg-config for faiss_c already.
 if(NOT TARGET PkgConfig::FAISS_C)

@@ -7,8 +7,10 @@ compares their traces on the bundled example).
 A Llama-family model from its safetensors folder (every layer, model.norm,
 lm_head), greedy decode of a batch of prompts in lockstep (prompt tokens fed
 one per step), and every 64 tokens a retrieval round through the m3store
-binding: query s = the text of sequence s's last 64 tokens (the server
-embeds it), k memories each, decoded to f32 attention buffers. The memory
+binding (asynchronously, on a thread): query s = the text of sequence s's
+last 64 tokens (the server embeds it) or, for a store encoded with
+m3-encode --embed hidden:LAYER, that layer's mean hidden state over
+[BOS] + prefix + the window (as m3-encode embeds a chunk), k memories each, decoded to f32 attention buffers. The memory
 layers (the first half) attend with ONE softmax over the round's memory
 slots of their KV head and the causal context; the context sits at
 positions 128 + i (parallel position encoding, docs/CLIENT.md); memory keys
@@ -24,6 +26,7 @@ The trace format is m3-decode-trace/1 (docs/WORKER.md).
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import struct
@@ -70,10 +73,16 @@ def load_safetensors(folder):
 
 class Tokenizer:
     def __init__(self, folder):
-        t = json.load(open(os.path.join(folder, "tokenizer.json")))
+        path = os.path.join(folder, "tokenizer.json")
+        if not os.path.exists(path):
+            raise ValueError("%s: no tokenizer.json; worker.py reads HF BPE tokenizer.json only "
+                             "(not SentencePiece tokenizer.model, which m3-encode also reads)"
+                             % folder)
+        t = json.load(open(path))
         m = t["model"]
         if m["type"] != "BPE":
-            raise ValueError("worker.py reads HF BPE tokenizer.json only")
+            raise ValueError("%s: model type %s; worker.py reads HF BPE tokenizer.json only"
+                             % (path, m["type"]))
         self.vocab = m["vocab"]
         self.pieces = {i: p for p, i in self.vocab.items()}
         self.ranks = {tuple(p if isinstance(p, list) else p.split(" ")): r
@@ -206,10 +215,49 @@ class Llama:
             x = x + (torch.nn.functional.silu(g) * u) @ self.layer(l, "mlp.down_proj").T
         return self.rms(x, self.w["model.norm.weight"]) @ self.head.T
 
+    def hidden(self, ids, n_prefix, layer):
+        """As m3-encode --embed hidden:LAYER stores a chunk's embedding: a
+        causal forward of ids (positions 0..n-1, no memories) through layers
+        0..layer-1, then the mean of the residual stream entering layer
+        `layer` over ids[n_prefix:] (summed in double)."""
+        n, H, K, D, G = len(ids), self.H, self.K, self.D, self.H // self.K
+        x = self.w["model.embed_tokens.weight"][torch.tensor(ids)]
+        p = torch.arange(n)
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        for l in range(layer):
+            xn = self.rms(x, self.layer(l, "input_layernorm"))
+            q = self.rope((xn @ self.layer(l, "self_attn.q_proj").T).view(n, H, D).transpose(0, 1), p)
+            k = self.rope((xn @ self.layer(l, "self_attn.k_proj").T).view(n, K, D).transpose(0, 1), p)
+            v = (xn @ self.layer(l, "self_attn.v_proj").T).view(n, K, D).transpose(0, 1)
+            k, v = k.repeat_interleave(G, dim=0), v.repeat_interleave(G, dim=0)
+            sc = (q @ k.transpose(1, 2)) / D ** 0.5
+            pr = torch.softmax(sc.masked_fill(~causal, float("-inf")), dim=-1)
+            att = (pr @ v).transpose(0, 1).reshape(n, H * D)
+            x = x + att @ self.layer(l, "self_attn.o_proj").T
+            xn = self.rms(x, self.layer(l, "post_attention_layernorm"))
+            g = xn @ self.layer(l, "mlp.gate_proj").T
+            u = xn @ self.layer(l, "mlp.up_proj").T
+            x = x + (torch.nn.functional.silu(g) * u) @ self.layer(l, "mlp.down_proj").T
+        return x[n_prefix:].double().mean(0).float()
+
 
 # ---- the loop ----------------------------------------------------------------
 
-def generate(model, tok, prompts, n_new, client, k):
+def queries(model, tok, hist, i, qmode):
+    """The round's queries for the windows ending at i: texts, or (qmode =
+    (layer, prefix ids)) hidden-state embeddings (B, E) float32."""
+    wins = [h[i + 1 - WINDOW:i + 1] for h in hist]
+    if qmode is None:
+        return [tok.decode(w) for w in wins]
+    layer, prefix = qmode
+    return np.stack([model.hidden(prefix + [t for t in w if t != tok.bos], len(prefix), layer)
+                     .numpy() for w in wins]).astype(np.float32)
+
+
+def generate(model, tok, prompts, n_new, client, k, qmode=None):
+    """Rounds run on a thread: submitted when the window's last token is
+    known (its queries computed first, on the loop's thread, as the C loop
+    does), collected at the next window's first step."""
     B = len(prompts)
     T = max(len(p) for p in prompts) + n_new - 1
     cache = [(torch.zeros(B, model.K, T, model.D), torch.zeros(B, model.K, T, model.D))
@@ -219,25 +267,28 @@ def generate(model, tok, prompts, n_new, client, k):
     gen = [[] for _ in range(B)]
     windows = [[] for _ in range(B)]
     mem, nxt = None, None
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if client is not None else None
     for i in range(T):
         for s in range(B):
             if i < len(prompts[s]):
                 cur[s] = prompts[s][i]
             hist[s][i] = cur[s]
         if nxt is not None and i % WINDOW == 0:
-            mem, nxt = nxt, None
-        if client is not None and i % WINDOW == WINDOW - 1 and i + 1 < T:
-            texts = [tok.decode(hist[s][i + 1 - WINDOW:i + 1]) for s in range(B)]
-            r = client.retrieve(texts, k=k, decoded="f32")
-            nxt = (torch.from_numpy(r.kv), torch.from_numpy(r.positions))
+            w, r = nxt[0], nxt[1].result()  # the stall
+            mem, nxt = (torch.from_numpy(r.kv), torch.from_numpy(r.positions)), None
             for s in range(B):
-                windows[s].append({"window": i // WINDOW,
+                windows[s].append({"window": w,
                                    "ids": [int(x) for x in r.ids[s] if x != m3store.EMPTY_ID]})
+        if client is not None and i % WINDOW == WINDOW - 1 and i + 1 < T:
+            q = queries(model, tok, hist, i, qmode)
+            nxt = (i // WINDOW, pool.submit(client.retrieve, q, k=k, decoded="f32"))
         logits = model.step(cur, i, SPAN if client is not None else 0, cache, mem)
         for s in range(B):
             if i >= len(prompts[s]) - 1 and len(gen[s]) < n_new:
                 cur[s] = int(torch.argmax(logits[s]))  # first maximum: the lowest id
                 gen[s].append(cur[s])
+    if pool is not None:
+        pool.shutdown()
     return gen, windows
 
 
@@ -252,6 +303,11 @@ def main():
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--trace", required=True)
+    ap.add_argument("--query", default="auto",
+                    help="auto (hidden when the server's embedder is hidden:LAYER), text, "
+                         "hidden[:LAYER]")
+    ap.add_argument("--query-prefix", default="Reference:",
+                    help="the m3-encode --prefix the store was encoded with")
     a = ap.parse_args()
     torch.set_num_threads(1)
     tok = Tokenizer(a.model)
@@ -261,7 +317,20 @@ def main():
     client = None
     if not a.no_memory:
         client = m3store.Client(server=a.server) if a.server else m3store.Client(cluster=a.cluster)
-    gen, windows = generate(model, tok, prompts, a.new_tokens, client, a.k)
+    qmode = None
+    if client is not None:
+        q = a.query
+        if q == "auto":
+            emb = client.info["embedder"]
+            q = emb if emb.startswith("hidden:") else "text"
+        if q.startswith("hidden"):
+            layer = int(q.split(":")[1]) if ":" in q else model.NM - 1
+            if not 0 <= layer < model.NM:
+                ap.error("--query %s: LAYER must be 0..%d" % (q, model.NM - 1))
+            qmode = (layer, tok.encode(a.query_prefix) if a.query_prefix else [tok.bos])
+        elif q != "text":
+            ap.error("--query %s: expected auto, text or hidden[:LAYER]" % q)
+    gen, windows = generate(model, tok, prompts, a.new_tokens, client, a.k, qmode)
     trace = {"format": "m3-decode-trace/1", "memory": client is not None,
              "k": a.k if client is not None else 0, "window": WINDOW,
              "sequences": [{"prompt": p, "tokens": g, "windows": w}

@@ -26,7 +26,12 @@ echo "== tests under sanitizers"
 
 echo "== fuzz (libFuzzer, short run)"
 bash scripts/build.sh build-fuzz -DCMAKE_C_COMPILER=clang -DM3_FUZZ=ON -DM3_TESTS=OFF -DM3_CUDA=OFF
-fuzz_secs=${M3_FUZZ_SECONDS:-30}
+# 30 s a target while there are few; 10 s each once there are many, so the
+# whole stage stays at a few minutes (a longer run: docs/OPERATIONS.md).
+n_fuzz=$(ls -d tests/fuzz/corpus/*/ | wc -l)
+fuzz_default=30
+if [ "$n_fuzz" -gt 4 ]; then fuzz_default=10; fi
+fuzz_secs=${M3_FUZZ_SECONDS:-$fuzz_default}
 for corpus in tests/fuzz/corpus/*/; do
   name=$(basename "$corpus")
   scratch=$(mktemp -d)

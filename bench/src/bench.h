@@ -33,9 +33,9 @@ void bench_sort(double *v, size_t n);
 /* Print j (consumed) on stdout, indented. Returns 0. */
 int bench_print_json(json_t *j);
 
-/* The token in file path (its first line, without the line end) into buf
- * (cap bytes). Returns 0, or -1 after printing "m3-bench CMD: --token-file
- * PATH: why". */
+/* The client token (m3/token.h: path when not NULL, else M3_TOKEN, else
+ * M3_TOKEN_FILE; buf[0] = 0 when none) into buf (cap bytes). Returns 0, or
+ * -1 after printing "m3-bench CMD: why". */
 int bench_read_token(const char *cmd, const char *path, char *buf, size_t cap);
 
 /* Report a failed m3 call and return exit code 2. */

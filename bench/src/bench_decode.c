@@ -26,17 +26,25 @@
 #include "bench.h"
 #include "m3/decode.h"
 #include "m3/error.h"
+#include "m3/sequence.h"
 
 static const char *usage_decode =
     "usage: m3-bench decode --model DIR (--server HOST:PORT | --cluster MAP) --prompts FILE\n"
     "                       [--batch 8] [--new-tokens 64] [-k 5] [--no-memory]\n"
     "                       [--codec FILE] [--backend cpu|cuda|auto] [--mem-base 0]\n"
-    "                       [--trace FILE] [--json]\n"
+    "                       [--query auto|text|hidden[:LAYER]] [--query-prefix S]\n"
+    "                       [--trace FILE] [--repeat 1] [--json]\n"
     "Greedy decode of the prompts with memories retrieved every 64 tokens and without,\n"
     "in one run: tokens/s of each, slowdown, stall per round, paper-equivalent stall.\n"
     "--no-memory: only the plain decode. --trace: the memory run's trace\n"
     "(m3-decode-trace/1, docs/WORKER.md; the plain run's with --no-memory).\n"
-    "--codec: the codec set of a FAISS-coded store (raw codecs need none).\n";
+    "--codec: the codec set of a FAISS-coded store (raw codecs need none).\n"
+    "A one-token plain decode warms the caches first; --repeat N runs N pairs, the\n"
+    "order flipped each time, and reports each side's median run by tokens/s.\n"
+    "--query: text (the window's text, embedded by the server), hidden[:LAYER] (the\n"
+    "embedding m3-encode --embed hidden:LAYER stores, of the window's tokens after\n"
+    "BOS + --query-prefix, default \"" M3_SEQ_PREFIX "\"), auto (default: hidden when the\n"
+    "server's embedder is hidden:LAYER, else text).\n";
 
 #define PAPER_WINDOW_S 1.81 /* 64 steps at 1131 tokens/s, batch 32 */
 #define PAPER_SLOWDOWN 0.35 /* 1 - 733 / 1131 */
@@ -96,10 +104,32 @@ static int write_trace(const char *path, const m3_generate_result *r, int32_t **
   return ok ? 0 : m3__seterr(M3_EIO, "trace %s: cannot write", path);
 }
 
+static double run_tps(const m3_generate_result *r) {
+  return r->wall_s > 0 ? r->n_steps * (double)r->n_seq / r->wall_s : 0;
+}
+
+/* Move the median run of runs[0..n) by tokens/s out (the others stay for
+ * the caller to free; the moved one is zeroed there). */
+static m3_generate_result take_median(m3_generate_result *runs, int n) {
+  int order[99];
+  for (int i = 0; i < n; i++) order[i] = i;
+  for (int i = 1; i < n; i++)
+    for (int j = i; j > 0 && run_tps(&runs[order[j - 1]]) > run_tps(&runs[order[j]]); j--) {
+      int t = order[j];
+      order[j] = order[j - 1];
+      order[j - 1] = t;
+    }
+  m3_generate_result m = runs[order[n / 2]];
+  memset(&runs[order[n / 2]], 0, sizeof m);
+  return m;
+}
+
 int bench_decode(int argc, char **argv) {
   const char *model_dir = NULL, *server = NULL, *cluster = NULL, *prompts_path = NULL;
-  const char *codec = NULL, *backend = "auto", *trace = NULL;
+  const char *codec = NULL, *backend = "auto", *trace = NULL, *query = "auto";
+  const char *qprefix = M3_SEQ_PREFIX;
   int batch = 8, n_new = 64, k = 5, no_memory = 0, json = 0, mem_base = 0, rc = 0, ex = 2;
+  int repeat = 1;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},   {"server", required_argument, 0, 's'},
       {"cluster", required_argument, 0, 'c'}, {"prompts", required_argument, 0, 'p'},
@@ -107,7 +137,9 @@ int bench_decode(int argc, char **argv) {
       {"no-memory", no_argument, 0, 'N'},     {"codec", required_argument, 0, 'C'},
       {"backend", required_argument, 0, 'B'}, {"mem-base", required_argument, 0, 'M'},
       {"trace", required_argument, 0, 't'},   {"json", no_argument, 0, 'j'},
-      {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+      {"repeat", required_argument, 0, 'R'},  {"query", required_argument, 0, 'Q'},
+      {"query-prefix", required_argument, 0, 'P'}, {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "k:h", opts, NULL)) != -1) {
@@ -125,12 +157,15 @@ int bench_decode(int argc, char **argv) {
     case 'M': mem_base = atoi(optarg); break;
     case 't': trace = optarg; break;
     case 'j': json = 1; break;
+    case 'R': repeat = atoi(optarg); break;
+    case 'Q': query = optarg; break;
+    case 'P': qprefix = optarg; break;
     case 'h': fputs(usage_decode, stdout); return 0;
     default: fputs(usage_decode, stderr); return 2;
     }
   }
   if (!model_dir || !prompts_path || (!no_memory && !server == !cluster) || batch < 1 ||
-      batch > 256 || n_new < 1 || k < 0) {
+      batch > 256 || n_new < 1 || k < 0 || repeat < 1 || repeat > 99) {
     fputs(usage_decode, stderr);
     return 2;
   }
@@ -140,11 +175,23 @@ int bench_decode(int argc, char **argv) {
   m3_cluster *cl = NULL;
   m3_codec_set *cs = NULL;
   m3_decoder *d = NULL;
+  m3_forward *qf = NULL;
+  float *qhidden = NULL;
+  int32_t qpre[M3_SEQ_MAX_TOKENS];
+  size_t n_qpre = 0;
+  int q_layer = -1; /* hidden queries from this layer; -1: text */
   int32_t **prompts = NULL;
   int *plen = NULL;
   m3_generate_result with, without;
   memset(&with, 0, sizeof with);
   memset(&without, 0, sizeof without);
+  m3_generate_result *runs_with = calloc((size_t)repeat, sizeof *runs_with);
+  m3_generate_result *runs_without = calloc((size_t)repeat, sizeof *runs_without);
+  if (runs_with == NULL || runs_without == NULL) {
+    free(runs_with);
+    free(runs_without);
+    return bench_fail("decode", M3_ENOMEM);
+  }
   m3_model_opts mo = {.all_layers = 1};
   if ((rc = m3_model_open(model_dir, &mo, &m))) { ex = bench_fail("model", rc); goto out; }
   if ((rc = m3_tokenizer_load(model_dir, &tok))) { ex = bench_fail("tokenizer", rc); goto out; }
@@ -189,21 +236,69 @@ int bench_decode(int argc, char **argv) {
                : m3_codec_set_create_raw(info.layout.codec_kind, sp->head_dim, &cs);
     if (rc) { ex = bench_fail(codec ? "codec" : "codec (raw; pass --codec for FAISS stores)", rc); goto out; }
     dopt.mem_slots = k * sp->n_tokens;
-  }
-  if ((rc = m3_decoder_create(m, &dopt, &d))) { ex = bench_fail("decoder", rc); goto out; }
-  m3_generate_opts plain = {.n_new = n_new};
-  if ((rc = m3_generate(d, (const int32_t *const *)prompts, plen, batch, &plain, &without))) {
-    ex = bench_fail("decode without memory", rc);
-    goto out;
-  }
-  if (!no_memory) {
-    m3_generate_opts go = {.n_new = n_new, .memory = 1, .k = (uint32_t)k, .mem_base = mem_base,
-                           .cl = cl, .codecs = cs, .tok = tok};
-    if ((rc = m3_generate(d, (const int32_t *const *)prompts, plen, batch, &go, &with))) {
-      ex = bench_fail("decode with memory", rc);
+    /* The query kind: --query, or auto from the server's embedder. */
+    const char *qk = query;
+    if (!strcmp(qk, "auto")) qk = !strncmp(info.embedder, "hidden:", 7) ? info.embedder : "text";
+    if (!strncmp(qk, "hidden", 6) && (qk[6] == '\0' || qk[6] == ':')) {
+      char *end = NULL;
+      long l = qk[6] ? strtol(qk + 7, &end, 10) : m3_model_mem_layers(m) - 1;
+      if ((qk[6] && (end == qk + 7 || *end)) || l < 0 || l >= m3_model_mem_layers(m)) {
+        fprintf(stderr, "m3-bench decode: --query '%s': LAYER must be 0..%d\n", qk,
+                m3_model_mem_layers(m) - 1);
+        goto out;
+      }
+      q_layer = (int)l;
+    } else if (strcmp(qk, "text")) {
+      fprintf(stderr, "m3-bench decode: --query '%s': expected auto, text or hidden[:LAYER]\n",
+              query);
       goto out;
     }
+    if (q_layer >= 0) {
+      if ((rc = m3_seq_tokens(tok, qprefix, "", 0, qpre, M3_SEQ_MAX_TOKENS, &n_qpre, NULL))) {
+        ex = bench_fail("--query-prefix", rc);
+        goto out;
+      }
+      qhidden = malloc((size_t)batch * mc->hidden_size * sizeof(float));
+      m3_forward_opts fo = {.backend = "cpu", .max_batch = batch,
+                            .max_seq = (int)n_qpre + M3_DECODE_WINDOW, .n_tokens = (int)sp->n_tokens,
+                            .hidden = qhidden, .hidden_layer = q_layer};
+      if (!qhidden) { ex = bench_fail("query buffer", M3_ENOMEM); goto out; }
+      if ((rc = m3_forward_create(m, &fo, &qf))) { ex = bench_fail("query forward", rc); goto out; }
+    }
   }
+  if ((rc = m3_decoder_create(m, &dopt, &d))) { ex = bench_fail("decoder", rc); goto out; }
+  /* A short plain decode first: the first run would otherwise pay for
+   * paging the weights in and warming the caches, which made whichever
+   * half ran first look slower. Then --repeat pairs, the order flipped each
+   * time (without/with, with/without, ...); each side keeps its median run
+   * by tokens/s. */
+  m3_generate_opts plain = {.n_new = n_new};
+  m3_generate_opts warm = {.n_new = 1};
+  m3_generate_opts go = {.n_new = n_new, .memory = 1, .k = (uint32_t)k, .mem_base = mem_base,
+                         .cl = cl, .codecs = cs, .tok = tok, .query_fwd = qf,
+                         .query_hidden = qhidden,
+                         .query_dim = m3_model_get_config(m)->hidden_size,
+                         .query_prefix = qpre, .n_query_prefix = (int)n_qpre};
+  {
+    m3_generate_result w;
+    memset(&w, 0, sizeof w);
+    rc = m3_generate(d, (const int32_t *const *)prompts, plen, batch, &warm, &w);
+    m3_generate_result_free(&w);
+    if (rc) { ex = bench_fail("decode (warm-up)", rc); goto out; }
+  }
+  for (int r = 0; r < repeat; r++) {
+    for (int leg = 0; leg < 2; leg++) {
+      int mem = (leg == 1) == (r % 2 == 0);
+      if (mem && no_memory) continue;
+      if ((rc = m3_generate(d, (const int32_t *const *)prompts, plen, batch, mem ? &go : &plain,
+                            mem ? &runs_with[r] : &runs_without[r]))) {
+        ex = bench_fail(mem ? "decode with memory" : "decode without memory", rc);
+        goto out;
+      }
+    }
+  }
+  without = take_median(runs_without, repeat);
+  if (!no_memory) with = take_median(runs_with, repeat);
   if (trace && (rc = write_trace(trace, no_memory ? &without : &with, prompts, plen, !no_memory))) {
     ex = bench_fail("trace", rc);
     goto out;
@@ -225,6 +320,7 @@ int bench_decode(int argc, char **argv) {
       empty += with.rounds[r].stats.empty;
     }
     json_object_set_new(j, "k", json_integer(k));
+    json_object_set_new(j, "repeat", json_integer(repeat));
     json_object_set_new(j, "tokens_per_s_with", json_real(tps_with));
     json_object_set_new(j, "slowdown", json_real(1.0 - tps_with / tps_without));
     json_object_set_new(j, "rounds", json_integer(with.n_rounds));
@@ -242,6 +338,12 @@ int bench_decode(int argc, char **argv) {
     json_object_set_new(j, "stall_p50_ms", json_real(st50));
     json_object_set_new(j, "stall_p99_ms", json_real(st99));
     json_object_set_new(j, "retrieve_p50_ms", json_real(re50));
+    double qu50, qu99;
+    quantiles(&with, offsetof(m3_generate_round, query_ms), &qu50, &qu99);
+    char qname[32];
+    snprintf(qname, sizeof qname, q_layer >= 0 ? "hidden:%d" : "text", q_layer);
+    json_object_set_new(j, "query", json_string(qname));
+    json_object_set_new(j, "query_p50_ms", json_real(qu50));
     json_object_set_new(j, "retrieve_p99_ms", json_real(re99));
     json_object_set_new(j, "decode_into_buffers_p50_ms", json_real(de50));
     json_object_set_new(j, "decode_into_buffers_p99_ms", json_real(de99));
@@ -281,10 +383,18 @@ int bench_decode(int argc, char **argv) {
 out:
   m3_generate_result_free(&with);
   m3_generate_result_free(&without);
+  for (int r = 0; r < repeat; r++) {
+    m3_generate_result_free(&runs_with[r]);
+    m3_generate_result_free(&runs_without[r]);
+  }
+  free(runs_with);
+  free(runs_without);
   for (int s = 0; prompts && s < batch; s++) free(prompts[s]);
   free(prompts);
   free(plen);
   m3_decoder_destroy(d);
+  m3_forward_destroy(qf);
+  free(qhidden);
   m3_codec_set_close(cs);
   m3_cluster_close(cl);
   m3_cluster_map_free(map);

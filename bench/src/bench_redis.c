@@ -364,7 +364,7 @@ int bench_peer(int argc, char **argv) {
     return 2;
   }
   peer_shared sh = {.a = &a};
-  if (a.token_file && bench_read_token("peer redis", a.token_file, sh.token, sizeof sh.token) != 0)
+  if (bench_read_token("peer redis", a.token_file, sh.token, sizeof sh.token) != 0)
     return 2;
   m3_store_options o;
   m3_store_options_init(&o);

@@ -378,7 +378,7 @@ int bench_rpc(int argc, char **argv) {
     return 2;
   }
   rpc_shared sh = {.a = &a};
-  if (a.token_file && bench_read_token("rpc", a.token_file, sh.token, sizeof sh.token) != 0)
+  if (bench_read_token("rpc", a.token_file, sh.token, sizeof sh.token) != 0)
     return 2;
   rpc_thread *th = calloc(a.conns, sizeof *th);
   size_t per_call = (size_t)a.qpc * a.k;
@@ -395,7 +395,7 @@ int bench_rpc(int argc, char **argv) {
     }
     m3_cluster_options co;
     m3_cluster_options_init(&co);
-    if (a.token_file) co.token = sh.token;
+    if (sh.token[0]) co.token = sh.token;
     co.call_timeout_ms = a.timeout_ms;
     if (co.try_timeout_ms > co.call_timeout_ms) co.try_timeout_ms = co.call_timeout_ms;
     co.hedge_delay_ms = hedge_ms;

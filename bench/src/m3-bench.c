@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "m3/token.h"
 #include "m3/error.h"
 #include "m3/version.h"
 
@@ -66,14 +67,10 @@ int bench_print_json(json_t *j) {
 }
 
 int bench_read_token(const char *cmd, const char *path, char *buf, size_t cap) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    fprintf(stderr, "m3-bench %s: --token-file %s: %s\n", cmd, path, strerror(errno));
+  if (m3_token_resolve(path, buf, cap, NULL) != 0) {
+    fprintf(stderr, "m3-bench %s: %s\n", cmd, m3_errmsg());
     return -1;
   }
-  if (fgets(buf, (int)cap, f) == NULL) buf[0] = '\0';
-  buf[strcspn(buf, "\r\n")] = '\0';
-  fclose(f);
   return 0;
 }
 

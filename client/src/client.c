@@ -184,6 +184,7 @@ static int encode_queries(m3_client *c, m3_method method, const m3_client_query 
       m->vector = (float *)q[i].vector;
     } else if (q[i].text) {
       m->text = (char *)q[i].text;
+      m->allow_fillers = q[i].allow_fillers != 0;
     } else {
       return m3__client_status(c, method, M3__STATUS_CODE__INVALID_ARGUMENT,
                                "query %zu has neither a vector nor text", i);
@@ -241,11 +242,48 @@ typedef struct stream_ctx {
   m3_client *c;
   m3_client_memory_fn fn;
   void *ud;
+  size_t nq;       /* queries (Retrieve) or ids (Fetch) asked: Memory.query < nq */
+  uint32_t k;      /* ranks per query: Memory.rank < k (Fetch: 1, rank 0) */
+  char proto[300]; /* the protocol error that stopped the stream, "" for none */
 } stream_ctx;
+
+/* Memory.query and Memory.rank come from the server, and callers use them
+ * as indexes (query into their queries or ids, rank into k slots): a
+ * server that names a query or rank it was not asked for is refused as a
+ * protocol error before the callback sees the item (issue 14; the cluster
+ * client's check_item in cluster_fetch.c is the same rule). */
+static int check_item(stream_ctx *s, const M3__Memory *m) {
+  if (m->query >= s->nq)
+    snprintf(s->proto, sizeof s->proto,
+             "protocol error: Memory.query %u of chunk %llu, but the call asked for %zu %s",
+             m->query, (unsigned long long)m->chunk_id, s->nq, s->k ? "queries" : "ids");
+  else if (s->k && m->rank >= s->k)
+    snprintf(s->proto, sizeof s->proto,
+             "protocol error: Memory.rank %u of chunk %llu, but the Retrieve asked for k = %u",
+             m->rank, (unsigned long long)m->chunk_id, s->k);
+  else if (!s->k && m->rank != 0)
+    snprintf(s->proto, sizeof s->proto,
+             "protocol error: Memory.rank %u of chunk %llu in a Fetch answer (only Retrieve "
+             "items have a rank)", m->rank, (unsigned long long)m->chunk_id);
+  else
+    return 0;
+  s->c->broken = 1; /* a peer that breaks the protocol is not trusted again */
+  return M3_EBADFORMAT;
+}
+
+/* The end of a streamed call: a protocol error found by check_item is the
+ * call's status (not "stopped by the caller"). */
+static int stream_end(stream_ctx *s, m3_method method, int rc) {
+  if (s->proto[0] == '\0') return rc;
+  M3_WARN("client", "m3-server %s: %s", s->c->addr, s->proto);
+  m3__client_status(s->c, method, M3__STATUS_CODE__UNAVAILABLE, "%s", s->proto);
+  return m3__seterr(M3_EBADFORMAT, "%s", s->c->last_msg);
+}
 
 static int on_memory(void *ud, const ProtobufCMessage *msg, const uint8_t *att, size_t att_len) {
   stream_ctx *s = ud;
   const M3__Memory *m = (const M3__Memory *)msg;
+  if (check_item(s, m) != 0) return M3_EBADFORMAT;
   const m3_layout *want = &s->c->info.layout;
   m3_record rec;
   uint32_t crc;
@@ -311,8 +349,9 @@ int m3_client_retrieve(m3_client *c, const m3_client_query *queries, size_t nq, 
   req.with_text = with_text != 0;
   M3__IndexParams ip;
   req.params = index_params(c, &ip);
-  stream_ctx s = {c, fn, ud};
-  return m3__client_call(c, M3_METHOD_RETRIEVE, &req.base, NULL, 0, c->timeout_ms, on_memory, &s);
+  stream_ctx s = {.c = c, .fn = fn, .ud = ud, .nq = nq, .k = k};
+  rc = m3__client_call(c, M3_METHOD_RETRIEVE, &req.base, NULL, 0, c->timeout_ms, on_memory, &s);
+  return stream_end(&s, M3_METHOD_RETRIEVE, rc);
 }
 
 int m3_client_fetch(m3_client *c, const uint64_t *ids, size_t n, int with_text,
@@ -323,8 +362,9 @@ int m3_client_fetch(m3_client *c, const uint64_t *ids, size_t n, int with_text,
   req.n_ids = n;
   req.ids = (uint64_t *)ids;
   req.with_text = with_text != 0;
-  stream_ctx s = {c, fn, ud};
-  return m3__client_call(c, M3_METHOD_FETCH, &req.base, NULL, 0, c->timeout_ms, on_memory, &s);
+  stream_ctx s = {.c = c, .fn = fn, .ud = ud, .nq = n, .k = 0};
+  int rc = m3__client_call(c, M3_METHOD_FETCH, &req.base, NULL, 0, c->timeout_ms, on_memory, &s);
+  return stream_end(&s, M3_METHOD_FETCH, rc);
 }
 
 /* ---- operations ----------------------------------------------------- */

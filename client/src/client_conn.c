@@ -345,6 +345,9 @@ static int not_m3_peer(m3_client *c, m3_method method) {
                              "m3-server's --listen; --http is for /metrics and health)");
   if (n >= 4 && memcmp(b, "SSH-", 4) == 0)
     return broken(c, method, "this port speaks SSH, not the m3 protocol");
+  if (n >= 3 && (b[0] == 0x15 || b[0] == 0x16) && b[1] == 0x03)
+    return broken(c, method, "this port speaks TLS (it answered with a TLS %s), not the plain "
+                             "m3 protocol", b[0] == 0x15 ? "alert" : "handshake");
   while (t < n && (b[t] == '\t' || (b[t] >= 0x20 && b[t] < 0x7f))) t++;
   if (t >= 3)
     return broken(c, method, "this port answered \"%.*s\", not the m3 protocol", (int)t, b);

@@ -8,9 +8,35 @@
 
 #include <isa-l/crc.h>
 
+#ifndef SHORT_CRC
+#define SHORT_CRC 1024
+#endif
+
+/* Short buffers (record headers, small records) with the SSE4.2 crc32
+ * instruction: ISA-L's folding kernels use 512-bit registers, whose set-up
+ * costs more than the work below a few KiB. */
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+__attribute__((target("sse4.2"))) static uint32_t crc_short(uint32_t reg, const unsigned char *p,
+                                                            size_t len) {
+  uint64_t r = reg;
+  for (; len >= 8; p += 8, len -= 8) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    r = _mm_crc32_u64(r, v);
+  }
+  uint32_t r32 = (uint32_t)r;
+  for (; len > 0; p++, len--) r32 = _mm_crc32_u8(r32, *p);
+  return r32;
+}
+#endif
+
 uint32_t m3_crc32c(uint32_t crc, const void *buf, size_t len) {
   const unsigned char *p = buf;
   uint32_t reg = ~crc;
+#if defined(__x86_64__)
+  if (len < SHORT_CRC && __builtin_cpu_supports("sse4.2")) return ~crc_short(reg, p, len);
+#endif
   while (len > 0) {
     int n = len > (1u << 30) ? (1 << 30) : (int)len;
     reg = crc32_iscsi((unsigned char *)p, n, reg);

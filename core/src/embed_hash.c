@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "embed_int.h"
 #include "m3/embed.h"
 #include "m3/error.h"
 #include "m3/internal/hash.h"
@@ -35,7 +36,7 @@ static uint64_t fnv_lower(uint64_t h, const unsigned char *p, size_t n) {
 /* ln(x) for x >= 1, the same bits everywhere: x = m * 2^e with m in [1, 2)
  * (frexp is exact), ln x = e ln 2 + 2 atanh(s), s = (m-1)/(m+1) < 1/3, by a
  * fixed 24 terms of the atanh series ((1/9)^24 is far below double's ulp). */
-static double ln_fixed(double x) {
+double m3__ln_fixed(double x) {
   int e;
   double m = frexp(x, &e) * 2.0;
   e -= 1;
@@ -97,7 +98,7 @@ int m3_embed_hash(const char *text, size_t len, float *out, unsigned dim) {
     while (j < nf && feat[j] == feat[i]) j++;
     uint64_t h = m3__fmix64(feat[i]);
     uint32_t bucket = (uint32_t)(h & 0xffffffffu) % dim;
-    float w = (float)(1.0 + ln_fixed((double)(j - i)));
+    float w = (float)(1.0 + m3__ln_fixed((double)(j - i)));
     out[bucket] = (h >> 63) ? out[bucket] - w : out[bucket] + w;
     i = j;
   }
@@ -114,14 +115,18 @@ out:
 
 int m3_embed_spec_parse(const char *s, m3_embed_spec *out) {
   memset(out, 0, sizeof *out);
-  if (!s || strncmp(s, "hash:", 5) != 0)
-    return m3__seterr(M3_EINVAL, "embedder '%s': expected 'hash:DIM', e.g. hash:256", s ? s : "(null)");
-  const char *d = s + 5;
+  m3_embed_kind kind = M3_EMBED_NONE;
+  const char *d = NULL;
+  if (s && strncmp(s, "hash:", 5) == 0) kind = M3_EMBED_HASH, d = s + 5;
+  else if (s && strncmp(s, "words:", 6) == 0) kind = M3_EMBED_WORDS, d = s + 6;
+  if (kind == M3_EMBED_NONE)
+    return m3__seterr(M3_EINVAL, "embedder '%s': expected 'words:DIM' or 'hash:DIM', e.g. words:1024",
+                      s ? s : "(null)");
   char *end;
   unsigned long v = strtoul(d, &end, 10);
   if (end == d || *end || *d == '-' || *d == '+' || v == 0 || v > M3_EMBED_MAX_DIM)
     return m3__seterr(M3_EINVAL, "embedder '%s': DIM must be a number in 1..%d", s, M3_EMBED_MAX_DIM);
-  out->kind = M3_EMBED_HASH;
+  out->kind = kind;
   out->dim = (unsigned)v;
   return 0;
 }
@@ -129,6 +134,8 @@ int m3_embed_spec_parse(const char *s, m3_embed_spec *out) {
 char *m3_embed_spec_format(const m3_embed_spec *sp, char *buf, size_t cap) {
   if (sp->kind == M3_EMBED_HASH)
     snprintf(buf, cap, "hash:%u", sp->dim);
+  else if (sp->kind == M3_EMBED_WORDS)
+    snprintf(buf, cap, "words:%u", sp->dim);
   else
     snprintf(buf, cap, "none");
   return buf;
@@ -136,5 +143,6 @@ char *m3_embed_spec_format(const m3_embed_spec *sp, char *buf, size_t cap) {
 
 int m3_embed(const m3_embed_spec *sp, const char *text, size_t len, float *out) {
   if (sp->kind == M3_EMBED_HASH) return m3_embed_hash(text, len, out, sp->dim);
+  if (sp->kind == M3_EMBED_WORDS) return m3_embed_words(text, len, sp->idf, out, sp->dim);
   return m3__seterr(M3_EINVAL, "embedder kind %d is not built in", (int)sp->kind);
 }

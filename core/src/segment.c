@@ -16,6 +16,7 @@
 #include "m3/internal/fsutil.h"
 #include "m3/fault.h"
 #include "m3/log.h"
+#include "m3/spec.h"
 
 char *m3__segment_path(const char *dir, uint32_t id, char *buf, size_t cap) {
   snprintf(buf, cap, "%s/seg-%06u.m3s", dir, id);
@@ -379,6 +380,18 @@ int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uin
       continue;
     }
     in_gap = 0;
+    if (cb->layout && !(r.flags & M3_RECORD_TOMBSTONE) && !m3_layout_equal(&r.layout, cb->layout)) {
+      char msg[256];
+      snprintf(msg, sizeof msg,
+               "record %llu: its layout differs from the store's (a foreign record): skipped",
+               (unsigned long long)r.chunk_id);
+      ndamaged++;
+      report(cb, seg, off, r.chunk_id, M3_ESHAPE, msg);
+      M3_WARN("store", "%s at offset %llu: %s", path, (unsigned long long)off, msg);
+      off += m3__round_up(rec_len, align);
+      end_ok = off;
+      continue;
+    }
     if (cb->on_record && (rc = cb->on_record(cb->ud, seg, off, &r, rec_len)) != 0) goto out;
     off += m3__round_up(rec_len, align);
     end_ok = off;

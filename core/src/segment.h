@@ -92,6 +92,10 @@ typedef struct m3_scan_cb {
   int (*on_record)(void *ud, const m3_segment *seg, uint64_t off, const m3_record *r,
                    uint32_t rec_len);
   void (*on_problem)(void *ud, const m3_problem *p);
+  /* The store's layout: a valid record of another layout is reported
+   * (M3_ESHAPE) and skipped, never given to on_record (its sizes would
+   * overflow buffers planned for the store's layout). NULL: no check. */
+  const m3_layout *layout;
 } m3_scan_cb;
 
 /*

@@ -22,6 +22,7 @@
 
 #include "m3/crc32c.h"
 #include "m3/error.h"
+#include "m3/internal/fsutil.h"
 #include "m3/log.h"
 #include "store_int.h"
 
@@ -265,7 +266,7 @@ static int roll_forward(m3_store *s, const uint64_t *ends) {
     }
     if (seg->size == ends[i]) continue;
     uint64_t before = ctx.applied, good_end = ends[i], damaged = 0;
-    m3_scan_cb cb = {&ctx, roll_record, roll_problem};
+    m3_scan_cb cb = {&ctx, roll_record, roll_problem, &s->ident.layout};
     if ((rc = m3__segment_scan(seg, s->dir, ends[i], s->ident.align, &cb, &good_end, &damaged)) != 0)
       goto out;
     if (ctx.applied > before)
@@ -357,6 +358,24 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
 
   char catpath[4200];
   snprintf(catpath, sizeof catpath, "%s/catalog", dir);
+  /* A repair interrupted between its two renames left the old catalog
+   * aside and none in place: put it back (read-only: open it there). */
+  struct stat ast;
+  char asidepath[4200];
+  snprintf(asidepath, sizeof asidepath, "%s/" M3__CATALOG_ASIDE, dir);
+  if (stat(catpath, &ast) != 0 && errno == ENOENT && stat(asidepath, &ast) == 0) {
+    if (o->read_only) {
+      snprintf(catpath, sizeof catpath, "%s", asidepath);
+    } else {
+      M3_WARN("store", "store %s: an interrupted repair left the catalog at %s; putting it back",
+              dir, asidepath);
+      if (rename(asidepath, catpath) != 0) {
+        rc = m3__syserr(errno, "rename %s to %s", asidepath, catpath);
+        goto fail;
+      }
+      if ((rc = m3__fsync_dir(dir)) != 0) goto fail;
+    }
+  }
   int fresh = 0;
   if (o->create && !has_segments(dir)) {
     struct stat cst;
@@ -531,6 +550,11 @@ static int place(commit *c, size_t len, uint32_t *seg_id, uint64_t *off) {
   return 0;
 }
 
+/* Undo a failed commit: cut each touched segment back to its size before
+ * the commit. Nothing of the batch is visible now (the catalog did not
+ * commit). A cut that fails leaves the records in the file: those written
+ * whole ARE rolled forward by the next open (a Put reported failed may
+ * persist, as m3/store.h says); a partial one is cut there as a torn tail. */
 static void abort_commit(commit *c) {
   for (int i = c->ntouched - 1; i >= 0; i--) {
     m3_segment *seg = m3__store_seg(c->s, c->touched[i].seg);

@@ -13,6 +13,10 @@
 #include "m3/store.h"
 #include "segment.h"
 
+/* The catalog set aside by a repair while it swaps the rebuilt one in
+ * (store_ops.c); m3_store_open puts it back when no catalog is there. */
+#define M3__CATALOG_ASIDE "catalog.old"
+
 struct m3_store {
   char *dir;
   m3_store_options opts;

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "catalog.h"
+#include "m3/embed.h"
 #include "m3/error.h"
 #include "m3/shard.h"
 #include "m3/store.h"
@@ -442,6 +443,34 @@ static int claim_outdir(merge *m) {
   return rc ? rc : m3__fsync_dir(m->outdir);
 }
 
+/* words:DIM slices embed with one IDF table (m3-encode counts it over the
+ * whole input): the shards get the first input's DIR/idf.bin (a side
+ * file), so every input must hold the same one, or none. */
+static int check_idf(merge *m) {
+  uint32_t crc0 = 0;
+  int has0 = 0;
+  for (size_t i = 0; i < m->n_in; i++) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/" M3_IDF_FILE, m->ins[i].dir);
+    m3_idf *t = NULL;
+    int rc = m3_idf_load(path, &t);
+    if (rc != 0 && rc != M3_ENOTFOUND) return rc;
+    int has = t != NULL;
+    uint32_t crc = has ? m3_idf_crc(t) : 0;
+    m3_idf_free(t);
+    if (i == 0) {
+      has0 = has, crc0 = crc;
+    } else if (has != has0 || crc != crc0) {
+      return m3__seterr(M3_ESHAPE,
+                        "merge: store %s %s an IDF table (%s%s) unlike store %s (%s): the slices "
+                        "of one words:DIM knowledge base share one table; encode every slice "
+                        "from the same input", m->ins[i].dir, has ? "holds" : "lacks", M3_IDF_FILE,
+                        has && has0 ? ", another one" : "", m->ins[0].dir, has0 ? "one" : "none");
+    }
+  }
+  return 0;
+}
+
 static int check_inputs(merge *m) {
   const m3_layout *l0 = m3_store_layout(m->ins[0].st);
   for (size_t i = 1; i < m->n_in; i++) {
@@ -461,7 +490,7 @@ static int check_inputs(merge *m) {
                         l0->emb_dim, m3_store_align(m->ins[0].st));
     }
   }
-  return 0;
+  return check_idf(m);
 }
 
 int m3_store_merge(const char *const *inputs, size_t n, const char *outdir,

@@ -15,6 +15,7 @@
 
 #include "m3/crc32c.h"
 #include "m3/error.h"
+#include "m3/fault.h"
 #include "m3/internal/fsutil.h"
 #include "m3/log.h"
 #include "store_int.h"
@@ -505,7 +506,7 @@ int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_repor
     }
     rep->segments++;
     uint64_t good_end = 0, damaged = 0;
-    m3_scan_cb cb = {&ctx, repair_record, repair_problem};
+    m3_scan_cb cb = {&ctx, repair_record, repair_problem, &ident.layout};
     rc = m3__segment_scan(&seg, dir, ident.align, ident.align, &cb, &good_end, &damaged);
     if (rc == 0 && good_end < seg.size) {
       rep->truncated_bytes += seg.size - good_end;
@@ -530,14 +531,32 @@ int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_repor
   m3__catalog_close(&cat);
   opened = 0;
 
-  /* Swap the rebuilt catalog in. A crash before the rename leaves the old
-   * catalog (or none) and a catalog.repair that the next repair replaces. */
-  if ((rc = rm_tree(catpath)) != 0) goto out;
+  /* Swap the rebuilt catalog in: the old one aside first (catalog.old),
+   * then the new one in, then the old one removed, each step made durable
+   * before the next. A crash at any point leaves a catalog to open: before
+   * the first rename the old one; between the renames only catalog.old,
+   * which m3_store_open puts back (M3__CATALOG_ASIDE); after the second
+   * the new one (a catalog.old left over is removed by the next repair). */
+  char oldpath[4200];
+  snprintf(oldpath, sizeof oldpath, "%s/" M3__CATALOG_ASIDE, dir);
+  if ((rc = rm_tree(oldpath)) != 0) goto out;
+  int had_old = stat(catpath, &st) == 0;
+  if (had_old && rename(catpath, oldpath) != 0) {
+    rc = m3__syserr(errno, "rename %s to %s", catpath, oldpath);
+    goto out;
+  }
+  if ((rc = m3__fsync_dir(dir)) != 0) goto out;
+  int ferr = m3__fault("repair.swap"); /* a crash between the renames */
+  if (ferr) {
+    rc = m3__syserr(ferr, "repair %s: swapping the catalog in", dir);
+    goto out;
+  }
   if (rename(newpath, catpath) != 0) {
     rc = m3__syserr(errno, "rename %s to %s", newpath, catpath);
     goto out;
   }
-  m3__fsync_dir(dir);
+  if ((rc = m3__fsync_dir(dir)) != 0) goto out;
+  if (had_old && (rc = rm_tree(oldpath)) != 0) goto out;
   if (rep->damaged)
     rc = m3__seterr(M3_ECORRUPT, "repair %s: rebuilt, but %llu damaged records were skipped",
                     dir, (unsigned long long)rep->damaged);

@@ -11,17 +11,36 @@
  * memory bytes themselves are not checked here: whoever receives them
  * checks the payload CRC32C. Each span pins the descriptor like a read in
  * flight (s->aio_reads) until m3_store_spans_release.
+ *
+ * With M3_SPANS_CACHED (the server's default) the header and the record's
+ * last byte are read with preadv2(RWF_NOWAIT), which fails with EAGAIN
+ * instead of going to the disk: a record not in the page cache makes the
+ * whole batch COLD and the server reads it on its io_uring instead, so the
+ * loop thread never waits for the drive on this path.
  */
+
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "m3/error.h"
 #include "m3/log.h"
 #include "store_int.h"
 
+/* pread, or with nowait a preadv2(RWF_NOWAIT): -1 with errno EAGAIN when
+ * the bytes are not in the page cache (EOPNOTSUPP: cannot tell). */
+static ssize_t read_at(int fd, void *buf, size_t len, uint64_t off, int nowait) {
+  if (!nowait) return pread(fd, buf, len, (off_t)off);
+  struct iovec v = {buf, len};
+  return preadv2(fd, &v, 1, (off_t)off, RWF_NOWAIT);
+}
+
+static int is_cold(int err) { return err == EAGAIN || err == EOPNOTSUPP || err == EWOULDBLOCK; }
+
 /* Read and check the header of the record at loc (into it->buf). */
-static int span_one(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_span *sp) {
+static int span_one(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_span *sp,
+                    int nowait) {
   char path[4096];
   m3_segment *seg = m3__store_seg(s, loc->segment);
   if (seg == NULL || seg->fd < 0 || loc->offset + loc->mem_len > seg->size)
@@ -29,7 +48,8 @@ static int span_one(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_s
                       (unsigned long long)it->chunk_id,
                       m3__segment_path(s->dir, loc->segment, path, sizeof path),
                       (unsigned long long)loc->offset);
-  ssize_t got = pread(seg->fd, it->buf, M3_RECORD_HEADER_SIZE, (off_t)loc->offset);
+  ssize_t got = read_at(seg->fd, it->buf, M3_RECORD_HEADER_SIZE, loc->offset, nowait);
+  if (got < 0 && nowait && is_cold(errno)) return M3_SPANS_COLD;
   if (got < 0)
     return m3__syserr(errno, "read the header of chunk %llu from %s offset %llu",
                       (unsigned long long)it->chunk_id,
@@ -56,6 +76,16 @@ static int span_one(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_s
              (unsigned long long)loc->offset, m3_errmsg());
     return rc == M3_EBADFORMAT || rc == M3_EVERSION ? M3_ECORRUPT : rc;
   }
+  if (nowait && loc->mem_len > M3_RECORD_HEADER_SIZE) {
+    uint8_t last;
+    ssize_t t = read_at(seg->fd, &last, 1, loc->offset + loc->mem_len - 1, 1);
+    if (t < 0 && is_cold(errno)) return M3_SPANS_COLD;
+    if (t != 1)
+      return m3__syserr(t < 0 ? errno : EIO, "read the end of chunk %llu from %s offset %llu",
+                        (unsigned long long)it->chunk_id,
+                        m3__segment_path(s->dir, loc->segment, path, sizeof path),
+                        (unsigned long long)loc->offset);
+  }
   it->data = it->buf;
   it->len = loc->mem_len;
   sp->fd = seg->fd;
@@ -64,7 +94,7 @@ static int span_one(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_s
   return 0;
 }
 
-int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans) {
+int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans, unsigned flags) {
   if (n == 0) return 0;
   if (s->opts.direct)
     return m3__seterr(M3_EUNSUPPORTED, "store %s reads with O_DIRECT: no spans", s->dir);
@@ -95,8 +125,11 @@ int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans) 
   if (rc == 0 && nmiss) rc = m3__store_locs(s, ids, nmiss, locs, st);
   for (size_t j = 0; j < nmiss && rc == 0; j++) {
     m3_fetch_item *it = &items[miss[j]];
-    int e = st[j] ? st[j] : span_one(s, it, &locs[j], &spans[miss[j]]);
-    if (e == 0) {
+    int e = st[j] ? st[j] : span_one(s, it, &locs[j], &spans[miss[j]],
+                                     (flags & M3_SPANS_CACHED) != 0);
+    if (e == M3_SPANS_COLD) {
+      rc = e; /* released below: the caller reads the batch */
+    } else if (e == 0) {
       atomic_fetch_add(&s->aio_reads, 1); /* under the lock: compaction sees it */
     } else if (e == M3_ENOTFOUND || e == M3_ECORRUPT || e == M3_EIO) {
       it->status = e;
@@ -106,7 +139,7 @@ int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans) 
       rc = e;
     }
   }
-  if (rc) /* none handed out */
+  if (rc) /* none handed out (an error, or cold) */
     for (size_t i = 0; i < n; i++)
       if (spans[i].fd >= 0) {
         spans[i].fd = -1;

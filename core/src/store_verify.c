@@ -125,7 +125,7 @@ static int verify_stream(m3_store *s, m3_io *io, m3_problem_fn fn, void *ud, uin
   for (size_t i = 0; i < s->nsegs; i++) c.all_bytes += s->segs[i].size;
   for (size_t i = 0; i < s->nsegs && rc == 0; i++) {
     uint64_t good_end = 0, damaged = 0;
-    m3_scan_cb cb = {&c, on_record, on_problem};
+    m3_scan_cb cb = {&c, on_record, on_problem, &s->ident.layout};
     rc = m3__segment_scan(&s->segs[i], s->dir, s->ident.align, s->ident.align, &cb, &good_end,
                           &damaged);
     c.seg_base += s->segs[i].size;

@@ -448,6 +448,15 @@ void conn_protocol_error(conn *c, const char *why) {
 static void process(conn *c) {
   size_t off = 0;
   while (!c->closing && !c->hangup && c->rlen - off >= M3_FRAME_HEADER_SIZE) {
+    if (!c->hello && off == 0 && c->rbuf[0] == 0x16 && c->rbuf[1] == 0x03) {
+      /* A TLS ClientHello: this port speaks plain m3 (no TLS configured).
+       * An m3 GOAWAY would reach a TLS client as garbage: just close. */
+      c->s->m.bad_frames++;
+      M3_WARN("server", "%s: closing connection: it opened with a TLS ClientHello, and this "
+                        "port speaks the m3 protocol without TLS", c->peer);
+      conn_close(c);
+      return;
+    }
     m3_frame f;
     int rc = m3_frame_decode(c->rbuf + off,
                              c->hello ? c->s->cfg.max_frame_bytes : CONN_PREHELLO_FRAME_MAX, &f);

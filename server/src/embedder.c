@@ -38,18 +38,37 @@ int server_embedder_load(server *s) {
     goto out;
   }
   snprintf(s->embedder, sizeof s->embedder, "%s", emb);
-  if (strncmp(emb, "hash:", 5) == 0) {
-    char *end;
-    unsigned long d = strtoul(emb + 5, &end, 10);
-    if (*end || d == 0 || d != s->emb_dim) {
+  if (strncmp(emb, "hash:", 5) == 0 || strncmp(emb, "words:", 6) == 0) {
+    m3_embed_spec sp;
+    if (m3_embed_spec_parse(emb, &sp) != 0 || sp.dim != s->emb_dim) {
       rc = m3__seterr(M3_EBADFORMAT,
                       "%s: field \"embed\" is \"%s\", but the store's embeddings have %u dims",
                       path, emb, s->emb_dim);
       goto out;
     }
-    s->text_dim = (unsigned)d;
+    if (sp.kind == M3_EMBED_WORDS) {
+      /* Queries must be weighted as the chunks were: the store's own table. */
+      char ipath[4200];
+      snprintf(ipath, sizeof ipath, "%s/" M3_IDF_FILE, s->cfg.store_dir);
+      if ((rc = m3_idf_load(ipath, &s->text_idf)) != 0) {
+        rc = m3__seterr(rc, "store embedded with %s: %s", emb, m3_errmsg());
+        goto out;
+      }
+      const char *want = json_string_value(json_object_get(m, "idf_crc32c"));
+      char have[16];
+      snprintf(have, sizeof have, "%08x", m3_idf_crc(s->text_idf));
+      if (want && strcmp(want, have) != 0) {
+        rc = m3__seterr(M3_ECORRUPT, "%s: crc32c %s, but %s says the store's table is %s (another "
+                        "store's idf.bin?)", ipath, have, path, want);
+        goto out;
+      }
+      sp.idf = s->text_idf;
+    }
+    s->text_embed = sp;
+    s->text_dim = sp.dim;
   }
 out:
+  if (rc) server_embedder_close(s);
   json_decref(m);
   return rc;
 }
@@ -74,9 +93,16 @@ int server_embed_text(call *cl, size_t i, const char *text, float *q) {
                i, e, s->emb_dim);
     return -1;
   }
-  if (m3_embed_hash(text, strlen(text), q, s->text_dim) != 0) {
+  if (m3_embed(&s->text_embed, text, strlen(text), q) != 0) {
     call_end(cl, M3_STATUS_INVALID_ARGUMENT, "query %zu: %s", i, m3_errmsg());
     return -1;
   }
   return 0;
+}
+
+void server_embedder_close(server *s) {
+  m3_idf_free(s->text_idf);
+  s->text_idf = NULL;
+  s->text_embed.idf = NULL;
+  s->text_dim = 0;
 }

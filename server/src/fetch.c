@@ -161,6 +161,8 @@ static void send_ready(rb_reads *r) {
         b->bufs[b->n++] = it->buf;
       } else {
         m.status = (M3__StatusCode)m3_status_from_err(it->status);
+        if (m.status == M3__STATUS_CODE__NOT_FOUND) s->m.items_not_found++;
+        else if (m.status == M3__STATUS_CODE__DATA_LOSS) s->m.items_data_loss++;
         m.error = it->status == M3_ENOTFOUND ? "not in the store" : (char *)m3_strerror(it->status);
       }
       m3_frame f = {M3_FRAME_RESPONSE, 0, cl->method, cl->stream, 0, (uint32_t)att_len, 0};
@@ -246,12 +248,13 @@ void fetch_start(fetch_req *fr, call *cl, const uint64_t *ids, size_t nids, unsi
   r->items = call_alloc(cl, (n ? n : 1) * sizeof *r->items);
   fr->slot = call_alloc(cl, (n ? n : 1) * sizeof *fr->slot);
   r->ready = call_alloc(cl, (n ? n : 1) * sizeof *r->ready);
+  r->t_start = call_alloc(cl, (n ? n : 1) * sizeof *r->t_start);
   if (with_text) fr->texts = call_alloc(cl, (n ? n : 1) * sizeof *fr->texts);
   /* Spans where the reads would run on the loop (with io_uring); reads on
    * the threadpool (pread, with_text) go through buffers. */
   int spans = cl->c->s->splice && cl->c->s->aio && !with_text;
   if (spans) r->spans = call_alloc(cl, (n ? n : 1) * sizeof *r->spans);
-  if (!r->items || !fr->slot || !r->ready || (with_text && !fr->texts) || (spans && !r->spans)) {
+  if (!r->items || !fr->slot || !r->ready || !r->t_start || (with_text && !fr->texts) || (spans && !r->spans)) {
     call_end(cl, M3_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     rb_settle(r);
     return;

@@ -109,6 +109,7 @@ static void handle(http_conn *hc) {
     g.hello_failures = s->auth.failures;
     g.hello_limited = s->auth.limited;
     g.io_backend = m3_store_io_backend(s->store);
+    g.embedder = s->embedder;
     size_t len;
     char *text = metrics_render(&s->m, &g, &len);
     respond(hc, 200, "OK", "text/plain; version=0.0.4", text ? text : "", text ? len : 0);

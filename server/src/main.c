@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "m3/token.h"
 #include "m3/error.h"
 #include "m3/log.h"
 #include "call.h"
@@ -64,10 +65,11 @@ static const char *usage_text =
     "  --write-high-water-mb N   stop reading a connection with more queued (16)\n"
     "  --fetch-memory-mb N       read buffers of all calls together; calls beyond\n"
     "                            wait for buffers, oldest first (256)\n"
-    "  --sendfile                send memories from the page cache with sendfile\n"
-    "                            (the client checks every CRC32C; the loop reads on\n"
-    "                            its own thread: for stores that fit in RAM). Default:\n"
-    "                            io_uring reads into buffers, checked by the server\n"
+    "  --no-sendfile             always read memories into buffers on the io_uring and\n"
+    "                            check them in the server. Default: memories whose\n"
+    "                            pages are in the page cache (probed without blocking)\n"
+    "                            go out with sendfile, only their headers checked here\n"
+    "                            (the client checks every CRC32C); the rest are read\n"
     "  --min-drain-kb-per-s N    close a connection whose queued answers drain\n"
     "                            slower than this for 2 s: its buffers go back (256)\n"
     "  --shard N                 shard number announced in Hello (0)\n"
@@ -102,6 +104,7 @@ void server_config_defaults(server_config *c) {
   c->search_threads = 1;
   c->fetch_memory = (size_t)256 << 20;
   c->min_drain_bytes_per_s = (size_t)256 << 10;
+  c->sendfile = 1;
 }
 
 static const struct option opts[] = {
@@ -136,6 +139,7 @@ static const struct option opts[] = {
     {"search-budget", required_argument, NULL, 21},
     {"max-batch-queries", required_argument, NULL, 22},
     {"sendfile", no_argument, NULL, 23},
+    {"no-sendfile", no_argument, NULL, 25},
     {"min-drain-kb-per-s", required_argument, NULL, 24},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
@@ -221,6 +225,7 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
     c->sendfile = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes");
     break;
   case 24: c->min_drain_bytes_per_s = (size_t)num(name, v, where) << 10; break;
+  case 25: c->sendfile = 0; break;
   }
 }
 
@@ -280,16 +285,14 @@ static void load_config(server_config *c, const char *path) {
 }
 
 static char *read_token(const char *path, const char *what) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    fprintf(stderr, "m3-server: %s %s: %s\n", what, path, strerror(errno));
+  char buf[512];
+  if (m3_token_read(path, buf, sizeof buf) != 0) {
+    fprintf(stderr, "m3-server: %s: %s\n", what, m3_errmsg());
     exit(2);
   }
-  char buf[512];
-  char *t = fgets(buf, sizeof buf, f) ? strdup(trim(buf)) : NULL;
-  fclose(f);
-  if (t == NULL || *t == '\0') {
-    fprintf(stderr, "m3-server: %s %s: empty; the token is its first line\n", what, path);
+  char *t = strdup(buf);
+  if (t == NULL) {
+    fprintf(stderr, "m3-server: %s: out of memory\n", what);
     exit(2);
   }
   if (strlen(t) < AUTH_TOKEN_MIN) {
@@ -464,6 +467,7 @@ int main(int argc, char **argv) {
     io.params = s.cfg.index_params;
     if ((rc = m3_index_open(s.store, &io, &s.index)) != 0) {
       fprintf(stderr, "m3-server: retrieval index: %s: %s\n", m3_strerror(rc), m3_errmsg());
+      server_embedder_close(&s);
       m3_store_close(s.store);
       return 2;
     }
@@ -521,6 +525,8 @@ int main(int argc, char **argv) {
           s.cfg.store_dir, (unsigned long long)s.records, s.embedder,
           s.index ? "retrieval index on" : "no retrieval index", m3_store_io_backend(s.store),
           s.aio ? " on the loop" : " on the threadpool", rpc_port, http_port);
+  M3_INFO("server", "read auth %s, admin auth %s", s.token ? "on (--token-file)" : "off (anyone may read)",
+          s.admin_token ? "on (--admin-token-file)" : "off (Put and Delete refused)");
   uv_run(s.loop, UV_RUN_DEFAULT);
 
   /* Drained (or stopped): close what is left and let the callbacks run. */
@@ -537,6 +543,7 @@ int main(int argc, char **argv) {
               m3_errmsg());
     m3_index_close(s.index);
   }
+  server_embedder_close(&s);
   m3_store_close(s.store);
   pthread_mutex_destroy(&s.admin_lock);
   free(s.token);

@@ -49,10 +49,14 @@ void method_hello(call *cl, const uint8_t *att, size_t att_len) {
   int is_admin = s->admin_token && auth_token_equal(tok, s->admin_token);
   int is_reader = is_admin || s->token == NULL || auth_token_equal(tok, s->token);
   if (!is_reader) {
-    M3_WARN("server", "%s: Hello with a wrong token: closing", c->peer);
+    M3_WARN("server", "%s: Hello with %s: closing", c->peer, *tok ? "a wrong token" : "no token");
     auth_failed(&s->auth, host, now);
     conn_hangup(c);
-    call_end(cl, M3_STATUS_UNAUTHENTICATED, "wrong token");
+    if (*tok)
+      call_end(cl, M3_STATUS_UNAUTHENTICATED, "the server refused the token");
+    else
+      call_end(cl, M3_STATUS_UNAUTHENTICATED,
+               "this server requires a token (--token-file F, or M3_TOKEN_FILE / M3_TOKEN)");
     return;
   }
   const m3_layout *sl = m3_store_layout(s->store);

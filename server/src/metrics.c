@@ -1,15 +1,33 @@
 /* Prometheus text rendering of the server's counters; see metrics.h. */
 #include "metrics.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "m3/version.h"
 
 const double metrics_bounds[M3_NBUCKETS] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                             0.005,   0.01,   0.025,   0.05,   0.1,   0.25,
                                             0.5,     1.0,    2.5,     INFINITY};
+
+const double metrics_hist_bounds[M3_HIST_NB] = {
+    1e-6,  2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
+    1e-2,  2.5e-2, 5e-2, 0.1,  0.25,   0.5,  1.0,  2.5,    5.0,  10.0, INFINITY};
+
+void metrics_hist_observe(metrics_hist *h, double seconds) {
+  if (!(seconds >= 0)) seconds = 0;
+  int b = 0;
+  while (b < M3_HIST_NB - 1 && seconds > metrics_hist_bounds[b]) b++;
+  h->b[b]++;
+  h->sum_s += seconds;
+  h->count++;
+}
 
 void metrics_observe(metrics *m, unsigned method, int status, double seconds) {
   if (method >= M3_METHOD_COUNT) method = 0;
@@ -46,6 +64,67 @@ static void put(sbuf *b, const char *fmt, ...) {
     b->p = np;
     b->cap = cap;
   }
+}
+
+static void put_hist(sbuf *b, const char *name, const char *help, const metrics_hist *h) {
+  put(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+  uint64_t cum = 0;
+  for (int k = 0; k < M3_HIST_NB; k++) {
+    cum += h->b[k];
+    if (k == M3_HIST_NB - 1) put(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    else put(b, "%s_bucket{le=\"%g\"} %llu\n", name, metrics_hist_bounds[k], (unsigned long long)cum);
+  }
+  put(b, "%s_sum %.9f\n%s_count %llu\n", name, h->sum_s, name, (unsigned long long)h->count);
+}
+
+/* The Prometheus client libraries' standard process metrics, from /proc:
+ * resident memory, CPU seconds, open and maximum descriptors, start time. A
+ * value /proc does not give (another OS, a masked /proc) is left out. */
+static void put_process(sbuf *b) {
+  long tick = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+  char buf[1024];
+  FILE *f = fopen("/proc/self/stat", "r");
+  size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+  if (f) fclose(f);
+  buf[n] = '\0';
+  /* Fields after "(comm)", which may hold spaces: from the last ')'. */
+  char *p = strrchr(buf, ')');
+  unsigned long long utime = 0, stime = 0, start = 0, rss = 0;
+  int ok = p && tick > 0 &&
+           sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d "
+                  "%*d %*d %llu %*u %llu", &utime, &stime, &start, &rss) == 4;
+  if (ok) {
+    put(b, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+           "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.2f\n",
+        (double)(utime + stime) / (double)tick);
+    put(b, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+           "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %llu\n",
+        rss * (unsigned long long)page);
+    /* start: clock ticks after boot; boot time: /proc/stat's btime. */
+    unsigned long long btime = 0;
+    FILE *st = fopen("/proc/stat", "r");
+    char line[256];
+    while (st && fgets(line, sizeof line, st))
+      if (sscanf(line, "btime %llu", &btime) == 1) break;
+    if (st) fclose(st);
+    if (btime)
+      put(b, "# HELP process_start_time_seconds Start time of the process since unix epoch in "
+             "seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.2f\n",
+          (double)btime + (double)start / (double)tick);
+  }
+  DIR *d = opendir("/proc/self/fd");
+  if (d) {
+    unsigned long long fds = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+      if (e->d_name[0] != '.') fds++;
+    closedir(d);
+    put(b, "# HELP process_open_fds Number of open file descriptors.\n"
+           "# TYPE process_open_fds gauge\nprocess_open_fds %llu\n", fds - 1); /* less opendir's */
+  }
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+    put(b, "# HELP process_max_fds Maximum number of open file descriptors.\n"
+           "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
 }
 
 static const char *method_name(unsigned m) { return m ? m3_methods[m].name : "unknown"; }
@@ -108,9 +187,27 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
   COUNTER("m3_sendfile_bounced_bytes_total",
           "Memory bytes meant for sendfile read into a buffer because the socket was full.",
           m->sendfile_bounced_bytes);
+  COUNTER("m3_sendfile_cold_batches_total",
+          "Batches of memories read into buffers instead of sent with sendfile: a record was not "
+          "in the page cache.",
+          m->sendfile_cold_batches);
   COUNTER("m3_slow_readers_closed_total",
           "Connections closed for draining their answers below the minimum rate.",
           m->slow_readers_closed);
+  COUNTER("m3_items_not_found_total",
+          "Fetch and Retrieve items answered NOT_FOUND (the id is not in the store).",
+          m->items_not_found);
+  COUNTER("m3_items_data_loss_total",
+          "Fetch and Retrieve items answered DATA_LOSS (a record failed its checksum).",
+          m->items_data_loss);
+  COUNTER("m3_search_fillers_dropped_total",
+          "Text-query results left out for scoring <= 0 (Query.allow_fillers keeps them).",
+          m->fillers_dropped);
+  put_hist(&b, "m3_store_read_duration_seconds",
+           "Store reads of Fetch and Retrieve, per memory, from the read's start to its data.",
+           &m->store_read);
+  put_hist(&b, "m3_index_search_duration_seconds",
+           "Retrieval index searches (one per micro-batch of queries).", &m->index_search);
   COUNTER("m3_cache_hits_total", "Hot-memory cache hits.", g->cache_hits);
   COUNTER("m3_cache_misses_total", "Hot-memory cache misses.", g->cache_misses);
   GAUGE("m3_connections", "Open client connections.", g->connections);
@@ -133,6 +230,14 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
         g->search_budget);
   put(&b, "# HELP m3_io_backend The store's read backend.\n# TYPE m3_io_backend gauge\n"
           "m3_io_backend{backend=\"%s\"} 1\n", g->io_backend);
+  put(&b, "# HELP m3_build_info The server's build: version, git commit, build options.\n"
+          "# TYPE m3_build_info gauge\n"
+          "m3_build_info{version=\"%s\",commit=\"%s\",options=\"%s\"} 1\n",
+      M3_VERSION, M3_GIT_COMMIT, M3_BUILD_OPTIONS);
+  put(&b, "# HELP m3_store_embedder How the served store's embeddings were made (its encode.json).\n"
+          "# TYPE m3_store_embedder gauge\nm3_store_embedder{embedder=\"%s\"} 1\n",
+      g->embedder ? g->embedder : "unknown");
+  put_process(&b);
 #undef COUNTER
 #undef GAUGE
   *len = b.len;

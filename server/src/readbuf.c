@@ -67,11 +67,17 @@ static size_t lend(server *s, rb_reads *r, size_t n) {
   return k;
 }
 
+/* Item i of r is read (at now): its latency into the histogram. */
+static void read_done(server *s, rb_reads *r, size_t i, uint64_t now) {
+  metrics_hist_observe(&s->m.store_read, (double)(now - r->t_start[i]) * 1e-9);
+}
+
 /* An item's read completed (from m3_store_aio_reap, on the loop). */
 static void on_read(void *ud, m3_fetch_item *it) {
   rb_reads *r = ud;
   server *s = r->cl->c->s;
   r->reading--;
+  read_done(s, r, (size_t)(it - r->items), now_ns());
   r->ready[r->nready++] = (size_t)(it - r->items);
   if (!r->flushing) {
     r->flushing = 1;
@@ -83,11 +89,20 @@ static void on_read(void *ud, m3_fetch_item *it) {
 /* Start the reads of k items from r->started on (buffers lent): 0, or an
  * m3 code (M3_EBUSY: a writer holds the store; nothing started). */
 static int start_reads(server *s, rb_reads *r, size_t k) {
+  uint64_t t0 = now_ns();
+  for (size_t j = 0; j < k; j++) r->t_start[r->started + j] = t0;
   if (r->spans && !r->pool) {
     /* From the page cache: only the headers are read; the sender sends
      * the records' byte ranges from the files (flushed by rb_pump). */
-    int rc = m3_store_spans(s->store, &r->items[r->started], k, &r->spans[r->started]);
-    if (rc) return rc;
+    int rc = m3_store_spans(s->store, &r->items[r->started], k, &r->spans[r->started],
+                            M3_SPANS_CACHED);
+    if (rc < 0) return rc;
+    if (rc == M3_SPANS_COLD) {
+      s->m.sendfile_cold_batches++;
+      goto read; /* not all in the page cache: read them on the io_uring */
+    }
+    uint64_t t1 = now_ns();
+    for (size_t j = 0; j < k; j++) read_done(s, r, r->started + j, t1);
     for (size_t j = 0; j < k; j++) r->ready[r->nready++] = r->started + j;
     r->started += k;
     if (!r->flushing) {
@@ -97,6 +112,7 @@ static int start_reads(server *s, rb_reads *r, size_t k) {
     }
     return 0;
   }
+read:
   if (!r->pool) {
     int rc = m3_store_aio_submit(s->aio, &r->items[r->started], k, on_read, r);
     if (rc) return rc;
@@ -222,6 +238,8 @@ void rb_queue(rb_reads *r) {
 void rb_job_done(rb_reads *r, size_t first, size_t n) {
   server *s = r->cl->c->s;
   r->job_running = 0;
+  uint64_t now = now_ns();
+  for (size_t j = 0; j < n; j++) read_done(s, r, first + j, now);
   for (size_t j = 0; j < n; j++) r->ready[r->nready++] = first + j;
   r->reading -= n;
   r->send(r); /* or, after an error, gives the buffers back */
@@ -262,14 +280,16 @@ int rb_init(server *s) {
   if (s->bufs == NULL) return m3__seterr(M3_ENOMEM, "read buffer pool: out of memory");
   uv_timer_init(s->loop, &s->aio_retry);
   s->aio_retry.data = s;
-  /* --sendfile: page-cache stores are sent with sendfile. Not the default:
-   * the record headers are read and the sendfile runs on the loop thread, so
-   * a record not in the page cache stalls the loop on the disk; the buffer
-   * path reads on the io_uring and never does. */
+  /* The default: memories in the page cache go out with sendfile (their
+   * headers probed with RWF_NOWAIT, so the loop never waits for the disk
+   * on this path); a batch with a record not in the page cache is read on
+   * the io_uring into buffers and checked by the server. --no-sendfile and
+   * O_DIRECT stores: always the buffers. */
   s->splice = s->cfg.sendfile && !s->cfg.direct;
-  M3_INFO("server", "memories are sent %s", s->splice ? "from the page cache with sendfile "
-                                                        "(the client checks their CRC32C)"
-                                                      : "from read buffers, checked by the server");
+  M3_INFO("server", "memories are sent %s",
+          s->splice ? "from the page cache with sendfile where cached (the client checks their "
+                      "CRC32C), the rest read into buffers"
+                    : "from read buffers, checked by the server");
   int rc = m3_store_aio_open(s->store, 256, &s->aio);
   if (rc != 0) {
     M3_INFO("server", "memory reads run on the threadpool: %s", m3_errmsg());

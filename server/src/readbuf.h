@@ -20,6 +20,8 @@ struct rb_reads {
   size_t started;     /* items [0, started) have buffers and were started */
   size_t reading;     /* items started and not yet read */
   size_t *ready;      /* (nitems) items read, waiting to be sent */
+  uint64_t *t_start;  /* (nitems) when each item's read started (now_ns;
+                         m3_store_read_duration_seconds) */
   size_t nready;
   m3_span *spans;     /* (nitems) with s->splice: where each memory lies
                          (m3_store_spans); the sender releases them */

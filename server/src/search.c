@@ -16,6 +16,21 @@
 
 static void search_start(server *s);
 
+/* A text query's row past its last positive score: the built-in embedders'
+ * vectors share no feature with those memories (score 0; a negative score
+ * is hash-sign noise), so they would be fillers ranked by id alone. Cut
+ * like the pads past the store's size. Rows are sorted by score. */
+static unsigned drop_fillers(uint64_t *ids, float *scores, unsigned k) {
+  unsigned cut = 0;
+  for (unsigned j = 0; j < k; j++)
+    if (ids[j] != UINT64_MAX && !(scores[j] > 0.0f)) {
+      ids[j] = UINT64_MAX;
+      scores[j] = -INFINITY;
+      cut++;
+    }
+  return cut;
+}
+
 static void search_work(uv_work_t *w) {
   server *s = w->data;
   /* OpenMP's thread count is per calling thread: set it on this one. */
@@ -44,8 +59,10 @@ static void search_work(uv_work_t *w) {
   const search_req *head = s->search_batch;
   if (head->nprobe) snprintf(params, sizeof params, "nprobe=%u", head->nprobe);
   else if (head->ef_search) snprintf(params, sizeof params, "efSearch=%u", head->ef_search);
+  uint64_t t0 = now_ns();
   if (rc == 0)
     rc = m3_index_search_params(s->index, one ? head->queries : q, nq, kmax, ids, scores, params);
+  s->search_job_s = rc == 0 ? (double)(now_ns() - t0) * 1e-9 : -1.0;
   size_t at = 0;
   for (search_req *r = s->search_batch; r; r = r->qnext) {
     r->status = rc;
@@ -58,6 +75,8 @@ static void search_work(uv_work_t *w) {
     for (unsigned i = 0; i < r->nq; i++) {
       memcpy(r->ids + (size_t)i * r->k, ids + (first + i) * kmax, r->k * sizeof *ids);
       memcpy(r->scores + (size_t)i * r->k, scores + (first + i) * kmax, r->k * sizeof *scores);
+      if (r->drop_fillers[i])
+        r->fillers += drop_fillers(r->ids + (size_t)i * r->k, r->scores + (size_t)i * r->k, r->k);
     }
   }
   free(q);
@@ -68,6 +87,7 @@ static void search_work(uv_work_t *w) {
 static void search_done(uv_work_t *w, int status) {
   server *s = w->data;
   s->m.search_batches++;
+  if (s->search_job_s >= 0) metrics_hist_observe(&s->m.index_search, s->search_job_s);
   search_req *batch = s->search_batch;
   s->search_batch = NULL;
   s->search_running = 0;
@@ -75,6 +95,7 @@ static void search_done(uv_work_t *w, int status) {
     next = r->qnext;
     r->qnext = NULL;
     s->m.search_queries += r->nq;
+    s->m.fillers_dropped += r->fillers;
     s->search_held -= r->nq;
     if (call_work_back(r->cl, status, r->status, "search", r->errmsg)) r->done(r);
   }
@@ -206,12 +227,14 @@ int search_load(search_req *r, call *cl, unsigned k, M3__Query **qs, size_t nq,
   r->queries = call_alloc(cl, nq * s->emb_dim * sizeof *r->queries);
   r->ids = call_alloc(cl, nq * k * sizeof *r->ids);
   r->scores = call_alloc(cl, nq * k * sizeof *r->scores);
-  if (!r->queries || !r->ids || !r->scores) {
+  r->drop_fillers = call_alloc(cl, nq);
+  if (!r->queries || !r->ids || !r->scores || !r->drop_fillers) {
     call_end(cl, M3_STATUS_RESOURCE_EXHAUSTED, "out of memory for %zu queries", nq);
     return -1;
   }
   for (size_t i = 0; i < nq; i++) {
     float *q = r->queries + i * s->emb_dim;
+    r->drop_fillers[i] = !qs[i]->n_vector && !qs[i]->allow_fillers;
     if (qs[i]->n_vector) {
       if (qs[i]->n_vector != s->emb_dim) {
         call_end(cl, M3_STATUS_INVALID_ARGUMENT,

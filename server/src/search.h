@@ -23,6 +23,9 @@ struct search_req {
   unsigned nprobe, ef_search; /* the call's IndexParams; 0: the server's */
   uint64_t *ids;      /* (nq, k) results, UINT64_MAX past the store's size */
   float *scores;      /* (nq, k) */
+  unsigned char *drop_fillers; /* (nq) 1: a text query whose results scoring
+                                  <= 0 are cut (UINT64_MAX) */
+  unsigned fillers;   /* results drop_fillers cut (metrics) */
   int status;         /* the job's m3 code for this request */
   char errmsg[256];
   /* On the loop once the search succeeded and the call has not ended. */

@@ -53,6 +53,7 @@
 
 #include "auth.h"
 #include "conn.h"
+#include "m3/embed.h"
 #include "m3/frame.h"
 #include "m3/index.h"
 #include "m3/store.h"
@@ -119,6 +120,9 @@ typedef struct server {
   unsigned emb_dim;
   char embedder[64];         /* how the store was embedded (embedder.c) */
   unsigned text_dim;         /* dims the server embeds text at; 0: it cannot */
+  m3_embed_spec text_embed;  /* the built-in embedder text is embedded with
+                                (text_dim > 0); its idf: text_idf */
+  m3_idf *text_idf;          /* words: DIR/idf.bin (embedder.c frees it) */
   char *token, *admin_token; /* NULL when not configured */
   uv_tcp_t listener;
   uv_tcp_t http_listener;
@@ -145,6 +149,7 @@ typedef struct server {
   search_req *search_queue, *search_tail;
   int search_running;
   uv_work_t search_work;
+  double search_job_s;       /* the last job's index search time (search.c) */
   search_req *search_batch;  /* the requests the running job serves */
   size_t search_held;        /* queries queued or in the running job (cfg.search_budget) */
   void (*omp_set_num_threads)(int); /* from the OpenMP runtime FAISS uses, if loaded */

@@ -1,10 +1,14 @@
 /* See client_testlib.h. */
 #include "client/client_testlib.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -108,10 +112,11 @@ void ct_server_start(ct_server *srv, const ct_store *s, const char *const *extra
   while (m3t_now_ms() < deadline) {
     FILE *f = fopen(portfile, "r");
     if (f) {
-      int port = 0;
-      int got = fscanf(f, "rpc=%d", &port);
+      int port = 0, http = 0;
+      int got = fscanf(f, "rpc=%d http=%d", &port, &http);
       fclose(f);
-      if (got == 1 && port > 0) {
+      if (got >= 1 && port > 0) {
+        srv->http_port = got == 2 ? http : 0;
         snprintf(srv->addr, sizeof srv->addr, "127.0.0.1:%d", port);
         return;
       }
@@ -121,6 +126,33 @@ void ct_server_start(ct_server *srv, const ct_store *s, const char *const *extra
     usleep(20000);
   }
   fail_msg("m3-server did not write %s within 20 s", portfile);
+}
+
+double ct_metric(const ct_server *srv, const char *series) {
+  if (srv->http_port <= 0) fail_msg("ct_metric: the server has no HTTP port");
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)srv->http_port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+    fail_msg("connect to the HTTP port %d", srv->http_port);
+  const char *req = "GET /metrics HTTP/1.0\r\n\r\n";
+  if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) fail_msg("write /metrics request");
+  size_t cap = 1 << 20, len = 0;
+  char *body = malloc(cap + 1);
+  for (ssize_t r; len < cap && (r = read(fd, body + len, cap - len)) > 0;) len += (size_t)r;
+  close(fd);
+  body[len] = 0;
+  size_t sl = strlen(series);
+  for (char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+    if (strncmp(line, series, sl) == 0 && line[sl] == ' ') {
+      double v = strtod(line + sl + 1, NULL);
+      free(body);
+      return v;
+    }
+  }
+  free(body);
+  fail_msg("/metrics has no series %s", series);
+  return 0;
 }
 
 int ct_server_stop(ct_server *srv) {

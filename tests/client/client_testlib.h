@@ -34,11 +34,15 @@ void ct_exact_topk(const ct_store *s, const float *q, uint32_t k, uint64_t *ids,
 typedef struct ct_server {
   tu_child child;
   char addr[64];
+  int http_port; /* 0 unless extra turned the HTTP port on ("--http", "127.0.0.1:0") */
 } ct_server;
 
 /* Start `m3-server --store DIR --listen 127.0.0.1:0 --http off --port-file F`
  * plus extra args (NULL-terminated, may be NULL) and wait until it listens. */
 void ct_server_start(ct_server *srv, const ct_store *s, const char *const *extra);
+/* The value of a metric series (the whole line up to its value, e.g.
+ * "m3_sendfile_bytes_total") from the server's /metrics (http_port set). */
+double ct_metric(const ct_server *srv, const char *series);
 /* SIGTERM, wait (drain), return the exit status. */
 int ct_server_stop(ct_server *srv);
 

@@ -107,4 +107,50 @@ run 0 "$work/help" "$bin/m3" store --help || true
 check "m3 store --help: the store commands" test "$(grep -c '^  m3 store ' "$work/help")" = 8
 check "m3 store --help: not the server commands" bash -c "! grep -q 'm3 query' '$work/help'"
 
+# tokens: read the same way by server and client (first line, blanks
+# trimmed at both ends), from --token-file, M3_TOKEN or M3_TOKEN_FILE; no
+# token and a wrong token have their own messages, neither an i/o error
+printf '  0123456789abcdef-token \t\nsecond line\n' >"$work/tok.srv"
+printf '0123456789abcdef-token\n' >"$work/tok.ok"
+printf 'not-the-token-at-all\n' >"$work/tok.bad"
+"$bin/m3-bench" gen --store "$work/store2" --count 200 --emb-dim 8 --json >/dev/null
+m3t_server authsrv "$work/store2" --token-file "$work/tok.srv"
+check "startup line: auth on" grep -q 'read auth on' "$work/authsrv.log"
+run 2 "$work/tnone" env -u M3_TOKEN -u M3_TOKEN_FILE "$bin/m3" stats --server "$addr" || true
+check "no token: its own message" grep -q "this server requires a token" "$work/tnone.err"
+check "no token: not an i/o error" bash -c "! grep -q 'i/o error' '$work/tnone.err'"
+run 2 "$work/tbad" "$bin/m3" stats --server "$addr" --token-file "$work/tok.bad" || true
+check "wrong token: its own message" grep -q "the server refused the token" "$work/tbad.err"
+check "wrong token: not an i/o error" bash -c "! grep -q 'i/o error' '$work/tbad.err'"
+run 0 "$work/tfile" "$bin/m3" stats --server "$addr" --token-file "$work/tok.ok" --json || true
+check "token file (server's has blanks around it)" test "$(json_get "$work/tfile" "j['records']")" = 200
+run 0 "$work/tenv" env M3_TOKEN=0123456789abcdef-token "$bin/m3" stats --server "$addr" --json || true
+check "M3_TOKEN" test "$(json_get "$work/tenv" "j['records']")" = 200
+run 0 "$work/tenvf" env M3_TOKEN_FILE="$work/tok.ok" "$bin/m3" stats --server "$addr" --json || true
+check "M3_TOKEN_FILE" test "$(json_get "$work/tenvf" "j['records']")" = 200
+run 0 "$work/tbench" env M3_TOKEN_FILE="$work/tok.ok" "$bin/m3-bench" rpc --server "$addr" --calls 3 \
+  --queries-per-call 2 -k 2 --loopback-seconds 0 --json || true
+check "m3-bench takes M3_TOKEN_FILE" test "$(json_get "$work/tbench" "j['errors']")" = 0
+run 2 "$work/tmissing" "$bin/m3" stats --server "$addr" --token-file "$work/no-such-file" || true
+check "missing token file named" grep -q "no-such-file" "$work/tmissing.err"
+
+# TLS on one side only: an m3 client at a TLS port that answers its plain
+# Hello with a TLS alert record (as many TLS servers do; OpenSSL's s_server
+# just closes) is told so, and m3-server says in its log when a TLS
+# ClientHello reaches its plain port, and closes.
+"$py" -c "
+import socket, sys, os
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(4)
+open(sys.argv[1] + '.tmp', 'w').write(str(s.getsockname()[1])); os.rename(sys.argv[1] + '.tmp', sys.argv[1])
+while True:
+    c, _ = s.accept(); c.recv(4096); c.sendall(bytes([0x15, 3, 3, 0, 2, 2, 70])); c.close()
+" "$work/tls.port" &
+m3t_reap $!
+m3t_wait_file "$work/tls.port" || true
+run 2 "$work/tlsport" "$bin/m3" stats --server "127.0.0.1:$(cat "$work/tls.port")" --timeout-ms 20000 || true
+check "TLS port: named" grep -q "this port speaks TLS" "$work/tlsport.err"
+openssl s_client -connect "$addr" -tls1_3 </dev/null >"$work/sclient.out" 2>&1 || true
+sleep 0.2
+check "plain port: a TLS ClientHello is logged" grep -q "TLS ClientHello" "$work/authsrv.log"
+
 m3t_done

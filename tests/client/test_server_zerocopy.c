@@ -1,9 +1,13 @@
 /*
  * m3-server's two send paths, seen by libm3client over loopback: sendfile
- * from the page cache (--sendfile; the server checks only each record's
+ * from the page cache (the default; the server checks only each record's
  * header and the client checks every payload CRC32C) and read buffers
- * checked by the server (the default).
- *  - both return every memory byte-identical to the store;
+ * checked by the server (--no-sendfile, and any batch not in the page cache).
+ *  - both return every memory byte-identical to the store, and the
+ *    server's counters say which path sent them: sendfile bytes move on the
+ *    default path only; after the segment files are dropped from the page
+ *    cache (POSIX_FADV_DONTNEED) the default path reads the batch into
+ *    buffers instead (m3_sendfile_cold_batches_total moves);
  *  - a byte flipped in a record's codes in its segment file is caught on
  *    both paths: that memory arrives as DATA_LOSS, the others intact;
  *  - slow readers (the socket fills and the server's sends wait) and calls
@@ -72,31 +76,76 @@ static void fetch_all(m3_client *c, got *g, size_t repeat) {
   free(ids);
 }
 
-/* Every memory, identical to the store, through the server started with extra. */
-static void identical(const char *const *extra) {
+/* Drop the store's segment files from the page cache. */
+static void drop_cache(void) {
+  DIR *d = opendir(S.store);
+  if (d == NULL) fail_msg("open %s", S.store);
+  int n = 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    if (strncmp(e->d_name, "seg-", 4) != 0) continue;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", S.store, e->d_name);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) fail_msg("open %s", path);
+    if (fdatasync(fd) != 0 || posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) != 0)
+      fail_msg("drop %s from the page cache", path);
+    close(fd);
+    n++;
+  }
+  closedir(d);
+  if (n == 0) fail_msg("no segment files in %s", S.store);
+}
+
+enum { PATH_SENDFILE, PATH_BUFFERS, PATH_COLD };
+
+/* Every memory, identical to the store, through the server started with
+ * extra (plus the HTTP port for its counters), sent the way `path` says. */
+static void identical(const char *const *extra, int path) {
+  const char *args[8] = {"--http", "127.0.0.1:0"};
+  int na = 2;
+  for (int i = 0; extra && extra[i] && na < 7; i++) args[na++] = extra[i];
+  args[na] = NULL;
   ct_server srv;
-  ct_server_start(&srv, &S, extra);
+  ct_server_start(&srv, &S, args);
   m3_client *c = ct_connect(&srv, NULL);
   got g = {0};
-  fetch_all(c, &g, 3);
-  assert_int_equal(g.n, 3 * N);
-  assert_int_equal(g.ok, 3 * N);
+  if (path == PATH_COLD) drop_cache();
+  fetch_all(c, &g, path == PATH_COLD ? 1 : 3);
+  size_t want = path == PATH_COLD ? N : 3 * N;
+  assert_int_equal(g.n, want);
+  assert_int_equal(g.ok, want);
   assert_int_equal(g.mismatch, 0);
+  double sent = ct_metric(&srv, "m3_sendfile_bytes_total");
+  double cold = ct_metric(&srv, "m3_sendfile_cold_batches_total");
+  print_message("sendfile bytes %.0f, cold batches %.0f\n", sent, cold);
+  if (path == PATH_SENDFILE && !(sent >= (double)want * S.mem_len * 0.9 && cold == 0))
+    fail_msg("sendfile path: %.0f sendfile bytes of %zu memories, %.0f cold batches", sent, want,
+             cold);
+  if (path == PATH_BUFFERS && !(sent == 0 && cold == 0))
+    fail_msg("--no-sendfile: %.0f sendfile bytes, %.0f cold batches", sent, cold);
+  if (path == PATH_COLD && !(cold >= 1 && sent < (double)want * S.mem_len))
+    fail_msg("a cold store: %.0f cold batches, %.0f of %zu bytes by sendfile", cold, sent,
+             want * (size_t)S.mem_len);
   m3_client_close(c);
   int st = ct_server_stop(&srv);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("m3-server exit %d", st);
 }
 
 static void test_identical_sendfile(void **state) {
-  const char *extra[] = {"--sendfile", NULL};
-  identical(extra);
+  identical(NULL, PATH_SENDFILE); /* warms the page cache first: the store was just written */
+  identical(NULL, PATH_SENDFILE);
 }
 
-static void test_identical_verified(void **state) { identical(NULL); }
+static void test_identical_verified(void **state) {
+  const char *extra[] = {"--no-sendfile", NULL};
+  identical(extra, PATH_BUFFERS);
+}
+
+static void test_identical_cold(void **state) { identical(NULL, PATH_COLD); }
 
 static void test_identical_direct(void **state) {
   const char *extra[] = {"--direct", NULL};
-  identical(extra);
+  identical(extra, PATH_BUFFERS);
 }
 
 /* Slow readers and cancels, then the descriptors are as before. */
@@ -180,9 +229,9 @@ static void flipped(const char *const *extra) {
 
 static void test_flipped_byte(void **state) {
   flip_byte();
-  const char *sendfile[] = {"--sendfile", NULL};
-  flipped(sendfile);
+  const char *buffers[] = {"--no-sendfile", NULL};
   flipped(NULL);
+  flipped(buffers);
 }
 
 int main(void) {
@@ -190,6 +239,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_identical_sendfile),
       cmocka_unit_test(test_identical_verified),
+      cmocka_unit_test(test_identical_cold),
       cmocka_unit_test(test_identical_direct),
       cmocka_unit_test(test_slow_and_cancel_leave_nothing),
       cmocka_unit_test(test_flipped_byte), /* last: it damages the store */

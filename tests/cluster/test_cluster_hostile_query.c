@@ -12,6 +12,11 @@
  * Hello, Health and Search are answered as a server would, Fetch with the
  * hostile item. Not a mock of libm3client: the client under test is the
  * real one, over a real socket.
+ *
+ * The single-server client (m3_client_retrieve / m3_client_fetch) hands
+ * query and rank to its caller, who indexes with them: the same peer
+ * answering Retrieve (or Fetch) with a query or rank it was not asked for
+ * must fail that call as a protocol error, with no item delivered.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -24,7 +29,9 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "m3/client.h"
 #include "m3/cluster.h"
+#include "m3/error.h"
 #include "m3/frame.h"
 
 /* What the peer answers a Fetch of n ids with: one item per id, its query
@@ -127,6 +134,23 @@ static void serve_conn(int fd, peer_mode mode) {
       send_msg(fd, M3_FRAME_RESPONSE, M3_FRAME_FLAG_END, f.method, f.stream, &r.base);
       free(rp);
       m3__search_request__free_unpacked(rq, NULL);
+    } else if (f.method == M3_METHOD_RETRIEVE) {
+      /* k NOT_FOUND items per query, query and rank shifted by the mode. */
+      M3__RetrieveRequest *rq = m3__retrieve_request__unpack(NULL, f.msg_len, body);
+      if (rq == NULL) _exit(2);
+      for (size_t q = 0; q < rq->n_queries; q++)
+        for (uint32_t r = 0; r < rq->k; r++) {
+          M3__Memory m = M3__MEMORY__INIT;
+          m.chunk_id = 100 + q * rq->k + r;
+          m.query = (uint32_t)(mode.query_add + q);
+          m.rank = mode.rank + r;
+          m.status = M3__STATUS_CODE__NOT_FOUND;
+          m.error = "no such chunk";
+          send_msg(fd, M3_FRAME_RESPONSE, 0, f.method, f.stream, &m.base);
+        }
+      M3__Status st = M3__STATUS__INIT;
+      send_msg(fd, M3_FRAME_END, 0, f.method, f.stream, &st.base);
+      m3__retrieve_request__free_unpacked(rq, NULL);
     } else if (f.method == M3_METHOD_FETCH) {
       /* The hostile answer: every item NOT_FOUND (no payload to forge),
        * tagged with an index past the ids asked, or with a rank. */
@@ -314,6 +338,87 @@ static void test_fetch_item_with_rank(void **state) {
   peer_stop(&p[1]);
 }
 
+/* ---- the single-server client ---- */
+
+static m3_client *connect_to(const peer *p) {
+  m3_client_options o;
+  m3_client_options_init(&o);
+  o.call_timeout_ms = 5000;
+  m3_client *c;
+  CHECK_OK(m3_client_connect(p->addr, &o, &c));
+  return c;
+}
+
+static void expect_client_refused(m3_client *c, int rc, const char *field) {
+  CHECK_RC(rc, M3_EBADFORMAT);
+  CHECK_CONTAINS(m3_errmsg(), "protocol error");
+  CHECK_CONTAINS(m3_errmsg(), field);
+  const char *msg;
+  CHECK_U64(m3_client_last_status(c, &msg), 14 /* UNAVAILABLE */);
+  CHECK_CONTAINS(msg, field);
+  CHECK_CONTAINS(msg, "127.0.0.1:");
+  CHECK_U64(delivered, 0);
+}
+
+static void test_client_retrieve_query_out_of_range(void **state) {
+  (void)state;
+  peer p;
+  peer_start(&p, (peer_mode){.query_add = 1}); /* 1 query asked: query 1 */
+  m3_client *c = connect_to(&p);
+  float v[4] = {1, 0, 0, 0};
+  m3_client_query q = {.vector = v, .dim = 4};
+  delivered = 0;
+  expect_client_refused(c, m3_client_retrieve(c, &q, 1, 2, 0, on_mem, NULL), "Memory.query");
+  m3_client_close(c);
+  peer_stop(&p);
+}
+
+static void test_client_retrieve_rank_out_of_range(void **state) {
+  (void)state;
+  peer p;
+  peer_start(&p, (peer_mode){.rank = 2}); /* k = 2: ranks 2 and 3 */
+  m3_client *c = connect_to(&p);
+  float v[8] = {1, 0, 0, 0, 0, 1, 0, 0};
+  m3_client_query q[2] = {{.vector = v, .dim = 4}, {.vector = v + 4, .dim = 4}};
+  delivered = 0;
+  expect_client_refused(c, m3_client_retrieve(c, q, 2, 2, 0, on_mem, NULL), "Memory.rank");
+  m3_client_close(c);
+  peer_stop(&p);
+}
+
+static void test_client_fetch_out_of_range(void **state) {
+  (void)state;
+  peer p[2];
+  peer_start(&p[0], (peer_mode){.query_add = 2});
+  peer_start(&p[1], (peer_mode){.rank = 1});
+  uint64_t ids[] = {5, 6};
+  m3_client *c = connect_to(&p[0]);
+  delivered = 0;
+  expect_client_refused(c, m3_client_fetch(c, ids, 2, 0, on_mem, NULL), "Memory.query");
+  m3_client_close(c);
+  c = connect_to(&p[1]);
+  expect_client_refused(c, m3_client_fetch(c, ids, 2, 0, on_mem, NULL), "Memory.rank");
+  m3_client_close(c);
+  peer_stop(&p[0]);
+  peer_stop(&p[1]);
+}
+
+/* The honest answer still passes (the check refuses only what is out of
+ * range): query 0, ranks 0..k-1, each item delivered. */
+static void test_client_retrieve_in_range(void **state) {
+  (void)state;
+  peer p;
+  peer_start(&p, (peer_mode){0});
+  m3_client *c = connect_to(&p);
+  float v[4] = {1, 0, 0, 0};
+  m3_client_query q = {.vector = v, .dim = 4};
+  delivered = 0;
+  CHECK_OK(m3_client_retrieve(c, &q, 1, 3, 0, on_mem, NULL));
+  CHECK_U64(delivered, 3);
+  m3_client_close(c);
+  peer_stop(&p);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
@@ -321,6 +426,10 @@ int main(void) {
       cmocka_unit_test(test_hedged_fetch_query_out_of_range),
       cmocka_unit_test(test_retrieve_query_out_of_range),
       cmocka_unit_test(test_fetch_item_with_rank),
+      cmocka_unit_test(test_client_retrieve_query_out_of_range),
+      cmocka_unit_test(test_client_retrieve_rank_out_of_range),
+      cmocka_unit_test(test_client_fetch_out_of_range),
+      cmocka_unit_test(test_client_retrieve_in_range),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

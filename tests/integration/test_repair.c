@@ -4,12 +4,14 @@
  * delete-then-put; a torn tail is cut by repair and by a plain open
  * (roll-forward); repair refuses while another process has the store open.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "m3/fault.h"
 #include "unit/testutil.h"
 
 #define SEG 300000
@@ -201,6 +203,85 @@ static void test_torn_tail_repair(void **state) {
   }
 }
 
+/* A valid record of another layout (more tokens: a bigger memory) at the
+ * end of a segment: roll-forward and repair must not catalogue it (its
+ * size would overflow a fetch buffer planned for the store's layout), but
+ * skip it and report it (issue 14, defect 9). */
+static void test_foreign_layout_record(void **state) {
+  fixture *f = *state;
+  tu_dump a, b;
+  tu_dump_store(f->s, &a);
+  char path[4096];
+  last_segment(f, path, sizeof path);
+  m3_store_close(f->s);
+  f->s = NULL;
+  m3_layout big = f->l;
+  big.spec.n_tokens *= 2;
+  size_t len;
+  uint8_t *rec = tu_expected(&big, 998, 0, &len);
+  append(path, rec, len);
+  free(rec);
+  f->s = reopen(f); /* roll-forward */
+  CHECK_U64(m3_store_contains(f->s, 998), 0);
+  int np = 0;
+  tu_dump_store(f->s, &b);
+  tu_dump_compare(&a, &b, 0); /* its bytes stay (damage is kept) */
+  tu_dump_free(&b);
+  m3_store_close(f->s);
+  f->s = NULL;
+  rm_catalog(f);
+  m3_repair_report rep;
+  np = 0;
+  CHECK_RC(m3_store_repair(f->dir, on_problem, &np, &rep), M3_ECORRUPT);
+  CHECK_U64(rep.damaged, 1);
+  CHECK_U64(rep.records, a.n);
+  f->s = reopen(f);
+  CHECK_U64(m3_store_contains(f->s, 998), 0);
+  tu_dump_store(f->s, &b);
+  tu_dump_compare(&a, &b, 0); /* its bytes stay (damage is kept) */
+  tu_dump_free(&a);
+  tu_dump_free(&b);
+}
+
+/* Repair swaps the rebuilt catalog in with two renames (old aside, new
+ * in): a crash between them (fault point repair.swap) must leave a store
+ * that opens with its old catalog and the same content, and a second
+ * repair must finish the job and leave nothing aside (issue 14, defect 10:
+ * the old code removed the catalog before renaming the new one in). */
+static void test_repair_interrupted_swap(void **state) {
+  fixture *f = *state;
+  tu_dump a, b;
+  tu_dump_store(f->s, &a);
+  m3_store_close(f->s);
+  f->s = NULL;
+  char cat[4200], aside[4200];
+  snprintf(cat, sizeof cat, "%s/catalog", f->dir);
+  snprintf(aside, sizeof aside, "%s/catalog.old", f->dir);
+  CHECK_OK(m3_fault_set("repair.swap", EIO, 1));
+  m3_repair_report rep;
+  int rc = m3_store_repair(f->dir, NULL, NULL, &rep);
+  m3_fault_clear();
+  if (rc == 0) fail_msg("repair with the swap interrupted succeeded");
+  struct stat st;
+  if (stat(cat, &st) == 0) fail_msg("interrupted repair: %s is there already", cat);
+  if (stat(aside, &st) != 0) fail_msg("interrupted repair: no catalog set aside at %s", aside);
+  f->s = reopen(f); /* puts the old catalog back */
+  if (stat(cat, &st) != 0) fail_msg("open after an interrupted repair: no %s", cat);
+  CHECK_OK(m3_store_verify(f->s, NULL, NULL, NULL));
+  tu_dump_store(f->s, &b);
+  tu_dump_compare(&a, &b, 1);
+  tu_dump_free(&b);
+  m3_store_close(f->s);
+  f->s = NULL;
+  CHECK_OK(m3_store_repair(f->dir, NULL, NULL, &rep));
+  if (stat(aside, &st) == 0) fail_msg("repair left %s behind", aside);
+  f->s = reopen(f);
+  tu_dump_store(f->s, &b);
+  tu_dump_compare(&a, &b, 1);
+  tu_dump_free(&a);
+  tu_dump_free(&b);
+}
+
 typedef struct seg_census {
   uint32_t seg;
   uint64_t in_seg, others;
@@ -332,6 +413,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_torn_tail_open, setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_torn_tail_repair, setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_repair_busy, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_repair_interrupted_swap, setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_foreign_layout_record, setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_missing_segment, setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_repair_errors, setup, tu_teardown),
   };

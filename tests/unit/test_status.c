@@ -149,7 +149,10 @@ static void test_callers_contract(void **state) {
   CHECK_RC(m3_err_from_status(M3_STATUS_UNAVAILABLE), M3_EBUSY);
   CHECK_U64(m3_status_from_err(M3_EBUSY), M3_STATUS_UNAVAILABLE);
   CHECK_RC(m3_err_from_status(M3_STATUS_CANCELLED), M3_ECANCELED);
-  CHECK_RC(m3_err_from_status(M3_STATUS_PERMISSION_DENIED), M3_EIO);
+  /* Auth failures read as their own code, not as an i/o error. */
+  CHECK_RC(m3_err_from_status(M3_STATUS_PERMISSION_DENIED), M3_EAUTH);
+  CHECK_RC(m3_err_from_status(M3_STATUS_UNAUTHENTICATED), M3_EAUTH);
+  CHECK_U64(m3_status_from_err(M3_EAUTH), M3_STATUS_UNAUTHENTICATED);
   CHECK_RC(m3_err_from_status(M3_STATUS_RESOURCE_EXHAUSTED), M3_ENOMEM);
   CHECK_U64(m3_status_from_err(M3_ENOSPC), M3_STATUS_RESOURCE_EXHAUSTED);
   CHECK_RC(m3_err_from_wire(M3_STATUS_RESOURCE_EXHAUSTED, m3_status_named_err(M3_ENOSPC)),

@@ -69,3 +69,61 @@ else
   echo "python3-torch missing (scripts/install-deps.sh installs it)" >&2
   exit 1
 fi
+
+# Hidden-state queries (--embed hidden): windows made of a chunk's text.
+# Lines of exactly 63 tokens after BOS (window 0 = BOS + the line), each a
+# chunk of its own store next to the knowledge base; the query of window 0
+# is then the very embedding m3-encode stored for that chunk, so it must
+# retrieve it first. The C and PyTorch traces must equal here too (query
+# kind from the server's embedder: auto).
+PYTHONPATH="$src/examples:$src/client/python" M3_LIB=$M3_LIB "$py" - "$work/model" \
+  "$src/examples/kb/kb.jsonl" "$work/h.jsonl" "$work/h.prompts" <<'PY'
+import json, sys
+from worker import Tokenizer
+tok = Tokenizer(sys.argv[1])
+kb = [json.loads(l) for l in open(sys.argv[2])]
+words = " ".join(c["text"] for c in kb).split()
+out, lines, start, cid = [], [], 0, 100000
+while len(lines) < 4:
+    text = ""
+    for w in words[start:]:
+        t = (text + " " + w).strip()
+        if len(tok.encode(t)) > 64:
+            break
+        text = t
+    start += 7
+    if len(tok.encode(text)) == 64 and text not in lines:
+        lines.append(text)
+        out.append({"id": cid + len(lines), "text": text})
+with open(sys.argv[3], "w") as f:
+    for c in kb + out:
+        f.write(json.dumps(c) + "\n")
+open(sys.argv[4], "w").write("\n".join(lines) + "\n")
+print("hidden test: %d lines of 63 tokens" % len(lines))
+PY
+"$bin/m3-encode" --model "$work/model" --input "$work/h.jsonl" --store "$work/hstore" \
+  --codec raw-f32 --embed hidden >/dev/null 2>&1
+m3t_server hstore "$work/hstore"
+hstore=$addr
+"$bin/m3-bench" decode --model "$work/model" --server "$hstore" --prompts "$work/h.prompts" \
+  --batch 4 --new-tokens 80 --backend cpu --trace "$work/ch.trace" --json >"$work/hbench.json"
+LD_PRELOAD=$preload ASAN_OPTIONS=detect_leaks=0 \
+  M3_LIB=$M3_LIB PYTHONPATH="$src/client/python" "$py" "$src/examples/worker.py" \
+  --model "$work/model" --server "$hstore" --prompts "$work/h.prompts" --batch 4 \
+  --new-tokens 80 --trace "$work/pyh.trace"
+"$py" - "$work/hbench.json" "$work/ch.trace" "$work/pyh.trace" <<'PY'
+import json, sys
+b, c, p = (json.load(open(f)) for f in sys.argv[1:4])
+assert b["query"] == "hidden:1", b["query"]
+for i, s in enumerate(c["sequences"]):
+    assert len(s["prompt"]) == 64, (i, len(s["prompt"]))
+    assert s["windows"][0]["ids"][0] == 100001 + i, \
+        "sequence %d: window 0 retrieved %s, not its own chunk %d" % (i, s["windows"][0]["ids"],
+                                                                     100001 + i)
+for i, (x, y) in enumerate(zip(c["sequences"], p["sequences"])):
+    assert x["windows"] == y["windows"], "sequence %d: C %s, Python %s" % (i, x["windows"],
+                                                                           y["windows"])
+    assert x["tokens"] == y["tokens"], "sequence %d: tokens differ" % i
+assert c == p
+print("hidden queries: each window of a chunk's text retrieves it first; C == PyTorch")
+PY

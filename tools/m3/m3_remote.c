@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "m3/token.h"
 #include "m3/client.h"
 #include "m3/cluster.h"
 #include "m3/error.h"
@@ -44,16 +45,13 @@ static int print_json(json_t *j) {
   return 0;
 }
 
-/* The token is the file's first line, without its newline. */
+/* The token: --token-file, else M3_TOKEN, else M3_TOKEN_FILE (m3/token.h);
+ * buf[0] = 0 when none is given. */
 static int read_token(const char *path, char *buf, size_t cap) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    fprintf(stderr, "m3: --token-file %s: %s\n", path, strerror(errno));
+  if (m3_token_resolve(path, buf, cap, NULL) != 0) {
+    fprintf(stderr, "m3: %s\n", m3_errmsg());
     return -1;
   }
-  if (fgets(buf, (int)cap, f) == NULL) buf[0] = '\0';
-  fclose(f);
-  buf[strcspn(buf, "\r\n")] = '\0';
   return 0;
 }
 
@@ -65,6 +63,7 @@ typedef struct remote_args {
   const char *vector_file;
   const char *out;
   int json;
+  int allow_fillers; /* query --allow-fillers */
   int timeout_ms;
   unsigned k;
   m3_search_params params; /* query: --nprobe, --ef-search (0: the server's) */
@@ -76,8 +75,10 @@ static void usage(const char *cmd) {
   if (!strcmp(cmd, "query"))
     fputs("usage: m3 query (--server HOST:PORT | --cluster MAP) (--text \"...\" | --vector-file F)\n"
           "                [-k 5] [--nprobe N] [--ef-search N] [--token-file F]\n"
-          "                [--timeout-ms 10000] [--json]\n"
+          "                [--timeout-ms 10000] [--json] [--allow-fillers]\n"
           "Retrieve the top-k memories of each query; print ids, scores and chunk texts.\n"
+          "A text query lists only memories scoring above 0 (fewer than k when fewer share\n"
+          "a word with it); --allow-fillers lists k anyway.\n"
           "--nprobe N (IVF index) / --ef-search N (HNSW index): how hard the server's index\n"
           "searches for this call (default: the server's --index-params).\n"
           "Vector file: one query per line, floats separated by whitespace ('#' comments).\n"
@@ -107,7 +108,8 @@ static int parse_args(int argc, char **argv, remote_args *a) {
       {"id", required_argument, NULL, 'i'},         {"out", required_argument, NULL, 'o'},
       {"timeout-ms", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
       {"nprobe", required_argument, NULL, 'P'},     {"ef-search", required_argument, NULL, 'E'},
-      {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0}};
+      {"help", no_argument, NULL, 'h'},             {"allow-fillers", no_argument, NULL, 'F'},
+      {NULL, 0, NULL, 0}};
   memset(a, 0, sizeof *a);
   a->k = 5;
   a->timeout_ms = 10000;
@@ -123,6 +125,7 @@ static int parse_args(int argc, char **argv, remote_args *a) {
     case 'v': a->vector_file = optarg; break;
     case 'o': a->out = optarg; break;
     case 'j': a->json = 1; break;
+    case 'F': a->allow_fillers = 1; break;
     case 'k':
       a->k = (unsigned)strtoul(optarg, &end, 10);
       if (*end || a->k == 0) {
@@ -179,7 +182,7 @@ static int parse_args(int argc, char **argv, remote_args *a) {
 
 static int connect_server(const char *cmd, const remote_args *a, m3_client **c) {
   char token[512] = "";
-  if (a->token_file && read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
+  if (read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
   m3_client_options o;
   m3_client_options_init(&o);
   o.token = token;
@@ -215,13 +218,13 @@ static int remote_open(const char *cmd, const remote_args *a, remote *r) {
   r->where = a->cluster ? a->cluster : a->server;
   if (a->server) return connect_server(cmd, a, &r->c);
   char token[512] = "";
-  if (a->token_file && read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
+  if (read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
   m3_cluster_map *map = NULL;
   int rc = m3_cluster_map_load(a->cluster, &map);
   if (rc == 0) {
     m3_cluster_options o;
     m3_cluster_options_init(&o);
-    if (a->token_file) o.token = token;
+    if (token[0]) o.token = token;
     if (a->timeout_ms > 0) o.call_timeout_ms = a->timeout_ms;
     if (o.try_timeout_ms > o.call_timeout_ms) o.try_timeout_ms = o.call_timeout_ms;
     o.probe_interval_ms = 0; /* one call: no prober thread */
@@ -389,7 +392,7 @@ int m3__cmd_query(int argc, char **argv) {
   for (size_t i = 0; i < nq * a.k; i++) q.hits[i].id = UINT64_MAX;
   for (size_t i = 0; i < nq; i++) {
     if (vecs) qs[i] = (m3_client_query){.vector = vecs + i * dim, .dim = (uint32_t)dim};
-    else qs[i] = (m3_client_query){.text = a.text};
+    else qs[i] = (m3_client_query){.text = a.text, .allow_fillers = a.allow_fillers};
   }
   if (rm.c) m3_client_set_search_params(rm.c, &a.params);
   else m3_cluster_set_search_params(rm.cl, &a.params);
@@ -607,14 +610,14 @@ static void replica_stats_get(const remote_args *a, const char *token, replica_s
  */
 static int cluster_stats(const remote_args *a) {
   char token[512] = "";
-  if (a->token_file && read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
+  if (read_token(a->token_file, token, sizeof token) != 0) return EXIT_USAGE;
   m3_cluster_map *map = NULL;
   int rc = m3_cluster_map_load(a->cluster, &map);
   if (rc) {
     fprintf(stderr, "m3 stats: %s: %s\n", m3_strerror(rc), m3_errmsg());
     return EXIT_USAGE;
   }
-  const char *tok = a->token_file ? token : m3_cluster_map_token(map);
+  const char *tok = token[0] ? token : m3_cluster_map_token(map);
   uint32_t ns = m3_cluster_map_shards(map), n = 0;
   for (uint32_t s = 0; s < ns; s++) n += m3_cluster_map_replicas(map, s);
   replica_stats *rs = calloc(n, sizeof *rs);

@@ -37,8 +37,9 @@ typedef struct bufset {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int pending, done, rc; /* under mu (done, rc) */
-  double t_submit, t_done, decode_ms;
+  double t_submit, t_done, decode_ms, query_ms;
   int window;
+  float *qvec; /* (n_seq, query_dim) hidden queries, alive while the op runs */
 } bufset;
 
 static int mem_fn(void *ud, const m3_client_memory *m) {
@@ -72,6 +73,7 @@ static int round_wait(bufset *b, m3_generate_result *res, int n_seq) {
   int rc = m3_attn_finish(b->a, &r->stats);
   r->window = b->window;
   r->retrieve_ms = b->t_done - b->t_submit;
+  r->query_ms = b->query_ms;
   r->decode_ms = b->decode_ms;
   r->stall_ms = stall;
   r->rc = b->rc;
@@ -93,18 +95,68 @@ static int window_text(m3_tokenizer *tok, const int32_t *ids, char **buf, size_t
   }
 }
 
+/* Hidden-state queries of the windows ending at i into b->qvec. */
+static int hidden_queries(bufset *b, const m3_generate_opts *o, const int32_t *hist,
+                          size_t hstride, int n_seq, int i) {
+  const m3_forward_opts fo = m3_forward_get_opts(o->query_fwd);
+  const m3_spec sp = m3_forward_spec(o->query_fwd);
+  const int np = o->n_query_prefix, S = np + M3_DECODE_WINDOW;
+  const int32_t bos = m3_tokenizer_bos_id(o->tok);
+  if (n_seq > fo.max_batch || S > fo.max_seq || !fo.hidden || fo.hidden != o->query_hidden)
+    return m3__seterr(M3_EINVAL,
+                      "generate: the query runner takes %d sequences of %d tokens with its hidden "
+                      "buffer; the round needs %d of %d with query_hidden",
+                      fo.max_batch, fo.max_seq, n_seq, S);
+  size_t nkv = m3_spec_vectors(&sp) * sp.head_dim, npos = m3_spec_positions(&sp);
+  int32_t *toks = calloc((size_t)n_seq * S, sizeof *toks), *lens = calloc((size_t)n_seq, sizeof *lens);
+  int32_t *npre = calloc((size_t)n_seq, sizeof *npre);
+  uint16_t *pos = malloc((size_t)n_seq * npos * sizeof *pos);
+  float *kv = malloc((size_t)n_seq * nkv * sizeof *kv);
+  int rc = 0;
+  if (!toks || !lens || !npre || !pos || !kv) {
+    rc = m3__seterr(M3_ENOMEM, "generate: out of memory");
+    goto out;
+  }
+  for (int s = 0; s < n_seq; s++) {
+    int32_t *row = toks + (size_t)s * S;
+    int n = np;
+    memcpy(row, o->query_prefix, (size_t)np * sizeof *row);
+    const int32_t *w = hist + s * hstride + (i + 1 - M3_DECODE_WINDOW);
+    for (int j = 0; j < M3_DECODE_WINDOW; j++)
+      if (w[j] != bos) row[n++] = w[j];
+    lens[s] = n;
+    npre[s] = np;
+  }
+  m3_batch mb = {n_seq, S, toks, lens, npre};
+  m3_memories mo = {pos, kv, NULL};
+  if ((rc = m3_forward_run(o->query_fwd, &mb, &mo))) goto out;
+  memcpy(b->qvec, o->query_hidden, (size_t)n_seq * o->query_dim * sizeof(float));
+out:
+  free(toks), free(lens), free(npre), free(pos), free(kv);
+  return rc;
+}
+
 static int round_submit(bufset *b, const m3_generate_opts *o, const int32_t *hist, size_t hstride,
                         int n_seq, int i, char **texts, size_t *caps) {
   int rc;
   m3_client_query q[256];
   m3_attn_round r = {.kv = b->kv, .pos = b->pos, .ids = b->ids, .scores = b->scores};
   if (n_seq > 256) return m3__seterr(M3_EINVAL, "generate: at most 256 sequences");
-  for (int s = 0; s < n_seq; s++) {
-    if ((rc = window_text(o->tok, hist + s * hstride + (i + 1 - M3_DECODE_WINDOW), &texts[s],
-                          &caps[s])))
-      return rc;
-    q[s] = (m3_client_query){.text = texts[s]};
+  double tq = now_ms();
+  if (o->query_fwd) {
+    if ((rc = hidden_queries(b, o, hist, hstride, n_seq, i))) return rc;
+    for (int s = 0; s < n_seq; s++)
+      q[s] = (m3_client_query){.vector = b->qvec + (size_t)s * o->query_dim,
+                               .dim = (uint32_t)o->query_dim};
+  } else {
+    for (int s = 0; s < n_seq; s++) {
+      if ((rc = window_text(o->tok, hist + s * hstride + (i + 1 - M3_DECODE_WINDOW), &texts[s],
+                            &caps[s])))
+        return rc;
+      q[s] = (m3_client_query){.text = texts[s]};
+    }
   }
+  b->query_ms = now_ms() - tq;
   if ((rc = m3_attn_begin(b->a, &r))) return rc;
   b->done = 0, b->rc = 0, b->decode_ms = 0, b->window = i / M3_DECODE_WINDOW;
   b->t_submit = now_ms();
@@ -146,6 +198,10 @@ int m3_generate(m3_decoder *d, const int32_t *const *prompts, const int *plen, i
     if (plen[s] < 1) return m3__seterr(M3_EINVAL, "generate: prompt %d is empty", s);
   if (rounds && (!o->cl || !o->codecs || !o->tok))
     return m3__seterr(M3_EINVAL, "generate: rounds need a cluster, a codec set and a tokenizer");
+  if (rounds && o->query_fwd && (!o->query_hidden || o->query_dim < 1 || o->n_query_prefix < 0 ||
+                                 (o->n_query_prefix && !o->query_prefix)))
+    return m3__seterr(M3_EINVAL, "generate: hidden queries need query_hidden, query_dim >= 1 and "
+                                 "the prefix ids");
   res->n_seq = n_seq, res->n_new = o->n_new, res->k = rounds ? o->k : 0;
   res->tokens = calloc((size_t)n_seq * o->n_new, sizeof(int32_t));
   res->rounds = calloc((size_t)T / M3_DECODE_WINDOW + 1, sizeof *res->rounds);
@@ -175,7 +231,9 @@ int m3_generate(m3_decoder *d, const int32_t *const *prompts, const int *plen, i
       bs[b].pos = malloc(m3_attn_pos_elems(&g) * sizeof(int32_t));
       bs[b].ids = malloc((size_t)g.n_queries * o->k * sizeof(uint64_t));
       bs[b].scores = malloc((size_t)g.n_queries * o->k * sizeof(float));
-      if (!bs[b].kv || !bs[b].pos || !bs[b].ids || !bs[b].scores) {
+      if (o->query_fwd) bs[b].qvec = malloc((size_t)n_seq * o->query_dim * sizeof(float));
+      if (!bs[b].kv || !bs[b].pos || !bs[b].ids || !bs[b].scores ||
+          (o->query_fwd && !bs[b].qvec)) {
         rc = m3__seterr(M3_ENOMEM, "generate: cannot allocate attention buffers");
         goto out;
       }
@@ -238,6 +296,7 @@ out:
     free(bs[b].pos);
     free(bs[b].ids);
     free(bs[b].scores);
+    free(bs[b].qvec);
   }
   for (int s = 0; texts && s < n_seq; s++) free(texts[s]);
   free(texts);

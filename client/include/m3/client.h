@@ -152,6 +152,8 @@ typedef struct m3_client_query {
   const float *vector; /* (dim) */
   uint32_t dim;
   const char *text;    /* NUL-terminated */
+  int allow_fillers;   /* text: keep results scoring <= 0 (Query.allow_fillers;
+                          0: the server drops them, fewer than k may come) */
 } m3_client_query;
 
 /* How hard the server's trained index searches (SearchRequest.params,

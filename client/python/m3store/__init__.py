@@ -188,7 +188,7 @@ class _ClientInfo(ctypes.Structure):
 
 class _Query(ctypes.Structure):
     _fields_ = [("vector", ctypes.POINTER(ctypes.c_float)), ("dim", ctypes.c_uint32),
-                ("text", ctypes.c_char_p)]
+                ("text", ctypes.c_char_p), ("allow_fillers", ctypes.c_int)]
 
 
 class _MethodStats(ctypes.Structure):

@@ -31,7 +31,8 @@
   XX(RANGE,       -13, "value out of range")                             \
   XX(SHAPE,       -14, "memory shape mismatch")                          \
   XX(INTERNAL,    -15, "internal error")                                 \
-  XX(CANCELED,    -16, "cancelled")
+  XX(CANCELED,    -16, "cancelled")                                     \
+  XX(AUTH,        -17, "not authenticated")
 
 typedef enum m3_errno {
   M3_OK = 0,

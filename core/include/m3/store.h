@@ -89,6 +89,11 @@ const char *m3_store_io_backend(const m3_store *s);
  * for the call. Putting a chunk id that holds identical content is a no-op;
  * different content replaces it. On failure nothing of the batch is visible
  * and the store stays usable; M3_ENOSPC and M3_EIO name the file.
+ * A failed Put may still persist: its segment bytes are cut back, but when
+ * that cut fails too (or the process dies before it) the records written
+ * whole are rolled forward at the next open, so after a restart such a Put
+ * can be there, whole, or absent; never partial. Retrying it is safe (the
+ * same content is a no-op).
  */
 int m3_store_put(m3_store *s, const m3_record_in *items, size_t n);
 
@@ -279,9 +284,16 @@ typedef struct m3_span {
  * descriptor open (a compaction that drops the segment closes it later)
  * until m3_store_spans_release counts it back. Returns 0; M3_EBUSY (none
  * handed out) while a writer holds the store; M3_EUNSUPPORTED with O_DIRECT;
- * M3_EINVAL for a bad buffer; a catalog error. Blocks on the header reads.
+ * M3_EINVAL for a bad buffer; a catalog error. Blocks on the header reads,
+ * unless flags has M3_SPANS_CACHED: then each record's header and last byte
+ * are read with RWF_NOWAIT, and when any of them is not in the page cache
+ * (or the filesystem cannot say) none is handed out and it returns
+ * M3_SPANS_COLD (> 0): read those items instead. The pages between can
+ * still have been evicted, so a sendfile of a span may block (rarely).
  */
-int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans);
+#define M3_SPANS_CACHED 1u
+#define M3_SPANS_COLD 1
+int m3_store_spans(m3_store *s, m3_fetch_item *items, size_t n, m3_span *spans, unsigned flags);
 /* n spans handed out by m3_store_spans are no longer used. */
 void m3_store_spans_release(m3_store *s, size_t n);
 

@@ -93,8 +93,10 @@ static const char *usage_text =
     "  --codec C              codec set: a file, a folder with codec.m3c, or raw-f32,\n"
     "                         raw-f16, raw-bf16 (default: the store's DIR/codec.m3c,\n"
     "                         else raw-bf16)\n"
-    "  --embed E              retrieval embedding: hash[:DIM] (default hash:256),\n"
-    "                         external (the lines' \"embedding\"), hidden[:LAYER]\n"
+    "  --embed E              retrieval embedding: words[:DIM] (DIM 1024 if omitted:\n"
+    "                         words, sub-words, IDF from the input in DIR/idf.bin),\n"
+    "                         hash[:DIM] (default hash:256), external (the\n"
+    "                         lines' \"embedding\"), hidden[:LAYER]\n"
     "  --index STR            FAISS index_factory of the retrieval index (IDMap,Flat)\n"
     "  --threads N            forward workers (1)\n"
     "  --batch B              chunks per forward batch and per store commit (8)\n"
@@ -120,7 +122,7 @@ static const char *usage_text =
     "Rerunning the same command resumes: chunks already in the store are skipped.\n"
     "Exit: 0 done, 1 bad input (FILE:LINE named) or a store of another codec, 2 failure.\n";
 
-typedef enum emb_kind { EMB_HASH, EMB_EXTERNAL, EMB_HIDDEN } emb_kind;
+typedef enum emb_kind { EMB_HASH, EMB_EXTERNAL, EMB_HIDDEN, EMB_WORDS } emb_kind;
 
 typedef struct enc_opts {
   const char *model, *input, *store, *codec, *embed, *index, *prefix, *report, *backend;
@@ -160,6 +162,7 @@ typedef struct run {
   m3_store *store;
   emb_kind ek;
   unsigned emb_dim;
+  m3_idf *idf; /* words: the store's IDF table (setup_idf); read-only */
   int hidden_layer, E;
   size_t npos, ncodes; /* per memory: positions, code bytes */
   /* queues, all under mu */
@@ -237,6 +240,10 @@ static int process(run *r, worker *w, batch *b) {
     if (r->ek == EMB_HASH) {
       rc = m3_embed_hash(b->c[i].text, b->c[i].text_len, e, r->emb_dim);
       if (rc == M3_EINVAL) rc = 0; /* no words: a zero embedding, not retrievable */
+      if (rc) return rc;
+    } else if (r->ek == EMB_WORDS) {
+      rc = m3_embed_words(b->c[i].text, b->c[i].text_len, r->idf, e, r->emb_dim);
+      if (rc == M3_EINVAL) rc = 0; /* only stop words: a zero embedding, not retrievable */
       if (rc) return rc;
     } else if (r->ek == EMB_HIDDEN) {
       memcpy(e, w->hidden + (size_t)i * r->E, (size_t)r->E * sizeof *e);
@@ -409,6 +416,16 @@ static int dispatch(run *r, batch *b) {
 /* ---- store setup --------------------------------------------------------- */
 
 static int parse_embed(run *r, const char *s, int n_mem) {
+  if (!strncmp(s, "words", 5) && (s[5] == '\0' || s[5] == ':')) {
+    r->ek = EMB_WORDS;
+    m3_embed_spec sp;
+    char buf[64];
+    snprintf(buf, sizeof buf, "words:%s", s[5] ? s + 6 : "1024");
+    int rc = m3_embed_spec_parse(buf, &sp);
+    if (rc) return rc;
+    r->emb_dim = sp.dim;
+    return 0;
+  }
   if (!strncmp(s, "hash", 4) && (s[4] == '\0' || s[4] == ':')) {
     r->ek = EMB_HASH;
     m3_embed_spec sp;
@@ -437,7 +454,62 @@ static int parse_embed(run *r, const char *s, int n_mem) {
     r->emb_dim = (unsigned)r->E;
     return 0;
   }
-  return m3__seterr(M3_EINVAL, "--embed '%s': expected hash[:DIM], external or hidden[:LAYER]", s);
+  return m3__seterr(M3_EINVAL, "--embed '%s': expected words[:DIM], hash[:DIM], external or "
+                    "hidden[:LAYER]", s);
+}
+
+/* The IDF table of a words:DIM run (r->idf). An existing store's own
+ * (DIR/idf.bin), so a resumed or later run embeds as the first one did;
+ * for a new store, counted over every chunk of the input (every slice's
+ * too: all --slice I/N runs count the same table) in a first pass, before
+ * anything is stored; setup_store_open saves it with the store. */
+static int setup_idf(run *r, const enc_input_opts *io) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/" M3_IDF_FILE, r->o.store);
+  m3_store_options so;
+  m3_store_options_init(&so);
+  so.read_only = 1;
+  m3_store *s;
+  if (m3_store_open(r->o.store, &so, &s) == 0) {
+    m3_store_close(s);
+    int rc = m3_idf_load(path, &r->idf);
+    if (rc != M3_ENOTFOUND) return rc;
+    /* A store of another embedder: setup_store_open names the difference. */
+    char man[4200];
+    snprintf(man, sizeof man, "%s/encode.json", r->o.store);
+    json_t *m = json_load_file(man, 0, NULL);
+    const char *emb = m ? json_string_value(json_object_get(m, "embed")) : NULL;
+    int words = emb && !strncmp(emb, "words:", 6);
+    json_decref(m);
+    if (words)
+      return m3__seterr(M3_EBADFORMAT, "store %s was embedded with words:DIM but its IDF table %s "
+                        "is missing: restore it, or encode into a new store", r->o.store, path);
+    return m3_idf_create(&r->idf);
+  }
+  enc_input_opts o = *io;
+  o.sample_only = 1; /* no id checks: counting only */
+  o.skip_bad = 1;    /* the encode pass reports bad lines (or stops at them) */
+  o.report = NULL;
+  enc_input *in = NULL;
+  enc_chunk c;
+  double t0 = enc_now();
+  int rc = m3_idf_create(&r->idf);
+  if (rc == 0) rc = enc_input_open(&o, &in);
+  while (rc == 0) {
+    memset(&c, 0, sizeof c);
+    int got = enc_input_next(in, &c);
+    if (got <= 0) {
+      rc = got;
+      break;
+    }
+    rc = m3_idf_add(r->idf, c.text, c.text_len);
+    enc_chunk_free(&c);
+  }
+  enc_input_close(in);
+  if (rc == 0)
+    fprintf(stderr, "m3-encode: IDF table of %llu chunks counted in %.2f s (%s)\n",
+            (unsigned long long)m3_idf_docs(r->idf), enc_now() - t0, path);
+  return rc;
 }
 
 static int open_codec(const char *c, uint16_t head_dim, m3_codec_set **out) {
@@ -468,12 +540,21 @@ static json_t *manifest(const run *r, const char *tok_file, const int32_t *pre, 
   snprintf(fp, sizeof fp, "%016llx", (unsigned long long)r->layout.codec_fp);
   char emb[64];
   if (r->ek == EMB_HASH) snprintf(emb, sizeof emb, "hash:%u", r->emb_dim);
+  else if (r->ek == EMB_WORDS) snprintf(emb, sizeof emb, "words:%u", r->emb_dim);
   else if (r->ek == EMB_HIDDEN) snprintf(emb, sizeof emb, "hidden:%d", r->hidden_layer);
   else snprintf(emb, sizeof emb, "external");
-  return json_pack("{s:i,s:s,s:s,s:o,s:i,s:i,s:i,s:s,s:s,s:s}", "m3_encode", 1, "prefix", r->o.prefix,
-                   "tokenizer", tok_file, "prefix_ids", ids, "max_tokens", r->o.max_tokens,
-                   "tokens_per_head", r->spec.n_tokens, "mem_layers", r->spec.n_layers, "embed", emb,
-                   "codec_fingerprint", fp, "model", r->o.model);
+  json_t *m = json_pack("{s:i,s:s,s:s,s:o,s:i,s:i,s:i,s:s,s:s,s:s}", "m3_encode", 1, "prefix",
+                         r->o.prefix, "tokenizer", tok_file, "prefix_ids", ids, "max_tokens",
+                         r->o.max_tokens, "tokens_per_head", r->spec.n_tokens, "mem_layers",
+                         r->spec.n_layers, "embed", emb, "codec_fingerprint", fp, "model", r->o.model);
+  if (m && r->ek == EMB_WORDS && r->idf) { /* words: the IDF table beside it (m3/embed.h) */
+    char crc[16];
+    snprintf(crc, sizeof crc, "%08x", m3_idf_crc(r->idf));
+    json_object_set_new(m, "idf", json_string(M3_IDF_FILE));
+    json_object_set_new(m, "idf_crc32c", json_string(crc));
+    json_object_set_new(m, "idf_docs", json_integer((json_int_t)m3_idf_docs(r->idf)));
+  }
+  return m;
 }
 
 /* Which tokenizer file of the model folder m3_tokenizer_load uses. */
@@ -542,6 +623,10 @@ static int setup_store_open(run *r, const int32_t *pre, int npre) {
   if (rc != M3_ENOTFOUND) return rc;
   /* A new store: the files tools need to read it first, then the store. */
   if ((rc = enc_mkdirs(dir)) != 0) return rc;
+  if (r->idf) {
+    snprintf(path, sizeof path, "%s/" M3_IDF_FILE, dir);
+    if ((rc = m3_idf_save(r->idf, path)) != 0) return rc;
+  }
   snprintf(path, sizeof path, "%s/codec.m3c", dir);
   if ((rc = m3_codec_set_save(r->cs, path)) != 0) return rc;
   char src[4200];
@@ -582,7 +667,7 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       {"long-chunks", required_argument, NULL, 'G'},
       {NULL, 0, NULL, 0}};
   memset(o, 0, sizeof *o);
-  o->embed = "hash:256";
+  o->embed = "hash:256"; /* words:1024 is ready; the switch waits for the e2e tests */
   o->index = M3_INDEX_DEFAULT_FACTORY;
   o->prefix = M3_SEQ_PREFIX;
   o->threads = 1, o->batch = 8, o->max_tokens = M3_SEQ_MAX_TOKENS, o->tokens_per_head = 8;
@@ -736,6 +821,7 @@ int enc_cmd_encode(int argc, char **argv) {
     }
   }
   r->layout.emb_dim = (uint16_t)r->emb_dim;
+  if (r->ek == EMB_WORDS && (rc = setup_idf(r, &io)) != 0) { ex = fail_msg("IDF table", rc); goto out; }
   if ((rc = enc_input_open(&io, &in)) != 0) { ex = fail_msg("input", rc); goto out; }
   if (r->emb_dim || r->ek != EMB_EXTERNAL) {
     if ((rc = setup_store(r, pre, npre)) != 0) { ex = fail_msg(NULL, rc); goto out; }
@@ -915,6 +1001,7 @@ out:
   if (report) fclose(report);
   m3_store_close(r->store);
   m3_codec_set_close(r->cs);
+  m3_idf_free(r->idf);
   m3_model_close(r->model);
   m3_tokenizer_free(tok);
   free(pre);

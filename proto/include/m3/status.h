@@ -46,7 +46,7 @@
   XX(DEADLINE_EXCEEDED,   4,  M3_EBUSY,        1, RECV)                  \
   XX(NOT_FOUND,           5,  M3_ENOTFOUND,    0, BOTH)                  \
   XX(ALREADY_EXISTS,      6,  M3_EEXIST,       0, BOTH)                  \
-  XX(PERMISSION_DENIED,   7,  M3_EIO,          0, RECV)                  \
+  XX(PERMISSION_DENIED,   7,  M3_EAUTH,        0, RECV)                  \
   XX(RESOURCE_EXHAUSTED,  8,  M3_ENOMEM,       1, BOTH)                  \
   XX(RESOURCE_EXHAUSTED,  8,  M3_ENOSPC,       1, NAMED)                 \
   XX(FAILED_PRECONDITION, 9,  M3_EFINGERPRINT, 0, BOTH)                  \
@@ -59,7 +59,7 @@
   XX(INTERNAL,            13, M3_EINTERNAL,    1, SEND)                  \
   XX(UNAVAILABLE,         14, M3_EBUSY,        1, BOTH)                  \
   XX(DATA_LOSS,           15, M3_ECORRUPT,     1, BOTH)                  \
-  XX(UNAUTHENTICATED,     16, M3_EIO,          0, RECV)
+  XX(UNAUTHENTICATED,     16, M3_EAUTH,        0, BOTH)
 
 /* M3_STATUS_OK = 0, ... M3_STATUS_UNAUTHENTICATED = 16: one constant per
  * gRPC code (its default row), equal to m3.proto's M3__STATUS_CODE__*, for

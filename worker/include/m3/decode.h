@@ -47,7 +47,8 @@
  * window's last token (index 64w + 63) is known, at the start of that step,
  * the round for the window is submitted (m3_cluster_retrieve_async, one op
  * for the batch): query s = the text of sequence s's 64 tokens
- * (m3_tokenizer_decode), embedded by the server; k memories each, decoded
+ * (m3_tokenizer_decode), embedded by the server, or the hidden-state
+ * embedding of those tokens (m3_generate_opts.query_fwd); k memories each, decoded
  * by m3_attn_memory_fn straight into the "next" attention buffers as they
  * arrive. Step 64w + 63 runs meanwhile with the current memories; step
  * 64(w + 1) waits for the op (that wait is the round's stall), closes the
@@ -70,6 +71,7 @@
 #include "m3/attn.h"
 #include "m3/cluster.h"
 #include "m3/codec.h"
+#include "m3/forward.h"
 #include "m3/model.h"
 #include "m3/tokenizer.h"
 
@@ -145,11 +147,28 @@ typedef struct m3_generate_opts {
   m3_cluster *cl;          /* rounds go here (memory with k > 0) */
   const m3_codec_set *codecs; /* decodes the records (memory with k > 0) */
   m3_tokenizer *tok;       /* the window texts (memory with k > 0) */
+  /* Hidden-state queries (a store encoded with m3-encode --embed
+   * hidden:LAYER). query_fwd NULL: text queries. Else query s is the
+   * embedding m3-encode stores for a chunk whose tokens are the window's:
+   * query_fwd (made with m3_forward_opts.hidden = query_hidden and
+   * hidden_layer = LAYER, backend "cpu", max_batch >= n_seq, max_seq >=
+   * n_query_prefix + 64) runs over query_prefix (BOS + the prefix ids, as
+   * m3_seq_tokens writes them) + the window's 64 tokens with BOS ids left
+   * out (as the window text leaves them out), n_prefix = n_query_prefix,
+   * and row s of query_hidden (query_dim = hidden_size floats) is sent as
+   * the vector. The forward runs on the loop's thread at submission (its
+   * time: m3_generate_round.query_ms). */
+  m3_forward *query_fwd;
+  const float *query_hidden;
+  int query_dim;
+  const int32_t *query_prefix;
+  int n_query_prefix;
 } m3_generate_opts;
 
 /* What one round took (ms) and got. */
 typedef struct m3_generate_round {
   int window;              /* the window it was retrieved for */
+  double query_ms;         /* computing the queries (hidden: the forward) */
   double retrieve_ms;      /* submission to the op's done callback */
   double decode_ms;        /* time inside m3_attn_memory_fn (decoding
                               records into the buffers) */
