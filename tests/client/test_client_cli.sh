@@ -15,6 +15,8 @@ check "stats records" test "$(json_get "$work/stats" "j['records']")" = 200
 check "stats embedding_dim" test "$(json_get "$work/stats" "j['hello']['embedding_dim']")" = 8
 run 0 "$work/stats.txt" "$bin/m3" stats --server "$addr" || true
 check "stats text" grep -q "^records *200" "$work/stats.txt"
+check "stats index_factory" test "$(json_get "$work/stats" "(j['index_factory'], j['index_params'])")" = "('IDMap,Flat', '')"
+check "stats index text" grep -q "^index *IDMap,Flat, search params FAISS's defaults" "$work/stats.txt"
 
 # query by vectors: 2 queries x top-3, texts match ids
 printf '# two queries\n0.1 0.2 0.3 0.4 -0.5 0.6 0.7 0.8\n\n-1 0 0 0 0 0 0 1\n' >"$work/q.vec"
@@ -24,6 +26,11 @@ check "query texts" test "$(json_get "$work/query" "all(r['text'] == 'synthetic 
 check "query scores sorted" test "$(json_get "$work/query" "all(q['results'][i]['score'] >= q['results'][i+1]['score'] for q in j['queries'] for i in range(2))")" = True
 run 0 "$work/query.txt" "$bin/m3" query --server "$addr" --vector-file "$work/q.vec" || true
 check "query text output" grep -q "synthetic memory" "$work/query.txt"
+# --nprobe is for IVF indexes: this server's flat index refuses it, naming the field
+run 1 "$work/qnprobe" "$bin/m3" query --server "$addr" --vector-file "$work/q.vec" --nprobe 4 || true
+check "nprobe on a flat index refused" grep -q "INVALID_ARGUMENT: params.nprobe = 4: the index 'IDMap,Flat' has no inverted lists" "$work/qnprobe.err"
+run 2 "$work/qnprobe0" "$bin/m3" query --server "$addr" --vector-file "$work/q.vec" --nprobe 0 || true
+check "nprobe 0 is a usage error" grep -q "nprobe '0' is not a positive integer" "$work/qnprobe0.err"
 # a generated store names no embedder (no encode.json): the server does not
 # pretend to embed text for it (exit 1, the reason; vectors still work)
 check "stats embedder unknown" test "$(json_get "$work/stats" "j['hello']['embedder']")" = unknown

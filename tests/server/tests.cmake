@@ -40,3 +40,5 @@ find_program(M3_PYTHON3 python3 REQUIRED)
 add_test(NAME server_no_cycles
   COMMAND ${M3_PYTHON3} ${PROJECT_SOURCE_DIR}/scripts/objgraph.py $<TARGET_OBJECTS:m3-server>)
 set_tests_properties(server_no_cycles PROPERTIES LABELS "unit;server" TIMEOUT 30)
+# Per-call nprobe / ef_search on the wire, micro-batched by setting (issue 11).
+m3_server_test(test_server_index_params LABELS integration server TIMEOUT 120)
