@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "m3/internal/cli.h"
 #include "m3/decode.h"
 #include "m3/error.h"
 #include "m3/sequence.h"
@@ -142,6 +143,7 @@ int bench_decode(int argc, char **argv) {
       {"query-prefix", required_argument, 0, 'P'}, {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   int c;
+  if (m3_cli_exact_long(argc, argv, "k:h", opts, "m3-bench")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "k:h", opts, NULL)) != -1) {
     switch (c) {
