@@ -65,6 +65,7 @@ typedef struct remote_args {
   const char *token_file;
   const char **texts; /* query: every --text, in order */
   size_t n_texts;
+  const char *tls_ca, *tls_cert, *tls_key, *tls_name; /* --tls-* (NULL: the map's, or plain) */
   const char *vector_file;
   const char *out;
   int json;
@@ -76,7 +77,32 @@ typedef struct remote_args {
   size_t n_ids;
 } remote_args;
 
+/* The TLS options every remote command takes. */
+static const char tls_usage[] =
+    "TLS: --tls-ca F [--tls-cert F --tls-key F] [--tls-name NAME]: speak TLS 1.3 and\n"
+    "refuse a server whose certificate F did not sign or that does not carry NAME\n"
+    "(default: the address's host); --tls-cert/--tls-key: a client certificate, for\n"
+    "servers that require one (mutual TLS). With --cluster, instead of the map's\n"
+    "\"tls\" object.\n";
+
+/* --tls-* into o (a cluster map's "tls" object first, when given). */
+static void tls_options(const remote_args *a, const m3_cluster_map *map, m3_client_options *o) {
+  if (map) m3_cluster_map_tls(map, o);
+  if (a->tls_ca) {
+    o->tls_ca = a->tls_ca;
+    o->tls_cert = a->tls_cert;
+    o->tls_key = a->tls_key;
+  }
+  if (a->tls_name) o->tls_name = a->tls_name;
+}
+
+static void usage_of(const char *cmd);
 static void usage(const char *cmd) {
+  usage_of(cmd);
+  fputs(tls_usage, stdout);
+}
+
+static void usage_of(const char *cmd) {
   if (!strcmp(cmd, "query"))
     fputs("usage: m3 query (--server HOST:PORT | --cluster MAP)\n"
           "                (--text \"...\" [--text \"...\" ...] | --vector-file F)\n"
@@ -124,6 +150,8 @@ static int parse_args(int argc, char **argv, remote_args *a) {
       {"timeout-ms", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
       {"nprobe", required_argument, NULL, 'P'},     {"ef-search", required_argument, NULL, 'E'},
       {"help", no_argument, NULL, 'h'},             {"allow-fillers", no_argument, NULL, 'F'},
+      {"tls-ca", required_argument, NULL, 1},       {"tls-cert", required_argument, NULL, 2},
+      {"tls-key", required_argument, NULL, 3},      {"tls-name", required_argument, NULL, 4},
       {NULL, 0, NULL, 0}};
   memset(a, 0, sizeof *a);
   a->k = 5;
@@ -150,6 +178,10 @@ static int parse_args(int argc, char **argv, remote_args *a) {
     case 'o': a->out = optarg; break;
     case 'j': a->json = 1; break;
     case 'F': a->allow_fillers = 1; break;
+    case 1: a->tls_ca = optarg; break;
+    case 2: a->tls_cert = optarg; break;
+    case 3: a->tls_key = optarg; break;
+    case 4: a->tls_name = optarg; break;
     case 'k':
       a->k = (unsigned)strtoul(optarg, &end, 10);
       if (*end || a->k == 0) {
@@ -202,6 +234,16 @@ static int parse_args(int argc, char **argv, remote_args *a) {
     return EXIT_USAGE;
   }
   if (a->server && m3_cli_check_addr(prog, "--server", a->server, 1) != 0) return EXIT_USAGE;
+  if ((a->tls_cert || a->tls_key || a->tls_name) && a->tls_ca == NULL && a->server) {
+    fprintf(stderr, "m3 %s: --tls-cert, --tls-key and --tls-name need --tls-ca F (the CA that "
+                    "signed the server's certificate)\n", argv[0]);
+    return EXIT_USAGE;
+  }
+  if ((a->tls_cert == NULL) != (a->tls_key == NULL)) {
+    fprintf(stderr, "m3 %s: %s without %s: a client certificate needs both\n", argv[0],
+            a->tls_cert ? "--tls-cert" : "--tls-key", a->tls_cert ? "--tls-key" : "--tls-cert");
+    return EXIT_USAGE;
+  }
   return 0;
 }
 
@@ -213,6 +255,7 @@ static int connect_server(const char *cmd, const remote_args *a, m3_client **c) 
   o.token = token;
   o.call_timeout_ms = a->timeout_ms;
   o.client_name = "m3 cli";
+  tls_options(a, NULL, &o);
   int rc = m3_client_connect(a->server, &o, c);
   if (rc) {
     fprintf(stderr, "m3 %s: %s: %s\n", cmd, m3_strerror(rc), m3_errmsg());
@@ -254,6 +297,10 @@ static int remote_open(const char *cmd, const remote_args *a, remote *r) {
     if (o.try_timeout_ms > o.call_timeout_ms) o.try_timeout_ms = o.call_timeout_ms;
     o.probe_interval_ms = 0; /* one call: no prober thread */
     o.client_name = "m3 cli";
+    o.tls_ca = a->tls_ca;
+    o.tls_cert = a->tls_cert;
+    o.tls_key = a->tls_key;
+    o.tls_name = a->tls_name;
     rc = m3_cluster_open(map, &o, &r->cl);
     m3_cluster_map_free(map);
   }
@@ -610,10 +657,12 @@ typedef struct replica_stats {
   m3_client_stats st;
 } replica_stats;
 
-static void replica_stats_get(const remote_args *a, const char *token, replica_stats *r) {
+static void replica_stats_get(const remote_args *a, const m3_cluster_map *map, const char *token,
+                              replica_stats *r) {
   m3_client_options o;
   m3_client_options_init(&o);
   o.token = token;
+  tls_options(a, map, &o);
   o.call_timeout_ms = a->timeout_ms;
   if (a->timeout_ms > 0 && a->timeout_ms < o.connect_timeout_ms)
     o.connect_timeout_ms = a->timeout_ms;
@@ -666,7 +715,7 @@ static int cluster_stats(const remote_args *a) {
       rs[i].addr = m3_cluster_map_replica(map, s, r);
       rs[i].shard = s;
       rs[i].replica = r;
-      replica_stats_get(a, tok, &rs[i]);
+      replica_stats_get(a, map, tok, &rs[i]);
       if (!rs[i].up) continue;
       up++;
       shard_up = 1;
