@@ -337,7 +337,9 @@ static char *read_token(const char *path, const char *what) {
   return t;
 }
 
-static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const char *what) {
+/* HOST:PORT (or [V6]:PORT) into *ss; a name is resolved. 0, or -1 after
+ * printing what is wrong with --what. */
+static int resolve_addr(const char *hostport, const char *what, struct sockaddr_storage *ss) {
   char host[256];
   const char *colon = strrchr(hostport, ':');
   if (colon == NULL || colon == hostport || (size_t)(colon - hostport) >= sizeof host) {
@@ -352,10 +354,9 @@ static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const c
     h[strlen(h) - 1] = '\0';
   }
   int port = (int)num(what, colon + 1, NULL);
-  struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  if (uv_ip4_addr(h, port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(h, port, (struct sockaddr_in6 *)&ss) != 0) {
+  memset(ss, 0, sizeof *ss);
+  if (uv_ip4_addr(h, port, (struct sockaddr_in *)ss) != 0 &&
+      uv_ip6_addr(h, port, (struct sockaddr_in6 *)ss) != 0) {
     /* A name (localhost): its IPv4 address if it has one, else its first
      * (clients try every address of a name in turn). */
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
@@ -373,9 +374,15 @@ static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const c
     for (pick = res; pick->ai_next && pick->ai_family != AF_INET; pick = pick->ai_next) {
     }
     if (pick->ai_family != AF_INET) pick = res;
-    memcpy(&ss, pick->ai_addr, pick->ai_addrlen);
+    memcpy(ss, pick->ai_addr, pick->ai_addrlen);
     freeaddrinfo(res);
   }
+  return 0;
+}
+
+static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const char *what) {
+  struct sockaddr_storage ss;
+  if (resolve_addr(hostport, what, &ss) != 0) return -1;
   uv_tcp_init(loop, t);
   int rc = uv_tcp_bind(t, (struct sockaddr *)&ss, 0);
   if (rc) {
@@ -501,10 +508,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "m3-server: --store DIR is required\n%s", usage_text);
     return 2;
   }
-  /* Addresses before the store opens: a bad port is a usage error. */
-  if (m3_cli_check_addr("m3-server", "--listen", s.cfg.listen, 0) != 0) return 2;
+  /* Addresses before the store opens: a bad port or an unknown host is a
+   * usage error. */
+  struct sockaddr_storage chk;
+  if (m3_cli_check_addr("m3-server", "--listen", s.cfg.listen, 0) != 0 ||
+      resolve_addr(s.cfg.listen, "listen", &chk) != 0)
+    return 2;
   if (s.cfg.http && *s.cfg.http && strcmp(s.cfg.http, "off") != 0 &&
-      m3_cli_check_addr("m3-server", "--http", s.cfg.http, 0) != 0)
+      (m3_cli_check_addr("m3-server", "--http", s.cfg.http, 0) != 0 ||
+       resolve_addr(s.cfg.http, "http", &chk) != 0))
     return 2;
   if (s.cfg.max_queries > s.cfg.search_budget) {
     fprintf(stderr, "m3-server: --max-queries %u is over --search-budget %u: no call could fit\n",

@@ -778,7 +778,7 @@ static int setup_remote(run *r) {
   return 0;
 }
 
-/* The store's encode.json, kept for the process's life: enc_opts points
+/* The store's encode.json, kept until the command ends: enc_opts points
  * into it (store_defaults). */
 static json_t *store_manifest;
 
@@ -1226,6 +1226,8 @@ out:
   free(pre);
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cv);
+  json_decref(store_manifest); /* r->o's defaults pointed into it */
+  store_manifest = NULL;
   return ex;
 }
 
