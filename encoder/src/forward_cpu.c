@@ -18,9 +18,16 @@
  *   atth        (G * S, D)        attention output of one group
  *   att         (N, H * D)        attention output, token-major
  *   hb          (N, 2F)           gate | up, then SiLU(gate) * up in the gate half
- * Padding rows are kept at zero from the embedding on (zero q, k, v, zero
- * attention rows, RMSNorm(0) = 0), so they cannot leak into valid rows, and
- * valid rows never look at padding keys (GEMMs run over the valid length).
+ * Every product runs over one sequence's valid rows alone (M = its length):
+ * OpenBLAS's result for a row depends on M and on the row's place in the
+ * block (its kernels tile M, and the edge tiles round differently), so a
+ * GEMM over the whole batch would make a chunk's bytes depend on its batch
+ * companions. Per sequence, they are a function of the chunk and the model
+ * alone (for one OpenBLAS kernel and thread count: m3-encode pins OpenBLAS
+ * to one thread), which is what lets slices on many machines give the bytes
+ * of one process (test encode_slice). Padding rows of x, xn, q and k stay
+ * zero (the embedding, RMSNorm(0) = 0, split_rope) and the other buffers'
+ * padding rows are never read.
  */
 #include <cblas.h> /* includes <complex.h>: no variable may be named I */
 #include <math.h>
@@ -61,15 +68,15 @@ static int cpu_load(const m3_model *m, const m3_forward_opts *o, void **out) {
   size_t S = (size_t)o->max_seq, N = (size_t)o->max_batch * S, D = (size_t)st->D;
   st->x = malloc(N * st->E * sizeof(float));
   st->xn = malloc(N * st->E * sizeof(float));
-  st->qkv = malloc(N * st->QKV * sizeof(float));
+  st->qkv = calloc(N * st->QKV, sizeof(float));
   st->qh = malloc(N * st->H * D * sizeof(float));
   st->qu = malloc(N * st->H * D * sizeof(float));
   st->kh = malloc(N * st->K * D * sizeof(float));
   st->ku = malloc(N * st->K * D * sizeof(float));
-  st->sc = malloc((size_t)st->G * S * S * sizeof(float));
-  st->atth = malloc((size_t)st->G * S * D * sizeof(float));
-  st->att = malloc(N * st->H * D * sizeof(float));
-  st->hb = malloc(N * 2 * (size_t)st->F * sizeof(float));
+  st->sc = calloc((size_t)st->G * S * S, sizeof(float));
+  st->atth = calloc((size_t)st->G * S * D, sizeof(float));
+  st->att = calloc(N * st->H * D, sizeof(float));
+  st->hb = calloc(N * 2 * (size_t)st->F, sizeof(float));
   st->cos_t = malloc(S * D / 2 * sizeof(float));
   st->sin_t = malloc(S * D / 2 * sizeof(float));
   st->logw = malloc(S * sizeof(double));
@@ -171,8 +178,10 @@ static int cpu_forward(void *p, const m3_batch *b, m3_memories *out) {
     int last = l == L - 1;
     if (st->o.hidden && l == st->o.hidden_layer) pool_hidden(st, b, st->o.hidden);
     m3__rmsnorm(st->xn, st->x, w->w_in, N, E, eps);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, QKV, E, 1.0f, st->xn, E, w->w_qkv,
-                E, 0.0f, st->qkv, QKV);
+    for (int s = 0; s < b->n_seq; s++)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->lens[s], QKV, E, 1.0f,
+                  st->xn + (size_t)s * S * E, E, w->w_qkv, E, 0.0f, st->qkv + (size_t)s * S * QKV,
+                  QKV);
     split_rope(st, b);
 
     for (int s = 0; s < b->n_seq; s++) {
@@ -184,10 +193,11 @@ static int cpu_forward(void *p, const m3_batch *b, m3_memories *out) {
         const float *kh = st->kh + ((size_t)s * K + g) * S * D;
         const float *v = st->qkv + (size_t)s * S * QKV + (size_t)(H + K) * D + (size_t)g * D;
 
-        /* Selection: the G heads' (S, D) blocks are one (G*S, D) matrix;
-         * rows past len are zero and left out of the column sums. */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, G * S, len, D, scale, qu, D, ku, D,
-                    0.0f, st->sc, len);
+        /* Selection: head a's scores are rows a*S .. a*S+len of sc; the
+         * rows past len are left out of the column sums. */
+        for (int a = 0; a < G; a++)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, len, len, D, scale,
+                      qu + (size_t)a * S * D, D, ku, D, 0.0f, st->sc + (size_t)a * S * len, len);
         m3__select_colsum(st->sc, G, (size_t)S * len, len, (size_t)len, len, st->logw);
         uint16_t *pos = out->positions + s * mem_pos + ((size_t)l * K + g) * T;
         m3_select_topk(st->logw, len, np, T, pos);
@@ -205,13 +215,16 @@ static int cpu_forward(void *p, const m3_batch *b, m3_memories *out) {
         if (last) continue;
 
         /* Causal attention of the group's heads over the valid keys. */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, G * S, len, D, scale, qh, D, kh, D,
-                    0.0f, st->sc, len);
-        softmax_causal(st->sc, G, S, len);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, G * S, D, len, 1.0f, st->sc, len, v,
-                    QKV, 0.0f, st->atth, D);
         for (int a = 0; a < G; a++)
-          for (int i = 0; i < S; i++)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, len, len, D, scale,
+                      qh + (size_t)a * S * D, D, kh, D, 0.0f, st->sc + (size_t)a * S * len, len);
+        softmax_causal(st->sc, G, S, len);
+        for (int a = 0; a < G; a++)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, len, D, len, 1.0f,
+                      st->sc + (size_t)a * S * len, len, v, QKV, 0.0f, st->atth + (size_t)a * S * D,
+                      D);
+        for (int a = 0; a < G; a++)
+          for (int i = 0; i < len; i++)
             memcpy(st->att + ((size_t)s * S + i) * HD + ((size_t)g * G + a) * D,
                    st->atth + ((size_t)a * S + i) * D, D * sizeof(float));
       }
@@ -219,14 +232,19 @@ static int cpu_forward(void *p, const m3_batch *b, m3_memories *out) {
     if (last) break;
 
     /* x += att Wo^T; x += (SiLU(xn Wg^T) * (xn Wu^T)) Wd^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, E, HD, 1.0f, st->att, HD, w->w_o,
-                HD, 1.0f, st->x, E);
+    for (int s = 0; s < b->n_seq; s++)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->lens[s], E, HD, 1.0f,
+                  st->att + (size_t)s * S * HD, HD, w->w_o, HD, 1.0f, st->x + (size_t)s * S * E, E);
     m3__rmsnorm(st->xn, st->x, w->w_post, N, E, eps);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, 2 * F, E, 1.0f, st->xn, E,
-                w->w_gu, E, 0.0f, st->hb, 2 * F);
+    for (int s = 0; s < b->n_seq; s++)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->lens[s], 2 * F, E, 1.0f,
+                  st->xn + (size_t)s * S * E, E, w->w_gu, E, 0.0f,
+                  st->hb + (size_t)s * S * 2 * F, 2 * F);
     m3__swiglu(st->hb, N, F);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, E, F, 1.0f, st->hb, 2 * F,
-                w->w_down, F, 1.0f, st->x, E);
+    for (int s = 0; s < b->n_seq; s++)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->lens[s], E, F, 1.0f,
+                  st->hb + (size_t)s * S * 2 * F, 2 * F, w->w_down, F, 1.0f,
+                  st->x + (size_t)s * S * E, E);
   }
   return 0;
 }

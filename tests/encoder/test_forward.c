@@ -99,8 +99,10 @@ static void run_against_reference(int n_mem) {
     ref_out_free(&r);
   }
 
-  /* Padding changes nothing: each sequence alone, unpadded, gives the
-   * same memory; other padding ids give bit-identical results. */
+  /* Companions and padding change nothing, to the bit: each sequence
+   * alone and unpadded, and each beside other companions at another padded
+   * length (31) and place, gives the very memory it gave in the batch (what
+   * makes fleet slices the bytes of one process); other padding ids too. */
   uint16_t *pos1 = calloc(mem_pos, 2);
   float *kv1 = calloc(mem_kv, sizeof(float));
   for (int s = 0; s < 3; s++) {
@@ -109,10 +111,30 @@ static void run_against_reference(int n_mem) {
     CHECK_OK(m3_forward_run(f, &b1, &o1));
     assert_memory_equal(pos1, pos + s * mem_pos, mem_pos * 2);
     for (size_t i = 0; i < mem_kv; i++)
-      if (fabsf(kv1[i] - kv[s * mem_kv + i]) > 1e-5f * (1 + fabsf(kv1[i])))
+      if (memcmp(&kv1[i], &kv[s * mem_kv + i], sizeof(float)))
         fail_msg("seq %d alone differs from batched at %zu: %.9g vs %.9g", s, i, kv1[i],
                  kv[s * mem_kv + i]);
   }
+  enum { S4 = 31 };
+  int32_t lens4[4], npre4[4], tokens4[4 * S4];
+  uint16_t *pos4 = calloc(4 * mem_pos, 2);
+  float *kv4 = calloc(4 * mem_kv, sizeof(float));
+  for (int s = 0; s < 3; s++) {
+    int at = 2 - s; /* sequence s at slot 2 - s, among random companions */
+    for (int q = 0; q < 4; q++) {
+      lens4[q] = q == at ? lens[s] : 5 + 8 * q, npre4[q] = q == at ? npre[s] : 1;
+      for (int t = 0; t < S4; t++)
+        tokens4[q * S4 + t] = q == at && t < S ? tokens[s * S + t] :
+                              t == 0 ? 1 : (int32_t)(m3t_rand(&rs) % 97);
+    }
+    m3_batch b4 = {4, S4, tokens4, lens4, npre4};
+    m3_memories o4 = {pos4, kv4, NULL};
+    CHECK_OK(m3_forward_run(f, &b4, &o4));
+    assert_memory_equal(pos4 + at * mem_pos, pos + s * mem_pos, mem_pos * 2);
+    if (memcmp(kv4 + at * mem_kv, kv + s * mem_kv, mem_kv * sizeof(float)))
+      fail_msg("seq %d beside other companions differs from its first batch", s);
+  }
+  free(pos4), free(kv4);
   for (int s = 0; s < 3; s++)
     for (int t = lens[s]; t < S; t++) tokens[s * S + t] = (int32_t)(m3t_rand(&rs) % 97);
   uint16_t *pos2 = calloc(3 * mem_pos, 2);
