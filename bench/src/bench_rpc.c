@@ -43,6 +43,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "m3/internal/cli.h"
 #include "m3/client.h"
 #include "m3/cluster.h"
 #include "m3/error.h"
@@ -396,6 +397,7 @@ int bench_rpc(int argc, char **argv) {
                 .raw_samples = 1000, .loopback_s = 3, .timeout_ms = 10000, .seed = 42};
   int c, have_duration = 0, want_tls = 0;
   a.hedge_ms = 0;
+  if (m3_cli_exact_long(argc, argv, "hk:", opts, "m3-bench")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "hk:", opts, NULL)) != -1) {
     switch (c) {

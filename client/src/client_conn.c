@@ -168,6 +168,11 @@ int m3__client_dial(m3_client *c, const m3_client_options *o, int timeout_ms) {
   char host[256], port[16];
   if (split_addr(c->addr, host, sizeof host, port, sizeof port) != 0)
     return m3__seterr(M3_EINVAL, "server address '%s' is not HOST:PORT", c->addr);
+  /* getaddrinfo would wrap a port over 65535 (99999 -> 34463). */
+  long pn = strtol(port, NULL, 10);
+  if (strlen(port) > 5 || pn < 1 || pn > 65535)
+    return m3__seterr(M3_EINVAL, "server address '%s': port %s is out of range (1 to 65535)",
+                      c->addr, port);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
   int g = getaddrinfo(host, port, &hints, &res);
   if (g != 0)

@@ -253,26 +253,29 @@ static void zq_complete(conn *c, conn_zwrite *z, int status) {
   free(z);
   if (!c->closing && !c->reading && c->queued < c->s->cfg.write_high_water / 2)
     resume_reading(c);
-  conn_unref(c);
 }
 
 /* The idle timer, and conn_close: run the callbacks of the writes done
  * (and, closing, fail those not done). */
 static void zq_callbacks(conn *c) {
-  int any = c->zdone != NULL;
+  int done = 0; /* each write held a reference on c: dropped after the loops */
   while (c->zdone) {
     conn_zwrite *z = c->zdone;
     c->zdone = z->next;
     zq_complete(c, z, 0);
+    done++;
   }
   while (c->closing && c->zhead) {
     conn_zwrite *z = c->zhead;
     c->zhead = z->next;
     if (c->zhead == NULL) c->ztail = NULL;
     zq_complete(c, z, UV_ECANCELED);
-    any = 1;
+    done++;
   }
-  if (any) c->s->hooks.written(c); /* as on_write: their buffers are back */
+  if (done == 0) return;
+  c->refs -= done - 1;
+  c->s->hooks.written(c); /* as on_write: their buffers are back */
+  conn_unref(c);
 }
 
 static int zq_push(conn *c, uint8_t *owned, conn_piece *p, size_t n, conn_write_cb cb, void *ud) {

@@ -8,6 +8,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
 #include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 
 #include "m3/token.h"
 #include "m3/error.h"
+#include "m3/internal/cli.h"
 #include "m3/log.h"
 #include "call.h"
 #include "dispatch.h"
@@ -31,7 +33,8 @@ static const char *usage_text =
     "usage: m3-server --store DIR [options]\n"
     "\n"
     "  --store DIR               the store to serve (required)\n"
-    "  --listen HOST:PORT        RPC address (127.0.0.1:7600; port 0 picks a free one)\n"
+    "  --listen HOST:PORT        RPC address (127.0.0.1:7600; port 0 picks a free one;\n"
+    "                            HOST an IP address or a name such as localhost)\n"
     "  --http HOST:PORT          /metrics, /healthz, /readyz (127.0.0.1:7601; 'off' disables)\n"
     "  --config FILE             `key = value` lines with these option names; flags win\n"
     "  --token-file F            read token (first line); clients without it are refused\n"
@@ -334,7 +337,9 @@ static char *read_token(const char *path, const char *what) {
   return t;
 }
 
-static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const char *what) {
+/* HOST:PORT (or [V6]:PORT) into *ss; a name is resolved. 0, or -1 after
+ * printing what is wrong with --what. */
+static int resolve_addr(const char *hostport, const char *what, struct sockaddr_storage *ss) {
   char host[256];
   const char *colon = strrchr(hostport, ':');
   if (colon == NULL || colon == hostport || (size_t)(colon - hostport) >= sizeof host) {
@@ -349,12 +354,35 @@ static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const c
     h[strlen(h) - 1] = '\0';
   }
   int port = (int)num(what, colon + 1, NULL);
-  struct sockaddr_storage ss;
-  if (uv_ip4_addr(h, port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(h, port, (struct sockaddr_in6 *)&ss) != 0) {
-    fprintf(stderr, "m3-server: --%s '%s': not an IP address\n", what, hostport);
-    return -1;
+  memset(ss, 0, sizeof *ss);
+  if (uv_ip4_addr(h, port, (struct sockaddr_in *)ss) != 0 &&
+      uv_ip6_addr(h, port, (struct sockaddr_in6 *)ss) != 0) {
+    /* A name (localhost): its IPv4 address if it has one, else its first
+     * (clients try every address of a name in turn). */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE},
+                    *res = NULL, *pick;
+    char ps[8];
+    snprintf(ps, sizeof ps, "%d", port);
+    int g = getaddrinfo(h, ps, &hints, &res);
+    if (g != 0 || res == NULL) {
+      fprintf(stderr, "m3-server: --%s '%s': not an IP address or a known host name (%s)\n", what,
+              hostport, g ? gai_strerror(g) : "no address");
+      if (res) freeaddrinfo(res);
+      return -1;
+    }
+    for (pick = res; pick->ai_next && pick->ai_family != AF_INET; pick = pick->ai_next) {
+    }
+    if (pick->ai_family != AF_INET) pick = res;
+    memcpy(ss, pick->ai_addr, pick->ai_addrlen);
+    freeaddrinfo(res);
   }
+  return 0;
+}
+
+static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const char *what) {
+  struct sockaddr_storage ss;
+  if (resolve_addr(hostport, what, &ss) != 0) return -1;
   uv_tcp_init(loop, t);
   int rc = uv_tcp_bind(t, (struct sockaddr *)&ss, 0);
   if (rc) {
@@ -456,6 +484,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[i], "--config") && i + 1 < argc) load_config(&s.cfg, argv[i + 1]);
     else if (!strncmp(argv[i], "--config=", 9)) load_config(&s.cfg, argv[i] + 9);
   }
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3-server")) return 2;
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     if (ch == 'h') {
@@ -479,6 +508,16 @@ int main(int argc, char **argv) {
     fprintf(stderr, "m3-server: --store DIR is required\n%s", usage_text);
     return 2;
   }
+  /* Addresses before the store opens: a bad port or an unknown host is a
+   * usage error. */
+  struct sockaddr_storage chk;
+  if (m3_cli_check_addr("m3-server", "--listen", s.cfg.listen, 0) != 0 ||
+      resolve_addr(s.cfg.listen, "listen", &chk) != 0)
+    return 2;
+  if (s.cfg.http && *s.cfg.http && strcmp(s.cfg.http, "off") != 0 &&
+      (m3_cli_check_addr("m3-server", "--http", s.cfg.http, 0) != 0 ||
+       resolve_addr(s.cfg.http, "http", &chk) != 0))
+    return 2;
   if (s.cfg.max_queries > s.cfg.search_budget) {
     fprintf(stderr, "m3-server: --max-queries %u is over --search-budget %u: no call could fit\n",
             s.cfg.max_queries, s.cfg.search_budget);

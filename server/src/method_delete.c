@@ -4,6 +4,7 @@
 
 #include "call.h"
 #include "m3/error.h"
+#include "m3/log.h"
 #include "m3_handlers.h"
 
 static void delete_work(uv_work_t *w) {
@@ -25,6 +26,13 @@ static void delete_done(uv_work_t *w, int status) {
   call *cl = w->data;
   call_job *st = cl->state;
   server *s = cl->c->s;
+  M3__DeleteRequest *r = (M3__DeleteRequest *)cl->req;
+  if (st->status == 0 && status == 0)
+    M3_INFO("admin", "%s: Delete of %zu ids: %llu deleted", cl->c->peer, r->n_ids,
+            (unsigned long long)st->count);
+  else
+    M3_WARN("admin", "%s: Delete of %zu ids failed: %s", cl->c->peer, r->n_ids,
+            st->errmsg[0] ? st->errmsg : m3_strerror(st->status ? st->status : M3_EINTERNAL));
   if (st->status == 0 && status == 0) s->records -= st->count;
   if (!call_work_back(cl, status, st->status, "Delete", st->errmsg)) return;
   M3__DeleteResponse out = M3__DELETE_RESPONSE__INIT;
