@@ -235,6 +235,12 @@ int m3__client_tls_connect(m3_client *c, const m3_client_options *o, const char 
   SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  /* Memories come as 16 KiB records back to back: read many per recv (as
+   * the plain reader pulls what the socket has) instead of two syscalls per
+   * record. Buffered records are handed out before OpenSSL asks for more,
+   * so client_conn.c polls only when none is left. */
+  SSL_CTX_set_read_ahead(ctx, 1);
+  SSL_CTX_set_default_read_buffer_len(ctx, 256u << 10);
   if (SSL_CTX_load_verify_locations(ctx, o->tls_ca, NULL) != 1) return file_err("CA", o->tls_ca);
   if (o->tls_cert) {
     if (SSL_CTX_use_certificate_chain_file(ctx, o->tls_cert) != 1)

@@ -430,6 +430,9 @@ static void tls_broken(conn *c) {
  * (nothing queued). */
 static int tls_seal_bufs(conn *c, uv_buf_t *bufs, unsigned *nb, uint8_t **sealed, size_t *bytes) {
   if (!tls_conn_done(c->tls)) return M3_EIO;
+  size_t total = 0;
+  for (unsigned i = 0; i < *nb; i++) total += bufs[i].len;
+  tls_conn_reserve(c->tls, total);
   for (unsigned i = 0; i < *nb; i++) {
     if (bufs[i].len && tls_conn_seal(c->tls, bufs[i].base, bufs[i].len) != 0) {
       tls_broken(c);
@@ -450,9 +453,12 @@ static int tls_send_pieces(conn *c, uint8_t *owned, conn_piece *p, size_t n, con
                            void *ud) {
   if (!tls_conn_done(c->tls)) return M3_EIO;
   wreq *w = calloc(1, sizeof *w);
-  size_t scap = 0;
-  for (size_t i = 0; i < n; i++)
+  size_t scap = 0, total = 0;
+  for (size_t i = 0; i < n; i++) {
+    total += p[i].len;
     if (p[i].buf == NULL && p[i].len > scap) scap = p[i].len;
+  }
+  tls_conn_reserve(c->tls, total);
   if (scap > (1u << 20)) scap = 1u << 20;
   uint8_t *scratch = scap ? malloc(scap) : NULL;
   if (w == NULL || (scap && scratch == NULL)) {

@@ -462,6 +462,16 @@ int tls_conn_seal(tls_conn *tc, const void *p, size_t n) {
   return 0;
 }
 
+void tls_conn_reserve(tls_conn *tc, size_t n) {
+  /* a record per 16 KiB: 5 bytes of header, 1 of type, 16 of tag */
+  size_t need = tc->olen + n + (n / 16384 + 1) * 32;
+  if (need <= tc->ocap) return;
+  uint8_t *o = realloc(tc->out, need);
+  if (o == NULL) return; /* wbio_write grows it, or fails, as before */
+  tc->out = o;
+  tc->ocap = need;
+}
+
 size_t tls_conn_take(tls_conn *tc, uint8_t **out) {
   size_t n = tc->olen;
   *out = n ? tc->out : NULL;

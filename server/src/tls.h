@@ -74,6 +74,10 @@ const char *tls_conn_error(const tls_conn *tc);
  * handshake is not done, or OpenSSL failed). */
 int tls_conn_seal(tls_conn *tc, const void *p, size_t n);
 
+/* Make room for the ciphertext of n more bytes of plaintext, so that
+ * sealing a large write does not grow its buffer step by step. */
+void tls_conn_reserve(tls_conn *tc, size_t n);
+
 /* Take the ciphertext waiting to be written: its length, and *out the
  * malloc'ed bytes (the caller frees); 0 (and *out NULL) when none. */
 size_t tls_conn_take(tls_conn *tc, uint8_t **out);

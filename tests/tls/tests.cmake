@@ -20,3 +20,9 @@ if(M3_OPENSSL_CLI)
 else()
   message(STATUS "openssl CLI not found: the TLS tests are left out")
 endif()
+# The Python binding's tls_* options (libm3client.so through ctypes).
+if(TARGET m3client_shared)
+  m3_add_script_test(tls_python SCRIPT ${_tlsdir}/test_tls_python.sh LABELS integration TIMEOUT 120)
+  set_property(TEST tls_python APPEND PROPERTY ENVIRONMENT
+    "M3_LIB=$<TARGET_FILE:m3client_shared>" "M3_SANITIZE=${M3_SANITIZE}" OMP_NUM_THREADS=1)
+endif()
