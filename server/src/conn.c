@@ -472,7 +472,17 @@ static void process(conn *c) {
       return;
     }
     size_t total = M3_FRAME_HEADER_SIZE + (size_t)f.msg_len + f.att_len;
-    if (c->rlen - off < total) break;
+    if (c->rlen - off < total) {
+      /* Not all here: a frame its method cannot take is answered now and
+       * its bytes dropped as they come, so that an authenticated client
+       * cannot make the server buffer --max-frame-mb per connection for a
+       * message it will refuse anyway. */
+      if (c->s->hooks.refuse_early && c->s->hooks.refuse_early(c, &f)) {
+        c->skip = total - (c->rlen - off);
+        off = c->rlen;
+      }
+      break;
+    }
     const uint8_t *msg = c->rbuf + off + M3_FRAME_HEADER_SIZE;
     c->s->hooks.frame(c, &f, msg, msg + f.msg_len);
     off += total;
@@ -491,7 +501,14 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     conn_close(c);
     return;
   }
-  c->rlen += (size_t)n;
+  size_t got = (size_t)n;
+  if (c->skip) {
+    size_t k = got < c->skip ? got : (size_t)c->skip;
+    memmove(c->rbuf + c->rlen, c->rbuf + c->rlen + k, got - k);
+    got -= k;
+    c->skip -= k;
+  }
+  c->rlen += got;
   c->s->m.bytes_in += (uint64_t)n;
   c->last_activity_ns = now_ns();
   process(c);
