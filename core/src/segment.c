@@ -300,6 +300,17 @@ static const uint8_t *win_get(window *w, uint64_t off, size_t need, int *err) {
   return w->buf;
 }
 
+/* Whether a record's last bytes (up to a sector's worth of its body) are
+ * all zeros, as the unwritten rest of an interrupted write reads. */
+static int zero_filled_end(const uint8_t *p, uint32_t rec_len) {
+  uint32_t body = rec_len > M3_RECORD_HEADER_SIZE ? rec_len - M3_RECORD_HEADER_SIZE : 0;
+  uint32_t n = body < 512 ? body : 512;
+  if (n == 0) return 0;
+  for (uint32_t i = rec_len - n; i < rec_len; i++)
+    if (p[i] != 0) return 0;
+  return 1;
+}
+
 static void report(const m3_scan_cb *cb, const m3_segment *seg, uint64_t off, uint64_t chunk_id,
                    int err, const char *detail) {
   if (cb->on_problem == NULL) return;
@@ -321,11 +332,13 @@ int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uin
    * does, they are damage and get reported then. The first one is kept. */
   struct {
     int n, err;
+    int garbage; /* the first is bytes that are neither zeros nor a record
+                    header: damage even when nothing follows */
     uint64_t off, chunk_id;
     char detail[256];
-  } held = {0, 0, 0, 0, ""};
+  } held = {0, 0, 0, 0, 0, ""};
 #define HOLD(o, id, e, msg)                                                     do {                                                                            if (held.n++ == 0) {                                                            held.off = (o);                                                               held.chunk_id = (id);                                                         held.err = (e);                                                               snprintf(held.detail, sizeof held.detail, "%s", (msg));                     }                                                                           } while (0)
-#define FLUSH_HELD()                                                            do {                                                                            if (held.n) {                                                                   ndamaged++;                                                                   report(cb, seg, held.off, held.chunk_id, held.err, held.detail);             held.n = 0;                                                                 }                                                                           } while (0)
+#define FLUSH_HELD()                                                            do {                                                                            if (held.n) {                                                                   ndamaged++;                                                                   report(cb, seg, held.off, held.chunk_id, held.err, held.detail);             held.n = 0; held.garbage = 0;                                                                 }                                                                           } while (0)
 
   while (off + M3_RECORD_HEADER_SIZE <= w.eof) {
     int err = 0;
@@ -342,7 +355,10 @@ int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uin
       if (!in_gap) {
         int zero = 1;
         for (int i = 0; i < M3_RECORD_HEADER_SIZE && zero; i++) zero = p[i] == 0;
-        if (!zero) HOLD(off, UINT64_MAX, prc, m3_errmsg());
+        if (!zero) {
+          if (held.n == 0) held.garbage = 1;
+          HOLD(off, UINT64_MAX, prc, m3_errmsg());
+        }
         in_gap = 1;
       }
       off += align;
@@ -367,6 +383,19 @@ int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uin
       continue;
     }
     prc = m3_record_parse(p, rec_len, M3_PARSE_ALL, &r);
+    if (prc != 0 && !in_gap && zero_filled_end(p, rec_len)) {
+      /* A valid header and a body that ends in zeros: the record a crash
+       * interrupted after the file grew (preallocated, or its size made
+       * durable before its data). Torn if nothing complete follows, as a
+       * truncated one; damage (reported then) if something does. */
+      char msg[256];
+      snprintf(msg, sizeof msg, "record %llu: %s (its end is zeros: an unfinished write)",
+               (unsigned long long)r.chunk_id, m3_errmsg());
+      HOLD(off, r.chunk_id, prc, msg);
+      in_gap = 1;
+      off += m3__round_up(rec_len, align);
+      continue;
+    }
     FLUSH_HELD(); /* a complete record follows: what came before was damage */
     if (prc != 0) {
       ndamaged++;
@@ -396,6 +425,10 @@ int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uin
     off += m3__round_up(rec_len, align);
     end_ok = off;
   }
+  /* Nothing complete follows what is held: a torn write, cut by the
+   * caller, unless it began with garbage where a record should start, which
+   * no crash of ours leaves: damage, reported (and still cut). */
+  if (held.garbage) FLUSH_HELD();
 #undef HOLD
 #undef FLUSH_HELD
 out:

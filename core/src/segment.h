@@ -104,7 +104,10 @@ typedef struct m3_scan_cb {
  * the header is unreadable the scan looks for the next valid record at each
  * alignment boundary. *good_end receives the end of the last complete record
  * (valid, or damaged with an intact header; at least start): the bytes after
- * it hold no complete record, only a torn write, and may be cut.
+ * it hold no complete record and may be cut. They are a torn write (not
+ * reported) when they are zeros, or a record with a valid header that the
+ * file ends inside or whose end is zeros (an interrupted write after the
+ * file grew); garbage where a record should start is damage (reported).
  * *damaged counts reported problems.
  */
 int m3__segment_scan(const m3_segment *seg, const char *dir, uint64_t start, uint32_t align,

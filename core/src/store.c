@@ -878,6 +878,18 @@ int m3__fetch_item_init(m3_store *s, m3_fetch_item *it, size_t i) {
 
 int m3__fetch_plan(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_read *r) {
   m3_segment *seg = m3__store_seg(s, loc->segment);
+  size_t mem = m3_record_mem_size(&s->ident.layout);
+  if (loc->mem_len != mem) {
+    /* Every memory of the store has its layout's size: a location that says
+     * otherwise (a foreign record catalogued, a damaged entry) would read
+     * past the item's buffer, sized for the layout (issue 14, defect 9). */
+    it->status = m3__seterr(M3_ECORRUPT,
+                            "chunk %llu: the catalog says its memory is %u bytes; the store's "
+                            "layout makes %zu",
+                            (unsigned long long)it->chunk_id, loc->mem_len, mem);
+    M3_ERROR("store", "%s", m3_errmsg());
+    return 0;
+  }
   if (seg == NULL || loc->offset + loc->mem_len > seg->size) {
     char path[4096];
     it->status = m3__seterr(M3_ECORRUPT, "chunk %llu: catalog points at %s offset %llu, past the data",
@@ -897,6 +909,9 @@ int m3__fetch_plan(m3_store *s, m3_fetch_item *it, const m3_location *loc, m3_re
   }
   r->off = start;
   r->len = (uint32_t)(end - start);
+  /* m3__fetch_item_init checked the buffer against the layout's size (and
+   * the alignment slack with O_DIRECT): a read past it is a bug. */
+  M3_ASSERT(r->len <= it->cap);
   r->buf = it->buf;
   r->res = 0;
   it->data = (const uint8_t *)it->buf + (loc->offset - start);

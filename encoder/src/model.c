@@ -50,6 +50,8 @@ static int cfg_float(json_t *root, const char *path, const char *key, float def,
   return 0;
 }
 
+static int config_from_json(json_t *root, const char *path, m3_model_config *out);
+
 int m3_model_config_load(const char *path, m3_model_config *out) {
   char buf[PATH_MAX];
   struct stat sb;
@@ -65,6 +67,25 @@ int m3_model_config_load(const char *path, m3_model_config *out) {
     return m3__seterr(M3_EBADFORMAT, "config %s: bad JSON (%s, line %d)", path, jerr.text,
                       jerr.line);
   }
+  rc = config_from_json(root, path, out);
+  json_decref(root);
+  return rc;
+}
+
+int m3_model_config_parse(const char *name, const char *json, size_t len, m3_model_config *out) {
+  json_error_t jerr;
+  json_t *root = json_loadb(json, len, 0, &jerr);
+  if (!root)
+    return m3__seterr(M3_EBADFORMAT, "config %s: bad JSON (%s, line %d)", name, jerr.text,
+                      jerr.line);
+  int rc = config_from_json(root, name, out);
+  json_decref(root);
+  return rc;
+}
+
+/* The keys of config.json's root object (path: what messages call it). */
+static int config_from_json(json_t *root, const char *path, m3_model_config *out) {
+  int rc = 0;
   m3_model_config c;
   memset(&c, 0, sizeof c);
   if ((rc = cfg_int(root, path, "hidden_size", 1, 0, &c.hidden_size)) ||
@@ -119,7 +140,6 @@ int m3_model_config_load(const char *path, m3_model_config *out) {
   }
   *out = c;
 out:
-  json_decref(root);
   return rc;
 }
 

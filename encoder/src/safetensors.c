@@ -27,7 +27,8 @@
 
 typedef struct st_file {
   char *path;
-  const uint8_t *map;
+  const uint8_t *map;  /* our mapping (unmapped at close), or NULL */
+  const uint8_t *data; /* the file's bytes: map, or the caller's memory */
   size_t size;
 } st_file;
 
@@ -213,10 +214,45 @@ static int parse_entry(m3_safetensors *st, const st_file *f, const char *name, j
   return rc;
 }
 
-/* Map and parse one .safetensors file, appending its tensors. */
-static int open_file(m3_safetensors *st, const char *path) {
-  int rc = 0, fd = -1;
+/* Parse file f's bytes (f->data, f->size: the mapping, or the caller's
+ * memory), appending its tensors. */
+static int parse_file(m3_safetensors *st, const st_file *f) {
+  int rc = 0;
   json_t *root = NULL;
+  if (f->size < 8)
+    return m3__seterr(M3_EBADFORMAT,
+                      "safetensors: %s is %zu bytes, shorter than its 8-byte header length "
+                      "(truncated header)",
+                      f->path, f->size);
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; i--) hlen = hlen << 8 | f->data[i];
+  if (hlen > f->size - 8 || hlen > ST_MAX_HEADER || hlen < 2)
+    return m3__seterr(M3_EBADFORMAT,
+                      "safetensors: %s: header length %llu does not fit the file's %zu bytes "
+                      "(truncated or garbage header)",
+                      f->path, (unsigned long long)hlen, f->size);
+  json_error_t jerr;
+  root = json_loadb((const char *)f->data + 8, (size_t)hlen, 0, &jerr);
+  if (!root || !json_is_object(root)) {
+    rc = m3__seterr(M3_EBADFORMAT, "safetensors: %s: header is not a JSON object (%s)", f->path,
+                    root ? "not an object" : jerr.text);
+    goto out;
+  }
+  const uint8_t *data = f->data + 8 + hlen;
+  size_t data_size = f->size - 8 - (size_t)hlen;
+  const char *key;
+  json_t *v;
+  json_object_foreach(root, key, v) {
+    if (!strcmp(key, "__metadata__")) continue;
+    if ((rc = parse_entry(st, f, key, v, data, data_size))) goto out;
+  }
+out:
+  json_decref(root);
+  return rc;
+}
+
+/* A new st_file entry named path (its bytes not yet set). */
+static int add_file(m3_safetensors *st, const char *path, st_file **out) {
   st_file *nf = realloc(st->files, (st->n_files + 1) * sizeof *nf);
   if (!nf) return m3__seterr(M3_ENOMEM, "safetensors: out of memory");
   st->files = nf;
@@ -224,6 +260,15 @@ static int open_file(m3_safetensors *st, const char *path) {
   memset(f, 0, sizeof *f);
   if (!(f->path = strdup(path))) return m3__seterr(M3_ENOMEM, "safetensors: out of memory");
   st->n_files++;
+  *out = f;
+  return 0;
+}
+
+/* Map and parse one .safetensors file, appending its tensors. */
+static int open_file(m3_safetensors *st, const char *path) {
+  int rc = 0, fd = -1;
+  st_file *f;
+  if ((rc = add_file(st, path, &f))) return rc;
 
   fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -248,34 +293,31 @@ static int open_file(m3_safetensors *st, const char *path) {
     rc = m3__syserr(errno, "safetensors: mmap %s", path);
     goto out;
   }
-  f->map = map;
-  uint64_t hlen = 0;
-  for (int i = 7; i >= 0; i--) hlen = hlen << 8 | f->map[i];
-  if (hlen > f->size - 8 || hlen > ST_MAX_HEADER || hlen < 2) {
-    rc = m3__seterr(M3_EBADFORMAT,
-                    "safetensors: %s: header length %llu does not fit the file's %zu bytes "
-                    "(truncated or garbage header)",
-                    path, (unsigned long long)hlen, f->size);
-    goto out;
-  }
-  json_error_t jerr;
-  root = json_loadb((const char *)f->map + 8, (size_t)hlen, 0, &jerr);
-  if (!root || !json_is_object(root)) {
-    rc = m3__seterr(M3_EBADFORMAT, "safetensors: %s: header is not a JSON object (%s)", path,
-                    root ? "not an object" : jerr.text);
-    goto out;
-  }
-  const uint8_t *data = f->map + 8 + hlen;
-  size_t data_size = f->size - 8 - (size_t)hlen;
-  const char *key;
-  json_t *v;
-  json_object_foreach(root, key, v) {
-    if (!strcmp(key, "__metadata__")) continue;
-    if ((rc = parse_entry(st, f, key, v, data, data_size))) goto out;
-  }
+  f->map = f->data = map;
+  rc = parse_file(st, f);
 out:
   if (fd >= 0) close(fd);
-  json_decref(root);
+  return rc;
+}
+
+int m3_safetensors_open_mem(const char *name, const void *data, size_t size,
+                            m3_safetensors **out) {
+  *out = NULL;
+  m3_safetensors *st = calloc(1, sizeof *st);
+  if (!st) return m3__seterr(M3_ENOMEM, "safetensors: out of memory");
+  st_file *f;
+  int rc = 0;
+  if (!(st->source = strdup(name))) {
+    rc = m3__seterr(M3_ENOMEM, "safetensors: out of memory");
+    goto out;
+  }
+  if ((rc = add_file(st, name, &f))) goto out;
+  f->data = data;
+  f->size = size;
+  rc = parse_file(st, f);
+out:
+  if (rc) m3_safetensors_close(st);
+  else *out = st;
   return rc;
 }
 

@@ -98,23 +98,14 @@ static int resolve_path(const char *path, char **file) {
                     "tokenizer.json", path);
 }
 
-int m3_tokenizer_load(const char *path, m3_tokenizer **out) {
+/* Parse data (len bytes, NUL-terminated after them) of the file named
+ * file into a handle. */
+static int load_bytes(const char *file, const char *data, size_t len, m3_tokenizer **out) {
   int rc = 0;
-  char *file = NULL, *data = NULL;
-  size_t len = 0;
   m3__tok_model *m = NULL;
   m3_tokenizer *tok = NULL;
-  if (!path || !out)
-    return m3__seterr(M3_EINVAL, "m3_tokenizer_load: NULL argument");
-  *out = NULL;
-  if ((rc = resolve_path(path, &file)) != 0)
-    goto out;
-  if ((rc = read_file(file, &data, &len)) != 0)
-    goto out;
-  if (!(m = m3__tok_model_new(file))) {
-    rc = m3__seterr(M3_ENOMEM, "tokenizer: %s", file);
-    goto out;
-  }
+  if (!(m = m3__tok_model_new(file)))
+    return m3__seterr(M3_ENOMEM, "tokenizer: %s", file);
   size_t i = 0;
   while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' ||
                      data[i] == '\r'))
@@ -138,8 +129,40 @@ int m3_tokenizer_load(const char *path, m3_tokenizer **out) {
   *out = tok;
 out:
   m3__tok_model_unref(m);
+  return rc;
+}
+
+int m3_tokenizer_load(const char *path, m3_tokenizer **out) {
+  int rc = 0;
+  char *file = NULL, *data = NULL;
+  size_t len = 0;
+  if (!path || !out)
+    return m3__seterr(M3_EINVAL, "m3_tokenizer_load: NULL argument");
+  *out = NULL;
+  if ((rc = resolve_path(path, &file)) != 0)
+    goto out;
+  if ((rc = read_file(file, &data, &len)) != 0)
+    goto out;
+  rc = load_bytes(file, data, len, out);
+out:
   free(data);
   free(file);
+  return rc;
+}
+
+int m3_tokenizer_load_mem(const char *name, const void *data, size_t len,
+                          m3_tokenizer **out) {
+  if (!name || (!data && len) || !out)
+    return m3__seterr(M3_EINVAL, "m3_tokenizer_load_mem: NULL argument");
+  *out = NULL;
+  char *copy = malloc(len + 1);
+  if (!copy)
+    return m3__seterr(M3_ENOMEM, "tokenizer: %s", name);
+  if (len)
+    memcpy(copy, data, len);
+  copy[len] = '\0';
+  int rc = load_bytes(name, copy, len, out);
+  free(copy);
   return rc;
 }
 

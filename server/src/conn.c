@@ -58,6 +58,18 @@ static int tls_send_pieces(conn *c, uint8_t *owned, conn_piece *p, size_t n, con
 static void tls_on_read(conn *c, size_t n);
 static void process(conn *c);
 
+/* n bytes of plaintext landed at rbuf + rlen: the part of a refused frame
+ * still to come (c->skip) is dropped, the rest is kept for process(). */
+static void took_plain(conn *c, size_t n) {
+  if (c->skip) {
+    size_t k = n < c->skip ? n : (size_t)c->skip;
+    memmove(c->rbuf + c->rlen, c->rbuf + c->rlen + k, n - k);
+    n -= k;
+    c->skip -= k;
+  }
+  c->rlen += n;
+}
+
 static void on_write(uv_write_t *req, int status) {
   wreq *w = (wreq *)req;
   conn *c = w->c;
@@ -621,7 +633,7 @@ static void tls_on_read(conn *c, size_t n) {
     r = tls_conn_read(c->tls, c->rbuf + c->rlen, c->rcap - c->rlen,
                       c->uv_pending == 0 && c->zhead == NULL);
     if (r <= 0) break;
-    c->rlen += (size_t)r;
+    took_plain(c, (size_t)r);
   }
   if (!was_done && tls_conn_done(c->tls)) tls_handshake_done(c);
   tls_flush(c);
@@ -729,7 +741,17 @@ static void process(conn *c) {
       return;
     }
     size_t total = M3_FRAME_HEADER_SIZE + (size_t)f.msg_len + f.att_len;
-    if (c->rlen - off < total) break;
+    if (c->rlen - off < total) {
+      /* Not all here: a frame its method cannot take is answered now and
+       * its bytes dropped as they come, so that an authenticated client
+       * cannot make the server buffer --max-frame-mb per connection for a
+       * message it will refuse anyway. */
+      if (c->s->hooks.refuse_early && c->s->hooks.refuse_early(c, &f)) {
+        c->skip = total - (c->rlen - off);
+        off = c->rlen;
+      }
+      break;
+    }
     const uint8_t *msg = c->rbuf + off + M3_FRAME_HEADER_SIZE;
     c->s->hooks.frame(c, &f, msg, msg + f.msg_len);
     off += total;
@@ -754,7 +776,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     tls_on_read(c, (size_t)n);
     return;
   }
-  c->rlen += (size_t)n;
+  took_plain(c, (size_t)n);
   process(c);
 }
 

@@ -30,6 +30,10 @@ typedef struct conn_hooks {
    * bytes went down and what it carried is back (readers waiting for
    * buffers or for c's backlog to drain may go on). */
   void (*written)(conn *c);
+  /* The header of a frame whose bytes have not all arrived: 1 when the
+   * hook refused it (and answered), so that c skips its bytes as they come
+   * instead of buffering them; 0 to wait for them. May be NULL. */
+  int (*refuse_early)(conn *c, const m3_frame *f);
 } conn_hooks;
 
 /* A write is done with its buffers: status 0 (written) or a libuv error
@@ -95,6 +99,8 @@ struct conn {
    * plain port. */
   struct tls_conn *tls;
   int tls_seen;        /* ciphertext came in (the first byte was checked) */
+  uint64_t skip;        /* bytes of a refused frame still to come, dropped
+                           as they arrive (hooks.refuse_early) */
 };
 
 void conn_accept(server *s, uv_stream_t *listener);

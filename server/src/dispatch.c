@@ -42,6 +42,25 @@ static void refuse(conn *c, const m3_frame *f, int code, const char *msg) {
   metrics_observe(&c->s->m, f->method < M3_METHOD_COUNT ? f->method : 0, code, 0);
 }
 
+/* Refuse a REQUEST whose message is over its method's cap (1), or not (0). */
+static int refuse_too_big(conn *c, const m3_frame *f) {
+  size_t cap = msg_cap(c->s, f->method);
+  if (f->msg_len <= cap) return 0;
+  char why[160];
+  snprintf(why, sizeof why, "%s message of %u bytes; this server takes at most %zu",
+           m3_methods[f->method].request->name, f->msg_len, cap);
+  refuse(c, f, M3_STATUS_RESOURCE_EXHAUSTED, why);
+  return 1;
+}
+
+int dispatch_refuse_early(conn *c, const m3_frame *f) {
+  /* Before Hello the frame cap (CONN_PREHELLO_FRAME_MAX) bounds it; other
+   * types and streams in use are dispatch_frame's to answer. */
+  if (!c->hello || f->type != M3_FRAME_REQUEST || c->s->draining || call_find(c, f->stream))
+    return 0;
+  return refuse_too_big(c, f);
+}
+
 void dispatch_frame(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_t *att) {
   server *s = c->s;
   if (f->type == M3_FRAME_CANCEL) {
@@ -88,14 +107,7 @@ void dispatch_frame(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_
     refuse(c, f, M3_STATUS_INVALID_ARGUMENT, "this method takes no attachment");
     return;
   }
-  size_t cap = msg_cap(s, f->method);
-  if (f->msg_len > cap) {
-    char why[160];
-    snprintf(why, sizeof why, "%s message of %u bytes; this server takes at most %zu",
-             mi->request->name, f->msg_len, cap);
-    refuse(c, f, M3_STATUS_RESOURCE_EXHAUSTED, why);
-    return;
-  }
+  if (refuse_too_big(c, f)) return;
   call *cl = call_new(c, f);
   if (cl == NULL) {
     refuse(c, f, M3_STATUS_RESOURCE_EXHAUSTED, "out of memory");

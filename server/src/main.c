@@ -611,7 +611,7 @@ int main(int argc, char **argv) {
   pthread_mutex_init(&s.admin_lock, NULL);
   s.loop = uv_default_loop();
   s.started_ns = now_ns();
-  s.hooks = (conn_hooks){dispatch_frame, call_conn_closing, rb_written};
+  s.hooks = (conn_hooks){dispatch_frame, call_conn_closing, rb_written, dispatch_refuse_early};
   if (rb_init(&s) != 0) {
     fprintf(stderr, "m3-server: %s\n", m3_errmsg());
     return 2;

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -129,24 +130,39 @@ static void append(const char *path, const void *buf, size_t len) {
   close(fd);
 }
 
-/* A partial record (valid header, half its payload) and garbage after the
- * last committed record. */
-static size_t make_torn_tail(const char *path, const m3_layout *l, int garbage) {
+/* What a crash can leave after the last committed record, and what it
+ * cannot (issue 14, defect 10: tell a torn tail from damage). */
+enum tail_kind {
+  TAIL_PARTIAL = 0, /* a valid header, half its payload, then the file ends */
+  TAIL_ZEROS = 1,   /* a valid header, half its payload, zeros to its full
+                       length (the file grew before the data was written) */
+  TAIL_GARBAGE = 2, /* bytes that are no record: damage, not a torn write */
+  TAIL_KINDS = 3
+};
+static const char *const tail_name[] = {"partial record", "zero-filled record", "garbage"};
+
+static size_t make_torn_tail(const char *path, const m3_layout *l, int kind) {
   size_t len;
   uint8_t *rec = tu_expected(l, 999, 0, &len);
-  size_t n = garbage ? 3000 : len / 2;
-  if (garbage) {
+  size_t n = kind == TAIL_GARBAGE ? 3000 : kind == TAIL_ZEROS ? len : len / 2;
+  if (kind == TAIL_GARBAGE) {
     uint64_t st = 99;
     for (size_t i = 0; i < n; i++) rec[i] = (uint8_t)m3t_rand(&st);
+  } else if (kind == TAIL_ZEROS) {
+    memset(rec + len / 2, 0, len - len / 2);
   }
   append(path, rec, n);
   free(rec);
   return n;
 }
 
+/* Every kind of tail is cut by a plain open (roll-forward): the store
+ * opens, verifies and takes the next write where the tail was. A
+ * zero-filled record used to be kept as a damaged record. */
 static void test_torn_tail_open(void **state) {
   fixture *f = *state;
-  for (int garbage = 0; garbage < 2; garbage++) {
+  for (int kind = 0; kind < TAIL_KINDS; kind++) {
+    print_message("tail: %s\n", tail_name[kind]);
     tu_dump a, b;
     tu_dump_store(f->s, &a);
     char path[4096];
@@ -154,7 +170,7 @@ static void test_torn_tail_open(void **state) {
     long long size = m3t_file_size(path);
     m3_store_close(f->s);
     f->s = NULL;
-    size_t n = make_torn_tail(path, &f->l, garbage);
+    size_t n = make_torn_tail(path, &f->l, kind);
     CHECK_U64(m3t_file_size(path), size + (long long)n);
     f->s = reopen(f); /* roll-forward cuts it */
     CHECK_U64(m3t_file_size(path), size);
@@ -163,16 +179,21 @@ static void test_torn_tail_open(void **state) {
     tu_dump_store(f->s, &b);
     tu_dump_compare(&a, &b, 1);
     /* and the next write lands where the tail was */
-    CHECK_OK(tu_put_range(f->s, 500 + (uint64_t)garbage, 1, 0));
-    tu_check_fetch(f->s, 500 + (uint64_t)garbage, 0);
+    CHECK_OK(tu_put_range(f->s, 500 + (uint64_t)kind, 1, 0));
+    tu_check_fetch(f->s, 500 + (uint64_t)kind, 0);
     tu_dump_free(&a);
     tu_dump_free(&b);
   }
 }
 
+/* Repair cuts every kind of tail too, but tells them apart: a torn write
+ * (partial or zero-filled) is what a crash leaves, not reported, repair
+ * succeeds; garbage is damage, reported, and repair says records may be
+ * lost (M3_ECORRUPT; the store is still usable). */
 static void test_torn_tail_repair(void **state) {
   fixture *f = *state;
-  for (int garbage = 0; garbage < 2; garbage++) {
+  for (int kind = 0; kind < TAIL_KINDS; kind++) {
+    print_message("tail: %s\n", tail_name[kind]);
     tu_dump a, b;
     tu_dump_store(f->s, &a);
     char path[4096];
@@ -180,17 +201,24 @@ static void test_torn_tail_repair(void **state) {
     long long size = m3t_file_size(path);
     m3_store_close(f->s);
     f->s = NULL;
-    size_t n = make_torn_tail(path, &f->l, garbage);
+    size_t n = make_torn_tail(path, &f->l, kind);
     rm_catalog(f);
     int np = 0;
     m3_repair_report rep;
     int rc = m3_store_repair(f->dir, on_problem, &np, &rep);
-    /* a torn tail is what a crash leaves: it is cut, not reported as
-     * damage, and repair succeeds (exit 0 for `m3 store repair`) */
-    if (rc != 0) fail_msg("repair of a torn tail (%s): %s: %s", garbage ? "garbage" : "partial record",
-                          m3_err_name(rc), m3_errmsg());
-    CHECK_U64(rep.damaged, 0);
-    CHECK_U64((uint64_t)count_problems(&np), 0);
+    if (kind == TAIL_GARBAGE) {
+      if (rc != M3_ECORRUPT)
+        fail_msg("repair of a garbage tail: %s (%s), want M3_ECORRUPT", m3_err_name(rc),
+                 m3_errmsg());
+      CHECK_U64(rep.damaged, 1);
+      CHECK_U64((uint64_t)count_problems(&np), 1);
+    } else {
+      if (rc != 0)
+        fail_msg("repair of a torn tail (%s): %s: %s", tail_name[kind], m3_err_name(rc),
+                 m3_errmsg());
+      CHECK_U64(rep.damaged, 0);
+      CHECK_U64((uint64_t)count_problems(&np), 0);
+    }
     CHECK_U64(rep.truncated_bytes, n);
     CHECK_U64(rep.records, a.n);
     CHECK_U64(m3t_file_size(path), size);

@@ -9,6 +9,8 @@
  *    RESOURCE_EXHAUSTED at once, not a wait for the bytes;
  *  - after Hello, a request message larger than its method can need
  *    (Stats of 1000 bytes): RESOURCE_EXHAUSTED, the connection still serves;
+ *    one announced at 48 MiB is refused from its header, before its bytes
+ *    come (which are then skipped, not buffered);
  *  - a wrong token: UNAUTHENTICATED, and the connection is closed (a right
  *    Hello sent after it on that connection gets no answer);
  *  - a token file of 8 bytes: the server refuses to start, naming the file
@@ -190,6 +192,39 @@ static void test_method_message_cap(void **state) {
   ST_CONTAINS(r.message, "at most");
   st_result_free(&r);
   valid_search(&c, 5); /* the connection still serves */
+  st_conn_close(&c);
+}
+
+/* A request announced larger than its method can need is refused from its
+ * header alone, before its bytes arrive: an authenticated client cannot
+ * make the server buffer --max-frame-mb (64 MiB) per connection for a
+ * message it refuses anyway. Its bytes, sent afterwards, are dropped as
+ * they come and the connection goes on serving (framing intact). */
+static void test_big_message_refused_at_header(void **state) {
+  (void)state;
+  st_conn c;
+  open_reader(&c);
+  long rss0 = st_server_rss_kb(&srv);
+  enum { BIG = 48 << 20 };
+  m3_frame f = {.type = M3_FRAME_REQUEST, .method = M3_METHOD_STATS, .stream = 3, .msg_len = BIG};
+  uint8_t hdr[M3_FRAME_HEADER_SIZE];
+  m3_frame_encode(hdr, &f);
+  st_send_bytes(&c, hdr, sizeof hdr);
+  uint16_t m = M3_METHOD_STATS;
+  st_result r;
+  /* only the header is sent: the answer must not wait for the 48 MiB */
+  st_collect(&c, 3, 1, &m, &r, 3000, NULL);
+  ST_STATUS(r, M3__STATUS_CODE__RESOURCE_EXHAUSTED);
+  ST_CONTAINS(r.message, "at most");
+  st_result_free(&r);
+  uint8_t *junk = calloc(1, 1 << 20);
+  assert_non_null(junk);
+  for (int i = 0; i < BIG >> 20; i++) st_send_bytes(&c, junk, 1 << 20);
+  free(junk);
+  valid_search(&c, 5); /* the bytes were skipped, the framing holds */
+  long rss1 = st_server_rss_kb(&srv);
+  if (rss0 > 0 && rss1 > 0 && rss1 - rss0 > 32 * 1024)
+    fail_msg("server RSS grew by %ld KiB for a refused 48 MiB message", rss1 - rss0);
   st_conn_close(&c);
 }
 
@@ -727,6 +762,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_prehello_frame_cap),
       cmocka_unit_test(test_method_message_cap),
+      cmocka_unit_test(test_big_message_refused_at_header),
       cmocka_unit_test(test_wrong_token_closes),
       cmocka_unit_test(test_short_token_refused),
       cmocka_unit_test(test_failed_hello_limit),

@@ -44,3 +44,7 @@ m3_add_test(test_status SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_status.c LABELS u
 # A hard io_uring_enter failure mid-batch: drained, ring replaced, pread finish.
 m3_add_test(test_io_uring_fault SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_io_uring_fault.c ${M3_TESTUTIL}
   LABELS unit fault TIMEOUT 60)
+
+# Read planning stays inside the fetch buffer (issue 14, defect 9).
+m3_add_test(test_fetch_plan_bounds SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_fetch_plan_bounds.c
+  ${M3_TESTUTIL} LABELS unit TIMEOUT 60)

@@ -433,9 +433,12 @@ typedef struct m3_repair_report {
 /*
  * Rebuild the catalog of the store in dir from its segments alone (the store
  * must not be open). The old catalog, if any, is replaced. Records that fail
- * their checks are skipped and reported through fn; a torn tail (nothing valid
- * after the damage) is truncated. Returns 0, or M3_ECORRUPT when records were
- * lost (the store is still usable), or another code.
+ * their checks are skipped and reported through fn; what follows the last
+ * complete record is truncated: silently when it is a torn write (zeros, or
+ * a record whose header is valid and that the file ends inside or whose end
+ * is zeros), reported as damage when it is garbage. Returns 0, or
+ * M3_ECORRUPT when records were lost or damaged (the store is still
+ * usable), or another code.
  */
 int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_report *rep);
 

@@ -81,6 +81,12 @@ typedef struct m3_safetensors m3_safetensors;
 int m3_safetensors_open(const char *path, m3_safetensors **out);
 void m3_safetensors_close(m3_safetensors *st); /* NULL: nothing */
 
+/* Parse one safetensors file's bytes already in memory (data, size bytes,
+ * borrowed: the caller keeps them until m3_safetensors_close; name is what
+ * messages call the file), with the checks of m3_safetensors_open. */
+int m3_safetensors_open_mem(const char *name, const void *data, size_t size,
+                            m3_safetensors **out);
+
 /* Number of tensors, and the i-th (file order; shards in index order). */
 size_t m3_safetensors_count(const m3_safetensors *st);
 const m3_tensor *m3_safetensors_at(const m3_safetensors *st, size_t i);
@@ -128,6 +134,9 @@ typedef struct m3_model_config {
  * rope_scaling other than null give M3_EBADFORMAT naming the key and file.
  */
 int m3_model_config_load(const char *path, m3_model_config *out);
+/* The same checks on config.json's text in memory (json, len bytes; name is
+ * what messages call it). */
+int m3_model_config_parse(const char *name, const char *json, size_t len, m3_model_config *out);
 
 /* ---- the model -------------------------------------------------------- */
 

@@ -52,6 +52,11 @@ typedef enum m3_tokenizer_kind {
  */
 int m3_tokenizer_load(const char *path, m3_tokenizer **out);
 
+/* The same from a file's bytes in memory (data, len bytes, copied; name is
+ * what messages call the file). */
+int m3_tokenizer_load_mem(const char *name, const void *data, size_t len,
+                          m3_tokenizer **out);
+
 /*
  * Another handle on the same vocabulary with its own scratch (cheap: no copy
  * of the vocabulary). *out is owned by the caller: m3_tokenizer_free. Both
