@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "cache.h"
 #include "catalog.h"
@@ -111,6 +112,13 @@ int m3__store_loc_check(m3_store *s, uint64_t *checked);
 /* Report progress of a long walk to the hook m3_store_set_progress set
  * (when done is a multiple of 2^16, or done == total). */
 void m3__progress(const char *what, uint64_t done, uint64_t total);
+
+/* Monotonic seconds, for the timings logged at debug level. */
+static inline double m3__now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 /* Make sure wbuf holds size bytes. */
 int m3__store_wbuf(m3_store *s, size_t size);

@@ -25,7 +25,7 @@ static int build_entry(void *ud, uint64_t id, const m3_location *loc) {
 
 int m3__store_loc_build(m3_store *s) {
   m3_loctab *t;
-  uint64_t expect = m3__catalog_estimate_chunks(&s->cat);
+  uint64_t expect = m3__catalog_estimate_chunks(&s->cat, s->ident.layout.emb_dim != 0);
   int rc = m3__loctab_create((uint32_t)m3_record_mem_size(&s->ident.layout), s->ident.align,
                              (size_t)expect, &t);
   if (rc) return rc;

@@ -107,9 +107,9 @@ int m3_store_delete(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted)
  * Bulk ingest: write many memories (m3-bench gen, m3-encode, a merge of
  * partial stores) at disk speed. Records are appended to segments without
  * a sync per batch; at each checkpoint the segments are fdatasync'ed, the
- * checkpoint's catalog entries are written as one sorted RocksDB SST file
- * and ingested (IngestExternalFile: all visible at once), then the segments'
- * ends are committed. A put costs a sync and a write batch per call; a
+ * checkpoint's catalog entries are written as sorted RocksDB SST files (one
+ * per key prefix) and ingested (IngestExternalFile: all visible at once),
+ * then the segments' ends are committed. A put costs a sync and a write batch per call; a
  * checkpoint costs one sync and one file per ~10^5 records.
  *
  *   m3_store_bulk *b;
