@@ -425,6 +425,9 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   if (!o->read_only) {
     remove_orphans(s);
     if ((rc = roll_forward(s, ends)) != 0) goto fail;
+    /* A bulk ingest or put killed right after rolling a segment left one
+     * with nothing in it. */
+    if ((rc = m3__store_drop_empty(s, 0)) != 0) goto fail;
   }
 
   if (o->io == M3_IO_PREAD) {
@@ -493,6 +496,37 @@ int m3__store_roll_segment(m3_store *s) {
   }
   s->next_seg = seg.id + 1;
   return 0;
+}
+
+int m3__store_drop_empty(m3_store *s, uint32_t min_id) {
+  m3__wbatch *b = m3__batch_new();
+  size_t n = 0;
+  for (size_t i = 0; i < s->nsegs; i++)
+    if (s->segs[i].id >= min_id && s->segs[i].size <= s->ident.align) {
+      m3__batch_del_segment(b, s->segs[i].id);
+      n++;
+    }
+  int rc = n ? m3__catalog_commit(&s->cat, b, 1) : 0;
+  m3__batch_free(b);
+  if (rc || n == 0) return rc;
+  /* Unlisted now: a crash before the unlink leaves an orphan, which the
+   * next open removes. */
+  size_t k = 0;
+  for (size_t i = 0; i < s->nsegs; i++) {
+    m3_segment *seg = &s->segs[i];
+    if (seg->id < min_id || seg->size > s->ident.align) {
+      s->segs[k++] = *seg;
+      continue;
+    }
+    char path[4096];
+    m3__segment_path(s->dir, seg->id, path, sizeof path);
+    M3_INFO("store", "removing %s: it holds no record (left by an aborted or interrupted write)",
+            path);
+    m3__store_retire(s, seg);
+    unlink(path);
+  }
+  s->nsegs = k;
+  return m3__fsync_dir(s->dir);
 }
 
 /* A group commit in the making: staged records in s->wbuf, appended to

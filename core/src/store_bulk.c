@@ -54,6 +54,7 @@ struct m3_store_bulk {
   uint8_t *buf; /* record bytes for segment `seg` not yet written */
   size_t len, cap;
   uint32_t seg;     /* the segment records go to */
+  uint32_t first_new; /* segments with ids from here were created by this bulk */
   uint64_t written; /* file offset in seg up to which buf was written */
   uint64_t end;     /* offset past the last staged record (written + len) */
   touched *t;       /* segments filled past their committed end */
@@ -104,6 +105,7 @@ int m3_store_bulk_begin(m3_store *s, const m3_store_bulk_options *o, m3_store_bu
     return rc;
   }
   pthread_rwlock_wrlock(&s->rw);
+  b->first_new = s->next_seg;
   if (s->bulk) rc = m3__store_bulk_busy(s);
   else if (s->nsegs == 0) rc = m3__store_roll_segment(s);
   if (rc == 0) {
@@ -380,6 +382,12 @@ void m3_store_bulk_abort(m3_store_bulk *b) {
       if (m3__segment_truncate(seg, s->dir, seg->size) != 0)
         M3_WARN("store", "%s (the next open cuts the tail)", m3_errmsg());
     }
+    /* Segments this bulk rolled that no checkpoint filled: nothing points
+     * into them. */
+    pthread_rwlock_wrlock(&s->rw);
+    if (m3__store_drop_empty(s, b->first_new) != 0)
+      M3_WARN("store", "%s (the next open removes the empty segments)", m3_errmsg());
+    pthread_rwlock_unlock(&s->rw);
   }
   bulk_free(b);
 }

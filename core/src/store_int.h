@@ -95,6 +95,15 @@ void m3__fetch_finish(m3_store *s, m3_fetch_item *it, const m3_location *loc, co
  * it, header only). Caller holds the exclusive lock. */
 int m3__store_roll_segment(m3_store *s);
 
+/* Remove the segments with id >= min_id that hold no record (header
+ * only): from the catalog (one synced commit), the segment array and the
+ * directory. Caller holds the exclusive lock (or is opening the store). */
+int m3__store_drop_empty(m3_store *s, uint32_t min_id);
+
+/* Records a repair stages per SST ingest (262144; tests lower it to cross
+ * batch boundaries on small stores). */
+extern size_t m3__repair_batch;
+
 /* M3_EBUSY naming the open bulk ingest: puts, deletes and compaction wait
  * for it to finish. */
 int m3__store_bulk_busy(m3_store *s);

@@ -178,8 +178,9 @@ void m3_store_bulk_stats_get(const m3_store_bulk *b, m3_store_bulk_stats *st);
  * checkpoint's code. NULL: 0. */
 int m3_store_bulk_finish(m3_store_bulk *b);
 
-/* Drop what was staged since the last checkpoint (cut from the segments)
- * and free b. NULL: no-op. */
+/* Drop what was staged since the last checkpoint (cut from the segments;
+ * segments the bulk rolled that end up holding no record are removed) and
+ * free b. NULL: no-op. */
 void m3_store_bulk_abort(m3_store_bulk *b);
 
 /* ---- reading -------------------------------------------------------- */
