@@ -431,7 +431,9 @@ typedef struct m3_repair_report {
 
 /*
  * Rebuild the catalog of the store in dir from its segments alone (the store
- * must not be open). The old catalog, if any, is replaced. Records that fail
+ * must not be open), streaming them once and ingesting the entries as sorted
+ * SSTs (progress: "repair bytes", m3_store_set_progress). The old catalog,
+ * if any, is replaced. Records that fail
  * their checks are skipped and reported through fn; a torn tail (nothing valid
  * after the damage) is truncated. Returns 0, or M3_ECORRUPT when records were
  * lost (the store is still usable), or another code.
