@@ -341,6 +341,8 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   uint64_t *ends = NULL;
   int rc = 0;
   double t_start = m3__now_s(), t_cat = 0, t_roll = 0;
+  m3_loctab *snap = NULL;
+  uint64_t snap_seq = 0;
 
   struct stat st;
   if (stat(dir, &st) != 0) {
@@ -417,6 +419,7 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
     goto fail;
   }
 
+  snap = m3__store_loc_snap_take(s, &snap_seq);
   t_cat = m3__now_s();
   open_ctx ctx = {s, NULL, 0};
   rc = m3__catalog_segments(&s->cat, load_segment, &ctx);
@@ -442,22 +445,34 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   if (rc) goto fail;
   if (o->cache_bytes && (rc = m3__cache_create(o->cache_bytes, &s->cache)) != 0) goto fail;
   t_roll = m3__now_s();
-  if ((rc = m3__store_loc_build(s)) != 0) goto fail;
+  /* The snapshot holds when nothing changed the catalog since it was
+   * written, open's own roll-forward included. */
+  int from_snap = snap != NULL && m3_store_seqno(s) == snap_seq;
+  if (from_snap) {
+    s->loc = snap;
+    snap = NULL;
+  } else if ((rc = m3__store_loc_build(s)) != 0) {
+    goto fail;
+  }
   M3_DEBUG("store", "%s: opened in %.3f s: catalog %.3f s, segments and roll-forward %.3f s, "
-           "location table (%zu ids) %.3f s", dir, m3__now_s() - t_start, t_cat - t_start,
-           t_roll - t_cat, m3__loctab_count(s->loc), m3__now_s() - t_roll);
+           "location table (%zu ids, %s) %.3f s", dir, m3__now_s() - t_start, t_cat - t_start,
+           t_roll - t_cat, m3__loctab_count(s->loc), from_snap ? "snapshot" : "from the catalog",
+           m3__now_s() - t_roll);
+  m3__loctab_destroy(snap);
 
   free(ends);
   *out = s;
   return 0;
 fail:
   free(ends);
+  m3__loctab_destroy(snap);
   m3_store_close(s);
   return rc;
 }
 
 void m3_store_close(m3_store *s) {
   if (s == NULL) return;
+  m3__store_loc_snap_save(s);
   for (size_t i = 0; i < s->nsegs; i++) m3__segment_close(&s->segs[i]);
   free(s->segs);
   m3__catalog_close(&s->cat);

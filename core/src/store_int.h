@@ -72,6 +72,16 @@ void m3__store_loc_set(m3_store *s, uint64_t id, const m3_location *loc);
 /* Build the location table from the catalog's 'C' entries. */
 int m3__store_loc_build(m3_store *s);
 
+/* The location table's snapshot beside the catalog (loctab.h). */
+#define M3__LOC_SNAPSHOT "loctab.snap"
+/* At open, before anything writes to the catalog: the snapshot's table if
+ * it equals the catalog now (else NULL), with the catalog's seqno in
+ * *seqno; a writing open removes the file (it would be stale after the
+ * first commit). */
+m3_loctab *m3__store_loc_snap_take(m3_store *s, uint64_t *seqno);
+/* At close of a writable store: write the snapshot (failures logged). */
+void m3__store_loc_snap_save(m3_store *s);
+
 /* Segment by id, or NULL. */
 m3_segment *m3__store_seg(m3_store *s, uint32_t id);
 

@@ -565,6 +565,11 @@ int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_repor
       ctx.all_bytes += (uint64_t)sst.st_size;
   }
 
+  /* A location table snapshot describes the old catalog (its identity
+   * differs from the new one's anyway). */
+  char snappath[4200];
+  snprintf(snappath, sizeof snappath, "%s/" M3__LOC_SNAPSHOT, dir);
+  unlink(snappath);
   if ((rc = rm_tree(newpath)) != 0) goto out;
   if ((rc = m3__catalog_open(&cat, newpath, 1, 0)) != 0) goto out;
   opened = 1;
