@@ -144,6 +144,16 @@ int m3__loctab_get(const m3_loctab *t, uint64_t id, m3_location *loc) {
   return 0;
 }
 
+void m3__loctab_get_many(const m3_loctab *t, const uint64_t *ids, size_t n, m3_location *locs,
+                         int *status) {
+  enum { AHEAD = 8 };
+  for (size_t i = 0; i < n && i < AHEAD; i++) __builtin_prefetch(&t->v[home(t, ids[i])]);
+  for (size_t i = 0; i < n; i++) {
+    if (i + AHEAD < n) __builtin_prefetch(&t->v[home(t, ids[i + AHEAD])]);
+    status[i] = m3__loctab_get(t, ids[i], &locs[i]);
+  }
+}
+
 void m3__loctab_clear(m3_loctab *t) {
   memset(t->v, 0, (t->mask + 1) * sizeof *t->v);
   t->n = 0;

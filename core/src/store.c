@@ -445,6 +445,7 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   if (rc) goto fail;
   if (o->cache_bytes && (rc = m3__cache_create(o->cache_bytes, &s->cache)) != 0) goto fail;
   t_roll = m3__now_s();
+  s->mem_size = m3_record_mem_size(&s->ident.layout);
   /* The snapshot holds when nothing changed the catalog since it was
    * written, open's own roll-forward included. */
   int from_snap = snap != NULL && m3_store_seqno(s) == snap_seq;
@@ -781,7 +782,7 @@ out:
 /* ---- reading -------------------------------------------------------- */
 
 size_t m3_store_fetch_cap(const m3_store *s) {
-  return (size_t)m3__round_up(m3_record_mem_size(&s->ident.layout), BUF_ALIGN) + BUF_ALIGN;
+  return (size_t)m3__round_up(s->mem_size, BUF_ALIGN) + BUF_ALIGN;
 }
 
 void *m3_store_buf_alloc(const m3_store *s, size_t size) {
@@ -873,7 +874,7 @@ static int check_fetched(m3_store *s, m3_fetch_item *it, const m3_location *loc)
 }
 
 int m3__fetch_item_init(m3_store *s, m3_fetch_item *it, size_t i) {
-  size_t need = s->opts.direct ? m3_store_fetch_cap(s) : m3_record_mem_size(&s->ident.layout);
+  size_t need = s->opts.direct ? m3_store_fetch_cap(s) : s->mem_size;
   it->data = NULL;
   it->len = 0;
   it->status = 0;

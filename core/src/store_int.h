@@ -22,6 +22,8 @@ struct m3_store {
   char *dir;
   m3_store_options opts;
   m3_ident ident;     /* uuid, layout, alignment */
+  size_t mem_size;    /* m3_record_mem_size of the layout, set at open (the
+                         fetch path checks every buffer against it) */
   m3_catalog cat;
   /* id -> location for fetches (loctab.h), built at open and changed after
    * each catalog commit under the exclusive lock; NULL after it could not

@@ -44,7 +44,7 @@ int m3__store_loc_build(m3_store *s) {
 
 int m3__store_locs(m3_store *s, const uint64_t *ids, size_t n, m3_location *locs, int *status) {
   if (s->loc == NULL) return m3__catalog_get_locs(&s->cat, ids, n, locs, status);
-  for (size_t i = 0; i < n; i++) status[i] = m3__loctab_get(s->loc, ids[i], &locs[i]);
+  m3__loctab_get_many(s->loc, ids, n, locs, status);
   return 0;
 }
 
