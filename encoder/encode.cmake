@@ -13,6 +13,6 @@ add_executable(m3-encode
 target_include_directories(m3-encode PRIVATE ${CMAKE_CURRENT_LIST_DIR}/src/cmd)
 # test-model finds the bundled corpus from a build tree without --corpus.
 target_compile_definitions(m3-encode PRIVATE M3_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
-target_link_libraries(m3-encode PRIVATE m3encoder m3codec m3index m3core PkgConfig::JANSSON
+target_link_libraries(m3-encode PRIVATE m3encoder m3codec m3index m3client m3core PkgConfig::JANSSON
   Threads::Threads m)
 install(TARGETS m3-encode RUNTIME DESTINATION bin)

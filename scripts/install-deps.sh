@@ -31,6 +31,8 @@ APT_PACKAGES=(
   libprotobuf-c-dev protobuf-c-compiler
   # JSON
   libjansson-dev
+  # TLS 1.3 on the RPC port (OpenSSL 3; the openssl CLI makes the tests' certificates)
+  libssl-dev openssl
   # Benchmark figures: m3-bench scale plots each figure against N (PNG, no X)
   gnuplot-nox
   # Peer benchmark: Redis serving the same memories from RAM (m3-bench peer redis)

@@ -59,6 +59,7 @@
 #include <time.h>
 
 #include "bench_codec_enc.h"
+#include "m3/internal/cli.h"
 #include "m3/codec.h"
 #include "m3/error.h"
 
@@ -211,6 +212,7 @@ int m3_bench_codec(int argc, char **argv) {
       {"logit-std", required_argument, 0, 'L'}, {"load", required_argument, 0, 'l'},
       {"threads", required_argument, 0, 'P'}, {"checkpoint", required_argument, 0, 'K'},
       {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+  if (m3_cli_exact_long(argc, argv, "", opts, "m3-bench codec")) return 2;
   optind = 0; /* glibc: full reset, m3-bench may have parsed before */
   int ch;
   while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "m3/internal/cli.h"
 #include "m3/decode.h"
 #include "m3/error.h"
 #include "m3/sequence.h"
@@ -40,7 +41,8 @@ static const char *usage_decode =
     "(m3-decode-trace/1, docs/WORKER.md; the plain run's with --no-memory).\n"
     "--codec: the codec set of a FAISS-coded store (raw codecs need none).\n"
     "A one-token plain decode warms the caches first; --repeat N runs N pairs, the\n"
-    "order flipped each time, and reports each side's median run by tokens/s.\n"
+    "order flipped each time (an even N puts each side first equally often), and\n"
+    "reports each side's median run by tokens/s and the median of the pairs' slowdowns.\n"
     "--query: text (the window's text, embedded by the server), hidden[:LAYER] (the\n"
     "embedding m3-encode --embed hidden:LAYER stores, of the window's tokens after\n"
     "BOS + --query-prefix, default \"" M3_SEQ_PREFIX "\"), auto (default: hidden when the\n"
@@ -141,6 +143,7 @@ int bench_decode(int argc, char **argv) {
       {"query-prefix", required_argument, 0, 'P'}, {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   int c;
+  if (m3_cli_exact_long(argc, argv, "k:h", opts, "m3-bench")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "k:h", opts, NULL)) != -1) {
     switch (c) {
@@ -297,16 +300,38 @@ int bench_decode(int argc, char **argv) {
       }
     }
   }
+  /* Each pair's slowdown, before take_median moves the median runs out:
+   * the two runs of a pair ran back to back, so a drift of the machine's
+   * speed over the whole run moves both alike. */
+  json_t *pairs = json_array(), *tps_w = json_array(), *tps_wo = json_array();
+  double pair_sd[99];
+  for (int r = 0; r < repeat; r++) {
+    json_array_append_new(tps_wo, json_real(run_tps(&runs_without[r])));
+    if (no_memory) continue;
+    json_array_append_new(tps_w, json_real(run_tps(&runs_with[r])));
+    pair_sd[r] = 1.0 - run_tps(&runs_with[r]) / run_tps(&runs_without[r]);
+    json_array_append_new(pairs, json_real(pair_sd[r]));
+  }
+  for (int i = 1; i < repeat && !no_memory; i++)
+    for (int j = i; j > 0 && pair_sd[j - 1] > pair_sd[j]; j--) {
+      double t = pair_sd[j];
+      pair_sd[j] = pair_sd[j - 1];
+      pair_sd[j - 1] = t;
+    }
   without = take_median(runs_without, repeat);
   if (!no_memory) with = take_median(runs_with, repeat);
   if (trace && (rc = write_trace(trace, no_memory ? &without : &with, prompts, plen, !no_memory))) {
     ex = bench_fail("trace", rc);
+    json_decref(pairs);
+    json_decref(tps_w);
+    json_decref(tps_wo);
     goto out;
   }
   double tps_without = without.n_steps * (double)batch / without.wall_s;
   json_t *j = json_pack("{s:s,s:s,s:i,s:i,s:i,s:f}", "bench", "decode", "backend",
                         m3_decoder_backend_name(d), "batch", batch, "new_tokens", n_new, "steps",
                         without.n_steps, "tokens_per_s_without", tps_without);
+  json_object_set_new(j, "tokens_per_s_without_runs", tps_wo);
   if (!no_memory) {
     double tps_with = with.n_steps * (double)batch / with.wall_s;
     double st50, st99, re50, re99, de50, de99;
@@ -323,6 +348,11 @@ int bench_decode(int argc, char **argv) {
     json_object_set_new(j, "repeat", json_integer(repeat));
     json_object_set_new(j, "tokens_per_s_with", json_real(tps_with));
     json_object_set_new(j, "slowdown", json_real(1.0 - tps_with / tps_without));
+    json_object_set_new(j, "slowdown_pair_median",
+                        json_real(repeat % 2 ? pair_sd[repeat / 2]
+                                             : (pair_sd[repeat / 2 - 1] + pair_sd[repeat / 2]) / 2));
+    json_object_set_new(j, "slowdown_pairs", json_incref(pairs));
+    json_object_set_new(j, "tokens_per_s_with_runs", json_incref(tps_w));
     json_object_set_new(j, "rounds", json_integer(with.n_rounds));
     json_object_set_new(j, "memories_placed", json_integer(placed));
     json_object_set_new(j, "ranges_empty", json_integer(empty));
@@ -356,6 +386,8 @@ int bench_decode(int argc, char **argv) {
                                   PAPER_WINDOW_S));
     json_object_set_new(j, "paper_slowdown", json_real(PAPER_SLOWDOWN));
   }
+  json_decref(pairs);
+  json_decref(tps_w);
   if (json) {
     bench_print_json(j);
   } else {
@@ -366,6 +398,9 @@ int bench_decode(int argc, char **argv) {
       printf("  with memory     %10.1f tokens/s   slowdown %.2f%% (paper: %.0f%%)\n",
              json_real_value(json_object_get(j, "tokens_per_s_with")),
              100 * json_real_value(json_object_get(j, "slowdown")), 100 * PAPER_SLOWDOWN);
+      if (repeat > 1)
+        printf("  median of the %d pairs' slowdowns %.2f%%\n", repeat,
+               100 * json_real_value(json_object_get(j, "slowdown_pair_median")));
       printf("  rounds %d: stall p50 %.3f ms p99 %.3f ms; retrieve p50 %.3f ms; decode into "
              "buffers p50 %.3f ms\n",
              with.n_rounds, json_real_value(json_object_get(j, "stall_p50_ms")),

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "m3/internal/cli.h"
 #include "m3/error.h"
 #include "m3/forward.h"
 #include "m3/model.h"
@@ -61,6 +62,7 @@ int bench_encode(int argc, char **argv) {
       {"json", no_argument, 0, 'j'},           {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   int c;
+  if (m3_cli_exact_long(argc, argv, "", opts, "m3-bench")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {

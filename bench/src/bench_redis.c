@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "m3/internal/cli.h"
 #include "m3/client.h"
 #include "m3/error.h"
 
@@ -339,6 +340,7 @@ int bench_peer(int argc, char **argv) {
   peer_args a = {.redis_bin = "redis-server", .conns = 2, .per_round = 160, .rounds = 256,
                  .duration = 10, .seed = 42};
   int c;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3-bench")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {

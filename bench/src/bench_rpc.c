@@ -26,6 +26,12 @@
  * at a time, so every run prints served / loopback. When the servers run on
  * this machine their CPU time over the measured window is read from /proc:
  * server_cpu_s_per_gb (user + sys seconds per GB of payload served).
+ *
+ * TLS: --tls-ca F [--tls-cert F --tls-key F] [--tls-name N] speaks TLS 1.3
+ * to the server (or the cluster's replicas). --plain-server HOST:PORT (a
+ * plain server of the same store, e.g. a copy) runs the same calls against
+ * it first, in the same run: tls.plain holds its figures and
+ * tls_over_plain the ratio of served MB/s (docs/BENCHMARKS.md).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -37,6 +43,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "m3/internal/cli.h"
 #include "m3/client.h"
 #include "m3/cluster.h"
 #include "m3/error.h"
@@ -45,6 +52,8 @@
 
 typedef struct rpc_args {
   const char *server, *cluster, *store, *token_file;
+  const char *tls_ca, *tls_cert, *tls_key, *tls_name; /* NULL: plain (or the map's) */
+  const char *plain_server; /* TLS run: the plain baseline first (same calls) */
   unsigned conns, qpc, k;
   double duration, rate;
   unsigned long long calls;
@@ -56,6 +65,7 @@ typedef struct rpc_args {
   int json;
   uint64_t seed;
   m3_search_params params; /* --nprobe, --ef-search (0: the server's) */
+  int hedge_ms;
 } rpc_args;
 
 typedef struct rpc_shared {
@@ -107,6 +117,10 @@ static int connect_one(rpc_shared *sh, m3_client **c) {
   o.token = sh->token;
   o.call_timeout_ms = sh->a->timeout_ms;
   o.client_name = "m3-bench rpc";
+  o.tls_ca = sh->a->tls_ca;
+  o.tls_cert = sh->a->tls_cert;
+  o.tls_key = sh->a->tls_key;
+  o.tls_name = sh->a->tls_name;
   int rc = m3_client_connect(sh->a->server, &o, c);
   if (rc == 0) m3_client_set_search_params(*c, &sh->a->params);
   return rc;
@@ -322,9 +336,45 @@ static void usage(FILE *f) {
         "limit: plain TCP streams for --loopback-seconds (0: skip), one per connection,\n"
         "on the server's interface (loopback_mb_per_s, served_over_loopback); servers\n"
         "on this machine also get their CPU per GB served (from /proc). --nprobe /\n"
-        "--ef-search: every call's index params (IVF / HNSW; default: the server's).\n",
+        "--ef-search: every call's index params (IVF / HNSW; default: the server's).\n"
+        "TLS: --tls-ca F [--tls-cert F --tls-key F] [--tls-name NAME] (--tls: the same,\n"
+        "as a reminder in the command line); --plain-server HOST:PORT: a plain server of\n"
+        "the same store measured first with the same calls: tls_over_plain (served MB/s).\n",
         f);
 }
+
+static double jnum(json_t *j, const char *k) { return json_number_value(json_object_get(j, k)); }
+
+static void print_text(json_t *j) {
+  printf("%s loop, %d connections, %d queries x top-%d per call, %.1f s%s\n",
+         json_string_value(json_object_get(j, "mode")), (int)jnum(j, "connections"),
+         (int)jnum(j, "queries_per_call"), (int)jnum(j, "k"), jnum(j, "seconds"),
+         json_is_true(json_object_get(j, "tls")) ? ", TLS" : "");
+  printf("calls %.0f (errors %.0f), %.1f calls/s, %.1f MB/s of payload\n", jnum(j, "calls"),
+         jnum(j, "errors"), jnum(j, "calls_per_s"), jnum(j, "payload_mb_per_s"));
+  printf("latency us: p50 %.1f  p99 %.1f  p99.9 %.1f\n", jnum(j, "p50_us"), jnum(j, "p99_us"),
+         jnum(j, "p999_us"));
+  printf("wire overhead %.4f\n", jnum(j, "wire_overhead"));
+  json_t *raw = json_object_get(j, "raw_round_us");
+  if (raw)
+    printf("raw round us: p50 %.1f  p99 %.1f (%.0f calls)\n", jnum(raw, "p50"), jnum(raw, "p99"),
+           jnum(raw, "samples"));
+  if (json_object_get(j, "loopback_mb_per_s"))
+    printf("loopback %.1f MB/s: served / loopback %.3f\n", jnum(j, "loopback_mb_per_s"),
+           jnum(j, "served_over_loopback"));
+  if (json_object_get(j, "server_processes"))
+    printf("server CPU %.2f s (%.0f processes): %.3f s per GB served\n", jnum(j, "server_cpu_s"),
+           jnum(j, "server_processes"), jnum(j, "server_cpu_s_per_gb"));
+  json_t *pl = json_object_get(j, "plain");
+  if (pl)
+    printf("plain %s: %.1f MB/s of payload, p50 %.1f us: TLS / plain served MB/s %.3f\n",
+           json_string_value(json_object_get(pl, "server")), jnum(pl, "payload_mb_per_s"),
+           jnum(pl, "p50_us"), jnum(j, "tls_over_plain"));
+  const char *err = json_string_value(json_object_get(j, "first_error"));
+  if (err) printf("first error: %s\n", err);
+}
+
+static int rpc_run(const rpc_args *ain, json_t **out);
 
 int bench_rpc(int argc, char **argv) {
   static const struct option opts[] = {
@@ -339,16 +389,21 @@ int bench_rpc(int argc, char **argv) {
       {"loopback-seconds", required_argument, NULL, 'L'},
       {"nprobe", required_argument, NULL, 'P'},   {"ef-search", required_argument, NULL, 'E'},
       {"json", no_argument, NULL, 'j'},           {"help", no_argument, NULL, 'h'},
+      {"tls-ca", required_argument, NULL, 1},     {"tls-cert", required_argument, NULL, 2},
+      {"tls-key", required_argument, NULL, 3},    {"tls-name", required_argument, NULL, 4},
+      {"plain-server", required_argument, NULL, 5}, {"tls", no_argument, NULL, 6},
       {NULL, 0, NULL, 0}};
   rpc_args a = {.conns = 1, .qpc = 32, .k = 5, .duration = 10, .warmup = 20,
                 .raw_samples = 1000, .loopback_s = 3, .timeout_ms = 10000, .seed = 42};
-  int c, have_duration = 0, hedge_ms = 0;
+  int c, have_duration = 0, want_tls = 0;
+  a.hedge_ms = 0;
+  if (m3_cli_exact_long(argc, argv, "hk:", opts, "m3-bench")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "hk:", opts, NULL)) != -1) {
     switch (c) {
     case 's': a.server = optarg; break;
     case 'C': a.cluster = optarg; break;
-    case 'H': hedge_ms = (int)strtol(optarg, NULL, 10); break;
+    case 'H': a.hedge_ms = (int)strtol(optarg, NULL, 10); break;
     case 'c': a.conns = (unsigned)strtoul(optarg, NULL, 10); break;
     case 'q': a.qpc = (unsigned)strtoul(optarg, NULL, 10); break;
     case 'k': a.k = (unsigned)strtoul(optarg, NULL, 10); break;
@@ -366,6 +421,12 @@ int bench_rpc(int argc, char **argv) {
     case 'P': a.params.nprobe = (uint32_t)strtoul(optarg, NULL, 10); break;
     case 'E': a.params.ef_search = (uint32_t)strtoul(optarg, NULL, 10); break;
     case 'j': a.json = 1; break;
+    case 1: a.tls_ca = optarg; break;
+    case 2: a.tls_cert = optarg; break;
+    case 3: a.tls_key = optarg; break;
+    case 4: a.tls_name = optarg; break;
+    case 5: a.plain_server = optarg; break;
+    case 6: want_tls = 1; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -377,6 +438,62 @@ int bench_rpc(int argc, char **argv) {
                     "and one of --duration S > 0 or --calls N (see --help)\n");
     return 2;
   }
+  if ((want_tls || a.tls_cert || a.tls_key || a.tls_name || a.plain_server) && !a.tls_ca &&
+      !a.cluster) {
+    fprintf(stderr, "m3-bench rpc: --tls, --tls-cert, --tls-key, --tls-name and --plain-server "
+                    "need --tls-ca F (the CA that signed the server's certificate)\n");
+    return 2;
+  }
+  if ((a.tls_cert == NULL) != (a.tls_key == NULL)) {
+    fprintf(stderr, "m3-bench rpc: --tls-cert and --tls-key go together\n");
+    return 2;
+  }
+  if (a.plain_server && a.cluster) {
+    fprintf(stderr, "m3-bench rpc: --plain-server goes with --server (one server each)\n");
+    return 2;
+  }
+  json_t *j = NULL, *jp = NULL;
+  int ex = 0;
+  if (a.plain_server) {
+    /* The baseline first: the same calls (same seed), in clear. */
+    rpc_args pa = a;
+    pa.server = a.plain_server;
+    pa.tls_ca = pa.tls_cert = pa.tls_key = pa.tls_name = NULL;
+    pa.store = NULL;
+    pa.loopback_s = 0;
+    if ((ex = rpc_run(&pa, &jp)) != 0) return ex;
+  }
+  if ((ex = rpc_run(&a, &j)) != 0) {
+    json_decref(jp);
+    return ex;
+  }
+  if (a.tls_ca || a.cluster) json_object_set_new(j, "tls", json_boolean(a.tls_ca != NULL));
+  if (jp) {
+    double tls_mbs = json_real_value(json_object_get(j, "payload_mb_per_s"));
+    double plain_mbs = json_real_value(json_object_get(jp, "payload_mb_per_s"));
+    json_object_set_new(j, "plain", json_pack("{s:s,s:O,s:O,s:O,s:O,s:O}", "server",
+                                              a.plain_server, "payload_mb_per_s",
+                                              json_object_get(jp, "payload_mb_per_s"), "calls_per_s",
+                                              json_object_get(jp, "calls_per_s"), "p50_us",
+                                              json_object_get(jp, "p50_us"), "p99_us",
+                                              json_object_get(jp, "p99_us"), "errors",
+                                              json_object_get(jp, "errors")));
+    json_object_set_new(j, "tls_over_plain", json_real(plain_mbs > 0 ? tls_mbs / plain_mbs : 0));
+    json_decref(jp);
+  }
+  if (a.json) {
+    bench_print_json(j);
+  } else {
+    print_text(j);
+    json_decref(j);
+  }
+  return 0;
+}
+
+/* One measurement of a's calls into *out (a JSON object); 0 or the exit code. */
+static int rpc_run(const rpc_args *ain, json_t **out) {
+  rpc_args a = *ain;
+  int hedge_ms = a.hedge_ms;
   rpc_shared sh = {.a = &a};
   if (bench_read_token("rpc", a.token_file, sh.token, sizeof sh.token) != 0)
     return 2;
@@ -400,6 +517,10 @@ int bench_rpc(int argc, char **argv) {
     if (co.try_timeout_ms > co.call_timeout_ms) co.try_timeout_ms = co.call_timeout_ms;
     co.hedge_delay_ms = hedge_ms;
     co.client_name = "m3-bench rpc";
+    co.tls_ca = a.tls_ca;
+    co.tls_cert = a.tls_cert;
+    co.tls_key = a.tls_key;
+    co.tls_name = a.tls_name;
     for (uint32_t sd = 0; sd < m3_cluster_map_shards(map); sd++)
       for (uint32_t rp = 0; rp < m3_cluster_map_replicas(map, sd); rp++)
         add_local_pid(m3_cluster_map_replica(map, sd, rp), pids, &npids);
@@ -547,24 +668,7 @@ int bench_rpc(int argc, char **argv) {
     json_object_set_new(j, "failovers", json_integer((json_int_t)(cc1.failovers - cc0.failovers)));
     json_object_set_new(j, "hedges", json_integer((json_int_t)(cc1.hedges - cc0.hedges)));
   }
-  if (a.json) {
-    bench_print_json(j);
-  } else {
-    printf("%s loop, %u connections, %u queries x top-%u per call, %.1f s\n",
-           a.rate > 0 ? "open" : "closed", a.conns, a.qpc, a.k, secs);
-    printf("calls %llu (errors %llu), %.1f calls/s, %.1f MB/s of payload\n",
-           (unsigned long long)calls, (unsigned long long)errors, (double)calls / secs,
-           (double)payload / 1e6 / secs);
-    printf("latency us: p50 %.1f  p99 %.1f  p99.9 %.1f\n", p50, p99, p999);
-    printf("wire overhead %.4f\n", payload ? (double)wire / (double)payload - 1 : 0.0);
-    if (a.store) printf("raw round us: p50 %.1f  p99 %.1f (%zu calls)\n", raw50, raw99, nraw);
-    if (loop_mbs > 0)
-      printf("loopback %.1f MB/s: served / loopback %.3f\n", loop_mbs, served_mbs / loop_mbs);
-    if (npids)
-      printf("server CPU %.2f s (%zu processes): %.3f s per GB served\n", server_cpu, npids,
-             payload ? server_cpu / ((double)payload / 1e9) : 0);
-    json_decref(j);
-  }
+  *out = j;
   free(lat);
   free(pool);
 out:

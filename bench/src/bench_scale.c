@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "m3/internal/cli.h"
 #include "m3/error.h"
 #include "m3/index.h"
 #include "m3/store.h"
@@ -316,6 +317,7 @@ int bench_scale(int argc, char **argv) {
   int nsizes = 3, json = 0, keep = 0, c;
   unsigned emb_dim = 256;
   unsigned long ops = 2000;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3-bench")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {

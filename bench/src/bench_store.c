@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "m3/internal/cli.h"
 #include "m3/error.h"
 #include "m3/store.h"
 
@@ -146,6 +147,7 @@ int bench_gen(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0}};
   bench_gen_cfg g = {NULL, 0, "memory3", 14, 256, 0, 0, 1, 0, 0};
   int json = 0, c;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3-bench")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
@@ -393,6 +395,7 @@ int bench_storage(int argc, char **argv) {
   unsigned long ops = 2000, warmup = 100, batch = 5;
   unsigned long long seed = 42;
   int direct = 0, json = 0, c;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3-bench")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {

@@ -107,7 +107,7 @@ int m3_client_connect(const char *addr, const m3_client_options *o, m3_client **
   c->timeout_ms = o->call_timeout_ms > 0 ? o->call_timeout_ms : 0;
   c->max_frame = o->max_frame_bytes ? o->max_frame_bytes : M3_FRAME_DEFAULT_MAX;
   c->next_stream = 1;
-  int rc = m3__client_dial(c, o->connect_timeout_ms);
+  int rc = m3__client_dial(c, o, o->connect_timeout_ms);
   if (rc) goto fail;
 
   M3__HelloRequest req = M3__HELLO_REQUEST__INIT;
@@ -147,6 +147,7 @@ void m3__client_interrupt(m3_client *c) {
 
 void m3_client_close(m3_client *c) {
   if (c == NULL) return;
+  m3__client_tls_free(c);
   if (c->fd >= 0) close(c->fd);
   free(c->rbuf);
   free(c->abuf);

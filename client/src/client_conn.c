@@ -164,10 +164,15 @@ static int split_addr(const char *addr, char *host, size_t hcap, char *port, siz
   return 0;
 }
 
-int m3__client_dial(m3_client *c, int timeout_ms) {
+int m3__client_dial(m3_client *c, const m3_client_options *o, int timeout_ms) {
   char host[256], port[16];
   if (split_addr(c->addr, host, sizeof host, port, sizeof port) != 0)
     return m3__seterr(M3_EINVAL, "server address '%s' is not HOST:PORT", c->addr);
+  /* getaddrinfo would wrap a port over 65535 (99999 -> 34463). */
+  long pn = strtol(port, NULL, 10);
+  if (strlen(port) > 5 || pn < 1 || pn > 65535)
+    return m3__seterr(M3_EINVAL, "server address '%s': port %s is out of range (1 to 65535)",
+                      c->addr, port);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
   int g = getaddrinfo(host, port, &hints, &res);
   if (g != 0)
@@ -204,6 +209,8 @@ int m3__client_dial(m3_client *c, int timeout_ms) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->fd = fd;
+    int left = timeout_ms > 0 ? left_ms(deadline) : 0;
+    rc = m3__client_tls_connect(c, o, host, timeout_ms > 0 ? (left > 0 ? left : 1) : 0);
     goto out;
   }
   if (timed_out && err == 0)
@@ -215,6 +222,29 @@ int m3__client_dial(m3_client *c, int timeout_ms) {
 out:
   freeaddrinfo(res);
   return rc;
+}
+
+/* ---- the byte stream: the socket, or TLS over it (client_tls.c) ------ */
+
+static ssize_t io_send(m3_client *c, const struct msghdr *mh) {
+  if (c->ssl) return m3__client_tls_send(c, mh->msg_iov[0].iov_base, mh->msg_iov[0].iov_len);
+  return sendmsg(c->fd, mh, MSG_NOSIGNAL);
+}
+
+static ssize_t io_recv(m3_client *c, void *p, size_t n) {
+  if (c->ssl) return m3__client_tls_recv(c, p, n);
+  return recv(c->fd, p, n, 0);
+}
+
+/* The poll events to wait for after EAGAIN (OpenSSL may want the other
+ * direction than the call at hand). */
+static short io_events(const m3_client *c, short want) {
+  return c->ssl && c->tls_events ? c->tls_events : want;
+}
+
+/* Why the stream failed (errno from io_send/io_recv). */
+static const char *io_error(const m3_client *c, int err) {
+  return c->ssl && err == EPROTO && c->tls_err[0] ? c->tls_err : strerror(err);
 }
 
 /* ---- writing -------------------------------------------------------- */
@@ -235,7 +265,7 @@ static int send_all(m3_client *c, m3_method method, const uint8_t *att, size_t a
       iov[n++] = (struct iovec){c->out.data + c->out_off, c->out.len - c->out_off};
     if (att_off < att_len) iov[n++] = (struct iovec){(void *)(att + att_off), att_len - att_off};
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-    ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+    ssize_t w = io_send(c, &mh);
     if (w > 0) {
       size_t ww = (size_t)w;
       c->ctr.bytes_written += ww;
@@ -253,12 +283,12 @@ static int send_all(m3_client *c, m3_method method, const uint8_t *att, size_t a
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       int ms = left_ms(deadline);
       if (ms == 0) return 1;
-      struct pollfd pfd = {.fd = c->fd, .events = POLLOUT};
+      struct pollfd pfd = {.fd = c->fd, .events = io_events(c, POLLOUT)};
       if (poll(&pfd, 1, ms) < 0 && errno != EINTR)
         return broken(c, method, "poll: %s", strerror(errno));
       continue;
     }
-    return broken(c, method, "send: %s", w < 0 ? strerror(errno) : "wrote nothing");
+    return broken(c, method, "send: %s", w < 0 ? io_error(c, errno) : "wrote nothing");
   }
   c->out.len = c->out_off = 0;
   return 0;
@@ -299,7 +329,7 @@ static int fill(m3_client *c, m3_method method, size_t need, uint64_t deadline) 
         c->rcap = cap;
       }
     }
-    ssize_t r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+    ssize_t r = io_recv(c, c->rbuf + c->rlen, c->rcap - c->rlen);
     if (r > 0) {
       c->rlen += (size_t)r;
       c->ctr.bytes_read += (uint64_t)r;
@@ -312,11 +342,12 @@ static int fill(m3_client *c, m3_method method, size_t need, uint64_t deadline) 
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       int ms = left_ms(deadline);
       if (ms == 0) return 1;
-      struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+      struct pollfd pfd = {.fd = c->fd, .events = io_events(c, POLLIN)};
       if (poll(&pfd, 1, ms) < 0 && errno != EINTR)
         return broken(c, method, "poll: %s", strerror(errno));
       continue;
     }
+    if (c->ssl && errno == EPROTO) return broken(c, method, "%s", c->tls_err);
     return broken(c, method, "recv: %s", strerror(errno));
   }
   return 0;
@@ -336,7 +367,7 @@ static int not_m3_peer(m3_client *c, m3_method method) {
   while (n < sizeof b && !memchr(b, '\n', n)) {
     struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
     if (poll(&pfd, 1, left_ms(until)) <= 0) break;
-    ssize_t r = recv(c->fd, b + n, sizeof b - n, 0);
+    ssize_t r = io_recv(c, b + n, sizeof b - n);
     if (r <= 0) break;
     n += (size_t)r;
   }

@@ -22,8 +22,17 @@ typedef struct m3__arena {
   size_t want; /* largest total seen: the next block size */
 } m3__arena;
 
+struct ssl_st;
+struct ssl_ctx_st;
+
 struct m3_client {
   int fd;
+  /* TLS (client_tls.c): NULL on a plain connection. tls_events: the poll
+   * events OpenSSL waits for after an EAGAIN; tls_err: why the stream failed. */
+  struct ssl_st *ssl;
+  struct ssl_ctx_st *ssl_ctx;
+  short tls_events;
+  char tls_err[300];
   char addr[256];
   m3_client_info info;
   int timeout_ms;
@@ -69,8 +78,19 @@ typedef int (*m3__msg_fn)(void *ud, const ProtobufCMessage *msg, const uint8_t *
 int m3__client_call(m3_client *c, m3_method method, const ProtobufCMessage *req,
                     const void *att, size_t att_len, int timeout_ms, m3__msg_fn fn, void *ud);
 
-/* Open the TCP connection (fd, TCP_NODELAY, non-blocking) to c->addr. */
-int m3__client_dial(m3_client *c, int timeout_ms);
+/* Open the TCP connection (fd, TCP_NODELAY, non-blocking) to c->addr,
+ * then, when o asks for TLS (tls_ca), its handshake (client_tls.c). */
+int m3__client_dial(m3_client *c, const m3_client_options *o, int timeout_ms);
+
+/* client_tls.c. connect: 0 at once when o->tls_ca is NULL; host: the
+ * address's host (the name checked without tls_name). send/recv: as
+ * send(2)/recv(2) (-1 with errno EAGAIN: poll for c->tls_events; EPROTO:
+ * c->tls_err says why; recv 0: the server closed). */
+int m3__client_tls_connect(m3_client *c, const m3_client_options *o, const char *host,
+                           int timeout_ms);
+long m3__client_tls_send(m3_client *c, const void *p, size_t n);
+long m3__client_tls_recv(m3_client *c, void *p, size_t n);
+void m3__client_tls_free(m3_client *c);
 
 /* Record the call's final status and message (also as m3_errmsg()); returns
  * the m3 code for it (m3/client.h table). */

@@ -75,12 +75,24 @@ int m3_cluster_open(const m3_cluster_map *map, const m3_cluster_options *o, m3_c
   cl->client_name = strdup(o->client_name ? o->client_name : "libm3client cluster");
   cl->o.token = cl->token;
   cl->o.client_name = cl->client_name;
+  /* TLS: the options' files, else the map's "tls" object. */
+  int tls_opts = o->tls_ca != NULL;
+  const char *t_ca = tls_opts ? o->tls_ca : map->tls_ca;
+  const char *t_cert = tls_opts ? o->tls_cert : map->tls_cert;
+  const char *t_key = tls_opts ? o->tls_key : map->tls_key;
+  const char *t_name = o->tls_name ? o->tls_name : map->tls_name;
+  int tls_nomem = (t_ca && !(cl->tls_ca = strdup(t_ca))) || (t_cert && !(cl->tls_cert = strdup(t_cert))) ||
+                  (t_key && !(cl->tls_key = strdup(t_key))) || (t_name && !(cl->tls_name = strdup(t_name)));
+  cl->o.tls_ca = cl->tls_ca;
+  cl->o.tls_cert = cl->tls_cert;
+  cl->o.tls_key = cl->tls_key;
+  cl->o.tls_name = cl->tls_name;
   /* Each init first makes its locks, so that close can undo it whatever
    * failed. */
   m3__stats_init(&cl->stats);
   int reps_rc = m3__replicas_init(cl, map);
   if ((rc = m3__async_init(cl)) != 0) return open_failed(cl, rc);
-  if (cl->token == NULL || cl->client_name == NULL || reps_rc != 0)
+  if (cl->token == NULL || cl->client_name == NULL || reps_rc != 0 || tls_nomem)
     return open_failed(cl, m3__seterr(M3_ENOMEM, "m3_cluster_open: out of memory"));
   /* A call keeps a job per shard busy (one on the caller); with hedging
    * each also runs up to two attempts at once: 3 x shards lets one hedged
@@ -106,6 +118,10 @@ void m3_cluster_close(m3_cluster *cl) {
   m3__stats_destroy(&cl->stats);
   free(cl->token);
   free(cl->client_name);
+  free(cl->tls_ca);
+  free(cl->tls_cert);
+  free(cl->tls_key);
+  free(cl->tls_name);
   free(cl);
 }
 

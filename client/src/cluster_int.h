@@ -85,6 +85,7 @@ struct m3_cluster_map {
   uint32_t *n_replicas; /* (n_shards) */
   char ***replicas;     /* (n_shards, n_replicas[s]) malloc'ed strings */
   char *token;          /* NULL when absent */
+  char *tls_ca, *tls_cert, *tls_key, *tls_name; /* the "tls" object; NULL when absent */
   int has_fp;
   uint64_t fp;
 };
@@ -301,6 +302,7 @@ void m3__async_free(m3_cluster *cl);
 struct m3_cluster {
   m3_cluster_options o;
   char *token, *client_name;
+  char *tls_ca, *tls_cert, *tls_key, *tls_name; /* options', else the map's; NULL: plain */
   uint32_t n_shards;
   m3__shard *shards; /* (n_shards) cluster_replica.c */
   m3__reps reps;     /* cluster_replica.c */

@@ -22,6 +22,10 @@ void m3_cluster_map_free(m3_cluster_map *m) {
   free(m->replicas);
   free(m->n_replicas);
   free(m->token);
+  free(m->tls_ca);
+  free(m->tls_cert);
+  free(m->tls_key);
+  free(m->tls_name);
   free(m);
 }
 
@@ -41,7 +45,45 @@ static int bad(const char *name, const char *field, const char *fmt, const char 
   return m3__seterr(M3_EINVAL, "cluster map %s: %s: %s", name, field, detail);
 }
 
-static int from_json(json_t *root, const char *name, m3_cluster_map **out) {
+/* A file named in the map: relative paths are relative to the map file's
+ * folder (base; NULL for a map given as text: as written). */
+static char *map_path(const char *base, const char *p) {
+  if (p[0] == '/' || base == NULL) return strdup(p);
+  const char *slash = strrchr(base, '/');
+  if (slash == NULL) return strdup(p);
+  size_t dl = (size_t)(slash - base), pl = strlen(p);
+  char *out = malloc(dl + 1 + pl + 1);
+  if (out == NULL) return NULL;
+  memcpy(out, base, dl);
+  out[dl] = '/';
+  memcpy(out + dl + 1, p, pl + 1);
+  return out;
+}
+
+/* The "tls" object: {"ca": F, "cert": F, "key": F, "name": N}. */
+static int tls_from_json(json_t *tls, const char *name, const char *base, m3_cluster_map *m) {
+  if (!json_is_object(tls))
+    return bad(name, "tls", "%s", "must be an object {\"ca\": F, \"cert\": F, \"key\": F}");
+  const char *key;
+  json_t *v;
+  json_object_foreach(tls, key, v) {
+    char field[64];
+    snprintf(field, sizeof field, "tls.%s", key);
+    char **dst = !strcmp(key, "ca") ? &m->tls_ca : !strcmp(key, "cert") ? &m->tls_cert
+               : !strcmp(key, "key") ? &m->tls_key : !strcmp(key, "name") ? &m->tls_name : NULL;
+    if (dst == NULL) return bad(name, field, "unknown key '%s' (known: ca, cert, key, name)", key);
+    if (!json_is_string(v) || *json_string_value(v) == '\0')
+      return bad(name, field, "%s", "must be a non-empty string");
+    *dst = !strcmp(key, "name") ? strdup(json_string_value(v)) : map_path(base, json_string_value(v));
+    if (*dst == NULL) return m3__seterr(M3_ENOMEM, "cluster map %s: out of memory", name);
+  }
+  if (m->tls_ca == NULL) return bad(name, "tls.ca", "%s", "missing (the CA file that signed the servers' certificates)");
+  if ((m->tls_cert == NULL) != (m->tls_key == NULL))
+    return bad(name, m->tls_cert ? "tls.key" : "tls.cert", "%s", "missing: a client certificate needs both cert and key");
+  return 0;
+}
+
+static int from_json(json_t *root, const char *name, const char *base, m3_cluster_map **out) {
   int rc = 0;
   m3_cluster_map *m = calloc(1, sizeof *m);
   if (m == NULL) return m3__seterr(M3_ENOMEM, "cluster map %s: out of memory", name);
@@ -52,8 +94,9 @@ static int from_json(json_t *root, const char *name, m3_cluster_map **out) {
   const char *key;
   json_t *v;
   json_object_foreach(root, key, v) {
-    if (strcmp(key, "shards") && strcmp(key, "token") && strcmp(key, "codec_fingerprint")) {
-      rc = bad(name, key, "unknown key '%s' (known: shards, token, codec_fingerprint)", key);
+    if (strcmp(key, "shards") && strcmp(key, "token") && strcmp(key, "codec_fingerprint") &&
+        strcmp(key, "tls")) {
+      rc = bad(name, key, "unknown key '%s' (known: shards, token, codec_fingerprint, tls)", key);
       goto out;
     }
   }
@@ -70,6 +113,8 @@ static int from_json(json_t *root, const char *name, m3_cluster_map **out) {
     }
     if ((m->token = strdup(json_string_value(tok))) == NULL) goto nomem;
   }
+  json_t *tls = json_object_get(root, "tls");
+  if (tls && !json_is_null(tls) && (rc = tls_from_json(tls, name, base, m)) != 0) goto out;
   json_t *fp = json_object_get(root, "codec_fingerprint");
   if (fp && !json_is_null(fp)) {
     const char *s = json_string_value(fp);
@@ -163,7 +208,7 @@ int m3_cluster_map_parse(const char *json, const char *name, m3_cluster_map **ou
   if (root == NULL)
     return m3__seterr(M3_EBADFORMAT, "cluster map %s: line %d, column %d: %s", name, err.line,
                       err.column, err.text);
-  int rc = from_json(root, name, out);
+  int rc = from_json(root, name, NULL, out);
   json_decref(root);
   return rc;
 }
@@ -178,7 +223,7 @@ int m3_cluster_map_load(const char *path, m3_cluster_map **out) {
   if (root == NULL)
     return m3__seterr(M3_EBADFORMAT, "cluster map %s: line %d, column %d: %s", path, err.line,
                       err.column, err.text);
-  int rc = from_json(root, path, out);
+  int rc = from_json(root, path, path, out);
   json_decref(root);
   return rc;
 }
@@ -195,6 +240,15 @@ const char *m3_cluster_map_replica(const m3_cluster_map *m, uint32_t shard, uint
 }
 
 const char *m3_cluster_map_token(const m3_cluster_map *m) { return m->token; }
+
+int m3_cluster_map_tls(const m3_cluster_map *m, m3_client_options *o) {
+  if (m->tls_ca == NULL) return 0;
+  o->tls_ca = m->tls_ca;
+  if (m->tls_cert) o->tls_cert = m->tls_cert;
+  if (m->tls_key) o->tls_key = m->tls_key;
+  if (m->tls_name) o->tls_name = m->tls_name;
+  return 1;
+}
 
 int m3_cluster_map_fingerprint(const m3_cluster_map *m, uint64_t *fp) {
   *fp = m->has_fp ? m->fp : 0;

@@ -124,6 +124,10 @@ static int dial(m3_cluster *cl, m3__replica *rep, int timeout_ms, int may_set_re
   co.call_timeout_ms = cl->o.try_timeout_ms;
   co.token = cl->token;
   co.client_name = cl->client_name;
+  co.tls_ca = cl->tls_ca;
+  co.tls_cert = cl->tls_cert;
+  co.tls_key = cl->tls_key;
+  co.tls_name = cl->tls_name;
   co.codec_fingerprint = cl->o.codec_fingerprint;
   co.check_fingerprint = cl->o.check_fingerprint;
   m3_client *c = NULL;

@@ -317,6 +317,44 @@ static int create_meta(m3_store *s) {
   return rc;
 }
 
+/*
+ * The catalog is locked by another writer (RocksDB takes an fcntl write lock
+ * on catalog/LOCK for as long as a read-write open lasts): find who with
+ * F_GETLK and say what to do instead of RocksDB's raw lock message. The
+ * holder's program name comes from /proc/PID/comm where it can be read.
+ */
+static int busy_error(const char *dir, const char *catpath) {
+  char lock[4300], why[512];
+  snprintf(lock, sizeof lock, "%s/LOCK", catpath);
+  snprintf(why, sizeof why, "%s", m3_errmsg());
+  pid_t pid = 0;
+  int fd = open(lock, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    if (fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) pid = fl.l_pid;
+    close(fd);
+  }
+  if (pid <= 0) /* our own lock (F_GETLK does not see it), or not an fcntl lock */
+    return m3__seterr(M3_EBUSY, "the store %s is already open for writing (in this process, or "
+                      "by one whose lock cannot be seen): %s", dir, why);
+  char comm[64] = "", path[64];
+  snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f) {
+    if (fgets(comm, sizeof comm, f) == NULL) comm[0] = '\0';
+    fclose(f);
+    comm[strcspn(comm, "\n")] = '\0';
+  }
+  if (!strcmp(comm, "m3-server"))
+    return m3__seterr(M3_EBUSY, "the store %s is open by m3-server (pid %d); send updates "
+                      "through it with m3 put, or stop it", dir, (int)pid);
+  if (comm[0])
+    return m3__seterr(M3_EBUSY, "the store %s is open by %s (pid %d); wait for it to finish, "
+                      "or stop it", dir, comm, (int)pid);
+  return m3__seterr(M3_EBUSY, "the store %s is open by another process (pid %d); wait for it to "
+                    "finish, or stop it", dir, (int)pid);
+}
+
 int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
   m3_store_options def;
   if (o == NULL) {
@@ -389,6 +427,7 @@ int m3_store_open(const char *dir, const m3_store_options *o, m3_store **out) {
     goto fail;
   }
   rc = m3__catalog_open(&s->cat, catpath, o->create, o->read_only);
+  if (rc == M3_EBUSY) rc = busy_error(dir, catpath);
   if (rc == M3_ENOTFOUND) {
     if (has_segments(dir))
       rc = m3__seterr(rc, "store %s: segments but no catalog; rebuild it with `m3 store repair %s`", dir, dir);

@@ -75,6 +75,7 @@ typedef struct stats_ctx {
   m3_store_stats *st;
   uint64_t used; /* aligned bytes live records take */
   uint32_t align;
+  uint32_t emb_bytes; /* of one record's embedding (after its text) */
 } stats_ctx;
 
 static int stats_entry(void *ud, uint64_t id, const m3_location *l) {
@@ -82,7 +83,9 @@ static int stats_entry(void *ud, uint64_t id, const m3_location *l) {
   stats_ctx *c = ud;
   c->st->records++;
   c->st->payload_bytes += l->mem_len - M3_RECORD_HEADER_SIZE;
-  c->st->text_bytes += l->rec_len - l->mem_len;
+  uint32_t tail = l->rec_len - l->mem_len, emb = tail >= c->emb_bytes ? c->emb_bytes : tail;
+  c->st->text_bytes += tail - emb;
+  c->st->embedding_bytes += emb;
   c->st->record_bytes += l->rec_len;
   c->used += (l->rec_len + c->align - 1) / c->align * c->align;
   return 0;
@@ -90,7 +93,7 @@ static int stats_entry(void *ud, uint64_t id, const m3_location *l) {
 
 static int stats_locked(m3_store *s, m3_store_stats *st) {
   memset(st, 0, sizeof *st);
-  stats_ctx c = {st, 0, s->ident.align};
+  stats_ctx c = {st, 0, s->ident.align, 4u * s->ident.layout.emb_dim};
   /* The table when there is one: no RocksDB walk, no sort. */
   int rc = s->loc ? m3__loctab_each(s->loc, stats_entry, &c)
                   : m3__catalog_chunks(&s->cat, stats_entry, &c);
@@ -102,7 +105,7 @@ static int stats_locked(m3_store *s, m3_store_stats *st) {
   }
   st->segments = s->nsegs;
   st->dead_bytes = st->segment_bytes > used ? st->segment_bytes - used : 0;
-  uint64_t payload = st->payload_bytes + st->text_bytes;
+  uint64_t payload = st->payload_bytes + st->text_bytes + st->embedding_bytes;
   st->overhead = payload ? (double)st->segment_bytes / (double)payload - 1.0 : 0.0;
   st->catalog_bytes = m3__catalog_disk_bytes(&s->cat);
   st->loc_table_bytes = s->loc ? m3__loctab_bytes(s->loc) : 0;

@@ -20,6 +20,7 @@
 #include "m3/error.h"
 #include "m3/log.h"
 #include "server.h"
+#include "tls.h"
 
 uint64_t now_ns(void) {
   struct timespec ts;
@@ -39,7 +40,8 @@ typedef struct wreq {
   uv_buf_t *bufs; /* inline[] or malloc'ed for a batch */
   uint8_t *owned; /* batch: the frames' headers and messages */
   int kick;       /* the rest of a piece (conn_send_pieces): its bytes are
-                     counted by its conn_zwrite */
+                     counted by its conn_zwrite; or TLS handshake bytes */
+  uint8_t *sealed; /* TLS: the ciphertext of the write's bytes (bufs[0]) */
   uv_buf_t inline_bufs[2];
   uint8_t data[]; /* single frame: header + message */
 } wreq;
@@ -49,6 +51,12 @@ static int queued(conn *c, wreq *w);
 static void zq_run(conn *c);
 static void on_idle(uv_timer_t *t);
 static int zq_push(conn *c, uint8_t *owned, conn_piece *p, size_t n, conn_write_cb cb, void *ud);
+static int tls_sealing(const conn *c);
+static int tls_seal_bufs(conn *c, uv_buf_t *bufs, unsigned *nb, uint8_t **sealed, size_t *bytes);
+static int tls_send_pieces(conn *c, uint8_t *owned, conn_piece *p, size_t n, conn_write_cb cb,
+                           void *ud);
+static void tls_on_read(conn *c, size_t n);
+static void process(conn *c);
 
 static void on_write(uv_write_t *req, int status) {
   wreq *w = (wreq *)req;
@@ -62,6 +70,7 @@ static void on_write(uv_write_t *req, int status) {
   if (w->cb) w->cb(w->ud, status);
   if (w->bufs != w->inline_bufs) free(w->bufs);
   free(w->owned);
+  free(w->sealed);
   free(w);
   if (status < 0 && !c->closing) {
     M3_DEBUG("server", "%s: write failed: %s", c->peer, uv_strerror(status));
@@ -107,6 +116,7 @@ int conn_send(conn *c, m3_frame *f, const ProtobufCMessage *msg, const void *att
   w->cb = cb;
   w->ud = ud;
   w->owned = NULL;
+  w->sealed = NULL;
   w->kick = 0;
   w->bytes = M3_FRAME_HEADER_SIZE + mlen + att_len;
   w->bufs = w->inline_bufs;
@@ -114,8 +124,14 @@ int conn_send(conn *c, m3_frame *f, const ProtobufCMessage *msg, const void *att
   /* The attachment goes out from the caller's own buffer: no copy; it
    * stays valid until cb. */
   w->bufs[1] = uv_buf_init((char *)att, (unsigned)att_len);
-  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, att_len ? 2 : 1, on_write);
+  unsigned nb = att_len ? 2 : 1;
+  if (tls_sealing(c) && tls_seal_bufs(c, w->bufs, &nb, &w->sealed, &w->bytes) != 0) {
+    free(w);
+    return M3_EIO;
+  }
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, nb, on_write);
   if (rc < 0) {
+    free(w->sealed);
     free(w);
     return M3_EIO;
   }
@@ -165,9 +181,15 @@ int conn_send_batch(conn *c, m3_wbuf *frames, const size_t *frame_ends,
   w->ud = ud;
   w->bytes = bytes;
   w->bufs = bufs;
+  if (tls_sealing(c) && tls_seal_bufs(c, bufs, &nb, &w->sealed, &w->bytes) != 0) {
+    free(bufs);
+    free(w);
+    return M3_EIO;
+  }
   w->owned = frames->data; /* the write owns the frame bytes from here on */
   int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nb, on_write);
   if (rc < 0) {
+    free(w->sealed);
     free(bufs);
     free(w);
     return M3_EIO;
@@ -231,26 +253,29 @@ static void zq_complete(conn *c, conn_zwrite *z, int status) {
   free(z);
   if (!c->closing && !c->reading && c->queued < c->s->cfg.write_high_water / 2)
     resume_reading(c);
-  conn_unref(c);
 }
 
 /* The idle timer, and conn_close: run the callbacks of the writes done
  * (and, closing, fail those not done). */
 static void zq_callbacks(conn *c) {
-  int any = c->zdone != NULL;
+  int done = 0; /* each write held a reference on c: dropped after the loops */
   while (c->zdone) {
     conn_zwrite *z = c->zdone;
     c->zdone = z->next;
     zq_complete(c, z, 0);
+    done++;
   }
   while (c->closing && c->zhead) {
     conn_zwrite *z = c->zhead;
     c->zhead = z->next;
     if (c->zhead == NULL) c->ztail = NULL;
     zq_complete(c, z, UV_ECANCELED);
-    any = 1;
+    done++;
   }
-  if (any) c->s->hooks.written(c); /* as on_write: their buffers are back */
+  if (done == 0) return;
+  c->refs -= done - 1;
+  c->s->hooks.written(c); /* as on_write: their buffers are back */
+  conn_unref(c);
 }
 
 static int zq_push(conn *c, uint8_t *owned, conn_piece *p, size_t n, conn_write_cb cb, void *ud) {
@@ -280,6 +305,7 @@ static int zq_push(conn *c, uint8_t *owned, conn_piece *p, size_t n, conn_write_
 int conn_send_pieces(conn *c, uint8_t *owned, conn_piece *pieces, size_t n, conn_write_cb cb,
                      void *ud) {
   if (c->closing || c->zerr) return M3_EIO;
+  if (tls_sealing(c)) return tls_send_pieces(c, owned, pieces, n, cb, ud);
   return zq_push(c, owned, pieces, n, cb, ud);
 }
 
@@ -385,6 +411,226 @@ static void zq_run(conn *c) {
   }
 }
 
+/* ---- TLS: the hook layer (tls.h) ---------------------------------------- */
+
+/* Whether c's writes must be sealed here (TLS, and the kernel does not
+ * encrypt its sends). */
+static int tls_sealing(const conn *c) { return c->tls && !tls_conn_ktls_send(c->tls); }
+
+/* A piece of ciphertext could not be made whole: the stream is lost; closed
+ * from the idle timer (never from within a send). */
+static void tls_broken(conn *c) {
+  M3_WARN("server", "%s: TLS: %s: closing", c->peer, tls_conn_error(c->tls));
+  c->zerr = 1;
+  uv_timer_start(&c->idle, on_idle, 0, c->tick_ms);
+}
+
+/* Seal the nb buffers of a write into one buffer of ciphertext: bufs[0]
+ * becomes it, *nb 1, *sealed owns it, *bytes its length. 0, or M3_EIO
+ * (nothing queued). */
+static int tls_seal_bufs(conn *c, uv_buf_t *bufs, unsigned *nb, uint8_t **sealed, size_t *bytes) {
+  if (!tls_conn_done(c->tls)) return M3_EIO;
+  for (unsigned i = 0; i < *nb; i++) {
+    if (bufs[i].len && tls_conn_seal(c->tls, bufs[i].base, bufs[i].len) != 0) {
+      tls_broken(c);
+      return M3_EIO;
+    }
+  }
+  size_t n = tls_conn_take(c->tls, sealed);
+  bufs[0] = uv_buf_init((char *)*sealed, (unsigned)n);
+  *nb = 1;
+  *bytes = n;
+  return 0;
+}
+
+/* conn_send_pieces under TLS without kTLS: sendfile would put clear bytes
+ * on the wire, so file pieces are read (from the page cache, where fetch.c
+ * found them) and everything is sealed into one write. */
+static int tls_send_pieces(conn *c, uint8_t *owned, conn_piece *p, size_t n, conn_write_cb cb,
+                           void *ud) {
+  if (!tls_conn_done(c->tls)) return M3_EIO;
+  wreq *w = calloc(1, sizeof *w);
+  size_t scap = 0;
+  for (size_t i = 0; i < n; i++)
+    if (p[i].buf == NULL && p[i].len > scap) scap = p[i].len;
+  if (scap > (1u << 20)) scap = 1u << 20;
+  uint8_t *scratch = scap ? malloc(scap) : NULL;
+  if (w == NULL || (scap && scratch == NULL)) {
+    free(w);
+    free(scratch);
+    return M3_ENOMEM;
+  }
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    if (p[i].buf) {
+      if (p[i].len && tls_conn_seal(c->tls, p[i].buf, p[i].len) != 0) rc = -1;
+      continue;
+    }
+    for (size_t done = 0; done < p[i].len && rc == 0;) {
+      size_t want = p[i].len - done < scap ? p[i].len - done : scap;
+      ssize_t got = pread(p[i].fd, scratch, want, (off_t)(p[i].off + done));
+      if (got <= 0) {
+        M3_WARN("server", "%s: reading %zu bytes to send: %s", c->peer, want,
+                got < 0 ? strerror(errno) : "short read");
+        rc = -1;
+        break;
+      }
+      if (tls_conn_seal(c->tls, scratch, (size_t)got) != 0) rc = -1;
+      done += (size_t)got;
+      c->s->m.tls_file_bytes_read += (uint64_t)got;
+    }
+  }
+  free(scratch);
+  if (rc != 0) {
+    free(w);
+    tls_broken(c);
+    return M3_EIO;
+  }
+  size_t len = tls_conn_take(c->tls, &w->sealed);
+  w->c = c;
+  w->cb = cb;
+  w->ud = ud;
+  w->owned = owned; /* what the pieces pointed into goes when the write is done */
+  w->bytes = len;
+  w->bufs = w->inline_bufs;
+  w->bufs[0] = uv_buf_init((char *)w->sealed, (unsigned)len);
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, 1, on_write) < 0) {
+    free(w->sealed);
+    free(w);
+    return M3_EIO;
+  }
+  free(p);
+  return queued(c, w);
+}
+
+/* Write what OpenSSL has to say on its own (handshake, alerts). */
+static void tls_flush(conn *c) {
+  uint8_t *b;
+  size_t n = tls_conn_take(c->tls, &b);
+  if (n == 0) return;
+  if (tls_conn_ktls_send(c->tls)) {
+    /* After the switch to kernel TLS nothing but data may go out (a
+     * KeyUpdate that wants ours cannot be answered). */
+    free(b);
+    M3_WARN("server", "%s: TLS: the client asked for an answer that kTLS sends cannot give "
+                      "(a key update?): closing", c->peer);
+    c->zerr = 1;
+    uv_timer_start(&c->idle, on_idle, 0, c->tick_ms);
+    return;
+  }
+  wreq *w = calloc(1, sizeof *w);
+  if (w == NULL) {
+    free(b);
+    conn_close(c);
+    return;
+  }
+  w->c = c;
+  w->kick = 1; /* not a frame: not in c->queued */
+  w->sealed = b;
+  w->bytes = n;
+  w->bufs = w->inline_bufs;
+  w->bufs[0] = uv_buf_init((char *)b, (unsigned)n);
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, 1, on_write) < 0) {
+    free(b);
+    free(w);
+    conn_close(c);
+    return;
+  }
+  c->uv_pending++;
+  c->refs++;
+  c->enq_total += n;
+}
+
+/* A plain m3 client on the TLS port: answer its first call in clear (it
+ * could read nothing else), then hang up. */
+static void tls_refuse_plain(conn *c, size_t n) {
+  server *s = c->s;
+  const uint8_t *b = s->tls_rbuf;
+  s->m.bad_frames++;
+  s->m.tls_plain_refused++;
+  tls_conn_free(c->tls);
+  c->tls = NULL;
+  int m3 = n >= 2 && b[0] == 'M' && b[1] == '3';
+  M3_WARN("server", "%s: closing connection: it %s, and this port speaks TLS (--tls-cert)",
+          c->peer, m3 ? "speaks the m3 protocol without TLS" : "did not open with a TLS ClientHello");
+  m3_frame f;
+  if (m3 && n >= M3_FRAME_HEADER_SIZE) {
+    int rc = m3_frame_decode(b, CONN_PREHELLO_FRAME_MAX, &f);
+    if (rc == 0 || rc == M3_ERANGE)
+      conn_send_status(c, M3_FRAME_END, f.method, f.stream, M3_STATUS_UNAUTHENTICATED, 0,
+                       "this port speaks TLS: connect with TLS (--tls-ca F, and --tls-cert/"
+                       "--tls-key where the server requires client certificates)");
+  }
+  conn_hangup(c);
+}
+
+static void tls_handshake_done(conn *c) {
+  server *s = c->s;
+  char how[96];
+  tls_conn_describe(c->tls, how, sizeof how);
+  const char *id = tls_conn_identity(c->tls);
+  if (*id)
+    M3_INFO("server", "%s: %s, client certificate %s, kTLS sends %s", c->peer, how, id,
+            tls_conn_ktls_send(c->tls) ? "on" : "off");
+  else
+    M3_DEBUG("server", "%s: %s, kTLS sends %s", c->peer, how,
+             tls_conn_ktls_send(c->tls) ? "on" : "off");
+  if (!tls_conn_ktls_send(c->tls) && *tls_server_ktls_why(s->tls) && !s->tls_ktls_logged) {
+    s->tls_ktls_logged = 1;
+    M3_INFO("server", "kTLS sends off: %s; memories are encrypted in user space (no sendfile)",
+            tls_server_ktls_why(s->tls));
+  }
+}
+
+/* n bytes of ciphertext came into s->tls_rbuf: hand them to OpenSSL, take
+ * the plaintext into c->rbuf, answer what the handshake needs, then cut
+ * frames as on a plain port. */
+static void tls_on_read(conn *c, size_t n) {
+  server *s = c->s;
+  if (!c->tls_seen) {
+    c->tls_seen = 1;
+    if (s->tls_rbuf[0] != 0x16) { /* not a TLS handshake record */
+      tls_refuse_plain(c, n);
+      return;
+    }
+  }
+  if (c->hangup) return; /* reading nothing more */
+  int was_done = tls_conn_done(c->tls);
+  if (tls_conn_input(c->tls, s->tls_rbuf, n) != 0) {
+    conn_close(c);
+    return;
+  }
+  long r;
+  for (;;) {
+    if (c->rcap - c->rlen < 16384) {
+      size_t cap = c->rcap ? c->rcap * 2 : 65536;
+      uint8_t *p = realloc(c->rbuf, cap);
+      if (p == NULL) {
+        conn_close(c);
+        return;
+      }
+      c->rbuf = p;
+      c->rcap = cap;
+    }
+    r = tls_conn_read(c->tls, c->rbuf + c->rlen, c->rcap - c->rlen,
+                      c->uv_pending == 0 && c->zhead == NULL);
+    if (r <= 0) break;
+    c->rlen += (size_t)r;
+  }
+  if (!was_done && tls_conn_done(c->tls)) tls_handshake_done(c);
+  tls_flush(c);
+  if (r == -2) {
+    s->m.bad_frames += !tls_conn_done(c->tls) ? 0 : 1;
+    M3_WARN("server", "%s: closing connection: %s", c->peer, tls_conn_error(c->tls));
+    conn_hangup(c); /* once the alert is written */
+    if (c->uv_pending == 0) conn_close(c);
+    return;
+  }
+  if (c->closing) return;
+  process(c);
+  if (r == -1 && !c->closing) conn_close(c); /* close_notify */
+}
+
 /* ---- connection ----------------------------------------------------- */
 
 static void conn_freed(uv_handle_t *h) {
@@ -401,6 +647,7 @@ void conn_ref(conn *c) { c->refs++; }
 
 void conn_unref(conn *c) {
   if (--c->refs > 0) return;
+  tls_conn_free(c->tls);
   free(c->rbuf);
   free(c);
 }
@@ -422,6 +669,10 @@ void conn_close(conn *c) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   conn *c = h->data;
+  if (c->tls) { /* ciphertext: into the loop's one buffer, handed to OpenSSL at once */
+    *buf = uv_buf_init((char *)c->s->tls_rbuf, sizeof c->s->tls_rbuf);
+    return;
+  }
   size_t want = suggested < 65536 ? 65536 : suggested;
   if (c->rcap - c->rlen < want) {
     size_t cap = c->rcap ? c->rcap : 65536;
@@ -491,9 +742,13 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     conn_close(c);
     return;
   }
-  c->rlen += (size_t)n;
   c->s->m.bytes_in += (uint64_t)n;
   c->last_activity_ns = now_ns();
+  if (c->tls) {
+    tls_on_read(c, (size_t)n);
+    return;
+  }
+  c->rlen += (size_t)n;
   process(c);
 }
 
@@ -622,6 +877,17 @@ void conn_accept(server *s, uv_stream_t *listener) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  if (s->tls) {
+    uv_os_fd_t fd = -1;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 ||
+        (c->tls = tls_conn_new(s->tls, fd, c->peer)) == NULL) {
+      M3_WARN("server", "%s: refused: no memory for its TLS state", c->peer);
+      c->closing = 1;
+      uv_close((uv_handle_t *)&c->idle, idle_closed);
+      uv_close((uv_handle_t *)&c->tcp, conn_freed);
+      return;
+    }
+  }
   s->m.connections_accepted++;
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;

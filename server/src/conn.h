@@ -16,6 +16,7 @@
 
 typedef struct server server;
 typedef struct conn conn;
+struct tls_conn;
 
 /* What a connection calls up into; set once, before the first accept. */
 typedef struct conn_hooks {
@@ -88,6 +89,12 @@ struct conn {
   uint64_t drain_t0_ns; /* start of the current drain-rate window (conn.c) */
   uint64_t drain_bytes; /* bytes the kernel had taken at that start */
   unsigned slow_ticks;  /* consecutive windows drained below the floor */
+  /* TLS (tls.h; conn.c's hook layer): NULL on a plain port. Until the
+   * kernel takes the send key, every write is sealed into one buffer of
+   * ciphertext (file pieces read first); with kTLS, writes go out as on a
+   * plain port. */
+  struct tls_conn *tls;
+  int tls_seen;        /* ciphertext came in (the first byte was checked) */
 };
 
 void conn_accept(server *s, uv_stream_t *listener);

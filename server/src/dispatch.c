@@ -13,6 +13,7 @@
 #define MSG_ADMIN_MAX (1u << 20)   /* Put's sizes, Delete's ids */
 
 #include "call.h"
+#include "m3/log.h"
 #include "m3_handlers.h"
 
 /* The largest message a method's request may be (docs/OPERATIONS.md,
@@ -77,6 +78,8 @@ void dispatch_frame(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_
     return;
   }
   if (mi->admin && !c->admin) {
+    M3_WARN("admin", "%s: %s refused: %s", c->peer, mi->name,
+            s->admin_token ? "not the admin token" : "admin methods are off");
     refuse(c, f, M3_STATUS_PERMISSION_DENIED,
            s->admin_token ? "needs the admin token" : "admin methods are off (no --admin-token-file)");
     return;

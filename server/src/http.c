@@ -9,6 +9,7 @@
 
 #include "m3/log.h"
 #include "server.h"
+#include "tls.h"
 
 #define HTTP_TIMEOUT_MS 10000 /* a scraper that says nothing is hung up on */
 
@@ -108,6 +109,15 @@ static void handle(http_conn *hc) {
     g.search_budget = s->cfg.search_budget;
     g.hello_failures = s->auth.failures;
     g.hello_limited = s->auth.limited;
+    if (s->tls) {
+      const tls_counters *tc = tls_server_counters(s->tls);
+      g.tls = 1;
+      g.tls_handshakes = tc->handshakes;
+      g.tls_handshake_failures = tc->handshake_failures;
+      g.tls_ktls_send = tc->ktls_send;
+      g.tls_reloads = tc->reloads;
+      g.tls_reload_failures = tc->reload_failures;
+    }
     g.io_backend = m3_store_io_backend(s->store);
     g.embedder = s->embedder;
     size_t len;

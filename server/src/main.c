@@ -8,6 +8,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
 #include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 
 #include "m3/token.h"
 #include "m3/error.h"
+#include "m3/internal/cli.h"
 #include "m3/log.h"
 #include "call.h"
 #include "dispatch.h"
@@ -24,13 +26,15 @@
 #include "fetch.h"
 #include "readbuf.h"
 #include "server.h"
+#include "tls.h"
 #include "m3/version.h"
 
 static const char *usage_text =
     "usage: m3-server --store DIR [options]\n"
     "\n"
     "  --store DIR               the store to serve (required)\n"
-    "  --listen HOST:PORT        RPC address (127.0.0.1:7600; port 0 picks a free one)\n"
+    "  --listen HOST:PORT        RPC address (127.0.0.1:7600; port 0 picks a free one;\n"
+    "                            HOST an IP address or a name such as localhost)\n"
     "  --http HOST:PORT          /metrics, /healthz, /readyz (127.0.0.1:7601; 'off' disables)\n"
     "  --config FILE             `key = value` lines with these option names; flags win\n"
     "  --token-file F            read token (first line); clients without it are refused\n"
@@ -73,11 +77,24 @@ static const char *usage_text =
     "  --min-drain-kb-per-s N    close a connection whose queued answers drain\n"
     "                            slower than this for 2 s: its buffers go back (256)\n"
     "  --shard N                 shard number announced in Hello (0)\n"
+    "  --tls-cert F              PEM certificate (chain) for TLS 1.3 on the RPC port\n"
+    "  --tls-key F               its PEM private key (both re-read on SIGHUP)\n"
+    "  --tls-ca F                require client certificates signed by this CA (mutual\n"
+    "                            TLS); the certificate's subject and SANs are logged\n"
+    "  --admin-cert-subject S    a client certificate whose subject (RFC 2253, e.g.\n"
+    "                            CN=ops,O=m3) or a SAN (DNS/URI/email value) is S is\n"
+    "                            admin for Put and Delete (needs --tls-ca)\n"
+    "  --no-ktls                 encrypt in user space even where the kernel offers\n"
+    "                            kTLS (kTLS keeps sendfile for TLS connections)\n"
+    "  --allow-plain-remote      serve without TLS on a non-loopback --listen (refused\n"
+    "                            otherwise: tokens and memories would cross the network\n"
+    "                            in clear)\n"
     "  --name NAME               server name announced in Hello\n"
     "  -h, --help\n"
     "  --version                 version, git commit and build options\n"
     "\n"
-    "SIGTERM or SIGINT: stop accepting, finish in-flight calls, exit 0.\n";
+    "SIGTERM or SIGINT: stop accepting, finish in-flight calls, exit 0.\n"
+    "SIGHUP: re-read --tls-cert and --tls-key (open connections keep theirs).\n";
 
 void server_config_defaults(server_config *c) {
   memset(c, 0, sizeof *c);
@@ -105,6 +122,7 @@ void server_config_defaults(server_config *c) {
   c->fetch_memory = (size_t)256 << 20;
   c->min_drain_bytes_per_s = (size_t)256 << 10;
   c->sendfile = 1;
+  c->ktls = 1;
 }
 
 static const struct option opts[] = {
@@ -141,6 +159,12 @@ static const struct option opts[] = {
     {"sendfile", no_argument, NULL, 23},
     {"no-sendfile", no_argument, NULL, 25},
     {"min-drain-kb-per-s", required_argument, NULL, 24},
+    {"tls-cert", required_argument, NULL, 26},
+    {"tls-key", required_argument, NULL, 27},
+    {"tls-ca", required_argument, NULL, 28},
+    {"admin-cert-subject", required_argument, NULL, 29},
+    {"allow-plain-remote", no_argument, NULL, 30},
+    {"no-ktls", no_argument, NULL, 31},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
@@ -226,6 +250,14 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
     break;
   case 24: c->min_drain_bytes_per_s = (size_t)num(name, v, where) << 10; break;
   case 25: c->sendfile = 0; break;
+  case 26: c->tls_cert = v; break;
+  case 27: c->tls_key = v; break;
+  case 28: c->tls_ca = v; break;
+  case 29: c->admin_cert_subject = v; break;
+  case 30:
+    c->allow_plain_remote = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes");
+    break;
+  case 31: c->ktls = !(v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes")); break;
   }
 }
 
@@ -305,7 +337,9 @@ static char *read_token(const char *path, const char *what) {
   return t;
 }
 
-static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const char *what) {
+/* HOST:PORT (or [V6]:PORT) into *ss; a name is resolved. 0, or -1 after
+ * printing what is wrong with --what. */
+static int resolve_addr(const char *hostport, const char *what, struct sockaddr_storage *ss) {
   char host[256];
   const char *colon = strrchr(hostport, ':');
   if (colon == NULL || colon == hostport || (size_t)(colon - hostport) >= sizeof host) {
@@ -320,12 +354,35 @@ static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const c
     h[strlen(h) - 1] = '\0';
   }
   int port = (int)num(what, colon + 1, NULL);
-  struct sockaddr_storage ss;
-  if (uv_ip4_addr(h, port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(h, port, (struct sockaddr_in6 *)&ss) != 0) {
-    fprintf(stderr, "m3-server: --%s '%s': not an IP address\n", what, hostport);
-    return -1;
+  memset(ss, 0, sizeof *ss);
+  if (uv_ip4_addr(h, port, (struct sockaddr_in *)ss) != 0 &&
+      uv_ip6_addr(h, port, (struct sockaddr_in6 *)ss) != 0) {
+    /* A name (localhost): its IPv4 address if it has one, else its first
+     * (clients try every address of a name in turn). */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE},
+                    *res = NULL, *pick;
+    char ps[8];
+    snprintf(ps, sizeof ps, "%d", port);
+    int g = getaddrinfo(h, ps, &hints, &res);
+    if (g != 0 || res == NULL) {
+      fprintf(stderr, "m3-server: --%s '%s': not an IP address or a known host name (%s)\n", what,
+              hostport, g ? gai_strerror(g) : "no address");
+      if (res) freeaddrinfo(res);
+      return -1;
+    }
+    for (pick = res; pick->ai_next && pick->ai_family != AF_INET; pick = pick->ai_next) {
+    }
+    if (pick->ai_family != AF_INET) pick = res;
+    memcpy(ss, pick->ai_addr, pick->ai_addrlen);
+    freeaddrinfo(res);
   }
+  return 0;
+}
+
+static int bind_addr(uv_loop_t *loop, uv_tcp_t *t, const char *hostport, const char *what) {
+  struct sockaddr_storage ss;
+  if (resolve_addr(hostport, what, &ss) != 0) return -1;
   uv_tcp_init(loop, t);
   int rc = uv_tcp_bind(t, (struct sockaddr *)&ss, 0);
   if (rc) {
@@ -341,6 +398,35 @@ static int bound_port(uv_tcp_t *t) {
   if (uv_tcp_getsockname(t, (struct sockaddr *)&ss, &len) != 0) return -1;
   return ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
                                  : ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+/* Whether HOST:PORT names a loopback address (127.0.0.0/8, ::1, localhost). */
+static int loopback_listen(const char *hostport) {
+  if (!strncmp(hostport, "localhost:", 10) || !strncmp(hostport, "[::1]:", 6)) return 1;
+  if (strncmp(hostport, "127.", 4) != 0) return 0;
+  struct sockaddr_in sa;
+  char host[64];
+  const char *colon = strrchr(hostport, ':');
+  if (colon == NULL || (size_t)(colon - hostport) >= sizeof host) return 0;
+  memcpy(host, hostport, (size_t)(colon - hostport));
+  host[colon - hostport] = '\0';
+  return uv_ip4_addr(host, 0, &sa) == 0;
+}
+
+static void on_sighup(uv_signal_t *sig, int signum) {
+  server *s = sig->data;
+  (void)signum;
+  if (s->tls == NULL) {
+    M3_INFO("server", "SIGHUP: no TLS configured: nothing to reload");
+    return;
+  }
+  if (tls_server_reload(s->tls) != 0) {
+    M3_WARN("server", "SIGHUP: TLS reload refused, the old certificate stays: %s", m3_errmsg());
+    return;
+  }
+  char d[800];
+  tls_server_describe(s->tls, d, sizeof d);
+  M3_INFO("server", "SIGHUP: reloaded: %s (%u open connections keep theirs)", d, s->nconns);
 }
 
 static void on_connection(uv_stream_t *l, int status) {
@@ -398,6 +484,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[i], "--config") && i + 1 < argc) load_config(&s.cfg, argv[i + 1]);
     else if (!strncmp(argv[i], "--config=", 9)) load_config(&s.cfg, argv[i] + 9);
   }
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3-server")) return 2;
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     if (ch == 'h') {
@@ -421,10 +508,50 @@ int main(int argc, char **argv) {
     fprintf(stderr, "m3-server: --store DIR is required\n%s", usage_text);
     return 2;
   }
+  /* Addresses before the store opens: a bad port or an unknown host is a
+   * usage error. */
+  struct sockaddr_storage chk;
+  if (m3_cli_check_addr("m3-server", "--listen", s.cfg.listen, 0) != 0 ||
+      resolve_addr(s.cfg.listen, "listen", &chk) != 0)
+    return 2;
+  if (s.cfg.http && *s.cfg.http && strcmp(s.cfg.http, "off") != 0 &&
+      (m3_cli_check_addr("m3-server", "--http", s.cfg.http, 0) != 0 ||
+       resolve_addr(s.cfg.http, "http", &chk) != 0))
+    return 2;
   if (s.cfg.max_queries > s.cfg.search_budget) {
     fprintf(stderr, "m3-server: --max-queries %u is over --search-budget %u: no call could fit\n",
             s.cfg.max_queries, s.cfg.search_budget);
     return 2;
+  }
+  if ((s.cfg.tls_cert != NULL) != (s.cfg.tls_key != NULL)) {
+    fprintf(stderr, "m3-server: %s without %s: TLS needs both\n",
+            s.cfg.tls_cert ? "--tls-cert" : "--tls-key", s.cfg.tls_cert ? "--tls-key" : "--tls-cert");
+    return 2;
+  }
+  if (s.cfg.tls_ca && !s.cfg.tls_cert) {
+    fprintf(stderr, "m3-server: --tls-ca needs --tls-cert and --tls-key (the server's own)\n");
+    return 2;
+  }
+  if (s.cfg.admin_cert_subject && !s.cfg.tls_ca) {
+    fprintf(stderr, "m3-server: --admin-cert-subject needs --tls-ca: without it clients send "
+                    "no certificate\n");
+    return 2;
+  }
+  if (!s.cfg.tls_cert && !s.cfg.allow_plain_remote && !loopback_listen(s.cfg.listen)) {
+    fprintf(stderr,
+            "m3-server: --listen %s is not a loopback address and no TLS is configured: "
+            "tokens and memories would cross the network in clear. Give --tls-cert F "
+            "--tls-key F (docs/OPERATIONS.md, Security), or --allow-plain-remote on a "
+            "network you trust\n",
+            s.cfg.listen);
+    return 2;
+  }
+  if (s.cfg.tls_cert) {
+    int trc = tls_server_open(s.cfg.tls_cert, s.cfg.tls_key, s.cfg.tls_ca, s.cfg.ktls, &s.tls);
+    if (trc) {
+      fprintf(stderr, "m3-server: %s\n", m3_errmsg());
+      return 2;
+    }
   }
   if (s.cfg.token_file) s.token = read_token(s.cfg.token_file, "--token-file");
   if (s.cfg.admin_token_file) s.admin_token = read_token(s.cfg.admin_token_file, "--admin-token-file");
@@ -520,6 +647,9 @@ int main(int argc, char **argv) {
   s.sigterm.data = s.sigint.data = &s;
   uv_signal_start(&s.sigterm, on_signal, SIGTERM);
   uv_signal_start(&s.sigint, on_signal, SIGINT);
+  uv_signal_init(s.loop, &s.sighup);
+  s.sighup.data = &s;
+  uv_signal_start(&s.sighup, on_sighup, SIGHUP);
   signal(SIGPIPE, SIG_IGN);
 
   M3_INFO("server", "serving %s (%llu memories, embedder %s, %s, io %s%s) on port %d, http port %d",
@@ -528,6 +658,15 @@ int main(int argc, char **argv) {
           s.aio ? " on the loop" : " on the threadpool", rpc_port, http_port);
   M3_INFO("server", "read auth %s, admin auth %s", s.token ? "on (--token-file)" : "off (anyone may read)",
           s.admin_token ? "on (--admin-token-file)" : "off (Put and Delete refused)");
+  if (s.tls) {
+    char d[800];
+    tls_server_describe(s.tls, d, sizeof d);
+    M3_INFO("server", "%s%s%s", d, s.cfg.admin_cert_subject ? "; admin certificate " : "",
+            s.cfg.admin_cert_subject ? s.cfg.admin_cert_subject : "");
+  } else {
+    M3_INFO("server", "TLS off: plain m3 protocol on %s%s", s.cfg.listen,
+            loopback_listen(s.cfg.listen) ? " (loopback)" : " (--allow-plain-remote)");
+  }
   uv_run(s.loop, UV_RUN_DEFAULT);
 
   /* Drained (or stopped): close what is left and let the callbacks run. */
@@ -549,6 +688,7 @@ int main(int argc, char **argv) {
   pthread_mutex_destroy(&s.admin_lock);
   free(s.token);
   free(s.admin_token);
+  tls_server_close(s.tls);
   uv_loop_close(s.loop);
   M3_INFO("server", "stopped");
   return 0;

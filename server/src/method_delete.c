@@ -4,6 +4,7 @@
 
 #include "call.h"
 #include "m3/error.h"
+#include "m3/log.h"
 #include "m3_handlers.h"
 
 typedef struct delete_state {
@@ -37,6 +38,13 @@ static void delete_done(uv_work_t *w, int status) {
   delete_state *ds = cl->state;
   call_job *st = &ds->job;
   server *s = cl->c->s;
+  M3__DeleteRequest *r = (M3__DeleteRequest *)cl->req;
+  if (st->status == 0 && status == 0)
+    M3_INFO("admin", "%s: Delete of %zu ids: %llu deleted", cl->c->peer, r->n_ids,
+            (unsigned long long)st->count);
+  else
+    M3_WARN("admin", "%s: Delete of %zu ids failed: %s", cl->c->peer, r->n_ids,
+            st->errmsg[0] ? st->errmsg : m3_strerror(st->status ? st->status : M3_EINTERNAL));
   if (st->status == 0 && status == 0) {
     s->records -= st->count;
     if (s->index && ds->seq > s->index_vectors_seq) {

@@ -6,6 +6,7 @@
 #include "call.h"
 #include "m3/log.h"
 #include "m3_handlers.h"
+#include "tls.h"
 
 static void fill_layout(server *s, M3__Layout *l) {
   const m3_layout *sl = m3_store_layout(s->store);
@@ -47,6 +48,11 @@ void method_hello(call *cl, const uint8_t *att, size_t att_len) {
   }
   const char *tok = r->token ? r->token : "";
   int is_admin = s->admin_token && auth_token_equal(tok, s->admin_token);
+  /* A client certificate bound to the admin role (--admin-cert-subject):
+   * verified by the handshake (--tls-ca), so admin whatever the token. */
+  int cert_admin = s->cfg.admin_cert_subject && c->tls &&
+                   tls_conn_identity_matches(c->tls, s->cfg.admin_cert_subject);
+  is_admin = is_admin || cert_admin;
   int is_reader = is_admin || s->token == NULL || auth_token_equal(tok, s->token);
   if (!is_reader) {
     M3_WARN("server", "%s: Hello with %s: closing", c->peer, *tok ? "a wrong token" : "no token");
@@ -86,7 +92,9 @@ void method_hello(call *cl, const uint8_t *att, size_t att_len) {
   out.admin = is_admin;
   out.shard = s->cfg.shard;
   out.embedder = s->embedder;
-  M3_DEBUG("server", "%s: Hello from '%s'%s", c->peer, r->client_name ? r->client_name : "",
-           is_admin ? " (admin)" : "");
+  M3_DEBUG("server", "%s: Hello from '%s'%s%s%s", c->peer, r->client_name ? r->client_name : "",
+           is_admin ? (cert_admin ? " (admin by its certificate)" : " (admin)") : "",
+           c->tls && *tls_conn_identity(c->tls) ? ", certificate " : "",
+           c->tls ? tls_conn_identity(c->tls) : "");
   call_reply(cl, &out.base);
 }

@@ -8,6 +8,7 @@
 #include "call.h"
 #include "m3/error.h"
 #include "m3/fault.h"
+#include "m3/log.h"
 #include "m3_handlers.h"
 
 typedef struct put_state {
@@ -87,6 +88,14 @@ static void put_done(uv_work_t *w, int status) {
   call *cl = w->data;
   put_state *st = cl->state;
   server *s = cl->c->s;
+  /* Every admin write is logged: who, how many, the outcome. */
+  M3__PutRequest *r = (M3__PutRequest *)cl->req;
+  if (st->job.status == 0 && status == 0)
+    M3_INFO("admin", "%s: Put of %zu records: %llu written", cl->c->peer, r->n_sizes,
+            (unsigned long long)st->job.count);
+  else
+    M3_WARN("admin", "%s: Put of %zu records failed: %s", cl->c->peer, r->n_sizes,
+            st->job.errmsg[0] ? st->job.errmsg : m3_strerror(st->job.status ? st->job.status : M3_EINTERNAL));
   if (st->job.status == 0 && status == 0) {
     /* Replacements leave the count unchanged; recount cheaply from the index
      * when there is one. */

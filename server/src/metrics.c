@@ -194,6 +194,22 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
   COUNTER("m3_slow_readers_closed_total",
           "Connections closed for draining their answers below the minimum rate.",
           m->slow_readers_closed);
+  GAUGE("m3_tls", "1 when the RPC port speaks TLS (--tls-cert).", g->tls);
+  COUNTER("m3_tls_handshakes_total", "TLS handshakes completed.", g->tls_handshakes);
+  COUNTER("m3_tls_handshake_failures_total",
+          "TLS handshakes refused (a bad or missing client certificate, no common version).",
+          g->tls_handshake_failures);
+  COUNTER("m3_tls_ktls_send_connections_total",
+          "TLS connections whose sends the kernel encrypts (kTLS: sendfile keeps working).",
+          g->tls_ktls_send);
+  COUNTER("m3_tls_file_bytes_read_total",
+          "Memory bytes read into user space to be encrypted there (TLS without kTLS).",
+          m->tls_file_bytes_read);
+  COUNTER("m3_tls_plain_refused_total", "Connections to the TLS port that did not speak TLS.",
+          m->tls_plain_refused);
+  COUNTER("m3_tls_reloads_total", "Certificate and key reloads (SIGHUP) that took.", g->tls_reloads);
+  COUNTER("m3_tls_reload_failures_total", "Reloads refused (the old certificate stays).",
+          g->tls_reload_failures);
   COUNTER("m3_items_not_found_total",
           "Fetch and Retrieve items answered NOT_FOUND (the id is not in the store).",
           m->items_not_found);

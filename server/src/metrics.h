@@ -41,6 +41,9 @@ typedef struct metrics {
   uint64_t sendfile_bounced_bytes; /* of those, read into a buffer: the socket was full */
   uint64_t sendfile_cold_batches;  /* batches read into buffers: not in the page cache */
   uint64_t slow_readers_closed; /* connections closed for draining too slowly */
+  uint64_t tls_file_bytes_read; /* TLS without kTLS: memory bytes read to be sealed
+                                   instead of sent with sendfile */
+  uint64_t tls_plain_refused;  /* connections to the TLS port that spoke no TLS */
   uint64_t search_batches;
   uint64_t search_queries;
   uint64_t search_refused;   /* calls refused: the search budget was spent */
@@ -63,6 +66,9 @@ typedef struct metrics_gauges {
   uint64_t connections, inflight, records, segment_bytes, index_vectors, cache_hits,
       cache_misses, cache_bytes, uptime_s, draining, read_buffer_bytes, read_buffer_peak, read_buffer_budget,
       calls_waiting_for_buffers, search_queries_held, search_budget, hello_failures, hello_limited;
+  int tls;                   /* the RPC port speaks TLS */
+  uint64_t tls_handshakes, tls_handshake_failures, tls_ktls_send, tls_reloads,
+      tls_reload_failures;
   const char *io_backend;
   const char *embedder; /* how the store was embedded (m3_store_embedder) */
 } metrics_gauges;

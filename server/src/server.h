@@ -95,6 +95,13 @@ typedef struct server_config {
                                   else read into buffers on the io_uring and
                                   checked by the server too */
   unsigned shard;
+  const char *tls_cert;        /* PEM certificate chain: the RPC port speaks TLS 1.3 */
+  const char *tls_key;
+  const char *tls_ca;          /* require client certificates signed by it (mutual TLS) */
+  const char *admin_cert_subject; /* a client certificate whose subject or a SAN is
+                                     this is admin (with or without the admin token) */
+  int allow_plain_remote;      /* plain (no TLS) on a non-loopback address */
+  int ktls;                    /* try kernel TLS for sends (1; --no-ktls) */
 } server_config;
 
 void server_config_defaults(server_config *c);
@@ -135,7 +142,10 @@ typedef struct server {
    * (a Put's store write, a Delete's store and index writes, then the
    * Put's index write). */
   pthread_mutex_t admin_lock;
-  uv_signal_t sigterm, sigint;
+  uv_signal_t sigterm, sigint, sighup;
+  struct tls_server *tls;    /* NULL: plain (tls.h) */
+  int tls_ktls_logged;       /* why kTLS is off was logged once */
+  uint8_t tls_rbuf[65536];   /* ciphertext just read (conn.c; loop thread) */
   uv_timer_t drain_timer;
   int draining;
   conn *conns;               /* doubly linked (conn.c) */

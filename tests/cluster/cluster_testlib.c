@@ -25,6 +25,11 @@ static void down_all(void) {
 
 void cl_up(cl_cluster *c, const char *store, const char *rundir, unsigned shards,
            unsigned replicas) {
+  cl_up_args(c, store, rundir, shards, replicas, NULL);
+}
+
+void cl_up_args(cl_cluster *c, const char *store, const char *rundir, unsigned shards,
+                unsigned replicas, const char *server_flags) {
   char bin[4096], sh[4096];
   m3t_bin_path(bin, sizeof bin, "m3-server");
   if (access(bin, X_OK) != 0) {
@@ -37,8 +42,9 @@ void cl_up(cl_cluster *c, const char *store, const char *rundir, unsigned shards
   c->shards = shards;
   c->replicas = replicas;
   if (shards * replicas > CL_MAX_SERVERS) fail_msg("too many servers");
-  int rc = m3t_sh("bash %s up --store %s --shards %u --replicas %u --dir %s > %s.up.log 2>&1",
-                 launcher(sh, sizeof sh), store, shards, replicas, rundir, rundir);
+  int rc = m3t_sh("bash %s up --store %s --shards %u --replicas %u --dir %s %s%s > %s.up.log 2>&1",
+                 launcher(sh, sizeof sh), store, shards, replicas, rundir,
+                 server_flags ? "-- " : "", server_flags ? server_flags : "", rundir);
   if (rc != 0) {
     m3t_sh("cat %s.up.log >&2", rundir);
     fail_msg("m3-cluster up failed (exit %d)", rc);

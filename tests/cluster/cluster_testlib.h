@@ -25,6 +25,10 @@ typedef struct cl_cluster {
  * if the test does not stop it first. */
 void cl_up(cl_cluster *c, const char *store, const char *rundir, unsigned shards,
            unsigned replicas);
+/* cl_up with extra m3-server flags (`m3-cluster up ... -- FLAGS`; a shell
+ * word list, NULL: none). */
+void cl_up_args(cl_cluster *c, const char *store, const char *rundir, unsigned shards,
+                unsigned replicas, const char *server_flags);
 /* `m3-cluster down`. */
 void cl_down(cl_cluster *c);
 /* The usual test setup: a store of n memories with emb_dim-dim embeddings

@@ -124,10 +124,10 @@ static void test_dump_matches_forward(void **state) {
     json_decref(j);
     free(txt);
   }
-  /* a missing id: exit 1 */
+  /* a missing id: named, exit 2 (as m3 store get) */
   snprintf(cmd, sizeof cmd, "%s/m3 store dump %s/st --id 999 --json >/dev/null 2>&1", bin, dir);
   int st = system(cmd);
-  assert_int_equal(WEXITSTATUS(st), 1);
+  assert_int_equal(WEXITSTATUS(st), 2);
   free(pos), free(kv);
   m3_forward_destroy(fw);
   m3_tokenizer_free(tok);

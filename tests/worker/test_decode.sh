@@ -42,6 +42,21 @@ for s in t["sequences"]:
 print("m3-bench decode: %d rounds, slowdown %.3f, trace ok" % (b["rounds"], b["slowdown"]))
 PY
 
+# --repeat 2: each pair's slowdown from that pair's own two runs, and their median.
+"$bin/m3-bench" decode --model "$work/model" --server "$store" --prompts "$src/examples/prompts.txt" \
+  --batch 2 --new-tokens 70 --backend cpu --repeat 2 --json >"$work/bench2.json"
+"$py" - "$work/bench2.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+w, wo, p = b["tokens_per_s_with_runs"], b["tokens_per_s_without_runs"], b["slowdown_pairs"]
+assert b["repeat"] == 2 and len(w) == len(wo) == len(p) == 2, b
+for r in range(2):
+    assert abs(p[r] - (1 - w[r] / wo[r])) < 1e-4, (r, p, w, wo)
+assert abs(b["slowdown_pair_median"] - (p[0] + p[1]) / 2) < 1e-6, b
+assert b["tokens_per_s_with"] in w and b["tokens_per_s_without"] in wo, b
+print("m3-bench decode --repeat 2: pairs %s" % p)
+PY
+
 # The PyTorch worker: the same trace.
 if "$py" -c "import torch" 2>/dev/null; then
   preload=

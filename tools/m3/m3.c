@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "m3/error.h"
+#include "m3/internal/cli.h"
 #include "m3/log.h"
 #include "m3/store.h"
 #include "m3/version.h"
@@ -21,6 +22,8 @@
 int m3__cmd_query(int argc, char **argv);
 int m3__cmd_fetch(int argc, char **argv);
 int m3__cmd_stats(int argc, char **argv);
+int m3__cmd_delete(int argc, char **argv);
+int m3__cmd_put(int argc, char **argv);
 /* m3 store split (m3_cluster_cmd.c). */
 int m3__cmd_store_split(int argc, char **argv);
 /* m3 store merge (m3_merge_cmd.c). */
@@ -56,7 +59,13 @@ static const char *usage_text =
     "  m3 stats (--server HOST:PORT | --cluster MAP) [--json]\n"
     "                                  the server's layout, limits and counters; with\n"
     "                                  --cluster every replica's, up or down, and totals\n"
-    "  (all take --token-file F and --timeout-ms MS)\n"
+    "  m3 put --server HOST:PORT --store DIR --input FILE.jsonl [m3-encode options]\n"
+    "                                  encode the lines with the served store's own model,\n"
+    "                                  codec and embedder; send them through admin Put\n"
+    "  m3 delete --server HOST:PORT --id N [--id M ...] [--json]\n"
+    "                                  remove memories by chunk id (admin Delete)\n"
+    "  (all take --token-file F and --timeout-ms MS; put and delete need the server's\n"
+    "  admin token)\n"
     "\n"
     "Options:\n"
     "  --json        machine-readable output on stdout\n"
@@ -115,6 +124,9 @@ static int parse_store_args(int argc, char **argv, store_args *a) {
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
   memset(a, 0, sizeof *a);
+  char prog[64];
+  snprintf(prog, sizeof prog, "m3 store %s", argv[0]);
+  if (m3_cli_exact_long(argc, argv, "h", opts, prog)) return EXIT_FAILURE_;
   optind = 1;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -178,11 +190,11 @@ static int cmd_info(int argc, char **argv) {
   uint64_t ram = m3_store_ram_bytes(s), disk = st.segment_bytes + st.catalog_bytes;
   if (a.json) {
     json_t *j = json_pack(
-        "{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I,s:I,s:f,s:f,s:i,s:I,s:o,s:s}", "store", a.dir,
+        "{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I,s:I,s:f,s:f,s:i,s:I,s:o,s:s}", "store", a.dir,
         "records",
         (json_int_t)st.records, "segments", (json_int_t)st.segments, "segment_bytes",
         (json_int_t)st.segment_bytes, "payload_bytes", (json_int_t)st.payload_bytes, "text_bytes",
-        (json_int_t)st.text_bytes, "dead_bytes", (json_int_t)st.dead_bytes, "overhead",
+        (json_int_t)st.text_bytes, "embedding_bytes", (json_int_t)st.embedding_bytes, "dead_bytes", (json_int_t)st.dead_bytes, "overhead",
         st.overhead, "catalog_bytes", (json_int_t)st.catalog_bytes, "ram_bytes", (json_int_t)ram,
         "location_table_bytes", (json_int_t)st.loc_table_bytes, "ram_bytes_per_memory",
         st.records ? (double)ram / (double)st.records : 0.0, "disk_bytes_per_memory",
@@ -203,9 +215,11 @@ static int cmd_info(int argc, char **argv) {
   printf("records        %llu\n", (unsigned long long)st.records);
   printf("segments       %llu, %llu bytes (%llu dead)\n", (unsigned long long)st.segments,
          (unsigned long long)st.segment_bytes, (unsigned long long)st.dead_bytes);
-  printf("payload        %llu bytes of memories, %llu bytes of text\n",
-         (unsigned long long)st.payload_bytes, (unsigned long long)st.text_bytes);
-  printf("overhead       %.2f%% (segment bytes over payload and text)\n", st.overhead * 100);
+  printf("payload        %llu bytes of memories, %llu bytes of text, %llu bytes of embeddings\n",
+         (unsigned long long)st.payload_bytes, (unsigned long long)st.text_bytes,
+         (unsigned long long)st.embedding_bytes);
+  printf("overhead       %.2f%% (segment bytes over memories, text and embeddings)\n",
+         st.overhead * 100);
   printf("catalog        %llu bytes\n", (unsigned long long)st.catalog_bytes);
   if (st.records) {
     printf("RAM serving    %llu bytes, %.1f per memory (location table %llu, RocksDB %llu)\n",
@@ -413,7 +427,8 @@ int main(int argc, char **argv) {
   static const struct {
     const char *name;
     int (*fn)(int, char **);
-  } remote[] = {{"query", m3__cmd_query}, {"fetch", m3__cmd_fetch}, {"stats", m3__cmd_stats}};
+  } remote[] = {{"query", m3__cmd_query}, {"fetch", m3__cmd_fetch}, {"stats", m3__cmd_stats},
+                {"delete", m3__cmd_delete}, {"put", m3__cmd_put}};
   for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++)
     if (!strcmp(argv[1], remote[i].name)) return remote[i].fn(argc - 1, argv + 1);
   fprintf(stderr, "m3: unknown command '%s'; see m3 --help\n", argv[1]);

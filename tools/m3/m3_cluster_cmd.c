@@ -20,6 +20,7 @@
 
 #include "m3/cluster.h"
 #include "m3/error.h"
+#include "m3/internal/cli.h"
 #include "m3/store.h"
 
 #define BATCH 64
@@ -83,6 +84,7 @@ int m3__cmd_store_split(int argc, char **argv) {
   const char *out = NULL, *dir = NULL;
   unsigned long shards = 0;
   int json = 0, c;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3 store split")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     char *end;

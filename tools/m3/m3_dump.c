@@ -25,6 +25,7 @@
 
 #include "m3/codec.h"
 #include "m3/error.h"
+#include "m3/internal/cli.h"
 #include "m3/sequence.h"
 #include "m3/store.h"
 #include "m3/tokenizer.h"
@@ -105,6 +106,7 @@ int m3__cmd_store_dump(int argc, char **argv) {
   const char *codec = NULL, *model = NULL;
   int json = 0, has_id = 0, c;
   unsigned long long id = 0;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3 store dump")) return EXIT_FAILURE_;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
@@ -161,7 +163,10 @@ int m3__cmd_store_dump(int argc, char **argv) {
   rc = m3_store_fetch(s, &it, 1);
   if (rc == 0) rc = it.status;
   if (rc) {
-    ex = rc == M3_ENOTFOUND ? (dump_fail("fetch", rc), EXIT_PROBLEMS) : dump_fail("fetch", rc);
+    /* As `m3 store get`: a missing id is named, exit 2. */
+    if (rc == M3_ENOTFOUND)
+      m3__seterr(rc, "chunk %llu: not in the store %s", id, dir);
+    ex = dump_fail("fetch", rc);
     goto out;
   }
   m3_record r;

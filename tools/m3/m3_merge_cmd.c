@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "m3/error.h"
+#include "m3/internal/cli.h"
 #include "m3/index.h"
 #include "m3/store.h"
 
@@ -65,6 +66,7 @@ int m3__cmd_store_merge(int argc, char **argv) {
   m3_merge_options mo = {0};
   const char *out = NULL, *factory = M3_INDEX_DEFAULT_FACTORY;
   int json = 0, c;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3 store merge")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     char *end;

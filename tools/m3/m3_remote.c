@@ -22,12 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "m3/token.h"
 #include "m3/client.h"
 #include "m3/cluster.h"
 #include "m3/error.h"
 #include "m3/frame.h"
+#include "m3/internal/cli.h"
 
 #define EXIT_STATUS 1
 #define EXIT_USAGE 2
@@ -35,6 +37,8 @@
 int m3__cmd_query(int argc, char **argv);
 int m3__cmd_fetch(int argc, char **argv);
 int m3__cmd_stats(int argc, char **argv);
+int m3__cmd_delete(int argc, char **argv);
+int m3__cmd_put(int argc, char **argv);
 
 static int print_json(json_t *j) {
   char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(7));
@@ -59,7 +63,9 @@ typedef struct remote_args {
   const char *server;
   const char *cluster;
   const char *token_file;
-  const char *text;
+  const char **texts; /* query: every --text, in order */
+  size_t n_texts;
+  const char *tls_ca, *tls_cert, *tls_key, *tls_name; /* --tls-* (NULL: the map's, or plain) */
   const char *vector_file;
   const char *out;
   int json;
@@ -71,12 +77,39 @@ typedef struct remote_args {
   size_t n_ids;
 } remote_args;
 
+/* The TLS options every remote command takes. */
+static const char tls_usage[] =
+    "TLS: --tls-ca F [--tls-cert F --tls-key F] [--tls-name NAME]: speak TLS 1.3 and\n"
+    "refuse a server whose certificate F did not sign or that does not carry NAME\n"
+    "(default: the address's host); --tls-cert/--tls-key: a client certificate, for\n"
+    "servers that require one (mutual TLS). With --cluster, instead of the map's\n"
+    "\"tls\" object.\n";
+
+/* --tls-* into o (a cluster map's "tls" object first, when given). */
+static void tls_options(const remote_args *a, const m3_cluster_map *map, m3_client_options *o) {
+  if (map) m3_cluster_map_tls(map, o);
+  if (a->tls_ca) {
+    o->tls_ca = a->tls_ca;
+    o->tls_cert = a->tls_cert;
+    o->tls_key = a->tls_key;
+  }
+  if (a->tls_name) o->tls_name = a->tls_name;
+}
+
+static void usage_of(const char *cmd);
 static void usage(const char *cmd) {
+  usage_of(cmd);
+  fputs(tls_usage, stdout);
+}
+
+static void usage_of(const char *cmd) {
   if (!strcmp(cmd, "query"))
-    fputs("usage: m3 query (--server HOST:PORT | --cluster MAP) (--text \"...\" | --vector-file F)\n"
+    fputs("usage: m3 query (--server HOST:PORT | --cluster MAP)\n"
+          "                (--text \"...\" [--text \"...\" ...] | --vector-file F)\n"
           "                [-k 5] [--nprobe N] [--ef-search N] [--token-file F]\n"
           "                [--timeout-ms 10000] [--json] [--allow-fillers]\n"
           "Retrieve the top-k memories of each query; print ids, scores and chunk texts.\n"
+          "Each --text is one query; all go in one call. Ranks count from 0, as in --json.\n"
           "A text query lists only memories scoring above 0 (fewer than k when fewer share\n"
           "a word with it); --allow-fillers lists k anyway.\n"
           "--nprobe N (IVF index) / --ef-search N (HNSW index): how hard the server's index\n"
@@ -90,6 +123,14 @@ static void usage(const char *cmd) {
           "                [--out FILE] [--token-file F] [--timeout-ms 10000] [--json]\n"
           "Fetch memories by chunk id: id, payload bytes, CRC check, text. --out writes\n"
           "the record bytes of the found memories back to back, in --id order.\n",
+          stdout);
+  else if (!strcmp(cmd, "delete"))
+    fputs("usage: m3 delete --server HOST:PORT --id N [--id M ...] [--token-file F]\n"
+          "                 [--timeout-ms 10000] [--json]\n"
+          "Remove memories by chunk id through the server's admin Delete (from its store\n"
+          "and its retrieval index at once); prints how many of the ids were there. Needs\n"
+          "the server's admin token (--token-file F, M3_TOKEN_FILE or M3_TOKEN); the server\n"
+          "logs the call. Ids that are not in the store are not an error.\n",
           stdout);
   else
     fputs("usage: m3 stats (--server HOST:PORT | --cluster MAP) [--token-file F]\n"
@@ -109,10 +150,15 @@ static int parse_args(int argc, char **argv, remote_args *a) {
       {"timeout-ms", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
       {"nprobe", required_argument, NULL, 'P'},     {"ef-search", required_argument, NULL, 'E'},
       {"help", no_argument, NULL, 'h'},             {"allow-fillers", no_argument, NULL, 'F'},
+      {"tls-ca", required_argument, NULL, 1},       {"tls-cert", required_argument, NULL, 2},
+      {"tls-key", required_argument, NULL, 3},      {"tls-name", required_argument, NULL, 4},
       {NULL, 0, NULL, 0}};
   memset(a, 0, sizeof *a);
   a->k = 5;
   a->timeout_ms = 10000;
+  char prog[64];
+  snprintf(prog, sizeof prog, "m3 %s", argv[0]);
+  if (m3_cli_exact_long(argc, argv, "hk:", opts, prog)) return EXIT_USAGE;
   optind = 1;
   int c;
   while ((c = getopt_long(argc, argv, "hk:", opts, NULL)) != -1) {
@@ -121,11 +167,21 @@ static int parse_args(int argc, char **argv, remote_args *a) {
     case 's': a->server = optarg; break;
     case 'C': a->cluster = optarg; break;
     case 't': a->token_file = optarg; break;
-    case 'x': a->text = optarg; break;
+    case 'x': {
+      const char **t = realloc(a->texts, (a->n_texts + 1) * sizeof *t);
+      if (t == NULL) return EXIT_USAGE;
+      a->texts = t;
+      a->texts[a->n_texts++] = optarg;
+      break;
+    }
     case 'v': a->vector_file = optarg; break;
     case 'o': a->out = optarg; break;
     case 'j': a->json = 1; break;
     case 'F': a->allow_fillers = 1; break;
+    case 1: a->tls_ca = optarg; break;
+    case 2: a->tls_cert = optarg; break;
+    case 3: a->tls_key = optarg; break;
+    case 4: a->tls_name = optarg; break;
     case 'k':
       a->k = (unsigned)strtoul(optarg, &end, 10);
       if (*end || a->k == 0) {
@@ -177,6 +233,17 @@ static int parse_args(int argc, char **argv, remote_args *a) {
     fprintf(stderr, "m3 %s: needs one of --server HOST:PORT or --cluster MAP\n", argv[0]);
     return EXIT_USAGE;
   }
+  if (a->server && m3_cli_check_addr(prog, "--server", a->server, 1) != 0) return EXIT_USAGE;
+  if ((a->tls_cert || a->tls_key || a->tls_name) && a->tls_ca == NULL && a->server) {
+    fprintf(stderr, "m3 %s: --tls-cert, --tls-key and --tls-name need --tls-ca F (the CA that "
+                    "signed the server's certificate)\n", argv[0]);
+    return EXIT_USAGE;
+  }
+  if ((a->tls_cert == NULL) != (a->tls_key == NULL)) {
+    fprintf(stderr, "m3 %s: %s without %s: a client certificate needs both\n", argv[0],
+            a->tls_cert ? "--tls-cert" : "--tls-key", a->tls_cert ? "--tls-key" : "--tls-cert");
+    return EXIT_USAGE;
+  }
   return 0;
 }
 
@@ -188,6 +255,7 @@ static int connect_server(const char *cmd, const remote_args *a, m3_client **c) 
   o.token = token;
   o.call_timeout_ms = a->timeout_ms;
   o.client_name = "m3 cli";
+  tls_options(a, NULL, &o);
   int rc = m3_client_connect(a->server, &o, c);
   if (rc) {
     fprintf(stderr, "m3 %s: %s: %s\n", cmd, m3_strerror(rc), m3_errmsg());
@@ -229,6 +297,10 @@ static int remote_open(const char *cmd, const remote_args *a, remote *r) {
     if (o.try_timeout_ms > o.call_timeout_ms) o.try_timeout_ms = o.call_timeout_ms;
     o.probe_interval_ms = 0; /* one call: no prober thread */
     o.client_name = "m3 cli";
+    o.tls_ca = a->tls_ca;
+    o.tls_cert = a->tls_cert;
+    o.tls_key = a->tls_key;
+    o.tls_name = a->tls_name;
     rc = m3_cluster_open(map, &o, &r->cl);
     m3_cluster_map_free(map);
   }
@@ -369,12 +441,12 @@ int m3__cmd_query(int argc, char **argv) {
   remote_args a;
   int rc = parse_args(argc, argv, &a), ex = 0;
   if (rc) return rc;
-  if ((a.text == NULL) == (a.vector_file == NULL)) {
-    fprintf(stderr, "m3 query: needs exactly one of --text \"...\" or --vector-file F\n");
+  if ((a.n_texts == 0) == (a.vector_file == NULL)) {
+    fprintf(stderr, "m3 query: needs --text \"...\" (one or more) or --vector-file F, not both\n");
     return EXIT_USAGE;
   }
   float *vecs = NULL;
-  size_t nq = 1, dim = 0;
+  size_t nq = a.n_texts, dim = 0;
   if (a.vector_file && read_vectors(a.vector_file, &vecs, &nq, &dim) != 0) return EXIT_USAGE;
   remote rm = {0};
   m3_client_info infob;
@@ -392,7 +464,7 @@ int m3__cmd_query(int argc, char **argv) {
   for (size_t i = 0; i < nq * a.k; i++) q.hits[i].id = UINT64_MAX;
   for (size_t i = 0; i < nq; i++) {
     if (vecs) qs[i] = (m3_client_query){.vector = vecs + i * dim, .dim = (uint32_t)dim};
-    else qs[i] = (m3_client_query){.text = a.text, .allow_fillers = a.allow_fillers};
+    else qs[i] = (m3_client_query){.text = a.texts[i], .allow_fillers = a.allow_fillers};
   }
   if (rm.c) m3_client_set_search_params(rm.c, &a.params);
   else m3_cluster_set_search_params(rm.cl, &a.params);
@@ -414,22 +486,26 @@ int m3__cmd_query(int argc, char **argv) {
         if (h->error) json_object_set_new(o, "error", json_string(h->error));
         json_array_append_new(res, o);
       }
-      json_array_append_new(arr, json_pack("{s:I,s:o}", "query", (json_int_t)i, "results", res));
+      json_t *qo = json_pack("{s:I}", "query", (json_int_t)i);
+      if (a.n_texts) json_object_set_new(qo, "text", json_string(a.texts[i]));
+      json_object_set_new(qo, "results", res);
+      json_array_append_new(arr, qo);
     }
     print_json(json_pack("{s:s,s:s,s:i,s:o}", rm.key, rm.where, "embedder", info->embedder, "k",
                          a.k, "queries", arr));
   } else {
     for (size_t i = 0; i < nq; i++) {
-      printf("query %zu%s%s%s\n", i, a.text ? " \"" : "", a.text ? a.text : "", a.text ? "\"" : "");
+      if (a.n_texts) printf("query %zu \"%s\"\n", i, a.texts[i]);
+      else printf("query %zu\n", i);
       printf("  %-4s %-20s %-9s %s\n", "rank", "chunk_id", "score", "text");
       for (unsigned r = 0; r < a.k; r++) {
         query_hit *h = &q.hits[i * a.k + r];
         if (h->id == UINT64_MAX) continue;
         if (h->status)
-          printf("  %-4u %-20llu %-9.5f [%s: %s]\n", r + 1, (unsigned long long)h->id,
+          printf("  %-4u %-20llu %-9.5f [%s: %s]\n", r, (unsigned long long)h->id,
                  (double)h->score, m3_err_name(h->status), h->error);
         else
-          printf("  %-4u %-20llu %-9.5f %s\n", r + 1, (unsigned long long)h->id,
+          printf("  %-4u %-20llu %-9.5f %s\n", r, (unsigned long long)h->id,
                  (double)h->score, h->text);
       }
     }
@@ -449,6 +525,7 @@ out:
   remote_close(&rm);
   free(vecs);
   free(a.ids);
+  free(a.texts);
   return ex;
 }
 
@@ -493,6 +570,7 @@ int m3__cmd_fetch(int argc, char **argv) {
   if (a.n_ids == 0) {
     fprintf(stderr, "m3 fetch: needs at least one --id N\n");
     free(a.ids);
+    free(a.texts);
     return EXIT_USAGE;
   }
   remote rm = {0};
@@ -563,6 +641,7 @@ out:
   free(f.len);
   remote_close(&rm);
   free(a.ids);
+  free(a.texts);
   return ex;
 }
 
@@ -578,10 +657,12 @@ typedef struct replica_stats {
   m3_client_stats st;
 } replica_stats;
 
-static void replica_stats_get(const remote_args *a, const char *token, replica_stats *r) {
+static void replica_stats_get(const remote_args *a, const m3_cluster_map *map, const char *token,
+                              replica_stats *r) {
   m3_client_options o;
   m3_client_options_init(&o);
   o.token = token;
+  tls_options(a, map, &o);
   o.call_timeout_ms = a->timeout_ms;
   if (a->timeout_ms > 0 && a->timeout_ms < o.connect_timeout_ms)
     o.connect_timeout_ms = a->timeout_ms;
@@ -634,7 +715,7 @@ static int cluster_stats(const remote_args *a) {
       rs[i].addr = m3_cluster_map_replica(map, s, r);
       rs[i].shard = s;
       rs[i].replica = r;
-      replica_stats_get(a, tok, &rs[i]);
+      replica_stats_get(a, map, tok, &rs[i]);
       if (!rs[i].up) continue;
       up++;
       shard_up = 1;
@@ -709,6 +790,7 @@ int m3__cmd_stats(int argc, char **argv) {
   if (a.cluster) {
     ex = cluster_stats(&a);
     free(a.ids);
+    free(a.texts);
     return ex;
   }
   m3_client *c = NULL;
@@ -757,10 +839,15 @@ int m3__cmd_stats(int argc, char **argv) {
   } else {
     printf("server          %s (%s), protocol %u%s\n", a.server, in->server_name,
            in->protocol_version, in->admin ? ", admin token" : "");
-    printf("layout          %s, codec %u, %u bytes per vector, fingerprint %s\n", shape,
-           l->codec_kind, l->code_bytes, fp);
+    printf("layout          %s, codec %s, %u bytes per vector, fingerprint %s\n", shape,
+           m3_codec_kind_name(l->codec_kind), l->code_bytes, fp);
     printf("memory          %u bytes per record; embeddings %u dims, embedder %s\n",
            in->memory_bytes, l->emb_dim, st.embedder);
+    printf("limits          frame %llu bytes, %llu calls in flight, %llu queries per call, "
+           "k %llu, %llu ids per Fetch, idle %llu ms\n",
+           (unsigned long long)in->max_frame_bytes, (unsigned long long)in->max_inflight_calls,
+           (unsigned long long)in->max_queries_per_call, (unsigned long long)in->max_k,
+           (unsigned long long)in->max_ids_per_call, (unsigned long long)in->idle_timeout_ms);
     printf("records         %llu (index %llu vectors)\n", (unsigned long long)st.records,
            (unsigned long long)st.index_vectors);
     if (st.index_factory[0])
@@ -784,5 +871,100 @@ int m3__cmd_stats(int argc, char **argv) {
 out:
   m3_client_close(c);
   free(a.ids);
+  free(a.texts);
   return ex;
+}
+
+/* ---- delete (admin) ------------------------------------------------- */
+
+int m3__cmd_delete(int argc, char **argv) {
+  remote_args a;
+  int rc = parse_args(argc, argv, &a), ex = 0;
+  if (rc) return rc;
+  m3_client *c = NULL;
+  if (a.cluster) {
+    fprintf(stderr, "m3 delete: needs --server HOST:PORT: admin calls go to one server (each "
+                    "replica of a shard takes its own)\n");
+    ex = EXIT_USAGE;
+    goto out;
+  }
+  if (a.n_ids == 0) {
+    fprintf(stderr, "m3 delete: needs at least one --id N\n");
+    ex = EXIT_USAGE;
+    goto out;
+  }
+  if ((ex = connect_server("delete", &a, &c)) != 0) goto out;
+  uint32_t deleted = 0;
+  if ((rc = m3_client_delete(c, a.ids, a.n_ids, &deleted)) != 0) {
+    ex = call_failed("delete", c, rc);
+    goto out;
+  }
+  if (a.json)
+    print_json(json_pack("{s:s,s:I,s:I}", "server", a.server, "ids", (json_int_t)a.n_ids,
+                         "deleted", (json_int_t)deleted));
+  else
+    printf("deleted %u of %zu ids from %s (%zu not in the store)\n", deleted, a.n_ids, a.server,
+           a.n_ids - deleted);
+out:
+  m3_client_close(c);
+  free(a.ids);
+  free(a.texts);
+  return ex;
+}
+
+/* ---- put (admin): m3-encode --server --------------------------------- */
+
+static const char *put_usage =
+    "usage: m3 put --server HOST:PORT --store DIR --input FILE.jsonl [--token-file F]\n"
+    "              [--model DIR] [--timeout-ms 10000] [other m3-encode options]\n"
+    "Encode the input's lines (JSONL as m3-encode takes them: {\"id\", \"text\",\n"
+    "\"embedding\"}) with the served store's own model, codec and embedder, and send\n"
+    "the records through the server's admin Put: the server writes them to its store\n"
+    "and retrieval index at once and answers queries with them. A line whose id is\n"
+    "already in the store replaces that memory.\n"
+    "  --store DIR   the folder of the store the server serves (only read: its\n"
+    "                encode.json, codec.m3c, tokenizer and idf.bin), or a copy of\n"
+    "                those files when the server runs on another machine\n"
+    "  --model DIR   the model (default: the \"model\" of DIR/encode.json)\n"
+    "The server's admin token: --token-file F, M3_TOKEN_FILE or M3_TOKEN. This runs\n"
+    "`m3-encode --server HOST:PORT ...` (installed beside m3) with the same options;\n"
+    "its exit codes: 0 done, 1 bad input, 2 failure (the server's refusal included).\n";
+
+int m3__cmd_put(int argc, char **argv) {
+  int has_server = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+      fputs(put_usage, stdout);
+      return 0;
+    }
+    if (!strcmp(argv[i], "--server") || !strncmp(argv[i], "--server=", 9)) has_server = 1;
+  }
+  if (!has_server) {
+    fprintf(stderr, "m3 put: needs --server HOST:PORT (see m3 put --help)\n");
+    return EXIT_USAGE;
+  }
+  /* m3-encode beside this m3 (a build's bin/, or the install's), else PATH. */
+  char self[4096], path[4200];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  path[0] = '\0';
+  if (n > 0) {
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    if (slash) {
+      *slash = '\0';
+      snprintf(path, sizeof path, "%s/m3-encode", self);
+      if (access(path, X_OK) != 0) path[0] = '\0';
+    }
+  }
+  char **args = calloc((size_t)argc + 1, sizeof *args);
+  if (args == NULL) return EXIT_USAGE;
+  args[0] = (char *)"m3-encode";
+  for (int i = 1; i < argc; i++) args[i] = argv[i];
+  fflush(stdout);
+  if (path[0]) execv(path, args);
+  else execvp("m3-encode", args);
+  fprintf(stderr, "m3 put: cannot run %s: %s (m3 put needs m3-encode installed beside m3)\n",
+          path[0] ? path : "m3-encode", strerror(errno));
+  free(args);
+  return EXIT_USAGE;
 }

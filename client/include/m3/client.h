@@ -74,6 +74,17 @@ typedef struct m3_client_options {
                                  borrowed for the duration of connect */
   uint32_t max_frame_bytes;   /* largest frame accepted from the server
                                  (M3_FRAME_DEFAULT_MAX, 64 MiB) */
+  /* TLS 1.3 (docs/CLIENT.md, TLS). All borrowed for the duration of
+   * connect; NULL: unset. */
+  const char *tls_ca;         /* PEM CA file: speak TLS and refuse a server
+                                 whose certificate it did not sign; NULL:
+                                 plain m3 */
+  const char *tls_cert;       /* PEM client certificate (chain), for a server
+                                 that requires one (mutual TLS); with tls_key */
+  const char *tls_key;        /* its PEM private key */
+  const char *tls_name;       /* the name the server's certificate must carry,
+                                 also sent as SNI; NULL: the host of addr (a
+                                 name, or an IP address checked as one) */
 } m3_client_options;
 
 /* Fill o with the defaults above. */
@@ -103,8 +114,12 @@ typedef struct m3_client_info {
  * TCP_NODELAY, and say Hello with o (NULL: defaults). On success *out owns
  * the connection; free it with m3_client_close(). On failure *out is NULL
  * and m3_errmsg() says what failed, naming addr: M3_EINVAL (bad address or
- * options), M3_EIO (refused, unreachable, Hello refused for its token: the
- * message carries UNAUTHENTICATED), M3_EFINGERPRINT (the server holds other
+ * options, an unreadable TLS file), M3_EIO (refused, unreachable, Hello
+ * refused for its token: the message carries UNAUTHENTICATED; with TLS: the
+ * server's certificate did not verify (unknown CA, expired, hostname
+ * mismatch: each said), it wants or refused our client certificate, or the
+ * port does not speak TLS; without TLS on a TLS port: the server's answer
+ * says so), M3_EFINGERPRINT (the server holds other
  * codebooks or speaks another protocol version), M3_EBUSY (no answer within
  * connect_timeout_ms, or the server is draining).
  */

@@ -12,7 +12,16 @@
  *       {"id": 1, "replicas": ["127.0.0.1:7620", "127.0.0.1:7630"]}
  *     ],
  *     "token": "optional read token for every server",
- *     "codec_fingerprint": "73796e7468657469"      (optional, 16 hex digits)
+ *     "codec_fingerprint": "73796e7468657469",     (optional, 16 hex digits)
+ *     "tls": {"ca": "ca.pem", "cert": "client.pem", "key": "client.key",
+ *             "name": "m3.example"}                (optional: TLS to every
+ *                                                   replica; cert/key for
+ *                                                   mutual TLS; name: the
+ *                                                   name every server's
+ *                                                   certificate must carry,
+ *                                                   else each replica's host;
+ *                                                   relative files are
+ *                                                   relative to the map file)
  *   }
  *
  * Shard ids are 0..S-1, each exactly once (in any order); every shard has at
@@ -198,6 +207,11 @@ uint32_t m3_cluster_map_shards(const m3_cluster_map *m);
 uint32_t m3_cluster_map_replicas(const m3_cluster_map *m, uint32_t shard);
 const char *m3_cluster_map_replica(const m3_cluster_map *m, uint32_t shard, uint32_t replica);
 const char *m3_cluster_map_token(const m3_cluster_map *m);
+/* The map's "tls" object into o's tls_ca, tls_cert, tls_key, tls_name
+ * (pointers owned by m; fields the map leaves out untouched); returns
+ * whether the map has one. For tools that dial the map's replicas one by
+ * one (m3 stats --cluster). */
+int m3_cluster_map_tls(const m3_cluster_map *m, struct m3_client_options *o);
 int m3_cluster_map_fingerprint(const m3_cluster_map *m, uint64_t *fp);
 
 /* ---- the cluster handle --------------------------------------------- */
@@ -228,6 +242,10 @@ typedef struct m3_cluster_options {
                                 3 x shards with hedging, at least 2 (0) */
   int completion;            /* m3_cluster_completion: how async ops
                                 complete (M3_CLUSTER_COMPLETION_CALLBACK) */
+  /* TLS to every replica (m3_client_options.tls_*); tls_ca set: these
+   * files instead of the map's "tls" object; tls_name overrides the
+   * map's name. Borrowed for open. */
+  const char *tls_ca, *tls_cert, *tls_key, *tls_name;
 } m3_cluster_options;
 
 /* How async ops deliver their memories and completion (see the top). */

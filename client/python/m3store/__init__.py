@@ -173,7 +173,9 @@ class _ClientOptions(ctypes.Structure):
     _fields_ = [("connect_timeout_ms", ctypes.c_int), ("call_timeout_ms", ctypes.c_int),
                 ("token", ctypes.c_char_p), ("codec_fingerprint", ctypes.c_uint64),
                 ("check_fingerprint", ctypes.c_int), ("client_name", ctypes.c_char_p),
-                ("max_frame_bytes", ctypes.c_uint32)]
+                ("max_frame_bytes", ctypes.c_uint32), ("tls_ca", ctypes.c_char_p),
+                ("tls_cert", ctypes.c_char_p), ("tls_key", ctypes.c_char_p),
+                ("tls_name", ctypes.c_char_p)]
 
 
 class _ClientInfo(ctypes.Structure):
@@ -216,7 +218,9 @@ class _ClusterOptions(ctypes.Structure):
         "max_conns_per_replica", "backoff_min_ms", "backoff_max_ms", "probe_interval_ms")] + [
         ("token", ctypes.c_char_p), ("codec_fingerprint", ctypes.c_uint64),
         ("check_fingerprint", ctypes.c_int), ("client_name", ctypes.c_char_p),
-        ("threads", ctypes.c_int), ("completion", ctypes.c_int)]
+        ("threads", ctypes.c_int), ("completion", ctypes.c_int),
+        ("tls_ca", ctypes.c_char_p), ("tls_cert", ctypes.c_char_p), ("tls_key", ctypes.c_char_p),
+        ("tls_name", ctypes.c_char_p)]
 
 
 class _ClusterCounters(ctypes.Structure):
@@ -497,7 +501,11 @@ class _Tap:
 class Client:
     """One m3-server (server="host:port") or a cluster (cluster=path of a
     cluster map, or its JSON text). token: read token (default: none, or the
-    map's). codec: path of the codec set file to decode with (raw codecs
+    map's). tls_ca: CA file: speak TLS 1.3 and refuse servers whose
+    certificate it did not sign (with a cluster, instead of the map's "tls"
+    object); tls_cert / tls_key: client certificate and key (mutual TLS);
+    tls_name: the name the servers' certificates must carry (default: the
+    address's host). codec: path of the codec set file to decode with (raw codecs
     need none); its fingerprint must be the servers'. timeout_ms: deadline
     of each call. nprobe / ef_search: how hard the servers' trained index
     searches (IVF / HNSW), for every search and retrieve (0: the servers'
@@ -507,7 +515,8 @@ class Client:
     for the call."""
 
     def __init__(self, server=None, cluster=None, token=None, codec=None, timeout_ms=10000,
-                 check_fingerprint=False, nprobe=0, ef_search=0):
+                 check_fingerprint=False, nprobe=0, ef_search=0, tls_ca=None, tls_cert=None,
+                 tls_key=None, tls_name=None):
         if (server is None) == (cluster is None):
             raise ValueError("give exactly one of server= or cluster=")
         self._lib = lib = load_library()
@@ -515,6 +524,11 @@ class Client:
         self._params = self._check_params(nprobe, ef_search)
         self._params_set = None
         self._token = token.encode() if isinstance(token, str) else token
+        # TLS (docs/CLIENT.md): CA file, client certificate and key (mutual
+        # TLS), the name the servers' certificates must carry.
+        self._tls = {n: (os.fsencode(v) if n != "tls_name" else v.encode()) if v is not None
+                     else None for n, v in (("tls_ca", tls_ca), ("tls_cert", tls_cert),
+                                            ("tls_key", tls_key), ("tls_name", tls_name))}
         info = _ClientInfo()
         fp = 0
         if codec is not None:
@@ -528,6 +542,8 @@ class Client:
             o.call_timeout_ms = timeout_ms
             o.token = self._token
             o.client_name = b"m3store-python"
+            for n, v in self._tls.items():
+                setattr(o, n, v)
             if check_fingerprint and fp:
                 o.codec_fingerprint, o.check_fingerprint = fp, 1
             c = ctypes.c_void_p()
@@ -548,6 +564,8 @@ class Client:
                 o.call_timeout_ms = timeout_ms
                 o.token = self._token
                 o.client_name = b"m3store-python"
+                for n, v in self._tls.items():
+                    setattr(o, n, v)
                 if check_fingerprint and fp:
                     o.codec_fingerprint, o.check_fingerprint = fp, 1
                 cl = ctypes.c_void_p()

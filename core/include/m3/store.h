@@ -350,14 +350,16 @@ typedef struct m3_store_stats {
   uint64_t segment_bytes;  /* bytes of all segment files */
   uint64_t payload_bytes;  /* positions + codes of live memories */
   uint64_t record_bytes;   /* whole live records (header, text included) */
-  uint64_t text_bytes;     /* chunk text of live memories */
+  uint64_t text_bytes;     /* chunk text of live memories (embeddings not included) */
   uint64_t dead_bytes;     /* segment bytes not held by live records */
-  double overhead;         /* segment_bytes / (payload_bytes + text_bytes) - 1 */
+  double overhead;         /* segment_bytes / (payload_bytes + text_bytes +
+                              embedding_bytes) - 1 */
   uint64_t catalog_bytes;  /* RocksDB files */
   uint64_t loc_table_bytes;   /* RAM of the id -> location table */
   uint64_t catalog_ram_bytes; /* RAM RocksDB holds: block cache in use,
                                  memtables, index/filter readers */
   uint64_t cache_hits, cache_misses;
+  uint64_t embedding_bytes; /* retrieval embeddings of live memories (4 * dims each) */
 } m3_store_stats;
 
 /* Walks the catalog: O(records). For a cheap look, see m3_store_cache_counters. */

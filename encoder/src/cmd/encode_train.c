@@ -22,6 +22,7 @@
 #include "encode_int.h"
 #include "m3/codec.h"
 #include "m3/error.h"
+#include "m3/internal/cli.h"
 #include "m3/forward.h"
 #include "m3/model.h"
 #include "m3/sequence.h"
@@ -89,6 +90,7 @@ int enc_cmd_train_codec(int argc, char **argv) {
   long sample = 2000, maxv = 1000000, seed = 1, max_tokens = M3_SEQ_MAX_TOKENS, tph = 8, mem = 0, B = 8, v;
   long threads = 1;
   int per_layer = 0, allow = 0, skip_bad = 0, c;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3-encode")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
@@ -316,6 +318,7 @@ int enc_cmd_test_model(int argc, char **argv) {
   const char *out = NULL, *corpus = NULL;
   long v;
   int c;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3-encode")) return 2;
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {

@@ -37,15 +37,18 @@
 #include <unistd.h>
 
 #include "encode_int.h"
+#include "m3/client.h"
 #include "m3/codec.h"
 #include "m3/embed.h"
 #include "m3/error.h"
+#include "m3/internal/cli.h"
 #include "m3/internal/fsutil.h"
 #include "m3/forward.h"
 #include "m3/index.h"
 #include "m3/model.h"
 #include "m3/sequence.h"
 #include "m3/store.h"
+#include "m3/token.h"
 #include "m3/tokenizer.h"
 #include "m3/version.h"
 
@@ -78,6 +81,7 @@ static int parse_int(const char *opt, const char *s, long lo, long hi, long *out
 
 static const char *usage_text =
     "usage: m3-encode --model DIR --input PATH --store DIR [options]\n"
+    "       m3-encode --server HOST:PORT --store DIR --input FILE [options]   (m3 put)\n"
     "       m3-encode train-codec --model DIR --input PATH --out FILE [options]\n"
     "       m3-encode test-model --out DIR [options]\n"
     "\n"
@@ -89,11 +93,21 @@ static const char *usage_text =
     "                         safetensors, tokenizer.model or tokenizer.json)\n"
     "  --input PATH           JSONL ({\"id\", \"text\", \"embedding\", \"meta\"} per line)\n"
     "                         or a folder of .txt/.md documents (split by paragraphs)\n"
-    "  --store DIR            the store to fill (created if missing)\n"
+    "  --store DIR            the store to fill (created if missing). Rerunning into a\n"
+    "                         store takes its own --model, --embed, --prefix,\n"
+    "                         --max-tokens, --tokens-per-head, --mem-layers (from\n"
+    "                         DIR/encode.json) and codec unless given\n"
+    "  --server HOST:PORT     send the records to the m3-server that serves DIR through\n"
+    "                         its admin Put instead of writing DIR (DIR is only read:\n"
+    "                         encode.json, codec.m3c, tokenizer, idf.bin; a copy of\n"
+    "                         those files will do). The server's admin token:\n"
+    "  --token-file F           --token-file F, M3_TOKEN_FILE or M3_TOKEN\n"
+    "  --timeout-ms MS        deadline of each Put (30000)\n"
     "  --codec C              codec set: a file, a folder with codec.m3c, or raw-f32,\n"
     "                         raw-f16, raw-bf16 (default: the store's DIR/codec.m3c,\n"
     "                         else raw-bf16)\n"
-    "  --embed E              retrieval embedding: words[:DIM] (DIM 1024 if omitted:\n"
+    "  --embed E              retrieval embedding (default: the store's own, for a new\n"
+    "                         store the default below): words[:DIM] (DIM 1024 if omitted:\n"
     "                         words, sub-words, IDF from the input in DIR/idf.bin),\n"
     "                         hash[:DIM] (default hash:256), external (the\n"
     "                         lines' \"embedding\"), hidden[:LAYER]\n"
@@ -127,6 +141,11 @@ typedef enum emb_kind { EMB_HASH, EMB_EXTERNAL, EMB_HIDDEN, EMB_WORDS } emb_kind
 typedef struct enc_opts {
   const char *model, *input, *store, *codec, *embed, *index, *prefix, *report, *backend;
   enc_slice slice; /* --slice (0/1: everything) */
+  const char *server, *token_file; /* --server: admin Put to it instead of writing DIR */
+  int timeout_ms;
+  /* which options the command line gave (the others may come from the
+   * store's encode.json: store_defaults) */
+  int given_model, given_embed, given_prefix, given_max_tokens, given_tph, given_mem_layers;
   int threads, batch, max_tokens, tokens_per_head, mem_layers, skip_bad, has_id_base;
   enc_long_policy long_chunks;
   uint64_t id_base;
@@ -160,6 +179,11 @@ typedef struct run {
   m3_spec spec;
   m3_layout layout;
   m3_store *store;
+  m3_client *client; /* --server: the records go there (the writer's only) */
+  int ready;         /* the store is open or the server connected */
+  uint8_t *put_buf;  /* --server: a batch's encoded records (writer) */
+  size_t put_cap;
+  uint64_t put_written; /* records the server stored */
   emb_kind ek;
   unsigned emb_dim;
   m3_idf *idf; /* words: the store's IDF table (setup_idf); read-only */
@@ -317,6 +341,55 @@ static void progress(run *r, int final) {
   fflush(stderr);
 }
 
+/* --server: one batch's records encoded back to back and sent with admin
+ * Put, in as many calls as the server's frame limit needs. 0, or an m3 code
+ * with the message naming the server and what it answered. */
+static int put_remote(run *r, const m3_record_in *items, size_t n) {
+  size_t need = 0;
+  for (size_t i = 0; i < n; i++) need += m3_record_size(&r->layout, items[i].text_len);
+  if (need > r->put_cap) {
+    uint8_t *b = realloc(r->put_buf, need);
+    if (b == NULL) return m3__seterr(M3_ENOMEM, "Put: out of memory for %zu bytes", need);
+    r->put_buf = b, r->put_cap = need;
+  }
+  uint32_t *sizes = malloc(n * sizeof *sizes);
+  if (sizes == NULL) return m3__seterr(M3_ENOMEM, "Put: out of memory");
+  size_t off = 0;
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    long len = m3_record_encode(r->put_buf + off, r->put_cap - off, &r->layout, &items[i]);
+    if (len < 0) rc = (int)len;
+    else sizes[i] = (uint32_t)len, off += (size_t)len;
+  }
+  /* Calls under the server's frame limit (less room for the message). */
+  const m3_client_info *info = m3_client_info_get(r->client);
+  size_t limit = info->max_frame_bytes > (1u << 16) ? info->max_frame_bytes - (1u << 16) : 1u << 20;
+  for (size_t i = 0, at = 0; i < n && rc == 0;) {
+    size_t j = i, bytes = 0;
+    while (j < n && (j == i || bytes + sizes[j] <= limit)) bytes += sizes[j++];
+    uint32_t written = 0;
+    rc = m3_client_put(r->client, r->put_buf + at, sizes + i, j - i, &written);
+    if (rc) {
+      const char *msg;
+      int code = m3_client_last_status(r->client, &msg);
+      if (code) /* msg names the server, the method and the status */
+        rc = m3__seterr(rc, "chunks %llu..: %s", (unsigned long long)items[i].chunk_id, msg);
+      else {
+        char why[512];
+        snprintf(why, sizeof why, "%s", m3_errmsg());
+        rc = m3__seterr(rc, "Put to m3-server %s (chunks %llu..): %s", r->o.server,
+                        (unsigned long long)items[i].chunk_id, why);
+      }
+      break;
+    }
+    r->put_written += written;
+    at += bytes;
+    i = j;
+  }
+  free(sizes);
+  return rc;
+}
+
 static void *writer_main(void *arg) {
   run *r = arg;
   uint64_t next = 0;
@@ -359,11 +432,11 @@ static void *writer_main(void *arg) {
         toks += (uint64_t)c->n_tokens;
       }
       double t0 = enc_now();
-      rc = m3_store_put(r->store, items, (size_t)b->n);
+      rc = r->client ? put_remote(r, items, (size_t)b->n) : m3_store_put(r->store, items, (size_t)b->n);
       t_write = enc_now() - t0;
       if (rc) {
         char msg[1024];
-        snprintf(msg, sizeof msg, "store put: %s", m3_errmsg());
+        snprintf(msg, sizeof msg, "%s%s", r->client ? "" : "store put: ", m3_errmsg());
         set_err(r, rc, msg);
       }
     }
@@ -390,7 +463,7 @@ static void *writer_main(void *arg) {
 /* Hand a filled batch on: skip it when every chunk is in the store (a
  * resumed run), else to the workers. */
 static int dispatch(run *r, batch *b) {
-  int present = 1;
+  int present = r->client == NULL; /* a server's Put replaces: always send */
   for (int i = 0; i < b->n && present; i++) {
     int c = m3_store_contains(r->store, b->c[i].id);
     if (c < 0) return c;
@@ -466,6 +539,13 @@ static int parse_embed(run *r, const char *s, int n_mem) {
 static int setup_idf(run *r, const enc_input_opts *io) {
   char path[4200];
   snprintf(path, sizeof path, "%s/" M3_IDF_FILE, r->o.store);
+  if (r->o.server) { /* the served store's own table, never a new one */
+    int rc = m3_idf_load(path, &r->idf);
+    if (rc == M3_ENOTFOUND)
+      rc = m3__seterr(rc, "%s is missing: --server with --embed words needs the served store's "
+                      "IDF table in --store DIR", path);
+    return rc;
+  }
   m3_store_options so;
   m3_store_options_init(&so);
   so.read_only = 1;
@@ -653,6 +733,104 @@ static int setup_store_open(run *r, const int32_t *pre, int npre) {
   return m3_store_open(dir, &so, &r->store);
 }
 
+/*
+ * --server: connect with the admin token and check that the server serves
+ * what this run makes (shape, codec and its fingerprint, embedding dims,
+ * embedder), so that nothing is sent that it would refuse or store
+ * unsearchable. External embeddings take the server's dims.
+ */
+static int setup_remote(run *r) {
+  char token[512];
+  if (m3_token_resolve(r->o.token_file, token, sizeof token, NULL) != 0) return M3_EINVAL;
+  m3_client_options co;
+  m3_client_options_init(&co);
+  co.token = token[0] ? token : NULL;
+  co.call_timeout_ms = r->o.timeout_ms;
+  co.client_name = "m3-encode";
+  int rc = m3_client_connect(r->o.server, &co, &r->client);
+  if (rc) return rc;
+  const m3_client_info *in = m3_client_info_get(r->client);
+  if (r->ek == EMB_EXTERNAL) r->emb_dim = in->layout.emb_dim;
+  r->layout.emb_dim = (uint16_t)r->emb_dim;
+  if (!m3_layout_equal(&in->layout, &r->layout)) {
+    char a[32], b[32];
+    m3_spec_format(&in->layout.spec, a, sizeof a);
+    m3_spec_format(&r->layout.spec, b, sizeof b);
+    return m3__seterr(M3_EBADFORMAT,
+                      "m3-server %s serves %s memories coded %s (fingerprint %016llx, embeddings "
+                      "%u dims); this run makes %s coded %s (fingerprint %016llx, embeddings %u "
+                      "dims): is --store %s the store it serves?",
+                      r->o.server, a, m3_codec_kind_name(in->layout.codec_kind),
+                      (unsigned long long)in->layout.codec_fp, in->layout.emb_dim, b,
+                      m3_codec_kind_name(r->layout.codec_kind),
+                      (unsigned long long)r->layout.codec_fp, r->layout.emb_dim, r->o.store);
+  }
+  char mine[64];
+  if (r->ek == EMB_HASH) snprintf(mine, sizeof mine, "hash:%u", r->emb_dim);
+  else if (r->ek == EMB_WORDS) snprintf(mine, sizeof mine, "words:%u", r->emb_dim);
+  else if (r->ek == EMB_HIDDEN) snprintf(mine, sizeof mine, "hidden:%d", r->hidden_layer);
+  else snprintf(mine, sizeof mine, "external");
+  if (in->embedder[0] && strcmp(in->embedder, "unknown") && strcmp(in->embedder, mine))
+    return m3__seterr(M3_EBADFORMAT, "m3-server %s serves a store embedded with %s; this run "
+                      "embeds with %s (leave --embed out to take the store's own)",
+                      r->o.server, in->embedder, mine);
+  r->ready = 1;
+  return 0;
+}
+
+/* The store's encode.json, kept until the command ends: enc_opts points
+ * into it (store_defaults). */
+static json_t *store_manifest;
+
+/*
+ * A rerun into an existing store (or --server: the store it serves) encodes
+ * as the store was encoded unless told otherwise: --model, --embed,
+ * --prefix, --max-tokens, --tokens-per-head and --mem-layers not on the
+ * command line come from DIR/encode.json (the codec already came from
+ * DIR/codec.m3c). Says on stderr which it took. 0 or an exit code.
+ */
+static int store_defaults(enc_opts *o) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/encode.json", o->store);
+  if (!file_exists(path)) {
+    if (o->server) {
+      fprintf(stderr, "m3-encode: --server: %s is missing: --store DIR must be the folder of the "
+              "store the server serves, or a copy of its encode.json, codec.m3c, tokenizer and "
+              "idf.bin\n", path);
+      return EXIT_FAIL;
+    }
+    return 0;
+  }
+  json_error_t je;
+  json_t *m = json_load_file(path, 0, &je);
+  if (m == NULL) {
+    fprintf(stderr, "m3-encode: %s:%d:%d: %s\n", path, je.line, je.column, je.text);
+    return EXIT_BAD_INPUT;
+  }
+  store_manifest = m;
+  char took[1024] = "";
+  size_t n = 0;
+  const char *sv;
+  json_t *jv;
+#define TOOK(...) n += (size_t)snprintf(took + n, n < sizeof took ? sizeof took - n : 0, __VA_ARGS__)
+  if (!o->given_model && (sv = json_string_value(json_object_get(m, "model"))) && *sv)
+    o->model = sv, TOOK(" --model %s", sv);
+  if (!o->given_embed && (sv = json_string_value(json_object_get(m, "embed"))) && *sv)
+    o->embed = sv, TOOK(" --embed %s", sv);
+  if (!o->given_prefix && (sv = json_string_value(json_object_get(m, "prefix"))))
+    o->prefix = sv;
+  if (!o->given_max_tokens && json_is_integer(jv = json_object_get(m, "max_tokens")))
+    o->max_tokens = (int)json_integer_value(jv);
+  if (!o->given_tph && json_is_integer(jv = json_object_get(m, "tokens_per_head")))
+    o->tokens_per_head = (int)json_integer_value(jv);
+  if (!o->given_mem_layers && json_is_integer(jv = json_object_get(m, "mem_layers")))
+    o->mem_layers = (int)json_integer_value(jv);
+#undef TOOK
+  if (n && n < sizeof took)
+    fprintf(stderr, "m3-encode: the store's own%s (from %s)\n", took, path);
+  return 0;
+}
+
 static int parse_encode_args(int argc, char **argv, enc_opts *o) {
   static const struct option opts[] = {
       {"model", required_argument, NULL, 'm'},     {"input", required_argument, NULL, 'i'},
@@ -665,7 +843,10 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       {"report", required_argument, NULL, 'r'},    {"id-base", required_argument, NULL, 'I'},
       {"backend", required_argument, NULL, 'B'},   {"help", no_argument, NULL, 'h'},
       {"long-chunks", required_argument, NULL, 'G'},
+      {"server", required_argument, NULL, 'R'},   {"token-file", required_argument, NULL, 'K'},
+      {"timeout-ms", required_argument, NULL, 'D'},
       {NULL, 0, NULL, 0}};
+  int ex;
   memset(o, 0, sizeof *o);
   o->embed = "hash:256"; /* words:1024 is ready; the switch waits for the e2e tests */
   o->index = M3_INDEX_DEFAULT_FACTORY;
@@ -673,18 +854,26 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
   o->threads = 1, o->batch = 8, o->max_tokens = M3_SEQ_MAX_TOKENS, o->tokens_per_head = 8;
   o->backend = "auto";
   o->slice = (enc_slice){0, 1};
+  o->timeout_ms = 30000;
+  if (m3_cli_exact_long(argc, argv, "h", opts, "m3-encode")) return EXIT_FAIL;
   optind = 1;
   int c;
   long v;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
-    case 'm': o->model = optarg; break;
+    case 'm': o->model = optarg, o->given_model = 1; break;
     case 'i': o->input = optarg; break;
     case 's': o->store = optarg; break;
     case 'c': o->codec = optarg; break;
-    case 'e': o->embed = optarg; break;
+    case 'e': o->embed = optarg, o->given_embed = 1; break;
     case 'x': o->index = optarg; break;
-    case 'p': o->prefix = optarg; break;
+    case 'p': o->prefix = optarg, o->given_prefix = 1; break;
+    case 'R':
+      if (m3_cli_check_addr("m3-encode", "--server", optarg, 1) != 0) return EXIT_FAIL;
+      o->server = optarg;
+      break;
+    case 'K': o->token_file = optarg; break;
+    case 'D': if (parse_int("--timeout-ms", optarg, 0, 86400000, &v)) return EXIT_FAIL; o->timeout_ms = (int)v; break;
     case 'r': o->report = optarg; break;
     case 'B': o->backend = optarg; break;
     case 'S':
@@ -695,9 +884,9 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       break;
     case 't': if (parse_int("--threads", optarg, 1, 256, &v)) return EXIT_FAIL; o->threads = (int)v; break;
     case 'b': if (parse_int("--batch", optarg, 1, 4096, &v)) return EXIT_FAIL; o->batch = (int)v; break;
-    case 'M': if (parse_int("--max-tokens", optarg, 16, M3_SELECT_MAX_LEN, &v)) return EXIT_FAIL; o->max_tokens = (int)v; break;
-    case 'T': if (parse_int("--tokens-per-head", optarg, 1, 1024, &v)) return EXIT_FAIL; o->tokens_per_head = (int)v; break;
-    case 'L': if (parse_int("--mem-layers", optarg, 1, 65535, &v)) return EXIT_FAIL; o->mem_layers = (int)v; break;
+    case 'M': if (parse_int("--max-tokens", optarg, 16, M3_SELECT_MAX_LEN, &v)) return EXIT_FAIL; o->max_tokens = (int)v, o->given_max_tokens = 1; break;
+    case 'T': if (parse_int("--tokens-per-head", optarg, 1, 1024, &v)) return EXIT_FAIL; o->tokens_per_head = (int)v, o->given_tph = 1; break;
+    case 'L': if (parse_int("--mem-layers", optarg, 1, 65535, &v)) return EXIT_FAIL; o->mem_layers = (int)v, o->given_mem_layers = 1; break;
     case 'E':
       if (!strcmp(optarg, "skip")) o->skip_bad = 1;
       else if (strcmp(optarg, "fail")) {
@@ -729,8 +918,19 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
     default: fputs(usage_text, stderr); return EXIT_FAIL;
     }
   }
-  if (optind != argc || !o->model || !o->input || !o->store) {
-    fprintf(stderr, "m3-encode: --model, --input and --store are required\n%s", usage_text);
+  if (optind != argc || !o->input || !o->store) {
+    fprintf(stderr, "m3-encode: --input and --store are required\n%s", usage_text);
+    return EXIT_FAIL;
+  }
+  if ((ex = store_defaults(o)) != 0) return ex;
+  if (!o->model) {
+    fprintf(stderr, "m3-encode: --model DIR is required (%s/encode.json names none)\n%s",
+            o->store, usage_text);
+    return EXIT_FAIL;
+  }
+  if (o->server && o->slice.n > 1) {
+    fprintf(stderr, "m3-encode: --slice makes a partial store; with --server the records go to "
+                    "the server's store: use one or the other\n");
     return EXIT_FAIL;
   }
   return 0;
@@ -810,7 +1010,10 @@ int enc_cmd_encode(int argc, char **argv) {
 
   /* External embeddings: an existing store fixes the dims; else the first
    * line does, and the store is created once it is known. */
-  if (r->ek == EMB_EXTERNAL) {
+  if (o->server) {
+    if ((rc = setup_remote(r)) != 0) { ex = fail_msg(o->server, rc); goto out; }
+    io.emb_dim = r->emb_dim;
+  } else if (r->ek == EMB_EXTERNAL) {
     m3_store_options so;
     m3_store_options_init(&so);
     so.read_only = 1;
@@ -823,8 +1026,9 @@ int enc_cmd_encode(int argc, char **argv) {
   r->layout.emb_dim = (uint16_t)r->emb_dim;
   if (r->ek == EMB_WORDS && (rc = setup_idf(r, &io)) != 0) { ex = fail_msg("IDF table", rc); goto out; }
   if ((rc = enc_input_open(&io, &in)) != 0) { ex = fail_msg("input", rc); goto out; }
-  if (r->emb_dim || r->ek != EMB_EXTERNAL) {
+  if (!r->ready && (r->emb_dim || r->ek != EMB_EXTERNAL)) {
     if ((rc = setup_store(r, pre, npre)) != 0) { ex = fail_msg(NULL, rc); goto out; }
+    r->ready = 1;
   }
 
   /* Workers, one forward runner each, and the batch pool. */
@@ -883,14 +1087,15 @@ int enc_cmd_encode(int argc, char **argv) {
     pthread_mutex_lock(&r->mu);
     enc_input_progress(in, &r->in_done, &r->in_total);
     pthread_mutex_unlock(&r->mu);
-    if (!r->store && got == 1) { /* external embeddings: dims now known */
+    if (!r->ready && got == 1) { /* external embeddings: dims now known */
       r->emb_dim = r->layout.emb_dim = (uint16_t)enc_input_emb_dim(in);
       if ((rc = setup_store(r, pre, npre)) != 0) {
         set_err(r, rc, m3_errmsg());
         break;
       }
+      r->ready = 1;
     }
-    if (!writer_started && r->store) {
+    if (!writer_started && r->ready) {
       /* emb_dim is known now (external embeddings: from the first line) */
       for (int i = 0; i < npool; i++) {
         float *e = realloc(pool[i]->emb, (size_t)o->batch * (r->emb_dim ? r->emb_dim : 1) * sizeof *e);
@@ -940,12 +1145,24 @@ int enc_cmd_encode(int argc, char **argv) {
     ex = r->err == M3_EBADFORMAT ? EXIT_BAD_INPUT : EXIT_FAIL;
     goto out;
   }
-  if (!r->store) { /* external embeddings and no chunk at all */
+  if (!r->ready) { /* external embeddings and no chunk at all */
     fprintf(stderr, "m3-encode: %s: no chunks in the input; nothing stored\n", o->input);
     ex = EXIT_BAD_INPUT;
     goto out;
   }
 
+  if (r->chunks_written + r->chunks_present == 0 && enc_input_skipped(in) == 0)
+    fprintf(stderr, "m3-encode: warning: %s holds no chunks (an empty input?); nothing was %s\n",
+            o->input, o->server ? "sent" : "stored");
+  if (r->client) {
+    fprintf(stderr, "m3-encode: %llu chunks encoded and sent to m3-server %s (admin Put: %llu "
+            "records written), %llu bad lines skipped; %llu tokens in %.2f s (%.1f chunks/s)\n",
+            (unsigned long long)r->chunks_written, o->server,
+            (unsigned long long)r->put_written, (unsigned long long)enc_input_skipped(in),
+            (unsigned long long)r->tokens, secs, secs > 0 ? r->chunks_written / secs : 0);
+    ex = 0;
+    goto out;
+  }
   /* The retrieval index, so that m3-server can serve the store at once. */
   size_t indexed = 0;
   const char *why = "";
@@ -1000,6 +1217,8 @@ out:
   enc_input_close(in);
   if (report) fclose(report);
   m3_store_close(r->store);
+  m3_client_close(r->client);
+  free(r->put_buf);
   m3_codec_set_close(r->cs);
   m3_idf_free(r->idf);
   m3_model_close(r->model);
@@ -1007,6 +1226,8 @@ out:
   free(pre);
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cv);
+  json_decref(store_manifest); /* r->o's defaults pointed into it */
+  store_manifest = NULL;
   return ex;
 }
 
