@@ -74,9 +74,10 @@ int m3__catalog_texts(m3_catalog *c,
 int m3__catalog_chunks(m3_catalog *c,
                        int (*fn)(void *ud, uint64_t id, const m3_location *loc), void *ud);
 
-/* About how many 'C' entries there are (RocksDB's key estimate / 3), for
- * sizing; may be 0 or off by a factor. */
-uint64_t m3__catalog_estimate_chunks(m3_catalog *c);
+/* About how many 'C' entries there are (RocksDB's key estimate divided by
+ * the keys per memory: 3 with embeddings, 2 without), for sizing; may be 0
+ * or off by a factor. */
+uint64_t m3__catalog_estimate_chunks(m3_catalog *c, int with_emb);
 /* RAM RocksDB holds for the catalog: block cache in use, memtables, table
  * readers (index and filter blocks outside the cache). */
 uint64_t m3__catalog_ram_bytes(m3_catalog *c);
@@ -113,15 +114,18 @@ typedef struct m3__chunk_entry {
   size_t text_len;
   const uint8_t *emb; /* emb_bytes bytes (little-endian f32), borrowed; NULL when 0 */
   size_t emb_bytes;
+  int deleted;        /* 1: remove the id's entries instead (loc, text, emb unused) */
 } m3__chunk_entry;
 
 /*
- * Write the entries of v (n, sorted by id, no id twice) as one sorted SST
- * file at tmp_path and ingest it into the catalog (RocksDB
- * IngestExternalFile, the file moved in): all of them become visible at
- * once, or none. Entries replace what the catalog held for those ids. A
- * file left at tmp_path by a crash is garbage (the store removes
- * bulk-*.sst at open). Fault point catalog.ingest.
+ * Write the entries of v (n, sorted by id, no id twice) as sorted SST
+ * files, one per key prefix ('C', 'E', 'T'), named after tmp_path
+ * ("DIR/bulk-1-0.sst" gives DIR/bulk-1-0-C.sst, -E.sst, -T.sst), and
+ * ingest them into the catalog in one RocksDB IngestExternalFile (the
+ * files moved in): all of them become visible at once, or none. Entries
+ * replace what the catalog held for those ids (deleted ones remove it).
+ * Files left by a crash are garbage (the store removes bulk-*.sst at
+ * open). Fault point catalog.ingest.
  */
 int m3__catalog_ingest(m3_catalog *c, const char *tmp_path, const m3__chunk_entry *v, size_t n);
 

@@ -1,10 +1,16 @@
 /* The in-RAM location table; see loctab.h. */
 #include "loctab.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "m3/crc32c.h"
 #include "m3/error.h"
+#include "m3/log.h"
 
 /* A slot is empty when rec_len is 0: every record has a header. */
 typedef struct slot {
@@ -138,6 +144,16 @@ int m3__loctab_get(const m3_loctab *t, uint64_t id, m3_location *loc) {
   return 0;
 }
 
+void m3__loctab_get_many(const m3_loctab *t, const uint64_t *ids, size_t n, m3_location *locs,
+                         int *status) {
+  enum { AHEAD = 8 };
+  for (size_t i = 0; i < n && i < AHEAD; i++) __builtin_prefetch(&t->v[home(t, ids[i])]);
+  for (size_t i = 0; i < n; i++) {
+    if (i + AHEAD < n) __builtin_prefetch(&t->v[home(t, ids[i + AHEAD])]);
+    status[i] = m3__loctab_get(t, ids[i], &locs[i]);
+  }
+}
+
 void m3__loctab_clear(m3_loctab *t) {
   memset(t->v, 0, (t->mask + 1) * sizeof *t->v);
   t->n = 0;
@@ -157,4 +173,125 @@ int m3__loctab_each(const m3_loctab *t, int (*fn)(void *ud, uint64_t id, const m
     if (rc) return rc;
   }
   return 0;
+}
+
+/* ---- snapshot ------------------------------------------------------- */
+
+#define SNAP_MAGIC "M3LTSNAP"
+#define SNAP_VERSION 1u
+#define SNAP_HEADER 96
+
+static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); } /* little-endian hosts only */
+static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static uint32_t get32(const uint8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+static uint64_t get64(const uint8_t *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+}
+
+static int write_all(int fd, const void *buf, size_t len) {
+  const uint8_t *p = buf;
+  while (len > 0) {
+    ssize_t k = write(fd, p, len > (1u << 30) ? (1u << 30) : len);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return k < 0 ? errno : EIO;
+    p += k;
+    len -= (size_t)k;
+  }
+  return 0;
+}
+
+static int read_all(int fd, void *buf, size_t len) {
+  uint8_t *p = buf;
+  while (len > 0) {
+    ssize_t k = read(fd, p, len > (1u << 30) ? (1u << 30) : len);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return k < 0 ? errno : EIO;
+    p += k;
+    len -= (size_t)k;
+  }
+  return 0;
+}
+
+int m3__loctab_save(const m3_loctab *t, const char *path, uint64_t seqno, const char *identity) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  size_t slots = (t->mask + 1) * sizeof(slot);
+  uint8_t h[SNAP_HEADER] = {0};
+  memcpy(h, SNAP_MAGIC, 8);
+  put32(h + 8, SNAP_VERSION);
+  put32(h + 12, (uint32_t)t->bits);
+  put64(h + 16, t->n);
+  put32(h + 24, t->mem_len);
+  put32(h + 28, t->align);
+  put64(h + 32, seqno);
+  snprintf((char *)h + 40, 48, "%s", identity);
+  put32(h + 88, m3_crc32c(0, t->v, slots));
+  put32(h + 92, m3_crc32c(0, h, 92));
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return m3__syserr(errno, "location table snapshot: create %s", tmp);
+  int err = write_all(fd, h, sizeof h);
+  if (err == 0) err = write_all(fd, t->v, slots);
+  if (close(fd) != 0 && err == 0) err = errno;
+  /* No fdatasync: the CRCs catch a file the disk did not get whole, and a
+   * bad or stale snapshot only means the table is built from the catalog. */
+  if (err == 0 && rename(tmp, path) != 0) err = errno;
+  if (err) {
+    unlink(tmp);
+    return m3__syserr(err, "location table snapshot: write %s", path);
+  }
+  return 0;
+}
+
+int m3__loctab_load(const char *path, uint32_t mem_len, uint32_t align, uint64_t seqno,
+                    const char *identity, m3_loctab **out) {
+  *out = NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? M3_ENOTFOUND : m3__syserr(errno, "open %s", path);
+  uint8_t h[SNAP_HEADER];
+  m3_loctab *t = NULL;
+  int rc = M3_ENOTFOUND;
+  const char *why = NULL;
+  if (read_all(fd, h, sizeof h) != 0) why = "short header";
+  else if (memcmp(h, SNAP_MAGIC, 8) != 0 || get32(h + 92) != m3_crc32c(0, h, 92)) why = "bad header";
+  else if (get32(h + 8) != SNAP_VERSION) why = "other version";
+  else if (get64(h + 32) != seqno) why = "catalog changed since";
+  else if (strncmp((const char *)h + 40, identity, 48) != 0) why = "another catalog";
+  else if (get32(h + 24) != mem_len || get32(h + 28) != align) why = "other layout";
+  else if (get32(h + 12) < 10 || get32(h + 12) > 40) why = "bad size";
+  if (why) goto out;
+  t = calloc(1, sizeof *t);
+  int bits = (int)get32(h + 12);
+  size_t cap = (size_t)1 << bits;
+  if (t == NULL || (t->v = malloc(cap * sizeof(slot))) == NULL) {
+    rc = m3__seterr(M3_ENOMEM, "location table snapshot %s: out of memory", path);
+    goto out;
+  }
+  t->bits = bits;
+  t->mask = cap - 1;
+  t->n = (size_t)get64(h + 16);
+  t->mem_len = mem_len;
+  t->align = align;
+  if (read_all(fd, t->v, cap * sizeof(slot)) != 0) why = "short";
+  else if (m3_crc32c(0, t->v, cap * sizeof(slot)) != get32(h + 88)) why = "slots fail their CRC";
+  if (!why) {
+    size_t n = 0;
+    for (size_t i = 0; i < cap; i++) n += t->v[i].rec_len != 0;
+    if (n != t->n || n > cap / 8 * 7) why = "count differs";
+  }
+  if (!why) {
+    *out = t;
+    t = NULL;
+    rc = 0;
+  }
+out:
+  if (why) M3_INFO("store", "%s: not used (%s); building the location table from the catalog", path, why);
+  close(fd);
+  m3__loctab_destroy(t);
+  return rc;
 }

@@ -46,6 +46,11 @@ int m3__loctab_put(m3_loctab *t, uint64_t id, const m3_location *loc);
 int m3__loctab_del(m3_loctab *t, uint64_t id);
 /* 0 and *loc, or M3_ENOTFOUND. */
 int m3__loctab_get(const m3_loctab *t, uint64_t id, m3_location *loc);
+/* m3__loctab_get of n ids into locs[i], status[i]: the home slots of all
+ * of them are prefetched first, so that a fetch of 5 waits for one cache
+ * miss, not five in a row. */
+void m3__loctab_get_many(const m3_loctab *t, const uint64_t *ids, size_t n, m3_location *locs,
+                         int *status);
 
 /* Remove every entry (the capacity stays). */
 void m3__loctab_clear(m3_loctab *t);
@@ -58,5 +63,32 @@ size_t m3__loctab_bytes(const m3_loctab *t);
  * returned. */
 int m3__loctab_each(const m3_loctab *t, int (*fn)(void *ud, uint64_t id, const m3_location *loc),
                     void *ud);
+
+/*
+ * Snapshot: the slot array written to a file as it is, so that an open
+ * need not rebuild the table from the catalog (10^7 'C' entries). Format
+ * (little-endian, as the hosts we build for):
+ *   off size field
+ *     0    8 magic        "M3LTSNAP"
+ *     8    4 version      1
+ *    12    4 bits         log2 of the slot count
+ *    16    8 n            entries
+ *    24    4 mem_len      of the store's memories
+ *    28    4 align        of the store's records
+ *    32    8 seqno        the catalog's RocksDB sequence number it equals
+ *    40   48 identity     the catalog's RocksDB IDENTITY, NUL-padded
+ *    88    4 slots_crc    CRC32C of the slots
+ *    92    4 header_crc   CRC32C of bytes 0..91
+ *    96    .. slots        2^bits x 28 bytes (the slot struct in loctab.c)
+ */
+/* Write t to path (through path.tmp and a rename; not synced: a file the
+ * disk did not get whole fails its CRCs and is not used). */
+int m3__loctab_save(const m3_loctab *t, const char *path, uint64_t seqno, const char *identity);
+/* Load the snapshot at path when it describes this catalog (seqno and
+ * identity equal) and layout; M3_ENOTFOUND when there is none or it does
+ * not (damaged, stale: logged), M3_ENOMEM. *out is freed with
+ * m3__loctab_destroy(). */
+int m3__loctab_load(const char *path, uint32_t mem_len, uint32_t align, uint64_t seqno,
+                    const char *identity, m3_loctab **out);
 
 #endif /* M3_LOCTAB_H */

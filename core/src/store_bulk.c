@@ -54,6 +54,7 @@ struct m3_store_bulk {
   uint8_t *buf; /* record bytes for segment `seg` not yet written */
   size_t len, cap;
   uint32_t seg;     /* the segment records go to */
+  uint32_t first_new; /* segments with ids from here were created by this bulk */
   uint64_t written; /* file offset in seg up to which buf was written */
   uint64_t end;     /* offset past the last staged record (written + len) */
   touched *t;       /* segments filled past their committed end */
@@ -104,6 +105,7 @@ int m3_store_bulk_begin(m3_store *s, const m3_store_bulk_options *o, m3_store_bu
     return rc;
   }
   pthread_rwlock_wrlock(&s->rw);
+  b->first_new = s->next_seg;
   if (s->bulk) rc = m3__store_bulk_busy(s);
   else if (s->nsegs == 0) rc = m3__store_roll_segment(s);
   if (rc == 0) {
@@ -269,6 +271,7 @@ int m3_store_bulk_checkpoint(m3_store_bulk *b) {
   m3__chunk_entry *ents = NULL;
   m3__wbatch *wb = NULL;
   int rc;
+  double t0 = m3__now_s(), t1 = 0, t2 = 0, t3 = 0, t4 = 0;
   if ((rc = write_out(b)) != 0) goto fail;
   /* 1. The records reach the disk. */
   for (size_t i = 0; i < b->nt; i++) {
@@ -282,7 +285,8 @@ int m3_store_bulk_checkpoint(m3_store_bulk *b) {
       goto fail;
     }
   }
-  /* 2. Their catalog entries, sorted and without repeats, in one SST. */
+  t1 = m3__now_s();
+  /* 2. Their catalog entries, sorted and without repeats, in SSTs. */
   order = malloc((b->n ? b->n : 1) * sizeof *order);
   ents = malloc((b->n ? b->n : 1) * sizeof *ents);
   if (!order || !ents) {
@@ -297,12 +301,14 @@ int m3_store_bulk_checkpoint(m3_store_bulk *b) {
     if (k + 1 < b->n && b->v[order[k + 1]].id == e->id) continue; /* a later one wins */
     ents[ne++] = (m3__chunk_entry){e->id, e->loc, (const char *)b->arena + e->text_off,
                                    e->text_len, b->emb_bytes ? b->arena + e->emb_off : NULL,
-                                   b->emb_bytes};
+                                   b->emb_bytes, 0};
   }
+  t2 = m3__now_s();
   char sst[4200];
   snprintf(sst, sizeof sst, "%s/bulk-%06u-%llu.sst", s->dir, b->seg,
            (unsigned long long)b->st.checkpoints);
   if ((rc = m3__catalog_ingest(&s->cat, sst, ents, ne)) != 0) goto fail;
+  t3 = m3__now_s();
   /* 3. The segments' ends: from here on the records are committed. */
   wb = m3__batch_new();
   for (size_t i = 0; i < b->nt; i++) m3__batch_put_segment(wb, b->t[i].seg, b->t[i].end);
@@ -313,6 +319,7 @@ int m3_store_bulk_checkpoint(m3_store_bulk *b) {
     goto out;
   }
   /* 4. Publish to readers. */
+  t4 = m3__now_s();
   pthread_rwlock_wrlock(&s->rw);
   s->gen++;
   for (size_t i = 0; i < b->nt; i++) m3__store_seg(s, b->t[i].seg)->size = b->t[i].end;
@@ -321,6 +328,10 @@ int m3_store_bulk_checkpoint(m3_store_bulk *b) {
     if (s->cache) m3__cache_drop(s->cache, ents[i].id);
   }
   pthread_rwlock_unlock(&s->rw);
+  M3_DEBUG("store", "%s: bulk checkpoint %llu: %zu records; write+sync %.3f s, sort %.3f s, "
+           "SST+ingest %.3f s, commit %.3f s, publish %.3f s", s->dir,
+           (unsigned long long)b->st.checkpoints, ne, t1 - t0, t2 - t1, t3 - t2, t4 - t3,
+           m3__now_s() - t4);
   b->st.durable += ne;
   b->st.checkpoints++;
   b->n = b->alen = b->nt = 0;
@@ -371,6 +382,12 @@ void m3_store_bulk_abort(m3_store_bulk *b) {
       if (m3__segment_truncate(seg, s->dir, seg->size) != 0)
         M3_WARN("store", "%s (the next open cuts the tail)", m3_errmsg());
     }
+    /* Segments this bulk rolled that no checkpoint filled: nothing points
+     * into them. */
+    pthread_rwlock_wrlock(&s->rw);
+    if (m3__store_drop_empty(s, b->first_new) != 0)
+      M3_WARN("store", "%s (the next open removes the empty segments)", m3_errmsg());
+    pthread_rwlock_unlock(&s->rw);
   }
   bulk_free(b);
 }

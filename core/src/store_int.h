@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "cache.h"
 #include "catalog.h"
@@ -21,6 +22,8 @@ struct m3_store {
   char *dir;
   m3_store_options opts;
   m3_ident ident;     /* uuid, layout, alignment */
+  size_t mem_size;    /* m3_record_mem_size of the layout, set at open (the
+                         fetch path checks every buffer against it) */
   m3_catalog cat;
   /* id -> location for fetches (loctab.h), built at open and changed after
    * each catalog commit under the exclusive lock; NULL after it could not
@@ -71,6 +74,16 @@ void m3__store_loc_set(m3_store *s, uint64_t id, const m3_location *loc);
 /* Build the location table from the catalog's 'C' entries. */
 int m3__store_loc_build(m3_store *s);
 
+/* The location table's snapshot beside the catalog (loctab.h). */
+#define M3__LOC_SNAPSHOT "loctab.snap"
+/* At open, before anything writes to the catalog: the snapshot's table if
+ * it equals the catalog now (else NULL), with the catalog's seqno in
+ * *seqno; a writing open removes the file (it would be stale after the
+ * first commit). */
+m3_loctab *m3__store_loc_snap_take(m3_store *s, uint64_t *seqno);
+/* At close of a writable store: write the snapshot (failures logged). */
+void m3__store_loc_snap_save(m3_store *s);
+
 /* Segment by id, or NULL. */
 m3_segment *m3__store_seg(m3_store *s, uint32_t id);
 
@@ -94,6 +107,15 @@ void m3__fetch_finish(m3_store *s, m3_fetch_item *it, const m3_location *loc, co
  * it, header only). Caller holds the exclusive lock. */
 int m3__store_roll_segment(m3_store *s);
 
+/* Remove the segments with id >= min_id that hold no record (header
+ * only): from the catalog (one synced commit), the segment array and the
+ * directory. Caller holds the exclusive lock (or is opening the store). */
+int m3__store_drop_empty(m3_store *s, uint32_t min_id);
+
+/* Records a repair stages per SST ingest (262144; tests lower it to cross
+ * batch boundaries on small stores). */
+extern size_t m3__repair_batch;
+
 /* M3_EBUSY naming the open bulk ingest: puts, deletes and compaction wait
  * for it to finish. */
 int m3__store_bulk_busy(m3_store *s);
@@ -111,6 +133,13 @@ int m3__store_loc_check(m3_store *s, uint64_t *checked);
 /* Report progress of a long walk to the hook m3_store_set_progress set
  * (when done is a multiple of 2^16, or done == total). */
 void m3__progress(const char *what, uint64_t done, uint64_t total);
+
+/* Monotonic seconds, for the timings logged at debug level. */
+static inline double m3__now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 /* Make sure wbuf holds size bytes. */
 int m3__store_wbuf(m3_store *s, size_t size);

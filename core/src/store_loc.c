@@ -4,10 +4,13 @@
  * entries, and the check that they are equal. The fetch path (store.c,
  * store_aio.c) asks here, never RocksDB.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "m3/error.h"
+#include "m3/internal/fsutil.h"
 #include "m3/log.h"
 #include "store_int.h"
 
@@ -25,7 +28,7 @@ static int build_entry(void *ud, uint64_t id, const m3_location *loc) {
 
 int m3__store_loc_build(m3_store *s) {
   m3_loctab *t;
-  uint64_t expect = m3__catalog_estimate_chunks(&s->cat);
+  uint64_t expect = m3__catalog_estimate_chunks(&s->cat, s->ident.layout.emb_dim != 0);
   int rc = m3__loctab_create((uint32_t)m3_record_mem_size(&s->ident.layout), s->ident.align,
                              (size_t)expect, &t);
   if (rc) return rc;
@@ -41,7 +44,7 @@ int m3__store_loc_build(m3_store *s) {
 
 int m3__store_locs(m3_store *s, const uint64_t *ids, size_t n, m3_location *locs, int *status) {
   if (s->loc == NULL) return m3__catalog_get_locs(&s->cat, ids, n, locs, status);
-  for (size_t i = 0; i < n; i++) status[i] = m3__loctab_get(s->loc, ids[i], &locs[i]);
+  m3__loctab_get_many(s->loc, ids, n, locs, status);
   return 0;
 }
 
@@ -136,4 +139,58 @@ size_t m3_store_ram_bytes(m3_store *s) {
   size_t n = s->loc ? m3__loctab_bytes(s->loc) : 0;
   pthread_rwlock_unlock(&s->rw);
   return n + (size_t)m3__catalog_ram_bytes(&s->cat);
+}
+
+/* ---- the table's snapshot ------------------------------------------- */
+
+/* RocksDB's id of the catalog (catalog/IDENTITY, a UUID written when the
+ * database was created): a repaired or replaced catalog has another one. */
+static void catalog_identity(m3_store *s, char *buf, size_t cap) {
+  char path[4300];
+  buf[0] = '\0';
+  snprintf(path, sizeof path, "%s/IDENTITY", s->cat.path);
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return;
+  if (fgets(buf, (int)cap, f) == NULL) buf[0] = '\0';
+  fclose(f);
+  buf[strcspn(buf, "\r\n")] = '\0';
+}
+
+static char *snap_path(m3_store *s, char *buf, size_t cap) {
+  snprintf(buf, cap, "%s/" M3__LOC_SNAPSHOT, s->dir);
+  return buf;
+}
+
+m3_loctab *m3__store_loc_snap_take(m3_store *s, uint64_t *seqno) {
+  char path[4300], id[64];
+  m3_loctab *t = NULL;
+  snap_path(s, path, sizeof path);
+  catalog_identity(s, id, sizeof id);
+  *seqno = m3_store_seqno(s);
+  if (id[0]) {
+    int rc = m3__loctab_load(path, (uint32_t)m3_record_mem_size(&s->ident.layout), s->ident.align,
+                             *seqno, id, &t);
+    if (rc && rc != M3_ENOTFOUND)
+      M3_WARN("store", "%s (building the location table from the catalog)", m3_errmsg());
+  }
+  /* From now on this process may change the catalog: the snapshot must not
+   * outlive that (a snapshot exists only between a close and the next
+   * writing open, so no catalog state it does not describe can carry its
+   * sequence number). */
+  if (!s->opts.read_only && unlink(path) == 0) m3__fsync_dir(s->dir);
+  return t;
+}
+
+void m3__store_loc_snap_save(m3_store *s) {
+  if (s->opts.read_only || s->loc == NULL || s->bulk) return;
+  char path[4300], id[64];
+  catalog_identity(s, id, sizeof id);
+  if (!id[0]) return;
+  double t0 = m3__now_s();
+  if (m3__loctab_save(s->loc, snap_path(s, path, sizeof path), m3_store_seqno(s), id) != 0) {
+    M3_WARN("store", "%s (the next open builds the table from the catalog)", m3_errmsg());
+    return;
+  }
+  M3_DEBUG("store", "%s: location table snapshot of %zu ids written in %.3f s", s->dir,
+           m3__loctab_count(s->loc), m3__now_s() - t0);
 }

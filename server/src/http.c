@@ -97,7 +97,7 @@ static void handle(http_conn *hc) {
     g.inflight = s->inflight;
     g.records = s->records;
     g.segment_bytes = m3_store_segment_bytes(s->store);
-    g.index_vectors = s->index ? m3_index_count(s->index) : 0;
+    g.index_vectors = s->index ? s->index_vectors : 0; /* no index lock on the loop */
     m3_store_cache_counters(s->store, &g.cache_hits, &g.cache_misses, &g.cache_bytes);
     g.uptime_s = (now_ns() - s->started_ns) / 1000000000ull;
     g.draining = (uint64_t)s->draining;

@@ -603,6 +603,7 @@ int main(int argc, char **argv) {
     s.index_nlist = ii.nlist;
     s.index_ef_search = ii.takes_ef_search;
     s.index_factory = ii.factory;
+    s.index_vectors = ii.count;
   } else {
     M3_WARN("server", "%s keeps no embeddings: Search and Retrieve are off, Fetch works",
             s.cfg.store_dir);

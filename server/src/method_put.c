@@ -13,7 +13,9 @@
 
 typedef struct put_state {
   call_job job;
-  uint8_t *attach; /* the records, copied into the arena */
+  uint8_t *attach;      /* the records, copied into the arena */
+  uint64_t index_count; /* vectors in the index after the add */
+  uint64_t seq;         /* s->admin_seq when it was counted */
 } put_state;
 
 static void put_work(uv_work_t *w) {
@@ -68,6 +70,11 @@ static void put_work(uv_work_t *w) {
   st->job.status = m3_store_put(s->store, in, r->n_sizes);
   if (m3__fault("admin.between")) usleep(20000); /* tests widen the window (m3/fault.h) */
   if (st->job.status == 0 && s->index) st->job.status = m3_index_add(s->index, ids, emb, r->n_sizes);
+  /* Counted here, on the threadpool: the loop never waits for the index. */
+  if (st->job.status == 0 && s->index) {
+    st->index_count = m3_index_count(s->index);
+    st->seq = ++s->admin_seq;
+  }
   if (st->job.status) snprintf(st->job.errmsg, sizeof st->job.errmsg, "%s", m3_errmsg());
   else st->job.count = r->n_sizes;
   pthread_mutex_unlock(&s->admin_lock);
@@ -92,8 +99,12 @@ static void put_done(uv_work_t *w, int status) {
   if (st->job.status == 0 && status == 0) {
     /* Replacements leave the count unchanged; recount cheaply from the index
      * when there is one. */
-    if (s->index) s->records = m3_index_count(s->index);
-    else s->records += st->job.count;
+    if (s->index && st->seq > s->index_vectors_seq) {
+      s->records = s->index_vectors = st->index_count;
+      s->index_vectors_seq = st->seq;
+    } else if (!s->index) {
+      s->records += st->job.count;
+    }
   }
   if (!call_work_back(cl, status, st->job.status, "Put", st->job.errmsg)) return;
   M3__PutResponse out = M3__PUT_RESPONSE__INIT;

@@ -39,10 +39,11 @@ void method_stats(call *cl, const uint8_t *att, size_t att_len) {
   out.uptime_ms = (now_ns() - s->started_ns) / 1000000;
   out.n_methods = nm;
   out.methods = msp;
-  out.index_vectors = s->index ? m3_index_count(s->index) : 0;
-  m3_index_info info = {0};
-  if (s->index) m3_index_info_get(s->index, &info);
-  out.index_factory = (char *)(info.factory ? info.factory : "");
+  /* What the index is was fixed at open and how many vectors it holds is
+   * published by Put and Delete (server.h): Stats never takes the index's
+   * lock, so it never waits behind a search or an add on the loop. */
+  out.index_vectors = s->index ? s->index_vectors : 0;
+  out.index_factory = (char *)(s->index && s->index_factory ? s->index_factory : "");
   out.index_params = (char *)(s->cfg.index_params ? s->cfg.index_params : "");
   out.embedder = s->embedder;
   call_reply(cl, &out.base);

@@ -153,6 +153,13 @@ typedef struct server {
   unsigned inflight;         /* calls not yet finished, all connections (call.c) */
   uint64_t started_ns;
   uint64_t records;          /* live memories (kept current by Put/Delete) */
+  /* Vectors in the index, counted on the threadpool at open and by each
+   * Put and Delete (under admin_lock) and published here on the loop, so
+   * that Stats and /metrics never take the index's lock, which a search or
+   * an add may hold for long. admin_seq numbers the counts (under
+   * admin_lock) so that a count taken earlier never replaces a later one
+   * whose job completed first (index_vectors_seq, loop). */
+  uint64_t index_vectors, index_vectors_seq, admin_seq;
   metrics m;
   /* Search micro-batching (search.c): requests waiting for the one search
    * job in flight. */

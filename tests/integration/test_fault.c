@@ -4,7 +4,8 @@
  * put or delete returns the matching code with a message naming the file,
  * leaves nothing of the batch visible and earlier data intact; the store
  * keeps working once the fault clears, and reopens clean with the same
- * content. Also armed through $M3_FAULT in a child process.
+ * content. A bulk ingest that fails is aborted without leaving an empty
+ * segment. Also armed through $M3_FAULT in a child process.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -194,6 +195,49 @@ static void test_fail_then_recover_many(void **state) {
   reopen_and_check(f);
 }
 
+/* A bulk ingest whose final checkpoint cannot sync (segment.sync EIO),
+ * after it rolled segments (10 records of 42.5 KB, 4 per segment): finish
+ * fails and aborts. Nothing of it is visible, earlier data is intact, and
+ * the segments it rolled are removed rather than left empty; the same
+ * after a reopen. */
+static void test_bulk_sync_eio(void **state) {
+  fixture *f = *state;
+  m3_store_stats before, after;
+  CHECK_OK(m3_store_stats_get(f->s, &before));
+  m3_store_bulk *b;
+  CHECK_OK(m3_store_bulk_begin(f->s, NULL, &b));
+  for (uint64_t id = 20; id < 30; id++) {
+    tu_mem m;
+    tu_mem_make(&m, &f->l, id, 0);
+    CHECK_OK(m3_store_bulk_add(b, &m.in, 1));
+    tu_mem_free(&m);
+  }
+  CHECK_OK(m3_fault_set("segment.sync", EIO, 1));
+  CHECK_RC(m3_store_bulk_finish(b), M3_EIO);
+  CHECK_CONTAINS(m3_errmsg(), "fdatasync");
+  m3_fault_clear();
+  CHECK_OK(m3_store_stats_get(f->s, &after));
+  CHECK_U64(after.records, before.records);
+  CHECK_U64(after.segments, before.segments);
+  CHECK_U64(after.segment_bytes, before.segment_bytes);
+  CHECK_U64(disk_bytes(f), before.segment_bytes);
+  CHECK_U64(tu_count_segment_files(f->dir, 0), before.segments);
+  CHECK_U64(tu_count_segment_files(f->dir, 512), 0); /* none holds only its header */
+  check_content(f);
+  reopen_and_check(f);
+  CHECK_U64(tu_count_segment_files(f->dir, 0), before.segments);
+  /* The store takes writes again, through bulk and put. */
+  CHECK_OK(m3_store_bulk_begin(f->s, NULL, &b));
+  tu_mem m;
+  tu_mem_make(&m, &f->l, 20, 0);
+  CHECK_OK(m3_store_bulk_add(b, &m.in, 1));
+  tu_mem_free(&m);
+  CHECK_OK(m3_store_bulk_finish(b));
+  f->version[20] = 1;
+  put_ok(f, 21, 1, 0);
+  reopen_and_check(f);
+}
+
 /* $M3_FAULT in a child: the 3rd segment write (header of segment 1, first
  * record, second record) fails with ENOSPC. */
 static void test_env_fault_child(void **state) {
@@ -234,6 +278,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_catalog_write_eio, setup, teardown),
       cmocka_unit_test_setup_teardown(test_delete_faults, setup, teardown),
       cmocka_unit_test_setup_teardown(test_fail_then_recover_many, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_bulk_sync_eio, setup, teardown),
       cmocka_unit_test_setup_teardown(test_env_fault_child, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

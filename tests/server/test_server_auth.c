@@ -152,6 +152,20 @@ static void admin_call(st_conn *c, uint16_t method, uint32_t stream, const Proto
              r->message, m3_status_name(want));
 }
 
+/* Stats' records and index_vectors (published by Put and Delete, read on
+ * the loop without the index's lock). */
+static void stats_counts(st_conn *c, uint32_t stream, uint64_t want) {
+  M3__StatsRequest sr = M3__STATS_REQUEST__INIT;
+  st_result r;
+  st_call(c, M3_METHOD_STATS, stream, 0, &sr.base, NULL, 0, &r);
+  ST_STATUS(r, 0);
+  M3__StatsResponse *st = (M3__StatsResponse *)r.resp;
+  ST_EQ_U64(st->records, want);
+  ST_EQ_U64(st->index_vectors, want);
+  ST_EQ_STR(st->index_factory, "IDMap,Flat");
+  st_result_free(&r);
+}
+
 static void test_put_delete(void **state) {
   (void)state;
   st_conn rd, adm;
@@ -215,6 +229,7 @@ static void test_put_delete(void **state) {
   admin_call(&adm, M3_METHOD_PUT, 4, &put.base, att, la + lb, 0, &r);
   ST_EQ_U64(((M3__PutResponse *)r.resp)->written, 2);
   st_result_free(&r);
+  stats_counts(&rd, 40, COUNT + 2);
 
   /* The next Search, on the other connection, finds both, tied, by id. */
   M3__SearchResponse *s = st_search_ok(&rd, 4, e, 1, DIM, 3);
@@ -260,6 +275,7 @@ static void test_put_delete(void **state) {
   admin_call(&adm, M3_METHOD_DELETE, 5, &del.base, NULL, 0, 0, &r);
   ST_EQ_U64(((M3__DeleteResponse *)r.resp)->deleted, 1);
   st_result_free(&r);
+  stats_counts(&rd, 41, COUNT + 1);
   s = st_search_ok(&rd, 6, e, 1, DIM, 5);
   for (size_t j = 0; j < s->results[0]->n_ids; j++)
     if (s->results[0]->ids[j] == A) fail_msg("Search after Delete still returns %llu at rank %zu", (unsigned long long)A, j);

@@ -88,14 +88,20 @@ static void test_bulk(void **state) {
   CHECK_U64(st.segment_bytes, seg_bytes);
   CHECK_U64(st.dead_bytes, dead);
 
-  /* Abort drops what no checkpoint committed. */
+  /* Abort drops what no checkpoint committed: 1500 records of 512 B roll
+   * at least one segment (SEG), which goes too, with nothing in it. */
+  uint64_t segs_before = st.segments;
   CHECK_OK(m3_store_bulk_begin(s, NULL, &b));
-  add_range(b, &l, N, 500, 0);
+  add_range(b, &l, N, 1500, 0);
   m3_store_bulk_abort(b);
   CHECK_RC(m3_store_contains(s, N), 0);
   CHECK_OK(m3_store_stats_get(s, &st));
-  CHECK_U64(st.dead_bytes, dead); /* cut back (a segment it rolled stays, empty) */
+  CHECK_U64(st.dead_bytes, dead); /* cut back */
   CHECK_U64(st.records, N);
+  CHECK_U64(st.segment_bytes, seg_bytes);
+  CHECK_U64(st.segments, segs_before); /* no empty segment left behind */
+  CHECK_U64(tu_count_segment_files(dir, 0), segs_before);
+  CHECK_U64(tu_count_segment_files(dir, 512), 0);
 
   /* Replacing stored ids. */
   CHECK_OK(m3_store_bulk_begin(s, NULL, &b));

@@ -1,6 +1,7 @@
 /* Shared helpers for the store tests; see testutil.h. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -154,6 +155,25 @@ m3_store *tu_open(const char *dir, const m3_layout *l, int create, uint64_t segm
 
 /* M3_SOAK_SCALE (the user's knob: 1 in CI, 10+ for a real soak) times
  * M3_SOAK_FACTOR (set by a test's `slow` registration). */
+uint64_t tu_count_segment_files(const char *dir, uint64_t max_bytes) {
+  DIR *d = opendir(dir);
+  if (d == NULL) fail_msg("open directory %s: %s", dir, strerror(errno));
+  uint64_t n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    size_t len = strlen(e->d_name);
+    if (len < 9 || strncmp(e->d_name, "seg-", 4) != 0 || strcmp(e->d_name + len - 4, ".m3s") != 0)
+      continue;
+    char p[4400];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    if (stat(p, &st) != 0) fail_msg("stat %s: %s", p, strerror(errno));
+    if (max_bytes == 0 || (uint64_t)st.st_size <= max_bytes) n++;
+  }
+  closedir(d);
+  return n;
+}
+
 int tu_scale(void) {
   const char *s = getenv("M3_SOAK_SCALE"), *f = getenv("M3_SOAK_FACTOR");
   int v = s ? atoi(s) : 1, k = f ? atoi(f) : 1;

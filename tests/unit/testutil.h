@@ -75,6 +75,11 @@ int tu_teardown(void **state);
 /* Open (create) the store in dir with tu_opts; fails the test on error. */
 m3_store *tu_open(const char *dir, const m3_layout *l, int create, uint64_t segment_bytes);
 
+/* Segment files (seg-*.m3s) in dir; with max_bytes > 0 only those of at
+ * most max_bytes bytes (512: segments that hold only their header, at the
+ * default alignment). */
+uint64_t tu_count_segment_files(const char *dir, uint64_t max_bytes);
+
 /* Environment scale for soak variants (M3_SOAK_SCALE, default 1). */
 int tu_scale(void);
 

@@ -107,9 +107,9 @@ int m3_store_delete(m3_store *s, const uint64_t *ids, size_t n, size_t *deleted)
  * Bulk ingest: write many memories (m3-bench gen, m3-encode, a merge of
  * partial stores) at disk speed. Records are appended to segments without
  * a sync per batch; at each checkpoint the segments are fdatasync'ed, the
- * checkpoint's catalog entries are written as one sorted RocksDB SST file
- * and ingested (IngestExternalFile: all visible at once), then the segments'
- * ends are committed. A put costs a sync and a write batch per call; a
+ * checkpoint's catalog entries are written as sorted RocksDB SST files (one
+ * per key prefix) and ingested (IngestExternalFile: all visible at once),
+ * then the segments' ends are committed. A put costs a sync and a write batch per call; a
  * checkpoint costs one sync and one file per ~10^5 records.
  *
  *   m3_store_bulk *b;
@@ -178,8 +178,9 @@ void m3_store_bulk_stats_get(const m3_store_bulk *b, m3_store_bulk_stats *st);
  * checkpoint's code. NULL: 0. */
 int m3_store_bulk_finish(m3_store_bulk *b);
 
-/* Drop what was staged since the last checkpoint (cut from the segments)
- * and free b. NULL: no-op. */
+/* Drop what was staged since the last checkpoint (cut from the segments;
+ * segments the bulk rolled that end up holding no record are removed) and
+ * free b. NULL: no-op. */
 void m3_store_bulk_abort(m3_store_bulk *b);
 
 /* ---- reading -------------------------------------------------------- */
@@ -432,13 +433,14 @@ typedef struct m3_repair_report {
 
 /*
  * Rebuild the catalog of the store in dir from its segments alone (the store
- * must not be open). The old catalog, if any, is replaced. Records that fail
- * their checks are skipped and reported through fn; what follows the last
- * complete record is truncated: silently when it is a torn write (zeros, or
- * a record whose header is valid and that the file ends inside or whose end
- * is zeros), reported as damage when it is garbage. Returns 0, or
- * M3_ECORRUPT when records were lost or damaged (the store is still
- * usable), or another code.
+ * must not be open), streaming them once and ingesting the entries as sorted
+ * SSTs (progress: "repair bytes", m3_store_set_progress). The old catalog,
+ * if any, is replaced. Records that fail their checks are skipped and
+ * reported through fn; what follows the last complete record is truncated:
+ * silently when it is a torn write (zeros, or a record whose header is valid
+ * and that the file ends inside or whose end is zeros), reported as damage
+ * when it is garbage. Returns 0, or M3_ECORRUPT when records were lost or
+ * damaged (the store is still usable), or another code.
  */
 int m3_store_repair(const char *dir, m3_problem_fn fn, void *ud, m3_repair_report *rep);
 
