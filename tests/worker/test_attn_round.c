@@ -170,9 +170,9 @@ static int collect(void *ud, const m3_client_memory *m) {
   return 0;
 }
 
-/* codes output: exactly the bytes Fetch returns */
-static void test_codes_sink_equals_fetch(void **state) {
-  fixture *f = *state;
+/* codes output: exactly the bytes Fetch returns; with landing
+ * (m3_attn_codes_land) received straight into the sink's slots, the same. */
+static void codes_sink_equals_fetch(fixture *f, int landing) {
   const size_t rb = m3_record_mem_size(&f->m.layout);
   uint8_t *buf = malloc(NQ * KK * rb);
   uint64_t ids[NQ * KK];
@@ -182,7 +182,9 @@ static void test_codes_sink_equals_fetch(void **state) {
   m3_client *c = ct_connect(&f->srv, NULL);
   m3_client_query q[NQ];
   queries_of(f, q);
+  if (landing) m3_client_set_landing(c, m3_attn_codes_land, &sink);
   CHECK_OK(m3_client_retrieve(c, q, NQ, KK, 0, m3_attn_codes_fn, &sink));
+  m3_client_set_landing(c, NULL, NULL);
   CHECK_U64(sink.placed, NQ * KK);
   uint8_t *recs[NQ * KK] = {0};
   CHECK_OK(m3_client_fetch(c, ids, NQ * KK, 0, collect, recs));
@@ -195,11 +197,15 @@ static void test_codes_sink_equals_fetch(void **state) {
   free(buf);
 }
 
+static void test_codes_sink_equals_fetch(void **state) { codes_sink_equals_fetch(*state, 0); }
+static void test_codes_sink_landed_equals_fetch(void **state) { codes_sink_equals_fetch(*state, 1); }
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_client_round_into_buffers),
       cmocka_unit_test(test_cluster_round_equals_client_round),
       cmocka_unit_test(test_codes_sink_equals_fetch),
+      cmocka_unit_test(test_codes_sink_landed_equals_fetch),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
