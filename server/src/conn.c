@@ -9,9 +9,6 @@
  * them but through the hooks.
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <linux/errqueue.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,20 +213,7 @@ struct conn_zwrite {
   uint8_t *owned;
   conn_write_cb cb;
   void *ud;
-  uint32_t zc_last; /* its last MSG_ZEROCOPY send is c->zc_sent == zc_last
-                       (0: none): done when c->zc_done reaches it */
 };
-
-/* Sends of memory runs at least this big go with MSG_ZEROCOPY (--zerocopy):
- * below it pinning pages and the completion cost more than the copy
- * (docs/networking/msg_zerocopy.rst: about 10 KB). */
-#define ZC_MIN (16u << 10)
-
-/* Whether the kernel is done with z's pages (every zerocopy send of it
- * completed). */
-static int zq_released(const conn *c, const conn_zwrite *z) {
-  return z->zc_last == 0 || (int32_t)(c->zc_done - z->zc_last) >= 0;
-}
 
 /* Its callback runs from the idle timer (never from within a send). */
 static void zq_finished(conn *c, conn_zwrite *z) {
@@ -253,19 +237,11 @@ static void zq_complete(conn *c, conn_zwrite *z, int status) {
 /* The idle timer, and conn_close: run the callbacks of the writes done
  * (and, closing, fail those not done). */
 static void zq_callbacks(conn *c) {
-  int any = 0;
-  /* Written; with MSG_ZEROCOPY, the kernel may still read their pages:
-   * those wait for its word (zc_reap), unless c is closing (the socket's
-   * queue goes with it). */
-  for (conn_zwrite **pz = &c->zdone; *pz;) {
-    conn_zwrite *z = *pz;
-    if (!c->closing && !zq_released(c, z)) {
-      pz = &z->next;
-      continue;
-    }
-    *pz = z->next;
+  int any = c->zdone != NULL;
+  while (c->zdone) {
+    conn_zwrite *z = c->zdone;
+    c->zdone = z->next;
     zq_complete(c, z, 0);
-    any = 1;
   }
   while (c->closing && c->zhead) {
     conn_zwrite *z = c->zhead;
@@ -310,21 +286,14 @@ int conn_send_pieces(conn *c, uint8_t *owned, conn_piece *pieces, size_t n, conn
 /*
  * Write iov[0, k) to the socket from the loop, without waiting: the one
  * place where writes of pieces' memory reach the socket (a TLS layer wraps
- * it). more: more follows at once (MSG_MORE); *zc: with MSG_ZEROCOPY (the
- * pages must stay untouched until the kernel's completion, zc_reap), set
- * to 0 when it was copied instead (the kernel had no room for the
- * notification: ENOBUFS). Returns sendmsg's result (errno set).
+ * it). more: more follows at once (MSG_MORE). Returns sendmsg's result
+ * (errno set). (MSG_ZEROCOPY here was measured and lost over loopback:
+ * docs/BENCHMARKS.md "Send path".)
  */
-static ssize_t conn_write_iov(conn *c, int fd, struct iovec *iov, size_t k, int more, int *zc) {
+static ssize_t conn_write_iov(conn *c, int fd, struct iovec *iov, size_t k, int more) {
   (void)c;
   struct msghdr mh = {.msg_iov = iov, .msg_iovlen = k};
-  int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0);
-  ssize_t w = sendmsg(fd, &mh, flags | (*zc ? MSG_ZEROCOPY : 0));
-  if (w < 0 && *zc && errno == ENOBUFS) {
-    *zc = 0;
-    w = sendmsg(fd, &mh, flags);
-  }
-  return w;
+  return sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0));
 }
 
 /* The socket is full: send the rest of the piece at hand through libuv,
@@ -393,15 +362,7 @@ static void zq_run(conn *c) {
         iov[k++].iov_len = z->p[j].len - skip;
       }
       int more = j < z->n || z->next;
-      size_t run = 0;
-      for (size_t x = 0; x < k; x++) run += iov[x].iov_len;
-      int zc = c->zc && run >= ZC_MIN;
-      w = conn_write_iov(c, fd, iov, k, more, &zc);
-      if (w > 0 && zc) {
-        c->zc_sent++;
-        z->zc_last = c->zc_sent;
-        c->s->m.zerocopy_bytes += (uint64_t)w;
-      }
+      w = conn_write_iov(c, fd, iov, k, more);
     } else {
       off_t off = (off_t)(p->off + z->done);
       w = sendfile(fd, p->fd, &off, p->len - z->done);
@@ -436,82 +397,6 @@ static void zq_run(conn *c) {
   }
 }
 
-/* ---- MSG_ZEROCOPY completions ----------------------------------------- */
-
-/* Read the kernel's completions of zerocopy sends from c's error queue
- * (each names a range of sends it is done with), then run the callbacks of
- * the writes they release. A socket error with nothing queued closes c
- * (from the timer): its POLLERR would otherwise wake the loop for ever. */
-static void zc_reap(conn *c) {
-  int got = 0;
-  for (;;) {
-    char ctrl[256];
-    struct msghdr mh = {.msg_control = ctrl, .msg_controllen = sizeof ctrl};
-    if (recvmsg(c->zc_fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) break;
-    got = 1;
-    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-      if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
-            (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
-        continue;
-      struct sock_extended_err ee;
-      memcpy(&ee, CMSG_DATA(cm), sizeof ee);
-      if (ee.ee_errno != 0 || ee.ee_origin != SO_EE_ORIGIN_ZEROCOPY) continue;
-      uint32_t lo = ee.ee_info, hi = ee.ee_data; /* sends lo..hi, counted from 0 */
-      /* TCP completes its sends in order: the first hi + 1 are done. */
-      if ((int32_t)(hi + 1 - c->zc_done) > 0) c->zc_done = hi + 1;
-      if (ee.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) c->s->m.zerocopy_copied += hi - lo + 1;
-    }
-  }
-  if (!got) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(c->zc_fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) {
-      M3_DEBUG("server", "%s: socket error: %s", c->peer, strerror(err));
-      c->zerr = 1;
-      uv_timer_start(&c->idle, on_idle, 0, c->tick_ms);
-    }
-  }
-  if (c->zdone) zq_callbacks(c);
-}
-
-static void on_zc_poll(uv_poll_t *h, int status, int events) {
-  conn *c = h->data;
-  (void)status, (void)events; /* POLLERR (the error queue) stops the handle: UV_EBADF */
-  if (c->closing) return;
-  zc_reap(c);
-  if (!c->closing && !c->zerr) uv_poll_start(&c->zc_poll, UV_PRIORITIZED, on_zc_poll);
-}
-
-static void zc_closed(uv_handle_t *h) {
-  conn *c = h->data;
-  close(c->zc_fd);
-  conn_unref(c);
-}
-
-/* --zerocopy: SO_ZEROCOPY on c's socket, and a dup of it watched for its
- * error queue (libuv's own watcher of the socket is the stream's). Without
- * them c sends with copies. */
-static void zc_setup(conn *c) {
-  uv_os_fd_t fd;
-  int one = 1;
-  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0) return;
-  if (setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof one) != 0) {
-    M3_DEBUG("server", "%s: SO_ZEROCOPY: %s (sends copy)", c->peer, strerror(errno));
-    return;
-  }
-  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (d < 0) return;
-  if (uv_poll_init(c->s->loop, &c->zc_poll, d) != 0) {
-    close(d);
-    return;
-  }
-  c->zc_poll.data = c;
-  c->zc_fd = d;
-  c->zc = 1;
-  c->refs++; /* the poll handle */
-  uv_poll_start(&c->zc_poll, UV_PRIORITIZED, on_zc_poll);
-}
-
 /* ---- connection ----------------------------------------------------- */
 
 static void conn_freed(uv_handle_t *h) {
@@ -542,7 +427,6 @@ void conn_close(conn *c) {
   s->nconns--;
   s->hooks.closing(c);
   zq_callbacks(c);
-  if (c->zc) uv_close((uv_handle_t *)&c->zc_poll, zc_closed);
   uv_timer_stop(&c->idle);
   uv_close((uv_handle_t *)&c->idle, idle_closed);
   uv_close((uv_handle_t *)&c->tcp, conn_freed);
@@ -750,7 +634,6 @@ void conn_accept(server *s, uv_stream_t *listener) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  if (s->cfg.zerocopy) zc_setup(c);
   s->m.connections_accepted++;
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;

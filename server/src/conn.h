@@ -88,15 +88,6 @@ struct conn {
   uint64_t drain_t0_ns; /* start of the current drain-rate window (conn.c) */
   uint64_t drain_bytes; /* bytes the kernel had taken at that start */
   unsigned slow_ticks;  /* consecutive windows drained below the floor */
-  /* MSG_ZEROCOPY (--zerocopy): big memory pieces of writes of pieces go
-   * out without a copy; such a write's callback (its buffers back) waits
-   * until the kernel says it is done with the pages (error queue, read
-   * through zc_poll on a dup of the socket) (conn.c). */
-  int zc;               /* SO_ZEROCOPY is on: fetch.c sends buffers as pieces */
-  int zc_fd;            /* the dup watched by zc_poll */
-  uint32_t zc_sent;     /* zerocopy sends that took bytes */
-  uint32_t zc_done;     /* the kernel is done with the first zc_done of them */
-  uv_poll_t zc_poll;
 };
 
 void conn_accept(server *s, uv_stream_t *listener);

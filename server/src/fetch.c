@@ -74,14 +74,12 @@ static void sent(void *ud, int status) {
 
 /* Queue frames [0, n) of the send arrays (s->send) with their attachments
  * as one write: attachments with a span go from the segment file (the
- * header, already read and checked, included), the others from memory
- * (with --zerocopy as pieces, so that conn.c sends them with MSG_ZEROCOPY
- * and gives their buffers back once the kernel is done with them). */
+ * header, already read and checked, included), the others from memory. */
 static int send_frames(conn *c, m3_wbuf *frames, size_t n, conn_write_cb cb, void *ud) {
   server *s = c->s;
   size_t nspans = 0;
   for (size_t i = 0; i < n; i++) nspans += s->send.spans[i] != NULL;
-  if (nspans == 0 && !c->zc)
+  if (nspans == 0)
     return conn_send_batch(c, frames, s->send.ends, s->send.atts, s->send.att_lens, n, cb, ud);
   conn_piece *p = malloc(2 * n * sizeof *p);
   if (p == NULL) return M3_ENOMEM;

@@ -71,10 +71,6 @@ static const char *usage_text =
     "                            go out with sendfile, only their headers checked here\n"
     "                            (the client checks every CRC32C); the rest are read\n"
     "                            into buffers and checked here\n"
-    "  --zerocopy                send memories from read buffers with MSG_ZEROCOPY (the\n"
-    "                            kernel sends the buffers' pages, a buffer is reused\n"
-    "                            once it says it is done with them); off by default:\n"
-    "                            over loopback the kernel copies anyway (BENCHMARKS.md)\n"
     "  --min-drain-kb-per-s N    close a connection whose queued answers drain\n"
     "                            slower than this for 2 s: its buffers go back (256)\n"
     "  --shard N                 shard number announced in Hello (0)\n"
@@ -145,7 +141,6 @@ static const struct option opts[] = {
     {"max-batch-queries", required_argument, NULL, 22},
     {"sendfile", no_argument, NULL, 23},
     {"no-sendfile", no_argument, NULL, 25},
-    {"zerocopy", no_argument, NULL, 26},
     {"min-drain-kb-per-s", required_argument, NULL, 24},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
@@ -232,9 +227,6 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
     break;
   case 24: c->min_drain_bytes_per_s = (size_t)num(name, v, where) << 10; break;
   case 25: c->sendfile = 0; break;
-  case 26:
-    c->zerocopy = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes");
-    break;
   }
 }
 

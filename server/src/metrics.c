@@ -191,11 +191,6 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
           "Batches of memories read into buffers instead of sent with sendfile: a record was not "
           "in the page cache.",
           m->sendfile_cold_batches);
-  COUNTER("m3_zerocopy_bytes_total",
-          "Bytes sent with MSG_ZEROCOPY from read buffers (--zerocopy).", m->zerocopy_bytes);
-  COUNTER("m3_zerocopy_copied_sends_total",
-          "MSG_ZEROCOPY sends the kernel copied after all (loopback, or a device without "
-          "scatter-gather).", m->zerocopy_copied);
   COUNTER("m3_slow_readers_closed_total",
           "Connections closed for draining their answers below the minimum rate.",
           m->slow_readers_closed);

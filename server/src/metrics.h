@@ -40,8 +40,6 @@ typedef struct metrics {
   uint64_t sendfile_bytes;   /* memory bytes sent from the page cache (sendfile) */
   uint64_t sendfile_bounced_bytes; /* of those, read into a buffer: the socket was full */
   uint64_t sendfile_cold_batches;  /* batches read into buffers: not in the page cache */
-  uint64_t zerocopy_bytes;   /* bytes sent with MSG_ZEROCOPY (--zerocopy) */
-  uint64_t zerocopy_copied;  /* of those sends, ones the kernel copied after all */
   uint64_t slow_readers_closed; /* connections closed for draining too slowly */
   uint64_t search_batches;
   uint64_t search_queries;

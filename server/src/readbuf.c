@@ -286,11 +286,10 @@ int rb_init(server *s) {
    * the io_uring into buffers and checked by the server. --no-sendfile and
    * O_DIRECT stores: always the buffers. */
   s->splice = s->cfg.sendfile && !s->cfg.direct;
-  M3_INFO("server", "memories are sent %s%s",
+  M3_INFO("server", "memories are sent %s",
           s->splice ? "from the page cache with sendfile where cached (the client checks their "
                       "CRC32C), the rest read into buffers"
-                    : "from read buffers, checked by the server",
-          s->cfg.zerocopy ? "; buffers with MSG_ZEROCOPY" : "");
+                    : "from read buffers, checked by the server");
   int rc = m3_store_aio_open(s->store, 256, &s->aio);
   if (rc != 0) {
     M3_INFO("server", "memory reads run on the threadpool: %s", m3_errmsg());

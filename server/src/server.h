@@ -94,7 +94,6 @@ typedef struct server_config {
                                   checked by the client only (--sendfile);
                                   else read into buffers on the io_uring and
                                   checked by the server too */
-  int zerocopy;                /* send read buffers with MSG_ZEROCOPY (--zerocopy) */
   unsigned shard;
 } server_config;
 

@@ -134,7 +134,7 @@ static void drop_cache(void) {
   if (n == 0) fail_msg("no segment files in %s", S.store);
 }
 
-enum { PATH_SENDFILE, PATH_BUFFERS, PATH_COLD, PATH_ZEROCOPY };
+enum { PATH_SENDFILE, PATH_BUFFERS, PATH_COLD };
 
 /* Every memory, identical to the store, through the server started with
  * extra (plus the HTTP port for its counters), sent the way `path` says. */
@@ -164,14 +164,8 @@ static void identical_landed(const char *const *extra, int path, int landing) {
   if (path == PATH_SENDFILE && !(sent >= (double)want * S.mem_len * 0.9 && cold == 0))
     fail_msg("sendfile path: %.0f sendfile bytes of %zu memories, %.0f cold batches", sent, want,
              cold);
-  if ((path == PATH_BUFFERS || path == PATH_ZEROCOPY) && !(sent == 0 && cold == 0))
+  if (path == PATH_BUFFERS && !(sent == 0 && cold == 0))
     fail_msg("--no-sendfile: %.0f sendfile bytes, %.0f cold batches", sent, cold);
-  double zc = ct_metric(&srv, "m3_zerocopy_bytes_total");
-  print_message("zerocopy bytes %.0f (copied sends %.0f)\n", zc,
-                ct_metric(&srv, "m3_zerocopy_copied_sends_total"));
-  if (path == PATH_ZEROCOPY && !(zc >= (double)want * S.mem_len * 0.5))
-    fail_msg("--zerocopy: %.0f bytes sent with MSG_ZEROCOPY of %zu", zc, want * (size_t)S.mem_len);
-  if (path != PATH_ZEROCOPY && zc != 0) fail_msg("%.0f zerocopy bytes without --zerocopy", zc);
   if (path == PATH_COLD && !(cold >= 1 && sent < (double)want * S.mem_len))
     fail_msg("a cold store: %.0f cold batches, %.0f of %zu bytes by sendfile", cold, sent,
              want * (size_t)S.mem_len);
@@ -197,13 +191,6 @@ static void test_identical_cold(void **state) { identical(NULL, PATH_COLD); }
 static void test_identical_direct(void **state) {
   const char *extra[] = {"--direct", NULL};
   identical(extra, PATH_BUFFERS);
-}
-
-/* MSG_ZEROCOPY sends of the read buffers: the same bytes as the copy path. */
-static void test_identical_zerocopy(void **state) {
-  const char *extra[] = {"--no-sendfile", "--zerocopy", NULL};
-  identical(extra, PATH_ZEROCOPY);
-  identical_landed(extra, PATH_ZEROCOPY, 1);
 }
 
 /* The receive path: landed in the caller's buffers, on both server paths. */
@@ -259,12 +246,12 @@ static void test_slow_and_cancel_leave_nothing(void **state) {
   slow_and_cancel(sendfile);
 }
 
-/* The same with MSG_ZEROCOPY sends (a dup of each socket watched for its
- * completions): descriptors and buffers all go back. */
-static void test_slow_and_cancel_zerocopy(void **state) {
-  const char *zc[] = {"--no-sendfile", "--zerocopy", NULL};
-  slow_and_cancel(zc);
+/* The same on the buffer path (read buffers held by writes in flight). */
+static void test_slow_and_cancel_buffers(void **state) {
+  const char *buffers[] = {"--no-sendfile", NULL};
+  slow_and_cancel(buffers);
 }
+
 
 /* Flip one byte of FLIPPED's codes in its segment file. */
 static void flip_byte(void) {
@@ -310,8 +297,6 @@ static void flipped(const char *const *extra, int landing) {
 static void test_flipped_byte(void **state) {
   flip_byte();
   const char *buffers[] = {"--no-sendfile", NULL};
-  const char *zc[] = {"--no-sendfile", "--zerocopy", NULL};
-  flipped(zc, 0);
   flipped(NULL, 0);
   flipped(buffers, 0);
   flipped(NULL, 1); /* received in place: caught as it landed */
@@ -326,9 +311,8 @@ int main(void) {
       cmocka_unit_test(test_identical_cold),
       cmocka_unit_test(test_identical_direct),
       cmocka_unit_test(test_landed_in_place),
-      cmocka_unit_test(test_identical_zerocopy),
       cmocka_unit_test(test_slow_and_cancel_leave_nothing),
-      cmocka_unit_test(test_slow_and_cancel_zerocopy),
+      cmocka_unit_test(test_slow_and_cancel_buffers),
       cmocka_unit_test(test_flipped_byte), /* last: it damages the store */
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
