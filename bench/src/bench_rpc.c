@@ -25,7 +25,14 @@
  * server's interface, as many as the connections, writing one memory frame
  * at a time, so every run prints served / loopback. When the servers run on
  * this machine their CPU time over the measured window is read from /proc:
- * server_cpu_s_per_gb (user + sys seconds per GB of payload served).
+ * server_cpu_s_per_gb (user + sys seconds per GB of payload served); this
+ * process's own is client_cpu_s_per_gb (getrusage), so a change that moves
+ * work from one side to the other shows.
+ *
+ * --fetch: each call is a Fetch of Q x k random ids instead (no search: the
+ * send and receive paths alone, as m3-bench peer redis's m3 side). --land:
+ * records are received straight into a per-connection staging buffer of
+ * Q x k slots (m3_client_set_landing), as a worker's round would be.
  *
  * TLS: --tls-ca F [--tls-cert F --tls-key F] [--tls-name N] speaks TLS 1.3
  * to the server (or the cluster's replicas). --plain-server HOST:PORT (a
@@ -41,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "bench.h"
 #include "m3/internal/cli.h"
@@ -62,6 +70,8 @@ typedef struct rpc_args {
   double loopback_s;
   int timeout_ms;
   int text;
+  int land; /* --land: records received straight into a staging buffer */
+  int fetch; /* --fetch: Fetch calls of Q x k random ids instead of Retrieve */
   int json;
   uint64_t seed;
   m3_search_params params; /* --nprobe, --ef-search (0: the server's) */
@@ -77,6 +87,7 @@ typedef struct rpc_shared {
   atomic_ullong issued;    /* --calls: calls claimed */
   char token[512];
   m3_cluster *cl;          /* --cluster */
+  uint64_t records;        /* --fetch: ids are drawn from [0, records) */
 } rpc_shared;
 
 typedef struct rpc_thread {
@@ -94,7 +105,19 @@ typedef struct rpc_thread {
   uint64_t call_memories, call_payload, *call_ids;
   int call_failed_items;
   char err[256];
+  uint8_t *staging; /* --land: (qpc, k, slot) records, as a worker's round */
+  size_t slot;
 } rpc_thread;
+
+/* --land: the slot of (query, rank) in the thread's staging buffer. */
+static void *land_slot(void *ud, uint64_t chunk_id, uint32_t query, uint32_t rank, size_t len) {
+  rpc_thread *t = ud;
+  (void)chunk_id;
+  if (len > t->slot) return NULL;
+  /* Fetch: query is the index into the ids (rank 0). */
+  size_t i = t->sh->a->fetch ? query : (size_t)query * t->sh->a->k + rank;
+  return t->staging + i * t->slot;
+}
 
 static int on_memory(void *ud, const m3_client_memory *m) {
   rpc_thread *t = ud;
@@ -106,8 +129,11 @@ static int on_memory(void *ud, const m3_client_memory *m) {
   t->call_memories++;
   t->call_payload += m->len;
   unsigned k = t->sh->a->k;
-  if (t->call_ids && m->query < t->sh->a->qpc && m->rank < k)
+  if (t->sh->a->fetch) {
+    if (t->call_ids && m->query < (size_t)t->sh->a->qpc * k) t->call_ids[m->query] = m->chunk_id;
+  } else if (t->call_ids && m->query < t->sh->a->qpc && m->rank < k) {
     t->call_ids[(size_t)m->query * k + m->rank] = m->chunk_id;
+  }
   return 0;
 }
 
@@ -140,9 +166,14 @@ static void *rpc_worker(void *arg) {
   m3_client_query *qs = calloc(a->qpc, sizeof *qs);
   char (*texts)[48] = a->text ? calloc(a->qpc, sizeof *texts) : NULL;
   uint64_t *ids = malloc(per_call * sizeof *ids);
+  uint64_t *fetch_ids = a->fetch ? malloc(per_call * sizeof *fetch_ids) : NULL;
   m3_client_counters c0 = {0}, c1 = {0};
   if (t->c) m3_client_counters_get(t->c, &c0);
   uint64_t wire_before = 0;
+  if (a->land && t->c) {
+    m3_client_set_landing(t->c, land_slot, t);
+    memset(t->staging, 0, per_call * t->slot); /* touched once, as a worker's */
+  }
   for (uint64_t i = 0;; i++) {
     int measured = i >= a->warmup;
     if (i == a->warmup) {
@@ -177,8 +208,12 @@ static void *rpc_worker(void *arg) {
     t->call_memories = t->call_payload = 0;
     t->call_failed_items = 0;
     uint64_t t0 = bench_now_ns();
-    int rc = sh->cl ? m3_cluster_retrieve(sh->cl, qs, a->qpc, a->k, 0, on_memory, t)
-                    : m3_client_retrieve(t->c, qs, a->qpc, a->k, 0, on_memory, t);
+    if (fetch_ids)
+      for (size_t x = 0; x < per_call; x++) fetch_ids[x] = bench_rand(&t->rng) % sh->records;
+    int rc = fetch_ids ? (sh->cl ? m3_cluster_fetch(sh->cl, fetch_ids, per_call, 0, on_memory, t)
+                                 : m3_client_fetch(t->c, fetch_ids, per_call, 0, on_memory, t))
+             : sh->cl ? m3_cluster_retrieve(sh->cl, qs, a->qpc, a->k, 0, on_memory, t)
+                      : m3_client_retrieve(t->c, qs, a->qpc, a->k, 0, on_memory, t);
     uint64_t t1 = bench_now_ns();
     if (!measured) continue;
     t->calls++;
@@ -199,6 +234,7 @@ static void *rpc_worker(void *arg) {
         m3_client_close(t->c);
         t->c = NULL;
         if (connect_one(sh, &t->c) != 0) break;
+        if (a->land) m3_client_set_landing(t->c, land_slot, t);
         m3_client_counters_get(t->c, &c0);
       }
     } else if (sample) {
@@ -221,6 +257,7 @@ static void *rpc_worker(void *arg) {
   free(qs);
   free(texts);
   free(ids);
+  free(fetch_ids);
   return NULL;
 }
 
@@ -319,13 +356,22 @@ static double pids_cpu(const long *pids, size_t n) {
   return total;
 }
 
+/* This process's user + sys seconds (the client side of the calls). */
+static double self_cpu(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+         ru.ru_stime.tv_usec * 1e-6;
+}
+
 static void usage(FILE *f) {
   fputs("usage: m3-bench rpc (--server HOST:PORT | --cluster MAP) [--connections 1]\n"
         "                    [--queries-per-call 32] [--hedge-ms 0]\n"
         "                    [-k 5] [--duration 10 | --calls N] [--rate R] [--warmup 20]\n"
         "                    [--store DIR] [--raw-samples 1000] [--token-file F]\n"
         "                    [--timeout-ms 10000] [--text] [--seed S]\n"
-        "                    [--loopback-seconds 3] [--nprobe N] [--ef-search N] [--json]\n"
+        "                    [--loopback-seconds 3] [--nprobe N] [--ef-search N] [--land]\n"
+        "                    [--fetch] [--json]\n"
         "Retrieve calls of Q random unit query vectors (the server's embedding_dim;\n"
         "--text: texts for its embedder) x top-k. Closed loop, or open loop at R calls/s\n"
         "over all connections with latency from each call's scheduled time. --warmup N\n"
@@ -337,6 +383,11 @@ static void usage(FILE *f) {
         "on the server's interface (loopback_mb_per_s, served_over_loopback); servers\n"
         "on this machine also get their CPU per GB served (from /proc). --nprobe /\n"
         "--ef-search: every call's index params (IVF / HNSW; default: the server's).\n"
+        "--land: each connection receives the records straight into a staging buffer\n"
+        "of Q x k slots, as a worker's round (m3_client_set_landing); default: the\n"
+        "client's own buffer. --fetch: each call is a Fetch of Q x k ids drawn at random\n"
+        "from [0, records) (stores of m3-bench gen: dense ids), no search: the send\n"
+        "path alone.\n"
         "TLS: --tls-ca F [--tls-cert F --tls-key F] [--tls-name NAME] (--tls: the same,\n"
         "as a reminder in the command line); --plain-server HOST:PORT: a plain server of\n"
         "the same store measured first with the same calls: tls_over_plain (served MB/s).\n",
@@ -346,10 +397,17 @@ static void usage(FILE *f) {
 static double jnum(json_t *j, const char *k) { return json_number_value(json_object_get(j, k)); }
 
 static void print_text(json_t *j) {
-  printf("%s loop, %d connections, %d queries x top-%d per call, %.1f s%s\n",
-         json_string_value(json_object_get(j, "mode")), (int)jnum(j, "connections"),
-         (int)jnum(j, "queries_per_call"), (int)jnum(j, "k"), jnum(j, "seconds"),
-         json_is_true(json_object_get(j, "tls")) ? ", TLS" : "");
+  const char *call = json_string_value(json_object_get(j, "call"));
+  if (call && strcmp(call, "fetch") == 0)
+    printf("%s loop, %d connections, Fetch of %d random ids per call, %.1f s%s\n",
+           json_string_value(json_object_get(j, "mode")), (int)jnum(j, "connections"),
+           (int)(jnum(j, "queries_per_call") * jnum(j, "k")), jnum(j, "seconds"),
+           json_is_true(json_object_get(j, "tls")) ? ", TLS" : "");
+  else
+    printf("%s loop, %d connections, %d queries x top-%d per call, %.1f s%s\n",
+           json_string_value(json_object_get(j, "mode")), (int)jnum(j, "connections"),
+           (int)jnum(j, "queries_per_call"), (int)jnum(j, "k"), jnum(j, "seconds"),
+           json_is_true(json_object_get(j, "tls")) ? ", TLS" : "");
   printf("calls %.0f (errors %.0f), %.1f calls/s, %.1f MB/s of payload\n", jnum(j, "calls"),
          jnum(j, "errors"), jnum(j, "calls_per_s"), jnum(j, "payload_mb_per_s"));
   printf("latency us: p50 %.1f  p99 %.1f  p99.9 %.1f\n", jnum(j, "p50_us"), jnum(j, "p99_us"),
@@ -365,6 +423,8 @@ static void print_text(json_t *j) {
   if (json_object_get(j, "server_processes"))
     printf("server CPU %.2f s (%.0f processes): %.3f s per GB served\n", jnum(j, "server_cpu_s"),
            jnum(j, "server_processes"), jnum(j, "server_cpu_s_per_gb"));
+  printf("client CPU %.2f s: %.3f s per GB received\n", jnum(j, "client_cpu_s"),
+         jnum(j, "client_cpu_s_per_gb"));
   json_t *pl = json_object_get(j, "plain");
   if (pl)
     printf("plain %s: %.1f MB/s of payload, p50 %.1f us: TLS / plain served MB/s %.3f\n",
@@ -392,6 +452,7 @@ int bench_rpc(int argc, char **argv) {
       {"tls-ca", required_argument, NULL, 1},     {"tls-cert", required_argument, NULL, 2},
       {"tls-key", required_argument, NULL, 3},    {"tls-name", required_argument, NULL, 4},
       {"plain-server", required_argument, NULL, 5}, {"tls", no_argument, NULL, 6},
+      {"land", no_argument, NULL, 'l'},           {"fetch", no_argument, NULL, 'F'},
       {NULL, 0, NULL, 0}};
   rpc_args a = {.conns = 1, .qpc = 32, .k = 5, .duration = 10, .warmup = 20,
                 .raw_samples = 1000, .loopback_s = 3, .timeout_ms = 10000, .seed = 42};
@@ -427,6 +488,8 @@ int bench_rpc(int argc, char **argv) {
     case 4: a.tls_name = optarg; break;
     case 5: a.plain_server = optarg; break;
     case 6: want_tls = 1; break;
+    case 'l': a.land = 1; break;
+    case 'F': a.fetch = 1; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -546,6 +609,26 @@ static int rpc_run(const rpc_args *ain, json_t **out) {
   }
   const m3_client_info *info = a.cluster ? &cinfo : m3_client_info_get(th[0].c);
   sh.dim = info->layout.emb_dim;
+  sh.records = info->records;
+  if (a.fetch && sh.records == 0) {
+    fprintf(stderr, "m3-bench rpc: --fetch: the server holds no memories\n");
+    ex = 2;
+    goto out;
+  }
+  if (a.land && a.cluster) {
+    fprintf(stderr, "m3-bench rpc: --land is for --server (one connection per thread)\n");
+    ex = 2;
+    goto out;
+  }
+  for (unsigned i = 0; a.land && i < a.conns; i++) {
+    th[i].slot = (info->memory_bytes + 64 + 63) / 64 * 64;
+    th[i].staging = aligned_alloc(64, per_call * th[i].slot);
+    if (th[i].staging == NULL) {
+      fprintf(stderr, "m3-bench rpc: no memory for --land staging buffers\n");
+      ex = 2;
+      goto out;
+    }
+  }
   if (!a.text && sh.dim == 0) {
     fprintf(stderr, "m3-bench rpc: m3-server %s announces no embedding_dim; use --text\n",
             a.server);
@@ -576,10 +659,10 @@ static int rpc_run(const rpc_args *ain, json_t **out) {
   if (sh.cl) m3_cluster_counters_get(sh.cl, &cc0);
   for (unsigned i = 0; i < a.conns; i++) pthread_create(&th[i].tid, NULL, rpc_worker, &th[i]);
   sleep_until(sh.t_start);
-  double cpu0 = pids_cpu(pids, npids);
+  double cpu0 = pids_cpu(pids, npids), ccpu0 = self_cpu();
   for (unsigned i = 0; i < a.conns; i++) pthread_join(th[i].tid, NULL);
   uint64_t t_done = bench_now_ns();
-  double server_cpu = pids_cpu(pids, npids) - cpu0;
+  double server_cpu = pids_cpu(pids, npids) - cpu0, client_cpu = self_cpu() - ccpu0;
   /* The link alone, after the calls so that the two never share the cores. */
   double loop_mbs = 0;
   if (a.loopback_s > 0) {
@@ -647,6 +730,8 @@ static int rpc_run(const rpc_args *ain, json_t **out) {
   }
   if (a.params.nprobe) json_object_set_new(j, "nprobe", json_integer(a.params.nprobe));
   if (a.params.ef_search) json_object_set_new(j, "ef_search", json_integer(a.params.ef_search));
+  if (a.land) json_object_set_new(j, "land", json_true());
+  json_object_set_new(j, "call", json_string(a.fetch ? "fetch" : "retrieve"));
   double served_mbs = (double)payload / 1e6 / secs;
   if (loop_mbs > 0) {
     json_object_set_new(j, "loopback_mb_per_s", json_real(loop_mbs));
@@ -658,6 +743,9 @@ static int rpc_run(const rpc_args *ain, json_t **out) {
     json_object_set_new(j, "server_cpu_s_per_gb",
                         json_real(payload ? server_cpu / ((double)payload / 1e9) : 0));
   }
+  json_object_set_new(j, "client_cpu_s", json_real(client_cpu));
+  json_object_set_new(j, "client_cpu_s_per_gb",
+                      json_real(payload ? client_cpu / ((double)payload / 1e9) : 0));
   for (unsigned i = 0; i < a.conns; i++)
     if (th[i].err[0]) {
       json_object_set_new(j, "first_error", json_string(th[i].err));
@@ -676,6 +764,7 @@ out:
     m3_client_close(th[i].c);
     free(th[i].lat);
     free(th[i].sample_ids);
+    free(th[i].staging);
   }
   free(th);
   m3_cluster_close(sh.cl);

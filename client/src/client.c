@@ -30,6 +30,11 @@ void m3_client_set_timeout(m3_client *c, int timeout_ms) {
   c->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
 }
 
+void m3_client_set_landing(m3_client *c, m3_client_land_fn fn, void *ud) {
+  c->land = fn;
+  c->land_ud = fn ? ud : NULL;
+}
+
 void m3_client_set_search_params(m3_client *c, const m3_search_params *p) {
   if (p) c->params = *p;
   else memset(&c->params, 0, sizeof c->params);
@@ -340,6 +345,18 @@ static int on_memory(void *ud, const ProtobufCMessage *msg, const uint8_t *att, 
   return s->fn(s->ud, &out);
 }
 
+/* m3__att_fn of the memory calls: a memory's record lands where the
+ * caller's landing function says, for an item that can be delivered
+ * (check_item refuses the others when their callback comes). */
+static uint8_t *memory_dest(void *ud, const ProtobufCMessage *msg, size_t len) {
+  stream_ctx *s = ud;
+  const M3__Memory *m = (const M3__Memory *)msg;
+  if (s->c->land == NULL || m->status != M3__STATUS_CODE__OK || m->payload_bytes != len ||
+      m->query >= s->nq || (s->k ? m->rank >= s->k : m->rank != 0))
+    return NULL;
+  return s->c->land(s->c->land_ud, m->chunk_id, m->query, m->rank, len);
+}
+
 int m3_client_retrieve(m3_client *c, const m3_client_query *queries, size_t nq, uint32_t k,
                        int with_text, m3_client_memory_fn fn, void *ud) {
   M3__RetrieveRequest req = M3__RETRIEVE_REQUEST__INIT;
@@ -351,7 +368,8 @@ int m3_client_retrieve(m3_client *c, const m3_client_query *queries, size_t nq, 
   M3__IndexParams ip;
   req.params = index_params(c, &ip);
   stream_ctx s = {.c = c, .fn = fn, .ud = ud, .nq = nq, .k = k};
-  rc = m3__client_call(c, M3_METHOD_RETRIEVE, &req.base, NULL, 0, c->timeout_ms, on_memory, &s);
+  rc = m3__client_call_into(c, M3_METHOD_RETRIEVE, &req.base, NULL, 0, c->timeout_ms, memory_dest,
+                            on_memory, &s);
   return stream_end(&s, M3_METHOD_RETRIEVE, rc);
 }
 
@@ -364,7 +382,8 @@ int m3_client_fetch(m3_client *c, const uint64_t *ids, size_t n, int with_text,
   req.ids = (uint64_t *)ids;
   req.with_text = with_text != 0;
   stream_ctx s = {.c = c, .fn = fn, .ud = ud, .nq = n, .k = 0};
-  int rc = m3__client_call(c, M3_METHOD_FETCH, &req.base, NULL, 0, c->timeout_ms, on_memory, &s);
+  int rc = m3__client_call_into(c, M3_METHOD_FETCH, &req.base, NULL, 0, c->timeout_ms,
+                                memory_dest, on_memory, &s);
   return stream_end(&s, M3_METHOD_FETCH, rc);
 }
 

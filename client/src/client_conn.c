@@ -5,9 +5,13 @@
  *
  * Workload: one call at a time per connection, answers of up to a few
  * hundred memories (tens of KB each) streamed as one frame per memory. The
- * reader pulls as much as the socket has into one reusable buffer and parses
- * frames in place, so a memory's record bytes reach the callback without a
- * copy and without an allocation per frame.
+ * reader takes a frame's header and message into one reusable buffer
+ * (parsed in place, no allocation per frame), then receives its attachment
+ * straight into where it belongs (the caller's buffer for it, or the
+ * connection's own, 8-aligned), the payload CRC32C computed over each piece
+ * as it lands: the kernel's copy out of the socket is the only copy of a
+ * memory's bytes, and one recv per memory usually also brings the next
+ * frame's header.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +33,9 @@
 #include "m3/error.h"
 
 #define RBUF_MIN (1u << 20)
+/* Bytes read past what a read needs: the next frame's header and message,
+ * and little of its attachment (which land() copies, CRC in the same pass). */
+#define READ_AHEAD 1024u
 #define ARENA_MIN (16u << 10)
 
 static uint64_t now_ns(void) {
@@ -305,8 +312,34 @@ static void send_cancel(m3_client *c, m3_method method, uint32_t stream) {
 
 /* ---- reading -------------------------------------------------------- */
 
-/* Make rbuf[rpos, rlen) hold at least need bytes, reading by the deadline.
- * Returns 0, 1 on deadline, or a transport failure. */
+/* The socket has nothing to read: wait for it by the deadline. Returns 0
+ * (try again), 1 on deadline, or a transport failure. */
+static int wait_readable(m3_client *c, m3_method method, uint64_t deadline) {
+  int ms = left_ms(deadline);
+  if (ms == 0) return 1;
+  struct pollfd pfd = {.fd = c->fd, .events = io_events(c, POLLIN)};
+  if (poll(&pfd, 1, ms) < 0 && errno != EINTR)
+    return broken(c, method, "poll: %s", strerror(errno));
+  return 0;
+}
+
+/* A recv that returned r <= 0: 0 (try again), 1 on deadline, or a
+ * transport failure. */
+static int recv_failed(m3_client *c, m3_method method, ssize_t r, uint64_t deadline) {
+  if (r == 0)
+    return broken(c, method, "the server closed the connection%s",
+                  c->rlen > c->rpos || c->skip ? " in the middle of a frame" : "");
+  if (errno == EINTR) return 0;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return wait_readable(c, method, deadline);
+  if (c->ssl && errno == EPROTO) return broken(c, method, "%s", c->tls_err);
+  return broken(c, method, "recv: %s", strerror(errno));
+}
+
+/* Make rbuf[rpos, rlen) hold at least need bytes, reading by the deadline:
+ * what is missing and no more than READ_AHEAD bytes past it, so that
+ * attachments that follow are mostly left in the socket for land() to
+ * receive where they belong. Returns 0, 1 on deadline, or a transport
+ * failure. */
 static int fill(m3_client *c, m3_method method, size_t need, uint64_t deadline) {
   while (c->rlen - c->rpos < need) {
     if (c->rcap - c->rpos < need) {
@@ -329,26 +362,16 @@ static int fill(m3_client *c, m3_method method, size_t need, uint64_t deadline) 
         c->rcap = cap;
       }
     }
-    ssize_t r = io_recv(c, c->rbuf + c->rlen, c->rcap - c->rlen);
+    size_t want = need - (c->rlen - c->rpos) + READ_AHEAD;
+    if (want > c->rcap - c->rlen) want = c->rcap - c->rlen;
+    ssize_t r = io_recv(c, c->rbuf + c->rlen, want);
     if (r > 0) {
       c->rlen += (size_t)r;
       c->ctr.bytes_read += (uint64_t)r;
       continue;
     }
-    if (r == 0)
-      return broken(c, method, "the server closed the connection%s",
-                    c->rlen > c->rpos ? " in the middle of a frame" : "");
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      int ms = left_ms(deadline);
-      if (ms == 0) return 1;
-      struct pollfd pfd = {.fd = c->fd, .events = io_events(c, POLLIN)};
-      if (poll(&pfd, 1, ms) < 0 && errno != EINTR)
-        return broken(c, method, "poll: %s", strerror(errno));
-      continue;
-    }
-    if (c->ssl && errno == EPROTO) return broken(c, method, "%s", c->tls_err);
-    return broken(c, method, "recv: %s", strerror(errno));
+    int rc = recv_failed(c, method, r, deadline);
+    if (rc) return rc;
   }
   return 0;
 }
@@ -386,43 +409,114 @@ static int not_m3_peer(m3_client *c, m3_method method) {
                            "the m3 protocol", (unsigned char)b[0], n > 1 ? (unsigned char)b[1] : 0);
 }
 
-/* Read one frame; msg and att point into rbuf until the next read. */
-static int read_frame(m3_client *c, m3_method method, uint64_t deadline, m3_frame *f,
-                      const uint8_t **msg, const uint8_t **att) {
-  int rc = fill(c, method, 2, deadline);
+/* Discard the rest of an attachment given up on (c->skip bytes) before
+ * reading the next frame. Returns 0, 1 on deadline, or a transport failure. */
+static int skip_rest(m3_client *c, m3_method method, uint64_t deadline) {
+  while (c->skip) {
+    size_t have = c->rlen - c->rpos;
+    if (have) {
+      size_t n = have < c->skip ? have : c->skip;
+      c->rpos += n;
+      c->skip -= n;
+      if (c->rpos == c->rlen) c->rpos = c->rlen = 0;
+      continue;
+    }
+    int rc = fill(c, method, c->skip < RBUF_MIN ? c->skip : RBUF_MIN, deadline);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* Read the next frame's header and message: *msg points into rbuf until
+ * the next read, and the frame's attachment (f->att_len bytes) is what
+ * comes next (read it with land(), or skip it). */
+static int read_head(m3_client *c, m3_method method, uint64_t deadline, m3_frame *f,
+                     const uint8_t **msg) {
+  int rc = skip_rest(c, method, deadline);
   if (rc) return rc;
+  if ((rc = fill(c, method, 2, deadline)) != 0) return rc;
   if (c->rbuf[c->rpos] != 'M' || c->rbuf[c->rpos + 1] != '3') return not_m3_peer(c, method);
   if ((rc = fill(c, method, M3_FRAME_HEADER_SIZE, deadline)) != 0) return rc;
   rc = m3_frame_decode(c->rbuf + c->rpos, c->max_frame, f);
   if (rc) return broken(c, method, "bad frame from the server: %s", m3_errmsg());
-  size_t total = M3_FRAME_HEADER_SIZE + (size_t)f->msg_len + f->att_len;
-  if ((rc = fill(c, method, total, deadline)) != 0) return rc;
+  size_t head = M3_FRAME_HEADER_SIZE + (size_t)f->msg_len;
+  if ((rc = fill(c, method, head, deadline)) != 0) return rc;
   *msg = c->rbuf + c->rpos + M3_FRAME_HEADER_SIZE;
-  *att = *msg + f->msg_len;
-  if (f->att_len && ((uintptr_t)*att & 7)) {
-    /* Records are read in place (m3_record.positions is a u16 array, the
-     * codes may be read as wider words), so hand them out 8-aligned. */
-    if (c->acap < f->att_len) {
-      uint8_t *b = realloc(c->abuf, f->att_len);
+  c->rpos += head; /* rbuf keeps the bytes until the next read */
+  c->skip = f->att_len; /* until land() takes it */
+  c->att_crc_ok = 0;
+  c->ctr.frames_read++;
+  return 0;
+}
+
+/*
+ * Land the attachment of the frame just read (len bytes, announced by
+ * read_head) at dst (NULL: in place in rbuf when it is all there and
+ * 8-aligned, else in the connection's abuf). What rbuf already holds of it
+ * is copied with its CRC32C in the same pass; the rest is received straight
+ * into dst, the CRC extended over each piece right after it lands (in
+ * cache), with up to READ_AHEAD bytes of what follows into rbuf (usually the
+ * next frame's header and message: one recv per memory). *att is where it
+ * landed; att_crc its CRC32C (att_crc_ok). Returns 0, 1 on deadline (the
+ * rest is skipped before the next frame), or a transport failure.
+ */
+static int land(m3_client *c, m3_method method, uint64_t deadline, size_t len, uint8_t *dst,
+                const uint8_t **att) {
+  size_t have = c->rlen - c->rpos;
+  if ((uintptr_t)dst & 7) dst = NULL; /* records are read in place: 8-aligned */
+  if (len == 0) {
+    *att = c->rbuf + c->rpos;
+    return 0;
+  }
+  if (dst == NULL && have >= len && !((uintptr_t)(c->rbuf + c->rpos) & 7)) {
+    *att = c->rbuf + c->rpos; /* on_memory computes the CRC */
+    c->rpos += len;
+    c->skip = 0;
+    if (c->rpos == c->rlen) c->rpos = c->rlen = 0;
+    return 0;
+  }
+  if (dst == NULL) {
+    if (c->acap < len) {
+      uint8_t *b = malloc(len);
       if (b == NULL) {
         c->broken = 1;
         m3__client_status(c, method, M3__STATUS_CODE__RESOURCE_EXHAUSTED,
-                          "no memory for a %u-byte attachment", f->att_len);
+                          "no memory for a %zu-byte attachment", len);
         return m3__seterr(M3_ENOMEM, "%s", c->last_msg);
       }
+      free(c->abuf);
       c->abuf = b;
-      c->acap = f->att_len;
+      c->acap = len;
     }
-    /* The payload's CRC in the same pass as the copy (on_memory checks it). */
-    c->att_crc = m3_crc32c_copy(0, c->abuf, *att, f->att_len);
-    c->att_crc_ok = 1;
-    *att = c->abuf;
-  } else {
-    c->att_crc_ok = 0;
+    dst = c->abuf;
   }
-  c->rpos += total;
+  size_t got = have < len ? have : len;
+  uint32_t crc = m3_crc32c_copy(0, dst, c->rbuf + c->rpos, got);
+  c->rpos += got;
   if (c->rpos == c->rlen) c->rpos = c->rlen = 0;
-  c->ctr.frames_read++;
+  while (got < len) {
+    /* rbuf is empty here (read_head made it at least RBUF_MIN): what
+     * follows the attachment goes to its front. */
+    struct iovec iov[2] = {{dst + got, len - got}, {c->rbuf, READ_AHEAD}};
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+    /* TLS: OpenSSL decrypts into dst, what follows stays in its buffer. */
+    ssize_t r = c->ssl ? io_recv(c, dst + got, len - got) : recvmsg(c->fd, &mh, 0);
+    if (r > 0) {
+      size_t n = (size_t)r < len - got ? (size_t)r : len - got;
+      crc = m3_crc32c(crc, dst + got, n);
+      got += n;
+      c->rlen = (size_t)r - n;
+      c->ctr.bytes_read += (uint64_t)r;
+      continue;
+    }
+    c->skip = len - got; /* a deadline: discarded before the next frame */
+    int rc = recv_failed(c, method, r, deadline);
+    if (rc) return rc;
+  }
+  c->skip = 0;
+  c->att_crc = crc;
+  c->att_crc_ok = 1;
+  *att = dst;
   return 0;
 }
 
@@ -441,6 +535,12 @@ static int end_status(m3_client *c, m3_method method, const m3_frame *f, const u
 
 int m3__client_call(m3_client *c, m3_method method, const ProtobufCMessage *req,
                     const void *att, size_t att_len, int timeout_ms, m3__msg_fn fn, void *ud) {
+  return m3__client_call_into(c, method, req, att, att_len, timeout_ms, NULL, fn, ud);
+}
+
+int m3__client_call_into(m3_client *c, m3_method method, const ProtobufCMessage *req,
+                         const void *att, size_t att_len, int timeout_ms, m3__att_fn dest,
+                         m3__msg_fn fn, void *ud) {
   if (c->pb_alloc.alloc == NULL) {
     c->pb_alloc = (ProtobufCAllocator){arena_alloc, arena_free, &c->arena};
     c->arena.block = malloc(ARENA_MIN);
@@ -479,7 +579,7 @@ int m3__client_call(m3_client *c, m3_method method, const ProtobufCMessage *req,
 
   for (;;) {
     const uint8_t *msg = NULL, *fatt = NULL;
-    rc = read_frame(c, method, deadline, &f, &msg, &fatt);
+    rc = read_head(c, method, deadline, &f, &msg);
     if (rc == 1) {
       send_cancel(c, method, stream);
       return m3__client_status(c, method, M3__STATUS_CODE__DEADLINE_EXCEEDED,
@@ -504,6 +604,16 @@ int m3__client_call(m3_client *c, m3_method method, const ProtobufCMessage *req,
                                "undecodable %s message (%u bytes) from the server",
                                m3_methods[method].response->name, f.msg_len);
     }
+    /* The message is unpacked (rbuf may be reused now): its attachment
+     * lands where the call wants it. */
+    rc = land(c, method, deadline, f.att_len, dest && f.att_len ? dest(ud, m, f.att_len) : NULL,
+              &fatt);
+    if (rc == 1) {
+      send_cancel(c, method, stream);
+      return m3__client_status(c, method, M3__STATUS_CODE__DEADLINE_EXCEEDED,
+                               "no answer within %d ms (call cancelled)", timeout_ms);
+    }
+    if (rc < 0) return rc;
     rc = fn(ud, m, fatt, f.att_len);
     if (rc != 0) {
       if (!(f.flags & M3_FRAME_FLAG_END)) send_cancel(c, method, stream);

@@ -45,12 +45,17 @@ struct m3_client {
   char last_msg[640];
   m3_client_counters ctr;
 
-  uint8_t *rbuf; /* input: frames are parsed in place; rbuf[rpos, rlen) unread */
+  uint8_t *rbuf; /* input: headers and messages are parsed in place;
+                    rbuf[rpos, rlen) unread */
   size_t rcap, rpos, rlen;
-  uint8_t *abuf;  /* an attachment that landed misaligned in rbuf, copied here */
+  uint8_t *abuf;  /* the connection's own landing buffer for attachments
+                     (8-aligned), when the call gives none */
   size_t acap;
+  size_t skip;      /* bytes of an abandoned attachment still to discard */
   int att_crc_ok;   /* att_crc is the CRC32C of the last frame's attachment */
-  uint32_t att_crc; /* (computed while copying it to abuf) */
+  uint32_t att_crc; /* (computed as it landed) */
+  m3_client_land_fn land; /* m3_client_set_landing */
+  void *land_ud;
   m3_wbuf out;   /* output: out.data[out_off, out.len) not yet written */
   size_t out_off;
 
@@ -69,6 +74,12 @@ struct m3_client {
 typedef int (*m3__msg_fn)(void *ud, const ProtobufCMessage *msg, const uint8_t *att,
                           size_t att_len);
 
+/* Where the attachment (att_len bytes) of RESPONSE msg is to land: a
+ * buffer of at least att_len bytes, 8-aligned, owned by the caller, or NULL
+ * for the connection's own. Called with msg unpacked, before any of the
+ * attachment is read. */
+typedef uint8_t *(*m3__att_fn)(void *ud, const ProtobufCMessage *msg, size_t att_len);
+
 /*
  * Run one call: send REQUEST (req, plus att_len bytes of attachment from
  * att, sent from the caller's memory), then feed every RESPONSE to fn until
@@ -77,6 +88,13 @@ typedef int (*m3__msg_fn)(void *ud, const ProtobufCMessage *msg, const uint8_t *
  */
 int m3__client_call(m3_client *c, m3_method method, const ProtobufCMessage *req,
                     const void *att, size_t att_len, int timeout_ms, m3__msg_fn fn, void *ud);
+
+/* m3__client_call whose RESPONSE attachments land where dest says (dest
+ * NULL: the connection's own buffer); fn then sees att at that place, its
+ * CRC32C computed as it landed (att_crc). */
+int m3__client_call_into(m3_client *c, m3_method method, const ProtobufCMessage *req,
+                         const void *att, size_t att_len, int timeout_ms, m3__att_fn dest,
+                         m3__msg_fn fn, void *ud);
 
 /* Open the TCP connection (fd, TCP_NODELAY, non-blocking) to c->addr,
  * then, when o asks for TLS (tls_ca), its handshake (client_tls.c). */

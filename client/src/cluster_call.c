@@ -162,6 +162,21 @@ int m3_cluster_fetch(m3_cluster *cl, const uint64_t *ids, size_t n, int with_tex
   return run_sync(cl, &rq);
 }
 
+int m3_cluster_retrieve_into(m3_cluster *cl, const m3_client_query *queries, size_t nq,
+                             uint32_t k, int with_text, m3_client_land_fn land,
+                             m3_client_memory_fn fn, void *ud) {
+  m3__req rq = {.kind = M3__REQ_RETRIEVE, .q = queries, .nq = nq, .k = k,
+                .with_text = with_text, .fn = fn, .land = land, .ud = ud};
+  return run_sync(cl, &rq);
+}
+
+int m3_cluster_fetch_into(m3_cluster *cl, const uint64_t *ids, size_t n, int with_text,
+                          m3_client_land_fn land, m3_client_memory_fn fn, void *ud) {
+  m3__req rq = {.kind = M3__REQ_FETCH, .ids = ids, .n = n, .with_text = with_text, .fn = fn,
+                .land = land, .ud = ud};
+  return run_sync(cl, &rq);
+}
+
 /* ---- whole-cluster calls -------------------------------------------- */
 
 int m3_cluster_info(m3_cluster *cl, m3_client_info *out) {

@@ -119,8 +119,21 @@ static size_t fetch_pending(m3__job *j) {
   return np;
 }
 
+/* m3_client_land_fn of a shard's Fetch (query: index in the current
+ * batch, checked by the client): the caller's buffer of the first slot of
+ * that id, when the call has a landing function. */
+static void *land_item(void *ud, uint64_t chunk_id, uint32_t query, uint32_t rank, size_t len) {
+  m3__job *j = ud;
+  m3__call *ca = j->call;
+  size_t u = j->batch_u[j->batch_base + query];
+  if (rank != 0 || j->done[u] || chunk_id != j->uids[u]) return NULL;
+  const m3__slot *s = &j->slots[j->ustart[u]];
+  return ca->land(ca->ud, chunk_id, s->q, s->r, len);
+}
+
 static int fetch_op(m3__job *j, m3_client *c) {
   size_t np = fetch_pending(j);
+  m3_client_set_landing(c, j->call->land ? land_item : NULL, j);
   size_t maxids = m3_client_info_get(c)->max_ids_per_call;
   if (maxids == 0) maxids = np;
   for (size_t off = 0; off < np; off += maxids) {
@@ -128,8 +141,12 @@ static int fetch_op(m3__job *j, m3_client *c) {
     j->batch_base = off;
     j->batch_n = nb;
     int rc = m3_client_fetch(c, j->batch + off, nb, j->call->with_text, on_item, j);
-    if (rc) return rc;
+    if (rc) {
+      m3_client_set_landing(c, NULL, NULL);
+      return rc;
+    }
   }
+  m3_client_set_landing(c, NULL, NULL); /* the connection goes back to the pool */
   return 0;
 }
 
@@ -196,6 +213,7 @@ static int fetch_attempt(m3__race *r, void *arg, m3_client *c, void **out, char 
   size_t maxids = m3_client_info_get(c)->max_ids_per_call;
   if (maxids == 0) maxids = q->n;
   int rc = 0;
+  m3_client_set_landing(c, NULL, NULL); /* the race keeps its own copies */
   for (size_t off = 0; off < q->n && rc == 0; off += maxids) {
     size_t nb = q->n - off < maxids ? q->n - off : maxids;
     fctx f = {r, b, off, nb, why};

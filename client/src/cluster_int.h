@@ -336,6 +336,7 @@ typedef struct m3__req {
   size_t n;
   int with_text;
   m3_client_memory_fn fn;   /* retrieve, fetch */
+  m3_client_land_fn land;   /* retrieve, fetch: may be NULL */
   void *ud;
   uint64_t *ids_out;        /* search: (nq, k) */
   float *scores_out;        /* search: (nq, k) */
@@ -406,6 +407,7 @@ struct m3__call {
   m3_search_params params;
   int with_text;
   m3_client_memory_fn fn;
+  m3_client_land_fn land;   /* may be NULL (called with ud, outside mu) */
   void *ud;
   pthread_mutex_t mu;       /* serialises fn */
   atomic_int stop_rc;       /* non-zero once fn stopped the call (or a cancel) */

@@ -30,6 +30,7 @@ void m3__call_init(m3__call *ca, m3_cluster *cl, const m3__req *rq) {
   ca->params = rq->params;
   ca->with_text = rq->with_text;
   ca->fn = rq->fn;
+  ca->land = rq->land;
   ca->ud = rq->ud;
   ca->cancel = rq->cancel;
   pthread_mutex_init(&ca->mu, NULL);

@@ -321,6 +321,19 @@ int conn_send_pieces(conn *c, uint8_t *owned, conn_piece *pieces, size_t n, conn
   return zq_push(c, owned, pieces, n, cb, ud);
 }
 
+/*
+ * Write iov[0, k) to the socket from the loop, without waiting: the one
+ * place where writes of pieces' memory reach the socket (a TLS layer wraps
+ * it). more: more follows at once (MSG_MORE). Returns sendmsg's result
+ * (errno set). (MSG_ZEROCOPY here was measured and lost over loopback:
+ * docs/BENCHMARKS.md "Send path".)
+ */
+static ssize_t conn_write_iov(conn *c, int fd, struct iovec *iov, size_t k, int more) {
+  (void)c;
+  struct msghdr mh = {.msg_iov = iov, .msg_iovlen = k};
+  return sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0));
+}
+
 /* The socket is full: send the rest of the piece at hand through libuv,
  * whose completion says the socket takes bytes again. 0, or -1 (failed). */
 static int zq_kick(conn *c, conn_zwrite *z) {
@@ -387,8 +400,7 @@ static void zq_run(conn *c) {
         iov[k++].iov_len = z->p[j].len - skip;
       }
       int more = j < z->n || z->next;
-      struct msghdr mh = {.msg_iov = iov, .msg_iovlen = k};
-      w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0));
+      w = conn_write_iov(c, fd, iov, k, more);
     } else {
       off_t off = (off_t)(p->off + z->done);
       w = sendfile(fd, p->fd, &off, p->len - z->done);

@@ -74,6 +74,7 @@ static const char *usage_text =
     "                            pages are in the page cache (probed without blocking)\n"
     "                            go out with sendfile, only their headers checked here\n"
     "                            (the client checks every CRC32C); the rest are read\n"
+    "                            into buffers and checked here\n"
     "  --min-drain-kb-per-s N    close a connection whose queued answers drain\n"
     "                            slower than this for 2 s: its buffers go back (256)\n"
     "  --shard N                 shard number announced in Hello (0)\n"

@@ -12,7 +12,13 @@
  *    both paths: that memory arrives as DATA_LOSS, the others intact;
  *  - slow readers (the socket fills and the server's sends wait) and calls
  *    cancelled mid-stream leave the server with no more descriptors open
- *    than before, and it still serves and drains (under ASan: no leak).
+ *    than before, and it still serves and drains (under ASan: no leak);
+ *  - the client's receive path: with a landing function
+ *    (m3_client_set_landing) every memory is received straight into the
+ *    caller's buffer for it (m->data is that buffer), byte-identical, on
+ *    both server paths; a misaligned buffer is refused (the memory comes in
+ *    the client's own, still identical); the flipped byte is caught as it
+ *    lands (DATA_LOSS for that memory, the others arrive in place).
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -38,7 +44,22 @@ typedef struct got {
   int bad_grpc;
   unsigned slow_us; /* sleep per memory: a slow reader */
   size_t stop_at;   /* return non-zero at this memory (0: never) */
+  uint8_t **land;   /* (N) landing buffers by chunk id, or NULL */
+  size_t misalign;  /* land at land[id] + misalign */
+  size_t landed;    /* memories whose data was their landing buffer */
+  size_t asked;     /* landing calls */
 } got;
+
+/* m3_client_land_fn: chunk i lands in g->land[i] (Fetch of ids i % N:
+ * query is the index into ids, chunk_id the id). */
+static void *land_at(void *ud, uint64_t chunk_id, uint32_t query, uint32_t rank, size_t len) {
+  got *g = ud;
+  g->asked++;
+  if (chunk_id >= N || len != S.mem_len || rank != 0) fail_msg("landing %llu q %u r %u len %zu",
+                                                                 (unsigned long long)chunk_id,
+                                                                 query, rank, len);
+  return g->land[chunk_id] + g->misalign;
+}
 
 static int on_memory(void *ud, const m3_client_memory *m) {
   got *g = ud;
@@ -47,6 +68,8 @@ static int on_memory(void *ud, const m3_client_memory *m) {
     g->ok++;
     if (m->chunk_id >= N || m->len != S.mem_len || memcmp(m->data, S.mem[m->chunk_id], m->len))
       g->mismatch++;
+    else if (g->land && m->data == g->land[m->chunk_id] + g->misalign)
+      g->landed++;
   } else {
     g->bad++;
     g->bad_id = (long)m->chunk_id;
@@ -71,9 +94,24 @@ static void fetch_all(m3_client *c, got *g, size_t repeat) {
   size_t n = (size_t)N * repeat;
   uint64_t *ids = malloc(n * sizeof *ids);
   for (size_t i = 0; i < n; i++) ids[i] = i % N;
+  m3_client_set_landing(c, g->land ? land_at : NULL, g);
   int rc = m3_client_fetch(c, ids, n, 0, on_memory, g);
   if (g->stop_at == 0 && rc != 0) fail_msg("fetch of %zu: %s", n, m3_strerror(rc));
   free(ids);
+}
+
+static uint8_t **land_bufs(void) {
+  uint8_t **b = calloc(N, sizeof *b);
+  for (size_t i = 0; i < N; i++) {
+    b[i] = aligned_alloc(64, (S.mem_len + 8 + 63) / 64 * 64);
+    memset(b[i], 0xA5, S.mem_len + 8);
+  }
+  return b;
+}
+
+static void land_free(uint8_t **b) {
+  for (size_t i = 0; b && i < N; i++) free(b[i]);
+  free(b);
 }
 
 /* Drop the store's segment files from the page cache. */
@@ -100,7 +138,7 @@ enum { PATH_SENDFILE, PATH_BUFFERS, PATH_COLD };
 
 /* Every memory, identical to the store, through the server started with
  * extra (plus the HTTP port for its counters), sent the way `path` says. */
-static void identical(const char *const *extra, int path) {
+static void identical_landed(const char *const *extra, int path, int landing) {
   const char *args[8] = {"--http", "127.0.0.1:0"};
   int na = 2;
   for (int i = 0; extra && extra[i] && na < 7; i++) args[na++] = extra[i];
@@ -109,12 +147,17 @@ static void identical(const char *const *extra, int path) {
   ct_server_start(&srv, &S, args);
   m3_client *c = ct_connect(&srv, NULL);
   got g = {0};
+  if (landing) g.land = land_bufs();
+  if (landing == 2) g.misalign = 1; /* refused: the client's own buffer */
   if (path == PATH_COLD) drop_cache();
   fetch_all(c, &g, path == PATH_COLD ? 1 : 3);
   size_t want = path == PATH_COLD ? N : 3 * N;
   assert_int_equal(g.n, want);
   assert_int_equal(g.ok, want);
   assert_int_equal(g.mismatch, 0);
+  if (landing) assert_int_equal(g.asked, want);
+  assert_int_equal(g.landed, landing == 1 ? want : 0);
+  land_free(g.land);
   double sent = ct_metric(&srv, "m3_sendfile_bytes_total");
   double cold = ct_metric(&srv, "m3_sendfile_cold_batches_total");
   print_message("sendfile bytes %.0f, cold batches %.0f\n", sent, cold);
@@ -130,6 +173,8 @@ static void identical(const char *const *extra, int path) {
   int st = ct_server_stop(&srv);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("m3-server exit %d", st);
 }
+
+static void identical(const char *const *extra, int path) { identical_landed(extra, path, 0); }
 
 static void test_identical_sendfile(void **state) {
   identical(NULL, PATH_SENDFILE); /* warms the page cache first: the store was just written */
@@ -148,10 +193,17 @@ static void test_identical_direct(void **state) {
   identical(extra, PATH_BUFFERS);
 }
 
+/* The receive path: landed in the caller's buffers, on both server paths. */
+static void test_landed_in_place(void **state) {
+  const char *buffers[] = {"--no-sendfile", NULL};
+  identical_landed(NULL, PATH_SENDFILE, 1);
+  identical_landed(buffers, PATH_BUFFERS, 1);
+  identical_landed(NULL, PATH_SENDFILE, 2);
+}
+
 /* Slow readers and cancels, then the descriptors are as before. */
-static void test_slow_and_cancel_leave_nothing(void **state) {
+static void slow_and_cancel(const char *const *extra) {
   ct_server srv;
-  const char *extra[] = {"--sendfile", NULL};
   ct_server_start(&srv, &S, extra);
   m3_client *c = ct_connect(&srv, NULL);
   got warm = {0};
@@ -189,6 +241,18 @@ static void test_slow_and_cancel_leave_nothing(void **state) {
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("m3-server exit %d", st);
 }
 
+static void test_slow_and_cancel_leave_nothing(void **state) {
+  const char *sendfile[] = {"--sendfile", NULL};
+  slow_and_cancel(sendfile);
+}
+
+/* The same on the buffer path (read buffers held by writes in flight). */
+static void test_slow_and_cancel_buffers(void **state) {
+  const char *buffers[] = {"--no-sendfile", NULL};
+  slow_and_cancel(buffers);
+}
+
+
 /* Flip one byte of FLIPPED's codes in its segment file. */
 static void flip_byte(void) {
   m3_store_options o = {0};
@@ -210,15 +274,18 @@ static void flip_byte(void) {
   close(fd);
 }
 
-static void flipped(const char *const *extra) {
+static void flipped(const char *const *extra, int landing) {
   ct_server srv;
   ct_server_start(&srv, &S, extra);
   m3_client *c = ct_connect(&srv, NULL);
   got g = {0};
+  if (landing) g.land = land_bufs();
   fetch_all(c, &g, 1);
   assert_int_equal(g.n, N);
   assert_int_equal(g.ok, N - 1);
   assert_int_equal(g.mismatch, 0);
+  assert_int_equal(g.landed, landing ? N - 1 : 0);
+  land_free(g.land);
   assert_int_equal(g.bad, 1);
   assert_int_equal(g.bad_id, FLIPPED);
   assert_int_equal(g.bad_grpc, M3__STATUS_CODE__DATA_LOSS);
@@ -230,8 +297,10 @@ static void flipped(const char *const *extra) {
 static void test_flipped_byte(void **state) {
   flip_byte();
   const char *buffers[] = {"--no-sendfile", NULL};
-  flipped(NULL);
-  flipped(buffers);
+  flipped(NULL, 0);
+  flipped(buffers, 0);
+  flipped(NULL, 1); /* received in place: caught as it landed */
+  flipped(buffers, 1);
 }
 
 int main(void) {
@@ -241,7 +310,9 @@ int main(void) {
       cmocka_unit_test(test_identical_verified),
       cmocka_unit_test(test_identical_cold),
       cmocka_unit_test(test_identical_direct),
+      cmocka_unit_test(test_landed_in_place),
       cmocka_unit_test(test_slow_and_cancel_leave_nothing),
+      cmocka_unit_test(test_slow_and_cancel_buffers),
       cmocka_unit_test(test_flipped_byte), /* last: it damages the store */
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -170,9 +170,10 @@ static int collect(void *ud, const m3_client_memory *m) {
   return 0;
 }
 
-/* codes output: exactly the bytes Fetch returns */
-static void test_codes_sink_equals_fetch(void **state) {
-  fixture *f = *state;
+/* codes output: exactly the bytes Fetch returns; with landing
+ * (m3_attn_codes_land) received straight into the sink's slots, the same;
+ * and so through a cluster (landing 2: m3_cluster_retrieve_into). */
+static void codes_sink_equals_fetch(fixture *f, int landing) {
   const size_t rb = m3_record_mem_size(&f->m.layout);
   uint8_t *buf = malloc(NQ * KK * rb);
   uint64_t ids[NQ * KK];
@@ -182,7 +183,23 @@ static void test_codes_sink_equals_fetch(void **state) {
   m3_client *c = ct_connect(&f->srv, NULL);
   m3_client_query q[NQ];
   queries_of(f, q);
-  CHECK_OK(m3_client_retrieve(c, q, NQ, KK, 0, m3_attn_codes_fn, &sink));
+  if (landing == 1) m3_client_set_landing(c, m3_attn_codes_land, &sink);
+  if (landing == 2) {
+    char json[256];
+    snprintf(json, sizeof json, "{\"shards\": [{\"id\": 0, \"replicas\": [\"%s\"]}]}",
+             f->srv.addr);
+    m3_cluster_map *map = NULL;
+    CHECK_OK(m3_cluster_map_parse(json, "test map", &map));
+    m3_cluster *cl = NULL;
+    CHECK_OK(m3_cluster_open(map, NULL, &cl));
+    m3_cluster_map_free(map);
+    CHECK_OK(m3_cluster_retrieve_into(cl, q, NQ, KK, 0, m3_attn_codes_land, m3_attn_codes_fn,
+                                      &sink));
+    m3_cluster_close(cl);
+  } else {
+    CHECK_OK(m3_client_retrieve(c, q, NQ, KK, 0, m3_attn_codes_fn, &sink));
+  }
+  m3_client_set_landing(c, NULL, NULL);
   CHECK_U64(sink.placed, NQ * KK);
   uint8_t *recs[NQ * KK] = {0};
   CHECK_OK(m3_client_fetch(c, ids, NQ * KK, 0, collect, recs));
@@ -195,11 +212,19 @@ static void test_codes_sink_equals_fetch(void **state) {
   free(buf);
 }
 
+static void test_codes_sink_equals_fetch(void **state) { codes_sink_equals_fetch(*state, 0); }
+static void test_codes_sink_landed_equals_fetch(void **state) { codes_sink_equals_fetch(*state, 1); }
+static void test_codes_sink_cluster_landed_equals_fetch(void **state) {
+  codes_sink_equals_fetch(*state, 2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_client_round_into_buffers),
       cmocka_unit_test(test_cluster_round_equals_client_round),
       cmocka_unit_test(test_codes_sink_equals_fetch),
+      cmocka_unit_test(test_codes_sink_landed_equals_fetch),
+      cmocka_unit_test(test_codes_sink_cluster_landed_equals_fetch),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

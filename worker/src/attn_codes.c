@@ -50,14 +50,27 @@ int m3_attn_codes_fn(void *ud, const m3_client_memory *m) {
     c->scores[i] = m->score;
   if (c->status)
     c->status[i] = st;
+  uint8_t *slot = c->buf ? c->buf + i * c->rec_bytes : NULL;
   if (st != 0) {
+    /* It may have landed in its slot before it failed (m3_attn_codes_land):
+     * an empty slot is zeros. */
+    if (slot)
+      memset(slot, 0, c->rec_bytes);
     c->failed++;
     return 0;
   }
-  if (c->buf)
-    memcpy(c->buf + i * c->rec_bytes, m->data, m->len);
+  if (slot && m->data != slot) /* else received in place */
+    memcpy(slot, m->data, m->len);
   c->placed++;
   return 0;
+}
+
+void *m3_attn_codes_land(void *ud, uint64_t chunk_id, uint32_t query, uint32_t rank, size_t len) {
+  m3_attn_codes *c = ud;
+  (void)chunk_id;
+  if (c->buf == NULL || query >= c->n_queries || rank >= c->k || len > c->rec_bytes)
+    return NULL;
+  return c->buf + ((size_t)query * c->k + rank) * c->rec_bytes;
 }
 
 size_t m3_attn_abi_sizeof(const char *type) {

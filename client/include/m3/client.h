@@ -220,6 +220,30 @@ typedef struct m3_client_memory {
 typedef int (*m3_client_memory_fn)(void *ud, const m3_client_memory *m);
 
 /*
+ * Where a memory's record is to land (the caller's final buffer: its slot
+ * of a round's staging buffer, say), so that its bytes go from the socket
+ * straight there, with no copy through the client's buffers. Called once
+ * per memory that carries a payload, after its Memory message arrived and
+ * before any payload byte is read, with what the memory callback will see
+ * as chunk_id, query and rank (already checked against the call: query <
+ * the queries or ids asked, rank < k) and the payload's length. Return a
+ * buffer of at least len bytes, 8-byte aligned, that stays the caller's,
+ * or NULL to leave the memory in the client's own buffer. The client
+ * writes only len bytes at it, during the call; the memory callback then
+ * sees m->data == that buffer when m->status is 0. When the item fails
+ * (DATA_LOSS: the CRC32C over the bytes as they landed did not match) the
+ * callback gets the failure and the buffer's bytes are unspecified.
+ * A misaligned buffer is not used (the memory stays in the client's).
+ */
+typedef void *(*m3_client_land_fn)(void *ud, uint64_t chunk_id, uint32_t query, uint32_t rank,
+                                   size_t len);
+
+/* Use fn (NULL: none, the default) for the memories of the Retrieve and
+ * Fetch calls on c that follow. Like m3_client_set_timeout, not
+ * concurrently with a call on c. */
+void m3_client_set_landing(m3_client *c, m3_client_land_fn fn, void *ud);
+
+/*
  * Retrieve: search, then stream the top-k memories of each of nq queries to
  * fn (nq * k calls at most; per query in rank order, queries interleaved as
  * the server reads them). Returns 0 when the stream ended OK, even if some

@@ -364,6 +364,22 @@ int m3_cluster_retrieve(m3_cluster *cl, const m3_client_query *queries, size_t n
 int m3_cluster_fetch(m3_cluster *cl, const uint64_t *ids, size_t n, int with_text,
                      m3_client_memory_fn fn, void *ud);
 
+/*
+ * m3_cluster_retrieve and m3_cluster_fetch whose memories are received
+ * straight into the caller's buffers: land(ud, ...) names the buffer of
+ * each memory as m3_client_land_fn says (query, rank: the first slot the
+ * memory is delivered to; a memory delivered to several slots arrives in
+ * the first one's buffer and fn sees that buffer for each). land may run
+ * on several worker threads at once, each time for a different (query,
+ * rank). A shard raced over its replicas (hedge_delay_ms) delivers the
+ * winner's copies instead (land is not called for them).
+ */
+int m3_cluster_retrieve_into(m3_cluster *cl, const m3_client_query *queries, size_t nq,
+                             uint32_t k, int with_text, m3_client_land_fn land,
+                             m3_client_memory_fn fn, void *ud);
+int m3_cluster_fetch_into(m3_cluster *cl, const uint64_t *ids, size_t n, int with_text,
+                          m3_client_land_fn land, m3_client_memory_fn fn, void *ud);
+
 /* ---- async calls ---------------------------------------------------- */
 
 typedef struct m3_cluster_op m3_cluster_op;

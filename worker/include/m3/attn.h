@@ -305,6 +305,14 @@ void m3_attn_codes_init(m3_attn_codes *c, uint32_t n_queries, uint32_t k, size_t
  * (m->query, m->rank). Always returns 0. */
 int m3_attn_codes_fn(void *ud, const m3_client_memory *m);
 
+/* m3_client_land_fn with ud = an m3_attn_codes: the slot of (query, rank)
+ * in buf, so that a record is received straight into it and
+ * m3_attn_codes_fn has nothing to copy (m3_client_set_landing(c,
+ * m3_attn_codes_land, codes)). NULL (the client's buffer) when there is no
+ * buf or the record does not fit its slot. A slot whose item then fails
+ * is zeroed again by m3_attn_codes_fn. */
+void *m3_attn_codes_land(void *ud, uint64_t chunk_id, uint32_t query, uint32_t rank, size_t len);
+
 /* ---- memory attention reference ------------------------------------- */
 
 typedef struct m3_attn_ref_args {
