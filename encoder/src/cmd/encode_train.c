@@ -69,6 +69,10 @@ static const char *train_usage =
     "  --threads N          FAISS training threads: OpenMP and OpenBLAS teams (1)\n"
     "  --checkpoint DIR     keep each trained codebook in DIR; a rerun with the same\n"
     "                       options reads those back and trains only the rest\n"
+    "  --save-vectors P     also write the sampled training vectors as fvecs:\n"
+    "                       P-k.fvecs and P-v.fvecs (--per-layer: P-LAYER-k.fvecs ...),\n"
+    "                       for m3-bench codec --vectors/--values; without --out,\n"
+    "                       only write them (no training)\n"
     "  --max-tokens, --prefix, --tokens-per-head, --mem-layers, --batch, --on-error\n"
     "                       as for encoding (use the same values)\n";
 
@@ -84,9 +88,9 @@ int enc_cmd_train_codec(int argc, char **argv) {
       {"mem-layers", required_argument, NULL, 'L'}, {"batch", required_argument, NULL, 'b'},
       {"on-error", required_argument, NULL, 'E'}, {"help", no_argument, NULL, 'h'},
       {"threads", required_argument, NULL, 'j'}, {"checkpoint", required_argument, NULL, 'K'},
-      {NULL, 0, NULL, 0}};
+      {"save-vectors", required_argument, NULL, 'W'}, {NULL, 0, NULL, 0}};
   const char *model_dir = NULL, *input = NULL, *out = NULL, *fk = M3_CODEC_DEFAULT_FACTORY,
-             *fv = NULL, *prefix = M3_SEQ_PREFIX, *ckpt = NULL;
+             *fv = NULL, *prefix = M3_SEQ_PREFIX, *ckpt = NULL, *save_vec = NULL;
   long sample = 2000, maxv = 1000000, seed = 1, max_tokens = M3_SEQ_MAX_TOKENS, tph = 8, mem = 0, B = 8, v;
   long threads = 1;
   int per_layer = 0, allow = 0, skip_bad = 0, c;
@@ -112,6 +116,7 @@ int enc_cmd_train_codec(int argc, char **argv) {
     case 'E': skip_bad = !strcmp(optarg, "skip"); break;
     case 'j': if (num("--threads", optarg, 1, 1024, &threads)) return 2; break;
     case 'K': ckpt = optarg; break;
+    case 'W': save_vec = optarg; break;
     case 'h': fputs(train_usage, stdout); return 0;
     default: fputs(train_usage, stderr); return 2;
     }
@@ -135,8 +140,10 @@ int enc_cmd_train_codec(int argc, char **argv) {
     fprintf(stderr, "m3-encode train-codec: cannot restart with passive thread waits (%s); going on\n",
             strerror(errno));
   }
-  if (optind != argc || !model_dir || !out || (!input && strncmp(fk, "raw-", 4))) {
-    fprintf(stderr, "m3-encode train-codec: --model, --input and --out are required\n%s", train_usage);
+  if (optind != argc || !model_dir || (!out && !save_vec) || (!input && strncmp(fk, "raw-", 4)) ||
+      (save_vec && !input)) {
+    fprintf(stderr, "m3-encode train-codec: --model, --input and --out (or --save-vectors) are required\n%s",
+            train_usage);
     return 2;
   }
   (void)v;
@@ -160,7 +167,7 @@ int enc_cmd_train_codec(int argc, char **argv) {
   int L = m3_model_mem_layers(m), K = cfg->n_kv_heads, D = cfg->head_dim, T = (int)tph;
   static const struct { const char *name; int kind; } raw[] = {
       {"raw-f32", M3_CODEC_RAW_F32}, {"raw-f16", M3_CODEC_RAW_F16}, {"raw-bf16", M3_CODEC_RAW_BF16}};
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < 3 && !save_vec; i++)
     if (!strcmp(fk, raw[i].name)) {
       if ((rc = m3_codec_set_create_raw(raw[i].kind, (uint16_t)D, &cs)) != 0) { ex = errout("codec", rc); goto done; }
       goto save;
@@ -207,7 +214,7 @@ int enc_cmd_train_codec(int argc, char **argv) {
   if (per_codec_max > (size_t)maxv) per_codec_max = (size_t)maxv;
   /* the sample against the codec, before any forward pass: at most
    * per_codec_max vectors per codec (fewer where chunks are short) */
-  for (int kvi = 0; kvi < 2; kvi++) {
+  for (int kvi = 0; kvi < 2 && out; kvi++) { /* (only saving vectors: no codec) */
     const char *fs = kvi && fv ? fv : fk;
     size_t need, want;
     m3_codec_train_sample_size(fs, &need, &want);
@@ -255,6 +262,28 @@ int enc_cmd_train_codec(int argc, char **argv) {
               memcpy(vecs[ci] + nvec[ci]++ * D, src, (size_t)D * sizeof(float));
             }
         }
+  }
+  if (save_vec) {
+    for (int ci = 0; ci < ncodec; ci++) {
+      char path[4200];
+      if (per_layer) snprintf(path, sizeof path, "%s-%d-%c.fvecs", save_vec, ci / 2, ci % 2 ? 'v' : 'k');
+      else snprintf(path, sizeof path, "%s-%c.fvecs", save_vec, ci ? 'v' : 'k');
+      if ((rc = m3_codec_vectors_write(path, vecs[ci], nvec[ci], (unsigned)D)) != 0) {
+        ex = errout("--save-vectors", rc);
+        goto done;
+      }
+      fprintf(stderr, "m3-encode train-codec: wrote %zu %s vectors of %d dims to %s\n", nvec[ci],
+              ci % 2 ? "V" : "K", D, path);
+    }
+    if (!out) {
+      ex = 0;
+      goto done;
+    }
+    for (int i = 0; i < 3; i++) /* a raw codec: nothing to train */
+      if (!strcmp(fk, raw[i].name)) {
+        if ((rc = m3_codec_set_create_raw(raw[i].kind, (uint16_t)D, &cs)) != 0) { ex = errout("codec", rc); goto done; }
+        goto save;
+      }
   }
   m3_codec_sample *smp = calloc((size_t)ncodec, sizeof *smp);
   if (!smp) { ex = errout("out of memory", M3_ENOMEM); goto done; }

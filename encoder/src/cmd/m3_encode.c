@@ -8,13 +8,17 @@
  * This file holds the dispatcher, the shared helpers and the encode command:
  * a pipeline of one reader (the main thread: input, chunking, tokenizing,
  * batching in input order, skipping batches already in the store), N forward
- * workers (one m3_forward runner each over one shared model: forward,
- * embeddings, codec) and one writer that puts the batches into the store in
- * input order, one group commit per batch. Batches are formed from the input
- * alone, so every chunk is always computed in the same batch, and a rerun
- * after kill -9 recomputes exactly the bytes of an uninterrupted run.
+ * workers (one m3_forward runner each over one shared model: forward and
+ * embeddings), N quantize workers (the codec) and one writer that adds the
+ * batches to one bulk ingest of the store (m3/store.h) in input order,
+ * checkpointed every few seconds and at the end. The stages overlap, with
+ * the batch pool bounding every queue, so the pipeline runs at its slowest
+ * stage's rate; the summary reports each stage's work, share and rate.
+ * Batches are formed from the input alone, so every chunk is always
+ * computed in the same batch, and a rerun after kill -9 recomputes exactly
+ * the bytes of an uninterrupted run.
  *
- * Why one file of ~900 lines: the three stages share one `run` struct and
+ * Why one file of ~1,200 lines: the four stages share one `run` struct and
  * its queues, whose hand-over rules (who frees a batch, when the writer may
  * commit) are written once here; the input, training, slice and helper
  * code live in their own files beside it.
@@ -24,6 +28,7 @@
 #define _GNU_SOURCE
 #endif
 #include <cblas.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -112,8 +117,8 @@ static const char *usage_text =
     "                         hash[:DIM] (default hash:256), external (the\n"
     "                         lines' \"embedding\"), hidden[:LAYER]\n"
     "  --index STR            FAISS index_factory of the retrieval index (IDMap,Flat)\n"
-    "  --threads N            forward workers (1)\n"
-    "  --batch B              chunks per forward batch and per store commit (8)\n"
+    "  --threads N            forward workers, and as many quantize workers (1)\n"
+    "  --batch B              chunks per forward batch (8)\n"
     "  --max-tokens N         BOS + prefix + chunk tokens at most (" ENC_STR(M3_SEQ_MAX_TOKENS) ")\n"
     "  --long-chunks P        a text over the budget: split (default: pieces that fit,\n"
     "                         each a chunk; pieces of \"id\": N get ids 2^63|N<<16|part),\n"
@@ -130,9 +135,13 @@ static const char *usage_text =
     "  --slice I/N            encode only slice I of N (chunks by a hash of their id),\n"
     "                         into a partial store for `m3 store merge`; auto/N takes\n"
     "                         I from $JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs)\n"
+    "  --json                 the summary as JSON on stdout (stage rates and shares)\n"
     "  -h, --help\n"
     "  --version              version, git commit and build options\n"
     "\n"
+    "Stages overlap: read, forward, quantize and write run in their own threads;\n"
+    "the summary gives each one's work, share and rate. Records go into the store\n"
+    "by bulk ingest, made durable every 30 s and at the end (M3_ENCODE_CHECKPOINT_S).\n"
     "Rerunning the same command resumes: chunks already in the store are skipped.\n"
     "Exit: 0 done, 1 bad input (FILE:LINE named) or a store of another codec, 2 failure.\n";
 
@@ -146,12 +155,15 @@ typedef struct enc_opts {
   /* which options the command line gave (the others may come from the
    * store's encode.json: store_defaults) */
   int given_model, given_embed, given_prefix, given_max_tokens, given_tph, given_mem_layers;
-  int threads, batch, max_tokens, tokens_per_head, mem_layers, skip_bad, has_id_base;
+  int threads, batch, max_tokens, tokens_per_head, mem_layers, skip_bad, has_id_base, json;
   enc_long_policy long_chunks;
   uint64_t id_base;
 } enc_opts;
 
-/* One forward batch: B consecutive chunks of the input. */
+/* One forward batch: B consecutive chunks of the input. It travels
+ * free -> (reader) -> fwd queue -> (forward worker) -> quant queue ->
+ * (quantize worker) -> done -> (writer, in seq order) -> free; a batch whose
+ * chunks are all in the store goes from the reader straight to done. */
 typedef struct batch {
   uint64_t seq;
   int n, skip;
@@ -161,16 +173,39 @@ typedef struct batch {
   float *kv;                    /* (B, L, 2, Hkv, T, D) */
   uint8_t *codes;               /* (B, codes bytes of a memory) */
   float *emb;                   /* (B, emb_dim) */
-  double t_fwd, t_quant;        /* seconds its forward and its quantization took */
   struct batch *next;
 } batch;
+
+typedef struct bqueue {
+  batch *head, *tail;
+} bqueue;
+
+static void bq_push(bqueue *q, batch *b) {
+  b->next = NULL;
+  if (q->tail) q->tail->next = b;
+  else q->head = b;
+  q->tail = b;
+}
+
+static batch *bq_pop(bqueue *q) {
+  batch *b = q->head;
+  if (b) {
+    q->head = b->next;
+    if (!q->head) q->tail = NULL;
+  }
+  return b;
+}
 
 typedef struct worker {
   struct run *r;
   pthread_t th;
-  m3_forward *fwd;
-  float *hidden; /* (B, E) with --embed hidden */
+  m3_forward *fwd; /* forward workers only */
+  float *hidden;   /* (B, E) with --embed hidden */
 } worker;
+
+/* The stages whose work the summary reports. */
+enum { ST_READ, ST_FWD, ST_QUANT, ST_WRITE, ST_N };
+static const char *const stage_name[ST_N] = {"read", "forward", "quantize", "write"};
 
 typedef struct run {
   enc_opts o;
@@ -189,17 +224,26 @@ typedef struct run {
   m3_idf *idf; /* words: the store's IDF table (setup_idf); read-only */
   int hidden_layer, E;
   size_t npos, ncodes; /* per memory: positions, code bytes */
-  /* queues, all under mu */
+  /* queues and counters, all under mu */
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  batch *free_list, *work_head, *work_tail, *done;
+  batch *free_list, *done;
+  bqueue fwd_q, quant_q;
   int input_done, stop;
+  int fwd_running;  /* forward workers not yet exited: quantize workers wait for them */
   uint64_t n_made;
   int err;
   char errmsg[1024];
+  /* serial mode (M3_ENCODE_SERIAL=1): one stage works at a time, so each
+   * stage's seconds are its cost alone (docs/ENCODER.md, "Pipeline") */
+  int serial;
+  pthread_mutex_t serial_mu;
+  double ckpt_s;    /* seconds between bulk checkpoints (M3_ENCODE_CHECKPOINT_S) */
   /* progress (mu) */
-  uint64_t chunks_written, chunks_present, tokens, in_done, in_total;
-  double s_fwd, s_quant, s_write; /* seconds of work per stage, all threads (mu) */
+  uint64_t chunks_written, chunks_durable, chunks_present, chunks_read, tokens, in_done, in_total;
+  uint64_t bytes_written, checkpoints;
+  double s_stage[ST_N]; /* seconds of work per stage, all its threads (mu) */
+  int n_stage[ST_N];    /* threads per stage */
   double t0, last_bar;
   int tty;
 } run;
@@ -213,6 +257,13 @@ static void set_err(run *r, int rc, const char *msg) {
   r->stop = 1;
   pthread_cond_broadcast(&r->cv);
   pthread_mutex_unlock(&r->mu);
+}
+
+static void serial_enter(run *r) {
+  if (r->serial) pthread_mutex_lock(&r->serial_mu);
+}
+static void serial_leave(run *r) {
+  if (r->serial) pthread_mutex_unlock(&r->serial_mu);
 }
 
 static void batch_free(batch *b, int B) {
@@ -243,8 +294,8 @@ static batch *batch_new(const run *r) {
   return b;
 }
 
-/* Forward, embeddings and codes of one batch (a worker thread). */
-static int process(run *r, worker *w, batch *b) {
+/* Forward and embeddings of one batch (a forward worker). */
+static int forward_batch(run *r, worker *w, batch *b) {
   int S = 1;
   for (int i = 0; i < b->n; i++) S = b->c[i].n_tokens > S ? b->c[i].n_tokens : S;
   memset(b->tokens, 0, (size_t)b->n * S * sizeof *b->tokens);
@@ -255,9 +306,7 @@ static int process(run *r, worker *w, batch *b) {
   }
   m3_batch mb = {b->n, S, b->tokens, b->lens, b->npre};
   m3_memories mo = {b->pos, b->kv, NULL};
-  double t0 = enc_now();
   int rc = m3_forward_run(w->fwd, &mb, &mo);
-  b->t_fwd = enc_now() - t0;
   if (rc) return rc;
   for (int i = 0; i < b->n && r->emb_dim; i++) {
     float *e = b->emb + (size_t)i * r->emb_dim;
@@ -275,35 +324,68 @@ static int process(run *r, worker *w, batch *b) {
       memcpy(e, b->c[i].emb, r->emb_dim * sizeof *e);
     }
   }
-  t0 = enc_now();
-  rc = m3_codec_encode(r->cs, &r->spec, b->kv, (size_t)b->n, b->codes);
-  b->t_quant = enc_now() - t0;
-  return rc;
+  return 0;
 }
 
-static void *worker_main(void *arg) {
+static void batch_failed(run *r, batch *b, int rc) {
+  char msg[1024];
+  snprintf(msg, sizeof msg, "chunks %llu..: %s", (unsigned long long)b->c[0].id, m3_errmsg());
+  set_err(r, rc, msg);
+}
+
+/* Forward workers: fwd queue -> quant queue. */
+static void *forward_main(void *arg) {
   worker *w = arg;
   run *r = w->r;
   for (;;) {
     pthread_mutex_lock(&r->mu);
-    while (!r->work_head && !r->stop && !r->input_done) pthread_cond_wait(&r->cv, &r->mu);
-    if (r->stop || !r->work_head) {
+    while (!r->fwd_q.head && !r->stop && !r->input_done) pthread_cond_wait(&r->cv, &r->mu);
+    batch *b = r->stop ? NULL : bq_pop(&r->fwd_q);
+    if (!b) {
+      r->fwd_running--;
+      pthread_cond_broadcast(&r->cv);
       pthread_mutex_unlock(&r->mu);
       return NULL;
     }
-    batch *b = r->work_head;
-    r->work_head = b->next;
-    if (!r->work_head) r->work_tail = NULL;
     pthread_mutex_unlock(&r->mu);
-    int rc = process(r, w, b);
-    if (rc) {
-      char msg[1024];
-      snprintf(msg, sizeof msg, "chunks %llu..: %s", (unsigned long long)b->c[0].id, m3_errmsg());
-      set_err(r, rc, msg);
-    }
+    serial_enter(r);
+    double t0 = enc_now();
+    int rc = forward_batch(r, w, b);
+    double t = enc_now() - t0;
+    serial_leave(r);
+    if (rc) batch_failed(r, b, rc);
     pthread_mutex_lock(&r->mu);
-    r->s_fwd += b->t_fwd;
-    r->s_quant += b->t_quant;
+    r->s_stage[ST_FWD] += t;
+    bq_push(&r->quant_q, b);
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+  }
+}
+
+/* Quantize workers: quant queue -> done. FAISS's OpenMP team is one thread
+ * in each (the pipeline's threads are the parallelism). */
+static void *quantize_main(void *arg) {
+  worker *w = arg;
+  run *r = w->r;
+  void (*omp_set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+  if (omp_set) omp_set(1);
+  for (;;) {
+    pthread_mutex_lock(&r->mu);
+    while (!r->quant_q.head && !r->stop && r->fwd_running > 0) pthread_cond_wait(&r->cv, &r->mu);
+    batch *b = r->stop ? NULL : bq_pop(&r->quant_q);
+    if (!b) {
+      pthread_mutex_unlock(&r->mu);
+      return NULL;
+    }
+    pthread_mutex_unlock(&r->mu);
+    serial_enter(r);
+    double t0 = enc_now();
+    int rc = m3_codec_encode(r->cs, &r->spec, b->kv, (size_t)b->n, b->codes);
+    double t = enc_now() - t0;
+    serial_leave(r);
+    if (rc) batch_failed(r, b, rc);
+    pthread_mutex_lock(&r->mu);
+    r->s_stage[ST_QUANT] += t;
     b->next = r->done;
     r->done = b;
     pthread_cond_broadcast(&r->cv);
@@ -390,15 +472,37 @@ static int put_remote(run *r, const m3_record_in *items, size_t n) {
   return rc;
 }
 
+/*
+ * The writer: batches in input order into one bulk ingest (m3/store.h), or
+ * with --server to the server's admin Put (put_remote: each call durable on
+ * its return),
+ * checkpointed every ckpt_s seconds and at the end. What a checkpoint
+ * covers is durable and visible (m3_store_contains: what a rerun skips);
+ * records added after it are, after a kill, rolled forward whole or absent.
+ * A failure elsewhere (input, forward) still checkpoints what was added;
+ * a failure of the bulk itself aborts it (what earlier checkpoints made
+ * durable stays).
+ */
 static void *writer_main(void *arg) {
   run *r = arg;
   uint64_t next = 0;
   size_t B = (size_t)r->o.batch;
+  m3_store_bulk *bulk = NULL;
   m3_record_in *items = calloc(B, sizeof *items);
   if (!items) {
     set_err(r, M3_ENOMEM, "writer: out of memory");
     return NULL;
   }
+  int rc = r->client ? 0 : m3_store_bulk_begin(r->store, NULL, &bulk);
+  if (rc) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "store bulk ingest: %s", m3_errmsg());
+    set_err(r, rc, msg);
+    free(items);
+    return NULL;
+  }
+  double last_ckpt = enc_now();
+  m3_store_bulk_stats bst = {0};
   for (;;) {
     pthread_mutex_lock(&r->mu);
     batch *b = NULL, **pp;
@@ -416,8 +520,7 @@ static void *writer_main(void *arg) {
     *pp = b->next;
     pthread_mutex_unlock(&r->mu);
 
-    int rc = 0;
-    uint64_t toks = 0;
+    uint64_t toks = 0, bytes = 0;
     double t_write = 0;
     if (!b->skip) {
       for (int i = 0; i < b->n; i++) {
@@ -430,21 +533,36 @@ static void *writer_main(void *arg) {
                                   .text_len = c->text_len,
                                   .embedding = r->emb_dim ? b->emb + (size_t)i * r->emb_dim : NULL};
         toks += (uint64_t)c->n_tokens;
+        bytes += m3_record_size(&r->layout, c->text_len);
       }
+      serial_enter(r);
       double t0 = enc_now();
-      rc = r->client ? put_remote(r, items, (size_t)b->n) : m3_store_put(r->store, items, (size_t)b->n);
+      if (r->client) {
+        rc = put_remote(r, items, (size_t)b->n);
+      } else {
+        rc = m3_store_bulk_add(bulk, items, (size_t)b->n);
+        if (!rc && t0 - last_ckpt >= r->ckpt_s) {
+          rc = m3_store_bulk_checkpoint(bulk);
+          last_ckpt = enc_now();
+        }
+      }
       t_write = enc_now() - t0;
+      if (bulk) m3_store_bulk_stats_get(bulk, &bst);
+      else if (!rc) bst.durable += (uint64_t)b->n; /* the server stored them */
+      serial_leave(r);
       if (rc) {
         char msg[1024];
-        snprintf(msg, sizeof msg, "%s%s", r->client ? "" : "store put: ", m3_errmsg());
+        snprintf(msg, sizeof msg, "%s%s", r->client ? "" : "store bulk ingest: ", m3_errmsg());
         set_err(r, rc, msg);
       }
     }
     pthread_mutex_lock(&r->mu);
-    r->s_write += t_write;
+    r->s_stage[ST_WRITE] += t_write;
     if (!rc) {
       if (b->skip) r->chunks_present += (uint64_t)b->n;
-      else r->chunks_written += (uint64_t)b->n, r->tokens += toks;
+      else r->chunks_written += (uint64_t)b->n, r->tokens += toks, r->bytes_written += bytes;
+      /* durable: made so by a checkpoint, or found already stored */
+      r->chunks_durable = bst.durable + bst.skipped, r->checkpoints = bst.checkpoints;
     }
     progress(r, 0);
     for (int i = 0; i < b->n; i++) enc_chunk_free(&b->c[i]);
@@ -457,11 +575,32 @@ static void *writer_main(void *arg) {
     if (rc) break;
   }
   free(items);
+  if (rc || bulk == NULL) { /* the bulk failed: drop what no checkpoint covers */
+    if (bulk) m3_store_bulk_abort(bulk);
+    return NULL;
+  }
+  serial_enter(r);
+  double t0 = enc_now();
+  m3_store_bulk_stats_get(bulk, &bst);
+  uint64_t staged = bst.added - bst.skipped, pending = staged - bst.durable;
+  rc = m3_store_bulk_finish(bulk); /* the last checkpoint */
+  double t = enc_now() - t0;
+  serial_leave(r);
+  if (rc) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "store bulk ingest: last checkpoint: %s", m3_errmsg());
+    set_err(r, rc, msg);
+  }
+  pthread_mutex_lock(&r->mu);
+  r->s_stage[ST_WRITE] += t;
+  if (!rc) r->chunks_durable = bst.skipped + staged, r->checkpoints = bst.checkpoints + (pending > 0);
+  pthread_mutex_unlock(&r->mu);
   return NULL;
 }
 
 /* Hand a filled batch on: skip it when every chunk is in the store (a
- * resumed run), else to the workers. */
+ * resumed run: the store holds what its checkpoints made durable), else to
+ * the forward workers. */
 static int dispatch(run *r, batch *b) {
   int present = r->client == NULL; /* a server's Put replaces: always send */
   for (int i = 0; i < b->n && present; i++) {
@@ -476,16 +615,13 @@ static int dispatch(run *r, batch *b) {
   if (present) {
     b->next = r->done;
     r->done = b;
-  } else if (r->work_tail) {
-    r->work_tail->next = b, r->work_tail = b;
   } else {
-    r->work_head = r->work_tail = b;
+    bq_push(&r->fwd_q, b);
   }
   pthread_cond_broadcast(&r->cv);
   pthread_mutex_unlock(&r->mu);
   return 0;
 }
-
 /* ---- store setup --------------------------------------------------------- */
 
 static int parse_embed(run *r, const char *s, int n_mem) {
@@ -831,6 +967,102 @@ static int store_defaults(enc_opts *o) {
   return 0;
 }
 
+/* ---- the summary ----------------------------------------------------- */
+
+/*
+ * Each stage's work: seconds (summed over its threads), the seconds it
+ * would take alone with its threads (seconds / threads), its rate alone,
+ * and its share of all the work. The pipeline's rate is chunks / wall
+ * seconds; with the stages overlapped it is bounded by the slowest stage's
+ * rate alone, and pipeline_vs_slowest says how close it came (1.0: the
+ * slowest stage's rate). In a pipelined run the stages share the machine,
+ * so their seconds include waiting for a core; M3_ENCODE_SERIAL=1 runs one
+ * stage at a time and gives each stage's cost alone (docs/ENCODER.md).
+ */
+typedef struct stage_fig {
+  double secs, alone_s, share, chunks_per_s;
+} stage_fig;
+
+static int stage_figs(const run *r, stage_fig *f) {
+  double busy = 0;
+  int slow = ST_FWD;
+  for (int i = 0; i < ST_N; i++) busy += r->s_stage[i];
+  for (int i = 0; i < ST_N; i++) {
+    uint64_t n = i == ST_READ ? r->chunks_read : r->chunks_written;
+    f[i].secs = r->s_stage[i];
+    f[i].alone_s = r->s_stage[i] / (r->n_stage[i] > 0 ? r->n_stage[i] : 1);
+    f[i].share = busy > 0 ? r->s_stage[i] / busy : 0;
+    f[i].chunks_per_s = f[i].alone_s > 0 ? n / f[i].alone_s : 0;
+  }
+  for (int i = 0; i < ST_N; i++)
+    if (f[i].alone_s > f[slow].alone_s) slow = i;
+  return slow;
+}
+
+static double load_avg(void) {
+  double la[1];
+  return getloadavg(la, 1) == 1 ? la[0] : -1;
+}
+
+static void report_stages(const run *r, double secs) {
+  stage_fig f[ST_N];
+  int slow = stage_figs(r, f);
+  double vec = (double)r->chunks_written * m3_spec_vectors(&r->spec);
+  fprintf(stderr,
+          "m3-encode: stages (work s, share, rate alone): read %.2f s %.0f%% %.1f chunks/s; "
+          "forward %.2f s %.0f%% %.1f chunks/s %.0f tokens/s; quantize %.2f s %.0f%% %.0f "
+          "vectors/s; write %.2f s %.0f%% %.1f chunks/s %.1f MB/s (%llu checkpoints)\n",
+          f[ST_READ].secs, 100 * f[ST_READ].share, f[ST_READ].chunks_per_s, f[ST_FWD].secs,
+          100 * f[ST_FWD].share, f[ST_FWD].chunks_per_s,
+          f[ST_FWD].alone_s > 0 ? r->tokens / f[ST_FWD].alone_s : 0, f[ST_QUANT].secs,
+          100 * f[ST_QUANT].share, f[ST_QUANT].alone_s > 0 ? vec / f[ST_QUANT].alone_s : 0,
+          f[ST_WRITE].secs, 100 * f[ST_WRITE].share, f[ST_WRITE].chunks_per_s,
+          f[ST_WRITE].alone_s > 0 ? r->bytes_written / f[ST_WRITE].alone_s / 1e6 : 0,
+          (unsigned long long)r->checkpoints);
+  if (r->chunks_written && secs > 0)
+    fprintf(stderr, "m3-encode: pipeline%s %.1f chunks/s in %.2f s; slowest stage %s alone %.1f "
+            "chunks/s (pipeline at %.0f%% of it); %d forward + %d quantize threads; load average %.2f\n",
+            r->serial ? " (M3_ENCODE_SERIAL: one stage at a time)" : "",
+            r->chunks_written / secs, secs, stage_name[slow], f[slow].chunks_per_s,
+            100 * f[slow].alone_s / secs, r->n_stage[ST_FWD], r->n_stage[ST_QUANT], load_avg());
+}
+
+static json_t *summary_json(const run *r, double secs, const m3_store_stats *st, uint64_t bad,
+                            size_t indexed, const char *why, double t_index) {
+  stage_fig f[ST_N];
+  int slow = stage_figs(r, f);
+  double vec = (double)r->chunks_written * m3_spec_vectors(&r->spec);
+  json_t *stages = json_object();
+  for (int i = 0; i < ST_N && stages; i++) {
+    json_t *s = json_pack("{s:f,s:f,s:f,s:i,s:f}", "seconds", f[i].secs, "alone_seconds",
+                          f[i].alone_s, "share", f[i].share, "threads", r->n_stage[i],
+                          "chunks_per_s", f[i].chunks_per_s);
+    if (s && i == ST_FWD)
+      json_object_set_new(s, "tokens_per_s",
+                          json_real(f[i].alone_s > 0 ? r->tokens / f[i].alone_s : 0));
+    if (s && i == ST_QUANT)
+      json_object_set_new(s, "vectors_per_s", json_real(f[i].alone_s > 0 ? vec / f[i].alone_s : 0));
+    if (s && i == ST_WRITE) {
+      json_object_set_new(s, "mb_per_s",
+                          json_real(f[i].alone_s > 0 ? r->bytes_written / f[i].alone_s / 1e6 : 0));
+      json_object_set_new(s, "bytes", json_integer((json_int_t)r->bytes_written));
+      json_object_set_new(s, "checkpoints", json_integer((json_int_t)r->checkpoints));
+    }
+    json_object_set_new(stages, stage_name[i], s);
+  }
+  return json_pack("{s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:s,s:I,s:s,s:I,s:s,s:f,s:o,s:s,s:f,s:b,s:f}",
+                   "chunks_encoded", (json_int_t)r->chunks_written, "chunks_present",
+                   (json_int_t)r->chunks_present, "bad_lines_skipped", (json_int_t)bad, "tokens",
+                   (json_int_t)r->tokens, "seconds", secs, "chunks_per_s",
+                   secs > 0 ? r->chunks_written / secs : 0.0, "tokens_per_s",
+                   secs > 0 ? r->tokens / secs : 0.0, "store", r->o.store, "records",
+                   (json_int_t)st->records, "index", r->emb_dim ? r->o.index : "none",
+                   "indexed", (json_int_t)indexed, "index_state", why, "index_seconds", t_index,
+                   "stages", stages, "slowest_stage", stage_name[slow], "pipeline_vs_slowest",
+                   secs > 0 ? f[slow].alone_s / secs : 0.0, "serial", r->serial, "load_avg",
+                   load_avg());
+}
+
 static int parse_encode_args(int argc, char **argv, enc_opts *o) {
   static const struct option opts[] = {
       {"model", required_argument, NULL, 'm'},     {"input", required_argument, NULL, 'i'},
@@ -842,7 +1074,7 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       {"mem-layers", required_argument, NULL, 'L'}, {"on-error", required_argument, NULL, 'E'},
       {"report", required_argument, NULL, 'r'},    {"id-base", required_argument, NULL, 'I'},
       {"backend", required_argument, NULL, 'B'},   {"help", no_argument, NULL, 'h'},
-      {"long-chunks", required_argument, NULL, 'G'},
+      {"long-chunks", required_argument, NULL, 'G'}, {"json", no_argument, NULL, 'j'},
       {"server", required_argument, NULL, 'R'},   {"token-file", required_argument, NULL, 'K'},
       {"timeout-ms", required_argument, NULL, 'D'},
       {NULL, 0, NULL, 0}};
@@ -876,6 +1108,7 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
     case 'D': if (parse_int("--timeout-ms", optarg, 0, 86400000, &v)) return EXIT_FAIL; o->timeout_ms = (int)v; break;
     case 'r': o->report = optarg; break;
     case 'B': o->backend = optarg; break;
+    case 'j': o->json = 1; break;
     case 'S':
       if (enc_slice_parse(optarg, &o->slice)) {
         fprintf(stderr, "m3-encode: %s\n", m3_errmsg());
@@ -944,9 +1177,9 @@ int enc_cmd_encode(int argc, char **argv) {
   const enc_opts *o = &r->o;
   m3_tokenizer *tok = NULL;
   enc_input *in = NULL;
-  worker *ws = NULL;
+  worker *ws = NULL, *qs = NULL;
   batch **pool = NULL;
-  int npool = 0, nstarted = 0, writer_started = 0;
+  int npool = 0, nstarted = 0, nqstarted = 0, writer_started = 0;
   pthread_t wt;
   FILE *report = NULL;
   int32_t *pre = NULL;
@@ -954,6 +1187,19 @@ int enc_cmd_encode(int argc, char **argv) {
   size_t nseq = 0, nseq_prefix = 0;
   pthread_mutex_init(&r->mu, NULL);
   pthread_cond_init(&r->cv, NULL);
+  pthread_mutex_init(&r->serial_mu, NULL);
+  const char *env = getenv("M3_ENCODE_SERIAL");
+  r->serial = env && *env && strcmp(env, "0");
+  r->ckpt_s = 30;
+  if ((env = getenv("M3_ENCODE_CHECKPOINT_S")) != NULL) {
+    char *end;
+    r->ckpt_s = strtod(env, &end);
+    if (!*env || *end || !(r->ckpt_s >= 0)) {
+      fprintf(stderr, "m3-encode: M3_ENCODE_CHECKPOINT_S '%s' is not a number of seconds >= 0\n", env);
+      ex = EXIT_FAIL;
+      goto out;
+    }
+  }
 
   if ((rc = m3_tokenizer_load(o->model, &tok)) != 0) { ex = fail_msg("tokenizer", rc); goto out; }
   m3_model_opts mopts = {.n_mem_layers = o->mem_layers};
@@ -1031,12 +1277,20 @@ int enc_cmd_encode(int argc, char **argv) {
     r->ready = 1;
   }
 
-  /* Workers, one forward runner each, and the batch pool. */
-  if (o->threads > 1) openblas_set_num_threads(1); /* parallel runners instead */
+  /* The stages: --threads forward workers (one forward runner each) and as
+   * many quantize workers, one writer, the reader here. They overlap, so
+   * each BLAS call runs on one thread (the stages' threads are the
+   * parallelism; an explicit OPENBLAS_NUM_THREADS is kept). The batch pool
+   * bounds the queues: enough batches for every worker to hold one and one
+   * waiting for each. */
+  if (!getenv("OPENBLAS_NUM_THREADS")) openblas_set_num_threads(1);
   ws = calloc((size_t)o->threads, sizeof *ws);
-  npool = 2 * o->threads + 2;
+  qs = calloc((size_t)o->threads, sizeof *qs);
+  npool = 4 * o->threads + 3;
   pool = calloc((size_t)npool, sizeof *pool);
-  if (!ws || !pool) { ex = fail_msg("out of memory", M3_ENOMEM); goto out; }
+  if (!ws || !qs || !pool) { ex = fail_msg("out of memory", M3_ENOMEM); goto out; }
+  r->n_stage[ST_READ] = 1, r->n_stage[ST_FWD] = r->n_stage[ST_QUANT] = o->threads;
+  r->n_stage[ST_WRITE] = 1;
   for (int i = 0; i < o->threads; i++) {
     ws[i].r = r;
     m3_forward_opts fo = {.backend = r->ek == EMB_HIDDEN ? "cpu" : o->backend,
@@ -1071,7 +1325,15 @@ int enc_cmd_encode(int argc, char **argv) {
       pthread_mutex_unlock(&r->mu);
       cur->n = 0;
     }
+    serial_enter(r);
+    double t_read = enc_now();
     int got = enc_input_next(in, &cur->c[cur->n]);
+    t_read = enc_now() - t_read;
+    serial_leave(r);
+    pthread_mutex_lock(&r->mu);
+    r->s_stage[ST_READ] += t_read;
+    if (got == 1) r->chunks_read++;
+    pthread_mutex_unlock(&r->mu);
     if (got < 0) {
       char msg[1024];
       snprintf(msg, sizeof msg, "%s", m3_errmsg());
@@ -1106,16 +1368,34 @@ int enc_cmd_encode(int argc, char **argv) {
         pool[i]->emb = e;
       }
       if (r->err) break;
+      pthread_mutex_lock(&r->mu);
+      r->fwd_running = o->threads; /* lowered by each forward worker as it exits */
+      pthread_mutex_unlock(&r->mu);
       for (; nstarted < o->threads; nstarted++)
-        if (pthread_create(&ws[nstarted].th, NULL, worker_main, &ws[nstarted]) != 0) break;
-      if (nstarted == 0 || pthread_create(&wt, NULL, writer_main, r) != 0) {
+        if (pthread_create(&ws[nstarted].th, NULL, forward_main, &ws[nstarted]) != 0) break;
+      pthread_mutex_lock(&r->mu);
+      r->fwd_running -= o->threads - nstarted; /* the ones that did not start */
+      pthread_mutex_unlock(&r->mu);
+      for (; nstarted && nqstarted < o->threads; nqstarted++) {
+        qs[nqstarted].r = r;
+        if (pthread_create(&qs[nqstarted].th, NULL, quantize_main, &qs[nqstarted]) != 0) break;
+      }
+      if (nstarted == 0 || nqstarted == 0 || pthread_create(&wt, NULL, writer_main, r) != 0) {
         set_err(r, M3_ENOMEM, "cannot start threads");
         break;
       }
       writer_started = 1;
     }
     if (cur->n == o->batch || (end && cur->n)) {
-      if ((rc = dispatch(r, cur)) != 0) {
+      serial_enter(r);
+      double t_disp = enc_now();
+      rc = dispatch(r, cur); /* the resume check: part of the read stage */
+      t_disp = enc_now() - t_disp;
+      serial_leave(r);
+      pthread_mutex_lock(&r->mu);
+      r->s_stage[ST_READ] += t_disp;
+      pthread_mutex_unlock(&r->mu);
+      if (rc != 0) {
         set_err(r, rc, m3_errmsg());
         break;
       }
@@ -1131,6 +1411,7 @@ int enc_cmd_encode(int argc, char **argv) {
   pthread_cond_broadcast(&r->cv);
   pthread_mutex_unlock(&r->mu);
   for (int i = 0; i < nstarted; i++) pthread_join(ws[i].th, NULL);
+  for (int i = 0; i < nqstarted; i++) pthread_join(qs[i].th, NULL);
   if (writer_started) pthread_join(wt, NULL);
   pthread_mutex_lock(&r->mu);
   progress(r, 1);
@@ -1139,9 +1420,9 @@ int enc_cmd_encode(int argc, char **argv) {
 
   if (r->err) {
     fprintf(stderr, "m3-encode: %s\n", r->errmsg);
-    if (r->chunks_written)
+    if (r->chunks_durable)
       fprintf(stderr, "m3-encode: %llu chunks were stored before the failure; rerun the same command to resume\n",
-              (unsigned long long)r->chunks_written);
+              (unsigned long long)r->chunks_durable);
     ex = r->err == M3_EBADFORMAT ? EXIT_BAD_INPUT : EXIT_FAIL;
     goto out;
   }
@@ -1164,6 +1445,7 @@ int enc_cmd_encode(int argc, char **argv) {
     goto out;
   }
   /* The retrieval index, so that m3-server can serve the store at once. */
+  double t_index = enc_now();
   size_t indexed = 0;
   const char *why = "";
   if (r->emb_dim) {
@@ -1178,6 +1460,7 @@ int enc_cmd_encode(int argc, char **argv) {
     why = info.loaded ? "current" : "rebuilt";
     m3_index_close(ix);
   }
+  t_index = enc_now() - t_index;
   m3_store_stats st;
   if ((rc = m3_store_stats_get(r->store, &st)) != 0) { ex = fail_msg("store stats", rc); goto out; }
   uint64_t n_split, n_pieces, n_trunc;
@@ -1194,13 +1477,17 @@ int enc_cmd_encode(int argc, char **argv) {
           (unsigned long long)enc_input_skipped(in), (unsigned long long)r->tokens, secs,
           secs > 0 ? r->chunks_written / secs : 0, secs > 0 ? r->tokens / secs : 0, o->store,
           (unsigned long long)st.records, r->emb_dim ? o->index : "none", indexed, why);
-  /* Each stage's share of the work: forward and quantization run in the
-   * --threads workers, writes in the writer thread, overlapped. */
-  double busy = r->s_fwd + r->s_quant + r->s_write;
-  if (busy > 0)
-    fprintf(stderr, "m3-encode: stages: forward %.2f s (%.0f%%), quantize %.2f s (%.0f%%), "
-            "write %.2f s (%.0f%%) of work in %.2f s\n", r->s_fwd, 100 * r->s_fwd / busy,
-            r->s_quant, 100 * r->s_quant / busy, r->s_write, 100 * r->s_write / busy, secs);
+  report_stages(r, secs);
+  if (o->json) {
+    json_t *j = summary_json(r, secs, &st, enc_input_skipped(in), indexed, why, t_index);
+    if (!j || json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0) {
+      json_decref(j);
+      ex = fail_msg("--json: out of memory", M3_ENOMEM);
+      goto out;
+    }
+    fputc('\n', stdout);
+    json_decref(j);
+  }
   ex = 0;
 out:
   if (ws) {
@@ -1210,6 +1497,7 @@ out:
     }
     free(ws);
   }
+  free(qs);
   if (pool) {
     for (int i = 0; i < npool; i++) batch_free(pool[i], o->batch);
     free(pool);
@@ -1228,6 +1516,7 @@ out:
   pthread_cond_destroy(&r->cv);
   json_decref(store_manifest); /* r->o's defaults pointed into it */
   store_manifest = NULL;
+  pthread_mutex_destroy(&r->serial_mu);
   return ex;
 }
 
