@@ -31,9 +31,9 @@ step "train the codec on the model's keys and values: OPQ + 4x8-bit PQ, 4 bytes 
 OMP_NUM_THREADS=1 "$bin/m3-encode" train-codec --model "$work/model" --input examples/kb/kb.jsonl \
   --out "$work/codec.m3c" --codec "OPQ4_16,PQ4x8np" 2>&1 | grep -v '^WARNING clustering'
 
-step "encode the knowledge base: forward of the memory layers, top-8 tokens per head, quantized"
+step "encode the knowledge base: forward of the memory layers, top-8 tokens per head, quantized; words:1024 embeddings"
 "$bin/m3-encode" --model "$work/model" --input examples/kb/kb.jsonl --store "$work/store" \
-  --codec "$work/codec.m3c" --embed hash:256
+  --codec "$work/codec.m3c"
 
 step "m3 store info"
 "$bin/m3" store info "$work/store"

@@ -3,7 +3,7 @@
 # test model (m3-encode test-model): kb.jsonl into a store that verifies and
 # holds 297 records; the same bytes with 1 and 2 threads; a rerun stores
 # nothing new; m3-server answers text queries with the chunk that has the
-# words (hash embeddings); a folder of documents with --id-base; long
+# words (the default words:1024 embeddings, IDF table DIR/idf.bin); a folder of documents with --id-base; long
 # lines split into pieces with derived ids, truncated, or refused; a trained FAISS codec; hidden-state
 # embeddings; external embeddings.
 . "$(dirname "$0")/../lib/m3test.sh" encode-e2e
@@ -14,14 +14,16 @@ enc() { "$bin/m3-encode" --model "$work/model" "$@"; }
 "$bin/m3-encode" test-model --out "$work/model" 2>"$work/tm.log"
 kb=$src/examples/kb/kb.jsonl
 
-# 1. kb.jsonl, default hash:256 embeddings, 2 threads
+# 1. kb.jsonl, the default embedder (words:1024), 2 threads
 enc --input "$kb" --store "$work/kb" --threads 2 --batch 8 2>"$work/enc.log"
 cat "$work/enc.log"
 check "summary line" grep -q "297 chunks encoded, 0 already in the store" "$work/enc.log"
 check "verify" "$bin/m3" store verify "$work/kb"
 "$bin/m3" store info "$work/kb" --json >"$work/info"
 check "297 records" test "$(json_get "$work/info" "j['records']")" = 297
-check "hash:256 embeddings" test "$(json_get "$work/info" "j['layout']['embedding_dim']")" = 256
+check "words:1024 embeddings" test "$(json_get "$work/info" "j['layout']['embedding_dim']")" = 1024
+check "manifest: the default embedder" test "$(json_get "$work/kb/encode.json" "j['embed']")" = words:1024
+check "IDF table in the store" test -s "$work/kb/idf.bin"
 check "codec file in the store" test -s "$work/kb/codec.m3c"
 check "manifest" test "$(json_get "$work/kb/encode.json" "j['prefix'] + ' ' + j['tokenizer']")" = "Reference: tokenizer.json"
 check "index saved" test -s "$work/kb/index/stamp"
@@ -42,20 +44,20 @@ for q in "Jupiter largest planet" "Saturn bright rings" "Andromeda Galaxy"; do
   word=$(echo "$q" | awk '{print $1}')
   check "query '$q'" grep -q "$word" <(json_get "$work/q.json" "j['queries'][0]['results'][0]['text']")
 done
-check "hash store: log names the embedder" grep -q "embedder hash:256" "$work/server.log"
+check "words store: log names the embedder" grep -q "embedder words:1024" "$work/server.log"
 "$bin/m3" stats --server "$addr" --json >"$work/st.json"
-check "hash store: stats embedder" test "$(json_get "$work/st.json" "j['hello']['embedder']")" = hash:256
-check "hash store: query embedder" test "$(json_get "$work/q.json" "j['embedder']")" = hash:256
+check "words store: stats embedder" test "$(json_get "$work/st.json" "j['hello']['embedder']")" = words:1024
+check "words store: query embedder" test "$(json_get "$work/q.json" "j['embedder']")" = words:1024
 kill -TERM "$srv"; wait "$srv" || true
 
 # 3b. m3 store split keeps each shard's embedder (encode.json and the codec
 # and tokenizer beside the records): a server on one shard still embeds text
 "$bin/m3" store split "$work/kb" --shards 2 --out "$work/split" >/dev/null
-for f in encode.json codec.m3c tokenizer.json; do
+for f in encode.json codec.m3c tokenizer.json idf.bin; do
   check "split: shard-0 has $f" cmp -s "$work/kb/$f" "$work/split/shard-0/$f"
 done
 m3t_server shard0 "$work/split/shard-0"
-check "split shard: log names the embedder" grep -q "embedder hash:256" "$work/shard0.log"
+check "split shard: log names the embedder" grep -q "embedder words:1024" "$work/shard0.log"
 run 0 "$work/sq.json" "$bin/m3" query --server "$addr" --text "Jupiter largest planet" -k 3 --json || true
 check "split shard: text query answered" test "$(json_get "$work/sq.json" "len(j['queries'][0]['results']) > 0")" = True
 kill -TERM "$srv"; wait "$srv" || true

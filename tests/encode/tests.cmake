@@ -28,3 +28,12 @@ foreach(_t encoder_forward_hidden encode_dump encode_e2e encode_resume encode_er
 endforeach()
 m3_add_script_test(encode_slice SCRIPT ${_xdir}/test_encode_slice.sh LABELS integration TIMEOUT 180)
 set_property(TEST encode_slice APPEND PROPERTY ENVIRONMENT OPENBLAS_NUM_THREADS=1)
+# README.md's "A session", extracted from the README and run as written;
+# train-codec's sample check against the codec's k-means (issue 16).
+m3_add_script_test(encode_readme_session SCRIPT ${_xdir}/test_readme_session.sh LABELS integration
+  TIMEOUT 300)
+m3_add_script_test(encode_train_sample SCRIPT ${_xdir}/test_train_sample.sh LABELS integration
+  TIMEOUT 180)
+foreach(_t encode_readme_session encode_train_sample)
+  set_property(TEST ${_t} APPEND PROPERTY ENVIRONMENT OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1)
+endforeach()

@@ -11,7 +11,7 @@ import numpy as np
 import m3store
 
 ap = argparse.ArgumentParser()
-for a in ("bin", "work", "raw", "pq"):
+for a in ("bin", "work", "raw", "pq", "rw", "admin-token"):
     ap.add_argument("--" + a, required=True)
 args = ap.parse_args()
 L, H, T, D, E, K = 4, 2, 8, 16, 8, 5
@@ -214,6 +214,122 @@ try:
     check("wrong codec raises", False)
 except m3store.M3Error as e:
     check("wrong codec M3Error %s" % e.name, e.name in ("M3_EFINGERPRINT", "M3_EBADFORMAT"))
+
+# admin put / delete on the rw store (30 memories, ids 0..29, started with
+# --admin-token-file): records built by Client.record from the store's own
+# codes and from float K/V, read back by fetch, retrieve and the CLI.
+RW_N = 30
+rw_kv = np.fromfile(os.path.join(args.work, "rw", "kv.f32"), dtype=np.float32).reshape(
+    RW_N, L, 2, H, T, D)
+rw_pos = np.fromfile(os.path.join(args.work, "rw", "pos.u16"), dtype=np.uint16).reshape(
+    RW_N, L, H, T)
+
+
+def expect_error(name, call, exc, needle):
+    try:
+        call()
+        check(name + " raises", False)
+        return None
+    except exc as e:
+        check(name + " says why: %s" % e, needle in str(e))
+        return e
+
+
+with m3store.Client(server=args.rw) as c:
+    check("no token: not admin", c.info["admin"] is False)
+    rec = c.record(100, rw_pos[3], kv=rw_kv[3], text="added without a token")
+    e = expect_error("put without the admin token", lambda: c.put(rec), m3store.M3Error, "")
+    check("put without the admin token: PERMISSION_DENIED", e is not None and e.grpc_status == 7)
+    e = expect_error("delete without the admin token", lambda: c.delete([1]), m3store.M3Error, "")
+    check("delete without the admin token: PERMISSION_DENIED", e is not None and e.grpc_status == 7)
+    check("nothing written without the token", c.stats()["records"] == RW_N)
+
+with m3store.Client(server=args.rw, token=args.admin_token) as c:
+    check("admin token: admin", c.info["admin"] is True)
+    # 1. a record from an existing memory's codes: positions and codes from
+    # its fetched bytes, a new id, text and embedding
+    src = c.fetch([4]).codes[0, 0].tobytes()
+    _, spos, skv = parse_record(src)
+    emb = np.zeros(E, dtype=np.float32)
+    emb[0] = 1.0
+    npos = L * H * T
+    off = 64 + (2 * npos + 7) // 8 * 8
+    r1 = c.record(1000, spos, codes=np.frombuffer(src, dtype=np.uint8)[off:], text="a new memory",
+                  embedding=emb)
+    check("record: its size", len(r1) == c.record_bytes + len("a new memory") + 4 * E)
+    # 2. a record from float K/V (raw-f32: the vectors are the codes),
+    # empty slots as -1
+    p2 = rw_pos[7].astype(np.int32)
+    p2[p2 == 0xFFFF] = -1
+    emb2 = np.zeros(E, dtype=np.float32)
+    emb2[1] = 1.0
+    r2 = c.record(1001, p2, kv=rw_kv[7], text="from floats", embedding=emb2)
+    check("put of 2 records: 2 written", c.put([r1, r2]) == 2)
+    check("records after put", c.stats()["records"] == RW_N + 2)
+    f = c.fetch([1000, 1001], with_text=True)
+    check("fetch of the put ids: ok", (f.status == 0).all())
+    _, gpos, gkv = parse_record(f.codes[0, 0].tobytes())
+    check("put from codes: positions and codes as given",
+          np.array_equal(gpos, spos) and np.array_equal(gkv, skv))
+    _, gpos2, gkv2 = parse_record(f.codes[1, 0].tobytes())
+    check("put from floats: positions as given (-1: empty)", np.array_equal(gpos2, rw_pos[7]))
+    check("put from floats: the vectors as given", np.array_equal(gkv2, rw_kv[7]))
+    check("put: texts", f.texts == [["a new memory"], ["from floats"]])
+    s = c.retrieve(np.stack([emb, emb2]), k=1, with_text=True)
+    check("retrieve finds the put memories by their embeddings",
+          [int(i) for i in s.ids[:, 0]] == [1000, 1001] and np.allclose(s.scores[:, 0], 1, atol=1e-5))
+    check("retrieve of a put memory: its text", s.texts == [["a new memory"], ["from floats"]])
+    cq = json.loads(cli("fetch", "--server", args.rw, "--id", "1001", "--json"))
+    check("the CLI sees the put memory", "1001" in json.dumps(cq) and "from floats" in json.dumps(cq))
+    # 3. a put of an existing id replaces it
+    r1b = c.record(1000, spos, codes=np.frombuffer(src, dtype=np.uint8)[off:], text="replaced",
+                   embedding=emb)
+    check("put of an existing id: 1 written", c.put(r1b) == 1)
+    check("replacing keeps the count", c.stats()["records"] == RW_N + 2)
+    check("the replacement's text", c.fetch([1000], with_text=True).texts == [["replaced"]])
+    # 4. refusals: a damaged record (server), bad arguments (before any call)
+    bad = bytearray(r2)
+    bad[-1] ^= 0x40  # in the embedding: the tail CRC fails
+    e = expect_error("put of a damaged record", lambda: c.put([r1b, bytes(bad)]), m3store.M3Error,
+                     "record 1")
+    check("a refused put writes nothing", c.stats()["records"] == RW_N + 2 and e is not None and
+          e.written == 0)
+    expect_error("put([])", lambda: c.put([]), ValueError, "at least one")
+    expect_error("put of junk", lambda: c.put([r1, b"not a record"]), ValueError, "records[1]")
+    expect_error("record: positions shape", lambda: c.record(5, np.zeros((L, H)), kv=rw_kv[0]),
+                 ValueError, "positions")
+    expect_error("record: a bad position", lambda: c.record(5, np.full((L, H, T), -7), kv=rw_kv[0]),
+                 ValueError, "-1 for an empty slot")
+    expect_error("record: codes and kv", lambda: c.record(5, rw_pos[0]), ValueError, "exactly one")
+    expect_error("record: codes size", lambda: c.record(5, rw_pos[0], codes=b"x" * 10), ValueError,
+                 "takes")
+    expect_error("record: kv shape", lambda: c.record(5, rw_pos[0], kv=np.zeros((L, 2, H, T))),
+                 ValueError, "kv")
+    expect_error("record: embedding size", lambda: c.record(5, rw_pos[0], kv=rw_kv[0],
+                                                            embedding=np.ones(E + 1)),
+                 ValueError, "embedding")
+    expect_error("record: id 2**64-1", lambda: c.record(2 ** 64 - 1, rw_pos[0], kv=rw_kv[0]),
+                 ValueError, "chunk_id")
+    expect_error("delete([])", lambda: c.delete([]), ValueError, "at least one")
+    # 5. delete: counts what was there; the memory is gone from fetch and search
+    check("delete of 1000 and a missing id: 1 deleted", c.delete([1000, 424242]) == 1)
+    check("records after delete", c.stats()["records"] == RW_N + 1)
+    g = c.fetch([1000, 1001])
+    check("deleted id: M3_ENOTFOUND, the other still there",
+          g.status[0, 0] == -3 and g.status[1, 0] == 0)
+    s = c.retrieve(emb, k=3)
+    check("deleted id: search no longer finds it", 1000 not in [int(i) for i in s.ids[0]])
+    check("delete of an int", c.delete(1001) == 1 and c.stats()["records"] == RW_N)
+
+cmap = json.dumps({"shards": [{"id": 0, "replicas": [args.rw]}]})
+with m3store.Client(cluster=cmap) as cl:
+    expect_error("cluster put", lambda: cl.put([b"x" * 64]), ValueError, "server=")
+    expect_error("cluster delete", lambda: cl.delete([1]), ValueError, "server=")
+
+with m3store.Client(server=args.pq) as c:
+    expect_error("record kv= on a PQ store", lambda: c.record(1, np.zeros((L, H, T), np.int32),
+                                                            kv=np.zeros((L, 2, H, T, D))),
+                 ValueError, "codes=")
 
 print("%d checks, %d failed" % (checks, fails))
 sys.exit(1 if fails else 0)

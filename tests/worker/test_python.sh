@@ -15,13 +15,18 @@ if [ "${M3_SANITIZE:-OFF}" = ON ]; then
   export LD_PRELOAD ASAN_OPTIONS=detect_leaks=0
 fi
 
-mkdir -p "$work/raw" "$work/pq"
+mkdir -p "$work/raw" "$work/pq" "$work/rw"
 LD_PRELOAD= "$M3_MKSTORE" "$work/raw" raw-f32 60 >/dev/null
 LD_PRELOAD= "$M3_MKSTORE" "$work/pq" pq 20 >/dev/null
+LD_PRELOAD= "$M3_MKSTORE" "$work/rw" raw-f32 30 >/dev/null
+admin_token=python-admin-token-0123456789abcdef
+printf '%s\n' "$admin_token" >"$work/admin.token"
 LD_PRELOAD= m3t_server raw "$work/raw/store"
 raw=$addr
 LD_PRELOAD= m3t_server pq "$work/pq/store"
 pq=$addr
+LD_PRELOAD= m3t_server rw "$work/rw/store" --admin-token-file "$work/admin.token"
+rw=$addr
 
 PYTHONPATH="$src/client/python" "$py" "$(dirname "$0")/test_python.py" \
-  --bin "$bin" --work "$work" --raw "$raw" --pq "$pq"
+  --bin "$bin" --work "$work" --raw "$raw" --pq "$pq" --rw "$rw" --admin-token "$admin_token"

@@ -84,7 +84,7 @@ size_t m3_attn_abi_sizeof(const char *type) {
       M3__ABI(m3_cluster_counters), M3__ABI(m3_attn_geom),      M3__ABI(m3_attn_round),
       M3__ABI(m3_attn_stats),      M3__ABI(m3_attn_codes),      M3__ABI(m3_attn_ref_args),
       M3__ABI(m3_layout),          M3__ABI(m3_record),          M3__ABI(m3_cluster_replica_info),
-      M3__ABI(m3_search_params),
+      M3__ABI(m3_search_params),   M3__ABI(m3_record_in),
 #undef M3__ABI
   };
   for (size_t i = 0; type && i < sizeof tab / sizeof tab[0]; i++)

@@ -269,6 +269,13 @@ class _Memory(ctypes.Structure):
                 ("text_len", ctypes.c_size_t)]
 
 
+class _RecordIn(ctypes.Structure):
+    _fields_ = [("chunk_id", ctypes.c_uint64), ("chunk_len", ctypes.c_uint32),
+                ("positions", ctypes.c_void_p), ("codes", ctypes.c_void_p),
+                ("text", ctypes.c_char_p), ("text_len", ctypes.c_size_t),
+                ("embedding", ctypes.c_void_p)]
+
+
 _MEMORY_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(_Memory))
 
 _MIRRORS = {
@@ -277,6 +284,7 @@ _MIRRORS = {
     "m3_cluster_options": _ClusterOptions, "m3_cluster_counters": _ClusterCounters,
     "m3_cluster_replica_info": _ReplicaInfo, "m3_attn_geom": _Geom, "m3_attn_round": _AttnRound,
     "m3_attn_stats": _AttnStats, "m3_attn_codes": _AttnCodes, "m3_client_memory": _Memory,
+    "m3_record_in": _RecordIn,
 }
 
 _P = ctypes.c_void_p
@@ -296,6 +304,11 @@ _SIGS = {
                                           _P, _P]),
     "m3_client_fetch": (ctypes.c_int, [_P, _P, ctypes.c_size_t, ctypes.c_int, _P, _P]),
     "m3_client_stats_get": (ctypes.c_int, [_P, _P]),
+    "m3_client_put": (ctypes.c_int, [_P, _P, _P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]),
+    "m3_client_delete": (ctypes.c_int, [_P, _P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]),
+    "m3_record_encode": (ctypes.c_long, [_P, ctypes.c_size_t, _P, _P]),
+    "m3_record_size": (ctypes.c_size_t, [_P, ctypes.c_size_t]),
+    "m3_layout_codes_bytes": (ctypes.c_size_t, [_P]),
     "m3_client_set_search_params": (None, [_P, _P]),
     "m3_cluster_set_search_params": (None, [_P, _P]),
     "m3_cluster_map_load": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_P)]),
@@ -512,7 +525,8 @@ class Client:
     setting); search() and retrieve() take them per call too. A Client is
     not thread-safe for server=; cluster= handles are (the C cluster is),
     except for per-call nprobe / ef_search, which set the handle's params
-    for the call."""
+    for the call. record(), put() and delete() write to a server= Client's
+    store (token: the server's admin token)."""
 
     def __init__(self, server=None, cluster=None, token=None, codec=None, timeout_ms=10000,
                  check_fingerprint=False, nprobe=0, ef_search=0, tls_ca=None, tls_cert=None,
@@ -600,6 +614,7 @@ class Client:
         return {
             "protocol_version": i.protocol_version, "records": i.records,
             "server_name": i.server_name.decode(errors="replace"), "shard": i.shard,
+            "admin": bool(i.admin),
             "embedder": i.embedder.decode(errors="replace"),
             "layers": lay.spec.n_layers, "kv_heads": lay.spec.n_kv_heads,
             "tokens": lay.spec.n_tokens, "head_dim": lay.spec.head_dim,
@@ -797,6 +812,169 @@ class Client:
             raise ValueError("fetch: no ids (give at least one chunk id)")
         return self._run("fetch", (_ptr(x), x.size, 1 if with_text else 0), x.size, 1, decoded,
                          with_text)
+
+    # -- admin writes (server= only) -------------------------------------
+
+    def _writer(self, what):
+        if self._c is None:
+            raise ValueError("%s: a cluster= Client does not write; open Client(server=...) on "
+                             "the shard's server with its admin token" % what)
+
+    def record(self, chunk_id, positions, codes=None, kv=None, text="", embedding=None,
+               chunk_len=None):
+        """One complete m3 record (bytes) in the server's layout, for put().
+        positions (layers, kv_heads, n_tokens) integers: each selected
+        token's position in the chunk, -1 (or 0xFFFF) for an empty slot.
+        Exactly one of codes (the coded vectors, layers x 2 [K, V] x
+        kv_heads x n_tokens x code_bytes bytes in that order, as the store's
+        codec makes them) or kv ((layers, 2, kv_heads, n_tokens, head_dim)
+        floats; raw-f32/f16/bf16 stores only: stored in the store's dtype,
+        bf16 rounded to nearest even). text: the chunk's text (str or UTF-8
+        bytes). embedding: embedding_dim floats, the vector searches match
+        (None: zeros, a memory that fetch returns but search never finds).
+        chunk_len: tokens in the chunk (default: the largest position + 1).
+        Raises ValueError naming what does not fit the layout."""
+        lib, lay = self._lib, self._info.layout
+        sp = lay.spec
+        L, H, T, D = sp.n_layers, sp.n_kv_heads, sp.n_tokens, sp.head_dim
+        if isinstance(chunk_id, bool) or not isinstance(chunk_id, (int, np.integer)):
+            raise ValueError("record: chunk_id %r is not an integer" % (chunk_id,))
+        cid = int(chunk_id)
+        if not 0 <= cid < 2 ** 64 - 1:
+            raise ValueError("record: chunk_id %d is out of range (0 to 2**64-2)" % cid)
+        p = np.asarray(positions)
+        if p.shape != (L, H, T) or not np.issubdtype(p.dtype, np.integer):
+            raise ValueError("record: positions: want integers of shape (%d, %d, %d) (layers, "
+                             "kv_heads, n_tokens), got %s %s" % (L, H, T, p.dtype, p.shape))
+        p = p.astype(np.int64)
+        empty = (p == -1) | (p == 0xFFFF)
+        bad = ~empty & ((p < 0) | (p > 0xFFFE))
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError("record: positions%s = %d: a position is 0 to 65534, or -1 for an "
+                             "empty slot" % (list(at), int(p[at])))
+        pos = np.ascontiguousarray(np.where(empty, 0xFFFF, p).astype("<u2"))
+        if (codes is None) == (kv is None):
+            raise ValueError("record: give exactly one of codes= (coded vectors) or kv= (floats, "
+                             "raw codecs)")
+        want = lib.m3_layout_codes_bytes(ctypes.byref(lay))
+        kind = _KINDS.get(lay.codec_kind, str(lay.codec_kind))
+        if kv is not None:
+            if lay.codec_kind not in (1, 2, 3):
+                raise ValueError("record: kv= needs a raw-f32/f16/bf16 store; this store's codec is "
+                                 "%s: give codes= as its codec makes them" % kind)
+            x = np.asarray(kv, dtype=np.float32)
+            if x.shape != (L, 2, H, T, D):
+                raise ValueError("record: kv: want shape (%d, 2, %d, %d, %d) (layers, K/V, "
+                                 "kv_heads, n_tokens, head_dim), got %s" % (L, H, T, D, x.shape))
+            x = np.ascontiguousarray(x)
+            if lay.codec_kind == 1:
+                c = x.astype("<f4")
+            elif lay.codec_kind == 2:
+                with np.errstate(over="ignore"):
+                    c = x.astype("<f2")
+            else:
+                u = x.view(np.uint32)
+                c = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
+                     >> np.uint32(16)).astype("<u2")
+            if not np.isfinite(x).all() or (lay.codec_kind == 2 and not np.isfinite(c).all()):
+                raise ValueError("record: kv holds values that are not finite in %s" % kind)
+            cb = np.ascontiguousarray(c).view(np.uint8).reshape(-1)
+        else:
+            if isinstance(codes, np.ndarray):
+                if codes.dtype != np.uint8:
+                    raise ValueError("record: codes: want uint8, got %s" % codes.dtype)
+                cb = np.ascontiguousarray(codes).reshape(-1)
+            else:
+                cb = np.frombuffer(bytes(codes), dtype=np.uint8)
+        if cb.size != want:
+            raise ValueError("record: codes: %d bytes, the store's layout (%s, %d bytes a vector) "
+                             "takes %d" % (cb.size, kind, lay.code_bytes, want))
+        tb = text.encode("utf-8") if isinstance(text, str) else bytes(text or b"")
+        emb = None
+        if embedding is not None:
+            if lay.emb_dim == 0:
+                raise ValueError("record: embedding given, but the store keeps none (embedding_dim 0)")
+            emb = np.ascontiguousarray(np.asarray(embedding, dtype=np.float32).reshape(-1))
+            if emb.size != lay.emb_dim or not np.isfinite(emb).all():
+                raise ValueError("record: embedding: want %d finite floats, got %d%s" % (
+                    lay.emb_dim, emb.size, "" if np.isfinite(emb).all() else " (not all finite)"))
+        if chunk_len is None:
+            chunk_len = int(p[~empty].max()) + 1 if (~empty).any() else 0
+        if not 0 <= int(chunk_len) <= 0xFFFFFFFF:
+            raise ValueError("record: chunk_len %r out of range" % (chunk_len,))
+        rin = _RecordIn(chunk_id=cid, chunk_len=int(chunk_len), positions=pos.ctypes.data,
+                        codes=cb.ctypes.data, text=tb, text_len=len(tb),
+                        embedding=emb.ctypes.data if emb is not None else None)
+        size = lib.m3_record_size(ctypes.byref(lay), len(tb))
+        buf = ctypes.create_string_buffer(size)
+        n = lib.m3_record_encode(buf, size, ctypes.byref(lay), ctypes.byref(rin))
+        if n < 0:
+            raise _err(n)
+        return buf.raw[:n]
+
+    def put(self, records):
+        """Admin Put: complete records (record() makes them; one bytes-like
+        or a list of them) into the server's store and index; a record whose
+        chunk id is in the store replaces it. Returns how many were written.
+        Sent in batches that fit the server's frame limit, each one atomic
+        store write. Needs the server's admin token (Client(token=...)):
+        else M3Error (grpc_status 7, PERMISSION_DENIED). A refused batch
+        (a record of another layout, a bad checksum) raises M3Error naming
+        the record by its index in records; .written says how many records
+        of earlier batches were written."""
+        self._writer("put")
+        if isinstance(records, (bytes, bytearray, memoryview)):
+            records = [records]
+        recs = [bytes(r) for r in records]
+        if not recs:
+            raise ValueError("put: no records (give at least one, e.g. from Client.record())")
+        for i, r in enumerate(recs):
+            if len(r) < 64 or r[:4] != b"M3MR":
+                raise ValueError("put: records[%d] (%d bytes) is not an m3 record (Client.record() "
+                                 "makes them)" % (i, len(r)))
+        limit = (self._info.max_frame_bytes or (64 << 20)) - (64 << 10)
+        written, i = 0, 0
+        while i < len(recs):
+            j, total = i, 0
+            while j < len(recs) and j - i < 65536 and (j == i or total + len(recs[j]) + 8 * (j - i + 1) <= limit):
+                total += len(recs[j])
+                j += 1
+            if total > limit:
+                raise ValueError("put: records[%d] is %d bytes; the server takes frames of at most %d"
+                                 % (i, total, limit + (64 << 10)))
+            buf = b"".join(recs[i:j])
+            sizes = np.array([len(r) for r in recs[i:j]], dtype=np.uint32)
+            got = ctypes.c_uint32()
+            rc = self._lib.m3_client_put(self._c, buf, _ptr(sizes), j - i, ctypes.byref(got))
+            if rc:
+                e = self._call_failed(rc)
+                if i:
+                    e.message = "records[%d:%d] (after %d written): %s" % (i, j, written, e.message)
+                    e.args = ("%s: %s" % (e.name, e.message),)
+                e.written = written
+                raise e
+            written += got.value
+            i = j
+        return written
+
+    def delete(self, ids):
+        """Admin Delete of chunk ids (an int or a list); returns how many
+        were in the store (deleting a missing id is not an error). Needs the
+        server's admin token, as put()."""
+        self._writer("delete")
+        x = np.ascontiguousarray(np.asarray(ids, dtype=np.uint64).reshape(-1))
+        if x.size == 0:
+            raise ValueError("delete: no ids (give at least one chunk id)")
+        deleted = 0
+        for i in range(0, x.size, 65536):
+            part = x[i:i + 65536]
+            got = ctypes.c_uint32()
+            rc = self._lib.m3_client_delete(self._c, _ptr(part), part.size, ctypes.byref(got))
+            if rc:
+                raise self._call_failed(rc)
+            deleted += got.value
+        return deleted
 
     def stats(self):
         """Server counters (server=), or the cluster's counters and each

@@ -76,6 +76,33 @@ static const char *train_usage =
     "  --max-tokens, --prefix, --tokens-per-head, --mem-layers, --batch, --on-error\n"
     "                       as for encoding (use the same values)\n";
 
+/* The sample cannot train factory fs (kvi: 0 keys, 1 values): its largest
+ * codebook has need centroids, the sample gives have vectors per codec. Says
+ * what to do, before FAISS runs (it would warn per codebook and then fail
+ * with "nx >= k"). */
+static void train_too_small(const char *fs, int kvi, size_t need, size_t have, size_t nres,
+                            uint64_t seen, long sample, long maxv, int layers, int heads, int tokens) {
+  fprintf(stderr,
+          "m3-encode train-codec: '%s' cannot be trained on this sample: its largest codebook is a "
+          "k-means of %zu centroids, which needs at least %zu %s vectors (FAISS asks for %zu, 39 per "
+          "centroid), but the sample gives %zu per codec (%zu chunks sampled of %llu in the input, up "
+          "to %d layers x %d heads x %d selected tokens each%s).\n"
+          "  What to do: a codec with smaller codebooks (fewer bits per code: PQ<M>x<b> trains 2^b "
+          "centroids, e.g. 'OPQ4_16,PQ4x8np' 256, 'PQ4x6' 64), ",
+          fs, need, need, kvi ? "V" : "K", 39 * need, have, nres, (unsigned long long)seen, layers,
+          heads, tokens, have == (size_t)maxv ? "; capped by --max-vectors" : "");
+  size_t per_chunk = (size_t)layers * heads * tokens;
+  size_t chunks = per_chunk ? (need + per_chunk - 1) / per_chunk : 0;
+  if (seen > (uint64_t)sample)
+    fprintf(stderr, "or a larger --sample (at least %zu chunks; the input has %llu)", chunks,
+            (unsigned long long)seen);
+  else
+    fprintf(stderr, "or more chunks in --input (at least %zu; it has %llu, all sampled)", chunks,
+            (unsigned long long)seen);
+  if (have == (size_t)maxv) fprintf(stderr, ", or a larger --max-vectors");
+  fprintf(stderr, ".\n");
+}
+
 int enc_cmd_train_codec(int argc, char **argv) {
   static const struct option opts[] = {
       {"model", required_argument, NULL, 'm'},   {"input", required_argument, NULL, 'i'},
@@ -213,17 +240,15 @@ int enc_cmd_train_codec(int argc, char **argv) {
   size_t per_codec_max = (size_t)nres * (per_layer ? 1 : (size_t)L) * K * T;
   if (per_codec_max > (size_t)maxv) per_codec_max = (size_t)maxv;
   /* the sample against the codec, before any forward pass: at most
-   * per_codec_max vectors per codec (fewer where chunks are short) */
+   * per_codec_max vectors per codec (fewer where chunks are short); FAISS
+   * k-means needs at least k vectors per codebook and asks for 39 k */
   for (int kvi = 0; kvi < 2 && out; kvi++) { /* (only saving vectors: no codec) */
     const char *fs = kvi && fv ? fv : fk;
     size_t need, want;
     m3_codec_train_sample_size(fs, &need, &want);
     if (per_codec_max < need) {
-      fprintf(stderr, "m3-encode train-codec: --sample %ld chunks give at most %zu %s vectors per codec "
-                      "(%d layers x %d heads x %d tokens each%s), but '%s' trains a %zu-centroid k-means: "
-                      "it needs at least %zu (FAISS asks for %zu, 39 per centroid)\n",
-              sample, per_codec_max, kvi ? "V" : "K", per_layer ? 1 : L, K, T,
-              per_codec_max == (size_t)maxv ? ", capped by --max-vectors" : "", fs, need, need, want);
+      train_too_small(fs, kvi, need, per_codec_max, nres, seen, sample, maxv, per_layer ? 1 : L, K, T);
+      ex = 1;
       goto done;
     }
     if (per_codec_max < want)
@@ -284,6 +309,18 @@ int enc_cmd_train_codec(int argc, char **argv) {
         if ((rc = m3_codec_set_create_raw(raw[i].kind, (uint16_t)D, &cs)) != 0) { ex = errout("codec", rc); goto done; }
         goto save;
       }
+  }
+  /* short chunks select fewer tokens: the same check on what was gathered,
+   * still before FAISS sees it */
+  for (int i = 0; i < ncodec; i++) {
+    const char *fs = i % 2 && fv ? fv : fk;
+    size_t need, want;
+    m3_codec_train_sample_size(fs, &need, &want);
+    if (nvec[i] < need) {
+      train_too_small(fs, i % 2, need, nvec[i], nres, seen, sample, maxv, per_layer ? 1 : L, K, T);
+      ex = 1;
+      goto done;
+    }
   }
   m3_codec_sample *smp = calloc((size_t)ncodec, sizeof *smp);
   if (!smp) { ex = errout("out of memory", M3_ENOMEM); goto done; }
