@@ -119,6 +119,23 @@ for id in $(digest "$work/long" | awk '{print $1}'); do
   [ "$(json_get "$work/d.json" "len(j['tokens']) <= 64 and j['n_prefix_tokens'] > 1")" = True ] || ok=0
 done
 check "split chunks fit and re-tokenize" test "$ok" = 1
+# A long line (60,000 words, 400 KB) splits into pieces that together are its
+# text, whole: single spaces between words, so the pieces' text bytes are the
+# line's less one space per cut. (Each probe of the cut looks at a window
+# of the line, not the rest of it: before, this line took minutes.)
+"$py" -c "
+import json
+words = open('$src/examples/kb/corpus.txt').read().split()
+text = ' '.join(words[i % len(words)] for i in range(60000))
+open('$work/huge.len', 'w').write(str(len(text.encode())))
+print(json.dumps({'id': 9, 'text': text}))" >"$work/huge.jsonl"
+enc --input "$work/huge.jsonl" --store "$work/huge" --max-tokens 64 --embed hash:32 2>"$work/huge.err"
+"$bin/m3" store info "$work/huge" --json >"$work/huge.info"
+pieces=$(json_get "$work/huge.info" "j['records']")
+check "a long line: many pieces ($pieces)" test "$pieces" -gt 1000
+check "a long line: the pieces hold its text" test "$(json_get "$work/huge.info" "j['text_bytes']")" = \
+  "$(( $(cat "$work/huge.len") - pieces + 1 ))"
+check "a long line: counted" grep -q "1 texts over 64 tokens split into $pieces chunks" "$work/huge.err"
 
 # 6. train a FAISS codec on the KB, encode with it
 "$bin/m3-encode" train-codec --model "$work/model" --input "$kb" --out "$work/pq.m3c" --codec PQ4x6 \

@@ -120,6 +120,8 @@ struct enc_input {
   idset ids;
   int32_t *tok;              /* max_tokens scratch ids */
   int n_prefix;              /* BOS + prefix tokens of every sequence */
+  size_t window;             /* bytes a piece of budget tokens spans, nearly
+                                always (chunk_text's first guess) */
   char *para;                /* paragraph scratch */
   size_t para_cap;
 };
@@ -206,6 +208,17 @@ int enc_input_open(const enc_input_opts *o, enc_input **out) {
   if ((rc = m3_seq_tokens(o->tok, o->prefix, NULL, 0, in->tok, (size_t)o->max_tokens, &nseq, &np)) != 0)
     goto out;
   in->n_prefix = (int)np;
+  /* A piece's tokens each come from at most (the longest vocabulary piece)
+   * x 3 bytes of text (NFKC maps some 3-byte characters to one byte): the
+   * window chunk_text tries first. Where normalization shrinks text more
+   * (runs of spaces), the window grows until the cut is the exact one. */
+  size_t longest = 1, nv = m3_tokenizer_vocab_size(o->tok);
+  for (size_t i = 0; i < nv; i++) {
+    const char *pc = m3_tokenizer_id_to_piece(o->tok, (int32_t)i);
+    size_t l = pc ? strlen(pc) : 0;
+    if (l > longest) longest = l;
+  }
+  in->window = (size_t)(o->max_tokens > in->n_prefix ? o->max_tokens - in->n_prefix : 1) * 3 * longest + 16;
   if (o->max_tokens - in->n_prefix < 8) {
     rc = m3__seterr(M3_EINVAL, "--max-tokens %d leaves %d tokens after the %d of BOS and prefix (at least 8 are needed)",
                     o->max_tokens, o->max_tokens - in->n_prefix, in->n_prefix);
@@ -337,7 +350,15 @@ static int emit(enc_input *in, const char *text, size_t len, int n, long line) {
 }
 
 /* Split text into chunks that fit (see the top of the file). Bad input:
- * M3_EINVAL with the reason in m3_errmsg(). */
+ * M3_EINVAL with the reason in m3_errmsg().
+ *
+ * Each piece is the longest prefix of words of the rest that fits, found
+ * by bisection over the word ends, and every probe tokenizes its prefix. So
+ * the probes stay inside a window of the rest whose own prefix does not fit
+ * (in->window bytes, doubled while it does, which only text that
+ * normalization shrinks needs): a piece costs what its neighbourhood costs,
+ * not the whole rest of the line, and a line of L bytes O(L log L) instead
+ * of O(L^2). */
 static int chunk_text(enc_input *in, const char *text, size_t len, long line) {
   const int budget = in->o.max_tokens - in->n_prefix;
   size_t p = 0;
@@ -345,12 +366,33 @@ static int chunk_text(enc_input *in, const char *text, size_t len, long line) {
   while (p < len && is_space((unsigned char)text[p])) p++;
   while (len > p && is_space((unsigned char)text[len - 1])) len--;
   if (p == len) return m3__seterr(M3_EINVAL, "the text is empty");
-  size_t *ends = NULL, n_ends = 0, cap_ends = 0;
+  size_t *ends = NULL, n_ends = 0, cap_ends = 0, k = 0;
   int rc = 0;
+  /* Word ends, once for the whole text. */
+  for (size_t i = p; i < len; i++) {
+    if (is_space((unsigned char)text[i]) || (i + 1 < len && !is_space((unsigned char)text[i + 1])))
+      continue;
+    if (n_ends == cap_ends) {
+      size_t nc = cap_ends ? cap_ends * 2 : 256;
+      size_t *ne = realloc(ends, nc * sizeof *ne);
+      if (!ne) { rc = m3__seterr(M3_ENOMEM, "input: out of memory"); goto out; }
+      ends = ne, cap_ends = nc;
+    }
+    ends[n_ends++] = i + 1;
+  }
   while (p < len) {
-    long n = count_tokens(in, text + p, len - p, budget);
+    while (k < n_ends && ends[k] <= p) k++;
+    /* lim: the end of a window that does not fit, or of the whole rest. */
+    size_t lim, win = in->window;
+    long n;
+    for (;;) {
+      lim = len - p <= win ? len : p + win;
+      n = count_tokens(in, text + p, lim - p, budget);
+      if (n < 0 || n > budget || lim == len) break;
+      win *= 2;
+    }
     if (n < 0) { rc = (int)n; break; }
-    if (n <= budget) {
+    if (n <= budget) { /* the rest fits */
       if (n > 0) rc = emit(in, text + p, len - p, (int)n, line);
       break;
     }
@@ -363,20 +405,12 @@ static int chunk_text(enc_input *in, const char *text, size_t len, long line) {
       in->truncated = 1;
       break;
     }
-    /* Word ends after p, then the longest prefix of words that fits. */
-    n_ends = 0;
-    for (size_t i = p; i < len; i++) {
-      if (is_space((unsigned char)text[i]) || (i + 1 < len && !is_space((unsigned char)text[i + 1])))
-        continue;
-      if (n_ends == cap_ends) {
-        size_t nc = cap_ends ? cap_ends * 2 : 256;
-        size_t *ne = realloc(ends, nc * sizeof *ne);
-        if (!ne) { rc = m3__seterr(M3_ENOMEM, "input: out of memory"); goto out; }
-        ends = ne, cap_ends = nc;
-      }
-      ends[n_ends++] = i + 1;
-    }
-    long lo = -1, hi = (long)n_ends - 1; /* ends[lo] fits; ends[hi + 1..] do not */
+    /* The longest prefix of words that fits: ends[lo] fits (lo = k - 1:
+     * none), ends[hi + 1..] do not (those past lim are longer than a
+     * prefix that does not fit). */
+    long lo = (long)k - 1, hi = lo;
+    while ((size_t)(hi + 1) < n_ends && ends[hi + 1] <= lim) hi++;
+    if (hi >= 0 && ends[hi] == lim) hi--; /* lim itself does not fit */
     while (lo < hi) {
       long mid = (lo + hi + 1) / 2;
       long m = count_tokens(in, text + p, ends[mid] - p, budget);
@@ -385,12 +419,13 @@ static int chunk_text(enc_input *in, const char *text, size_t len, long line) {
       else hi = mid - 1;
     }
     size_t e;
-    if (lo >= 0) {
+    if (lo >= (long)k) {
       e = ends[lo];
     } else {
-      /* One word longer than the budget: cut it between UTF-8 characters. */
-      size_t wend = n_ends ? ends[0] : len;
-      size_t a = p, b = wend; /* text[p..a) fits (a > p once found) */
+      /* One word longer than the budget: cut it between UTF-8 characters
+       * (text[p..b) does not fit: the word's end, or lim inside it). */
+      size_t wend = k < n_ends ? ends[k] : len;
+      size_t a = p, b = wend < lim ? wend : lim; /* text[p..a) fits (a > p once found) */
       while (b - a > 1) {
         size_t mid = a + (b - a) / 2;
         while (mid > a && ((unsigned char)text[mid] & 0xC0) == 0x80) mid--;
