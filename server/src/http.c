@@ -2,6 +2,12 @@
  * The HTTP port: Prometheus /metrics, /healthz (the process is up) and
  * /readyz (it serves calls: store and index open, not draining). A deliberately
  * small HTTP/1.1 responder: GET only, one request per connection.
+ *
+ * With --http-tls the port speaks TLS 1.3 (tls.h, the RPC port's certificate;
+ * client certificates only with --http-tls-ca): ciphertext read from the
+ * socket goes through the connection's tls_conn, the request is parsed from
+ * the plaintext, the answer is sealed and ends with a close_notify. A plain
+ * HTTP request to it gets a plain 400 saying to use https://.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,13 +24,24 @@ struct http_conn {
   uv_timer_t timer;
   int refs;    /* handles not yet closed */
   int closing; /* http_close ran: no longer counted in s->http_nconns */
+  int answered; /* respond ran: whatever is read now is dropped */
   server *s;
   http_conn *next, *prev; /* s->http_conns, until closed */
-  char buf[4096];
+  char buf[4096];         /* the request (plaintext) */
   size_t len;
-  uv_write_t wreq;
-  char *out;
+  tls_conn *tls;          /* --http-tls: this connection's TLS; NULL: plain */
+  int seen;               /* bytes came: the first were looked at */
+  char peer[64];
+  uint8_t cbuf[16384];    /* --http-tls: ciphertext just read */
 };
+
+/* One write in flight: its bytes are freed when it is done. */
+typedef struct http_write {
+  uv_write_t req;
+  http_conn *hc;
+  void *data;
+  int last; /* close the connection once written */
+} http_write;
 
 static void http_closed(uv_handle_t *h) {
   http_conn *hc = h->data;
@@ -32,7 +49,7 @@ static void http_closed(uv_handle_t *h) {
   if (hc->prev) hc->prev->next = hc->next;
   else hc->s->http_conns = hc->next;
   if (hc->next) hc->next->prev = hc->prev;
-  free(hc->out);
+  tls_conn_free(hc->tls);
   free(hc);
 }
 
@@ -54,30 +71,73 @@ void http_close_all(server *s) {
 
 static void http_timeout(uv_timer_t *t) { http_close(t->data); }
 
+/* Runs before the handle's close callback, also when uv_close cancelled
+ * the write (libuv flushes a closing stream's write queue first). */
 static void http_written(uv_write_t *w, int status) {
-  (void)status;
-  http_conn *hc = w->data;
-  http_close(hc);
+  http_write *hw = (http_write *)w;
+  http_conn *hc = hw->hc;
+  int last = hw->last;
+  free(hw->data);
+  free(hw);
+  if (last || status < 0) http_close(hc);
+}
+
+/* Write n bytes of data (malloc'ed; freed once written); last: then close. */
+static void http_send(http_conn *hc, void *data, size_t n, int last) {
+  http_write *hw = malloc(sizeof *hw);
+  if (hw == NULL || hc->closing) {
+    free(hw);
+    free(data);
+    http_close(hc);
+    return;
+  }
+  hw->hc = hc;
+  hw->data = data;
+  hw->last = last;
+  uv_buf_t b = uv_buf_init(data, (unsigned)n);
+  if (uv_write(&hw->req, (uv_stream_t *)&hc->tcp, &b, 1, http_written) != 0) {
+    free(data);
+    free(hw);
+    http_close(hc);
+  }
+}
+
+/* Write what TLS has to send (handshake, alerts, sealed answer). */
+static void tls_flush(http_conn *hc, int last) {
+  uint8_t *out;
+  size_t n = tls_conn_take(hc->tls, &out);
+  if (n) http_send(hc, out, n, last);
+  else if (last) http_close(hc);
 }
 
 static void respond(http_conn *hc, int code, const char *reason, const char *ctype,
                     const char *body, size_t blen) {
+  hc->answered = 1;
   size_t cap = blen + 256;
-  hc->out = malloc(cap);
-  if (hc->out == NULL) {
+  char *out = malloc(cap);
+  if (out == NULL) {
     http_close(hc);
     return;
   }
-  int n = snprintf(hc->out, cap,
+  int n = snprintf(out, cap,
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                    "Connection: close\r\n\r\n",
                    code, reason, ctype, blen);
-  memcpy(hc->out + n, body, blen);
-  uv_buf_t b = uv_buf_init(hc->out, (unsigned)(n + blen));
+  memcpy(out + n, body, blen);
   uv_read_stop((uv_stream_t *)&hc->tcp);
-  hc->wreq.data = hc;
-  if (uv_write(&hc->wreq, (uv_stream_t *)&hc->tcp, &b, 1, http_written) != 0)
+  if (hc->tls == NULL || !tls_conn_done(hc->tls)) {
+    http_send(hc, out, (size_t)n + blen, 1);
+    return;
+  }
+  int rc = tls_conn_seal(hc->tls, out, (size_t)n + blen);
+  free(out);
+  if (rc != 0) {
+    M3_WARN("server", "http %s: TLS: %s: closing", hc->peer, tls_conn_error(hc->tls));
     http_close(hc);
+    return;
+  }
+  tls_conn_close_notify(hc->tls);
+  tls_flush(hc, 1);
 }
 
 static void handle(http_conn *hc) {
@@ -118,6 +178,11 @@ static void handle(http_conn *hc) {
       g.tls_reloads = tc->reloads;
       g.tls_reload_failures = tc->reload_failures;
     }
+    if (s->http_tls) {
+      const tls_counters *ht = tls_server_counters(s->http_tls);
+      g.http_tls = 1;
+      g.http_tls_handshakes = ht->handshakes;
+    }
     g.io_backend = m3_store_io_backend(s->store);
     g.embedder = s->embedder;
     size_t len;
@@ -137,7 +202,8 @@ static void handle(http_conn *hc) {
 static void http_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   http_conn *hc = h->data;
-  *buf = uv_buf_init(hc->buf + hc->len, (unsigned)(sizeof hc->buf - 1 - hc->len));
+  if (hc->tls) *buf = uv_buf_init((char *)hc->cbuf, sizeof hc->cbuf);
+  else *buf = uv_buf_init(hc->buf + hc->len, (unsigned)(sizeof hc->buf - 1 - hc->len));
 }
 
 /* Whether the first bytes cannot start an HTTP request line (a method of
@@ -152,6 +218,45 @@ static int not_http(const char *b, size_t n) {
   return 0;
 }
 
+/* --http-tls: n bytes of ciphertext came; decrypt what they complete into
+ * hc->buf. 0: go on with the request; -1: answered or closed. */
+static int tls_input(http_conn *hc, size_t n) {
+  server *s = hc->s;
+  if (!hc->seen) {
+    hc->seen = 1;
+    /* A TLS connection opens with a handshake record (0x16); capital
+     * letters are a plain HTTP request line. */
+    if (hc->cbuf[0] != 0x16 && hc->cbuf[0] >= 'A' && hc->cbuf[0] <= 'Z') {
+      s->m.http_tls_refused++;
+      M3_INFO("server", "http %s: a plain HTTP request on the TLS port (--http-tls): refused",
+              hc->peer);
+      static const char msg[] = "this port speaks HTTPS (--http-tls): use https://\n";
+      respond(hc, 400, "Bad Request", "text/plain", msg, sizeof msg - 1);
+      return -1;
+    }
+  }
+  if (tls_conn_input(hc->tls, hc->cbuf, n) != 0) {
+    http_close(hc);
+    return -1;
+  }
+  while (hc->len < sizeof hc->buf - 1) {
+    long r = tls_conn_read(hc->tls, hc->buf + hc->len, sizeof hc->buf - 1 - hc->len, 1);
+    if (r > 0) {
+      hc->len += (size_t)r;
+      continue;
+    }
+    if (r == 0) break;
+    if (r == -2) {
+      s->m.http_tls_refused++;
+      M3_INFO("server", "http %s: %s: closing", hc->peer, tls_conn_error(hc->tls));
+    }
+    tls_flush(hc, 1); /* the alert, if any; then close */
+    return -1;
+  }
+  tls_flush(hc, 0); /* the handshake's flight */
+  return 0;
+}
+
 static void http_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   (void)buf;
   http_conn *hc = st->data;
@@ -159,13 +264,34 @@ static void http_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     http_close(hc);
     return;
   }
-  hc->len += (size_t)n;
+  if (hc->answered || n == 0) return;
+  if (hc->tls) {
+    if (tls_input(hc, (size_t)n) != 0) return;
+  } else {
+    hc->len += (size_t)n;
+  }
   hc->buf[hc->len] = '\0';
   if (not_http(hc->buf, hc->len))
     respond(hc, 400, "Bad Request", "text/plain", "not an HTTP request\n", 20);
   else if (strstr(hc->buf, "\r\n\r\n") || strstr(hc->buf, "\n\n")) handle(hc);
   else if (hc->len >= sizeof hc->buf - 1)
     respond(hc, 431, "Request Header Fields Too Large", "text/plain", "too large\n", 10);
+}
+
+static void peer_name(http_conn *hc) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  char host[48] = "?";
+  snprintf(hc->peer, sizeof hc->peer, "?");
+  if (uv_tcp_getpeername(&hc->tcp, (struct sockaddr *)&ss, &len) != 0) return;
+  if (ss.ss_family == AF_INET) {
+    uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
+    snprintf(hc->peer, sizeof hc->peer, "%s:%u", host, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+  } else {
+    uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
+    snprintf(hc->peer, sizeof hc->peer, "[%s]:%u", host,
+             ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+  }
 }
 
 static void http_accept(uv_stream_t *l, int status) {
@@ -184,14 +310,21 @@ static void http_accept(uv_stream_t *l, int status) {
   if (hc->next) hc->next->prev = hc;
   s->http_conns = hc;
   s->http_nconns++;
+  uv_os_fd_t fd = -1;
   if (uv_accept(l, (uv_stream_t *)&hc->tcp) != 0) {
     http_close(hc);
-  } else if (s->http_nconns > s->cfg.max_http_connections) {
+    return;
+  }
+  peer_name(hc);
+  if (s->http_nconns > s->cfg.max_http_connections) {
     /* Descriptors are shared with the RPC listener: a scraper flood must
      * not take them all. Closed at once, unread. */
     s->m.http_refused++;
     M3_WARN("server", "http: refused a connection: %u open (--max-http-connections)",
             s->cfg.max_http_connections);
+    http_close(hc);
+  } else if (s->http_tls && (uv_fileno((uv_handle_t *)&hc->tcp, &fd) != 0 ||
+                             (hc->tls = tls_conn_new(s->http_tls, fd, hc->peer)) == NULL)) {
     http_close(hc);
   } else if (uv_read_start((uv_stream_t *)&hc->tcp, http_alloc, http_read) != 0) {
     http_close(hc);

@@ -85,6 +85,11 @@ static const char *usage_text =
     "  --admin-cert-subject S    a client certificate whose subject (RFC 2253, e.g.\n"
     "                            CN=ops,O=m3) or a SAN (DNS/URI/email value) is S is\n"
     "                            admin for Put and Delete (needs --tls-ca)\n"
+    "  --http-tls                the HTTP port speaks TLS 1.3 too, with the same certificate\n"
+    "                            (no client certificate asked: a scraper verifies the\n"
+    "                            server with the CA, e.g. Prometheus tls_config.ca_file)\n"
+    "  --http-tls-ca F           and requires client certificates signed by F (implies\n"
+    "                            --http-tls)\n"
     "  --no-ktls                 encrypt in user space even where the kernel offers\n"
     "                            kTLS (kTLS keeps sendfile for TLS connections)\n"
     "  --allow-plain-remote      serve without TLS on a non-loopback --listen (refused\n"
@@ -95,7 +100,7 @@ static const char *usage_text =
     "  --version                 version, git commit and build options\n"
     "\n"
     "SIGTERM or SIGINT: stop accepting, finish in-flight calls, exit 0.\n"
-    "SIGHUP: re-read --tls-cert and --tls-key (open connections keep theirs).\n";
+    "SIGHUP: re-read --tls-cert, --tls-key and the CAs (open connections keep theirs).\n";
 
 void server_config_defaults(server_config *c) {
   memset(c, 0, sizeof *c);
@@ -166,6 +171,8 @@ static const struct option opts[] = {
     {"admin-cert-subject", required_argument, NULL, 29},
     {"allow-plain-remote", no_argument, NULL, 30},
     {"no-ktls", no_argument, NULL, 31},
+    {"http-tls", no_argument, NULL, 32},
+    {"http-tls-ca", required_argument, NULL, 33},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
@@ -259,6 +266,13 @@ static void apply(server_config *c, int id, const char *name, const char *v, con
     c->allow_plain_remote = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes");
     break;
   case 31: c->ktls = !(v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes")); break;
+  case 32:
+    c->http_tls = v == NULL || !strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes");
+    break;
+  case 33:
+    c->http_tls_ca = v;
+    c->http_tls = 1;
+    break;
   }
 }
 
@@ -428,6 +442,11 @@ static void on_sighup(uv_signal_t *sig, int signum) {
   char d[800];
   tls_server_describe(s->tls, d, sizeof d);
   M3_INFO("server", "SIGHUP: reloaded: %s (%u open connections keep theirs)", d, s->nconns);
+  if (s->http_tls && tls_server_reload(s->http_tls) != 0)
+    M3_WARN("server", "SIGHUP: the HTTP port's TLS reload refused, its old certificate stays: %s",
+            m3_errmsg());
+  else if (s->http_tls)
+    M3_INFO("server", "SIGHUP: reloaded the HTTP port's TLS");
 }
 
 static void on_connection(uv_stream_t *l, int status) {
@@ -547,10 +566,19 @@ int main(int argc, char **argv) {
             s.cfg.listen);
     return 2;
   }
+  if (s.cfg.http_tls && !s.cfg.tls_cert) {
+    fprintf(stderr, "m3-server: %s needs --tls-cert and --tls-key (the HTTP port uses the RPC "
+            "port's certificate)\n", s.cfg.http_tls_ca ? "--http-tls-ca" : "--http-tls");
+    return 2;
+  }
   if (s.cfg.tls_cert) {
-    int trc = tls_server_open(s.cfg.tls_cert, s.cfg.tls_key, s.cfg.tls_ca, s.cfg.ktls, &s.tls);
+    int trc = tls_server_open(s.cfg.tls_cert, s.cfg.tls_key, s.cfg.tls_ca, NULL, s.cfg.ktls, &s.tls);
+    if (trc == 0 && s.cfg.http_tls)
+      trc = tls_server_open(s.cfg.tls_cert, s.cfg.tls_key, s.cfg.http_tls_ca, "--http-tls-ca", 0,
+                            &s.http_tls);
     if (trc) {
       fprintf(stderr, "m3-server: %s\n", m3_errmsg());
+      tls_server_close(s.tls);
       return 2;
     }
   }
@@ -664,7 +692,13 @@ int main(int argc, char **argv) {
     tls_server_describe(s.tls, d, sizeof d);
     M3_INFO("server", "%s%s%s", d, s.cfg.admin_cert_subject ? "; admin certificate " : "",
             s.cfg.admin_cert_subject ? s.cfg.admin_cert_subject : "");
-  } else {
+  }
+  if (s.http_on)
+    M3_INFO("server", "http port %d: %s", http_port,
+            !s.http_tls          ? "plain HTTP"
+            : s.cfg.http_tls_ca ? "TLS 1.3, client certificates required (--http-tls-ca)"
+                                : "TLS 1.3 (--http-tls), no client certificates");
+  if (!s.tls) {
     M3_INFO("server", "TLS off: plain m3 protocol on %s%s", s.cfg.listen,
             loopback_listen(s.cfg.listen) ? " (loopback)" : " (--allow-plain-remote)");
   }
@@ -690,6 +724,7 @@ int main(int argc, char **argv) {
   free(s.token);
   free(s.admin_token);
   tls_server_close(s.tls);
+  tls_server_close(s.http_tls);
   uv_loop_close(s.loop);
   M3_INFO("server", "stopped");
   return 0;

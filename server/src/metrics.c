@@ -210,6 +210,12 @@ char *metrics_render(const metrics *m, const metrics_gauges *g, size_t *len) {
   COUNTER("m3_tls_reloads_total", "Certificate and key reloads (SIGHUP) that took.", g->tls_reloads);
   COUNTER("m3_tls_reload_failures_total", "Reloads refused (the old certificate stays).",
           g->tls_reload_failures);
+  GAUGE("m3_http_tls", "1 when the HTTP port speaks TLS (--http-tls).", g->http_tls);
+  COUNTER("m3_http_tls_handshakes_total", "TLS handshakes completed on the HTTP port.",
+          g->http_tls_handshakes);
+  COUNTER("m3_http_tls_refused_total",
+          "HTTP connections refused by --http-tls: plain HTTP, or a failed handshake.",
+          m->http_tls_refused);
   COUNTER("m3_items_not_found_total",
           "Fetch and Retrieve items answered NOT_FOUND (the id is not in the store).",
           m->items_not_found);

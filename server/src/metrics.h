@@ -48,6 +48,7 @@ typedef struct metrics {
   uint64_t search_queries;
   uint64_t search_refused;   /* calls refused: the search budget was spent */
   uint64_t http_refused;     /* HTTP connections closed at once (the cap) */
+  uint64_t http_tls_refused; /* --http-tls: plain requests and failed handshakes */
   uint64_t items_not_found;  /* Fetch/Retrieve items answered NOT_FOUND */
   uint64_t items_data_loss;  /* items answered DATA_LOSS (a corrupt record) */
   uint64_t fillers_dropped;  /* text-query results cut for scoring <= 0 */
@@ -69,6 +70,8 @@ typedef struct metrics_gauges {
   int tls;                   /* the RPC port speaks TLS */
   uint64_t tls_handshakes, tls_handshake_failures, tls_ktls_send, tls_reloads,
       tls_reload_failures;
+  int http_tls;              /* the HTTP port speaks TLS (--http-tls) */
+  uint64_t http_tls_handshakes;
   const char *io_backend;
   const char *embedder; /* how the store was embedded (m3_store_embedder) */
 } metrics_gauges;

@@ -102,6 +102,8 @@ typedef struct server_config {
                                      this is admin (with or without the admin token) */
   int allow_plain_remote;      /* plain (no TLS) on a non-loopback address */
   int ktls;                    /* try kernel TLS for sends (1; --no-ktls) */
+  int http_tls;                /* the HTTP port speaks TLS too (--http-tls) */
+  const char *http_tls_ca;     /* and requires client certificates signed by it */
 } server_config;
 
 void server_config_defaults(server_config *c);
@@ -144,6 +146,7 @@ typedef struct server {
   pthread_mutex_t admin_lock;
   uv_signal_t sigterm, sigint, sighup;
   struct tls_server *tls;    /* NULL: plain (tls.h) */
+  struct tls_server *http_tls; /* the HTTP port's; NULL: plain */
   int tls_ktls_logged;       /* why kTLS is off was logged once */
   uint8_t tls_rbuf[65536];   /* ciphertext just read (conn.c; loop thread) */
   uv_timer_t drain_timer;

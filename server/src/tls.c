@@ -56,6 +56,7 @@
 struct tls_server {
   SSL_CTX *ctx;
   char *cert, *key, *ca;
+  const char *ca_flag; /* the option that named ca, for messages */
   int ktls;
   BIO_METHOD *meth;
   tls_counters ctr;
@@ -245,7 +246,7 @@ static SSL_CTX *make_ctx(tls_server *t, char *err, size_t cap) {
     if (SSL_CTX_load_verify_locations(ctx, t->ca, NULL) != 1 || names == NULL) {
       char e[256];
       ossl_errors(e, sizeof e);
-      snprintf(err, cap, "--tls-ca %s: %s", t->ca, names ? e : "no certificate in it");
+      snprintf(err, cap, "%s %s: %s", t->ca_flag, t->ca, names ? e : "no certificate in it");
       sk_X509_NAME_pop_free(names, X509_NAME_free);
       SSL_CTX_free(ctx);
       return NULL;
@@ -272,8 +273,8 @@ static void describe_cert(tls_server *t) {
   BIO_free(m);
 }
 
-int tls_server_open(const char *cert, const char *key, const char *ca, int ktls,
-                    tls_server **out) {
+int tls_server_open(const char *cert, const char *key, const char *ca, const char *ca_flag,
+                    int ktls, tls_server **out) {
   *out = NULL;
   if (cert == NULL || key == NULL)
     return m3__seterr(M3_EINVAL, "TLS needs both --tls-cert and --tls-key");
@@ -282,6 +283,7 @@ int tls_server_open(const char *cert, const char *key, const char *ca, int ktls,
   t->cert = strdup(cert);
   t->key = strdup(key);
   t->ca = ca ? strdup(ca) : NULL;
+  t->ca_flag = ca_flag ? ca_flag : "--tls-ca";
   t->ktls = ktls;
   t->meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "m3 conn");
   if (t->cert == NULL || t->key == NULL || (ca && t->ca == NULL) || t->meth == NULL) {
@@ -340,7 +342,7 @@ int tls_server_reload(tls_server *t) {
 void tls_server_describe(const tls_server *t, char *buf, size_t cap) {
   snprintf(buf, cap, "TLS 1.3: certificate %s (expires %s) from %s; %s; kTLS sends %s%s%s",
            t->subject, t->not_after, t->cert,
-           t->ca ? "client certificates required (mutual TLS, --tls-ca)" : "no client certificates",
+           t->ca ? "client certificates required (mutual TLS)" : "no client certificates",
            t->ktls_why[0] ? "unavailable" : "tried at each handshake",
            t->ktls_why[0] ? ": " : "", t->ktls_why);
 }
@@ -446,6 +448,11 @@ long tls_conn_read(tls_conn *tc, void *buf, size_t cap, int sock_idle) {
 }
 
 const char *tls_conn_error(const tls_conn *tc) { return tc->err; }
+
+void tls_conn_close_notify(tls_conn *tc) {
+  if (tc->done && !tc->ktls_send) (void)SSL_shutdown(tc->ssl);
+  ERR_clear_error();
+}
 
 int tls_conn_seal(tls_conn *tc, const void *p, size_t n) {
   if (!tc->done || tc->ktls_send) return -1;

@@ -1,5 +1,5 @@
 /*
- * TLS on the RPC port (tls.c): OpenSSL driven through memory, never
+ * TLS on the RPC port and, with --http-tls, the HTTP port (tls.c): OpenSSL driven through memory, never
  * blocking the loop. conn.c reads ciphertext from the socket and hands it
  * in (tls_conn_input), takes plaintext out (tls_conn_read), hands
  * plaintext to seal (tls_conn_seal) and takes the ciphertext to write
@@ -35,12 +35,13 @@ typedef struct tls_counters {
 
 /*
  * Load cert (PEM chain), key (PEM) and, when ca is not NULL, the CA whose
- * client certificates are required. ktls: try kernel TLS for sends. On
- * failure returns M3_EINVAL with a message naming the file and OpenSSL's
- * reason. *out is freed by tls_server_close (NULL: nothing).
+ * client certificates are required (ca_flag: the option that named it, for
+ * messages; NULL: "--tls-ca"). ktls: try kernel TLS for sends. On failure
+ * returns M3_EINVAL with a message naming the file and OpenSSL's reason.
+ * *out is freed by tls_server_close (NULL: nothing).
  */
-int tls_server_open(const char *cert, const char *key, const char *ca, int ktls,
-                    tls_server **out);
+int tls_server_open(const char *cert, const char *key, const char *ca, const char *ca_flag,
+                    int ktls, tls_server **out);
 void tls_server_close(tls_server *t);
 /* Read the files again; on failure the old context stays (message set). */
 int tls_server_reload(tls_server *t);
@@ -69,6 +70,10 @@ int tls_conn_input(tls_conn *tc, const void *p, size_t n);
  */
 long tls_conn_read(tls_conn *tc, void *buf, size_t cap, int sock_idle);
 const char *tls_conn_error(const tls_conn *tc);
+
+/* Queue a close_notify alert (after the handshake, without kTLS) for
+ * tls_conn_take: the peer then knows the answer ended where it did. */
+void tls_conn_close_notify(tls_conn *tc);
 
 /* Encrypt n bytes of plaintext (appended to the output). 0, or -1 (the
  * handshake is not done, or OpenSSL failed). */

@@ -17,6 +17,10 @@ if(M3_OPENSSL_CLI)
   m3_add_test(test_tls_cluster SOURCES ${_tlsdir}/test_tls_cluster.c ${_tlsutil}
     LABELS integration TIMEOUT 240 LIBS m3client m)
   add_dependencies(test_tls_cluster m3 m3-bench m3-server)
+  # The HTTP port over TLS (--http-tls, --http-tls-ca): a scraper with the
+  # CA reads /metrics; plain HTTP, an unknown CA, a missing client
+  # certificate refused; SIGHUP reloads it.
+  m3_add_script_test(tls_http SCRIPT ${_tlsdir}/test_tls_http.sh LABELS integration TIMEOUT 120)
 else()
   message(STATUS "openssl CLI not found: the TLS tests are left out")
 endif()
