@@ -97,10 +97,18 @@ void dispatch_frame(conn *c, const m3_frame *f, const uint8_t *msg, const uint8_
     return;
   }
   if (mi->admin && !c->admin) {
+    /* What would have made it admin: the token, the certificate, or nothing. */
+    int tok = s->admin_token != NULL, cert = s->cfg.admin_cert_subject != NULL;
     M3_WARN("admin", "%s: %s refused: %s", c->peer, mi->name,
-            s->admin_token ? "not the admin token" : "admin methods are off");
+            tok && cert ? "neither the admin token nor the admin certificate"
+            : tok       ? "not the admin token"
+            : cert      ? "not the admin certificate"
+                        : "admin methods are off");
     refuse(c, f, M3_STATUS_PERMISSION_DENIED,
-           s->admin_token ? "needs the admin token" : "admin methods are off (no --admin-token-file)");
+           tok && cert ? "needs the admin token or the admin client certificate (--admin-cert-subject)"
+           : tok       ? "needs the admin token"
+           : cert      ? "needs the admin client certificate (--admin-cert-subject)"
+                       : "admin methods are off (no --admin-token-file, no --admin-cert-subject)");
     return;
   }
   if (f->method != M3_METHOD_PUT && f->att_len) {

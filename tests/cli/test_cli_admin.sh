@@ -105,7 +105,7 @@ kill -TERM "$spid"; wait "$spid" || true
 # a server without an admin token: admin methods are off, said so
 m3t_server noadmin "$store"
 run 1 "$work/del_off" "$bin/m3" delete --server "$addr" --id 3 || true
-check "admin off: named" grep -q "admin methods are off (no --admin-token-file)" "$work/del_off.err"
+check "admin off: named" grep -q "admin methods are off (no --admin-token-file, no --admin-cert-subject)" "$work/del_off.err"
 kill -TERM "$srv"; wait "$srv" || true
 
 # long options are not abbreviated anywhere

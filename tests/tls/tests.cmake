@@ -21,6 +21,8 @@ if(M3_OPENSSL_CLI)
   # CA reads /metrics; plain HTTP, an unknown CA, a missing client
   # certificate refused; SIGHUP reloads it.
   m3_add_script_test(tls_http SCRIPT ${_tlsdir}/test_tls_http.sh LABELS integration TIMEOUT 120)
+  # m3 put / m3-encode --server over mutual TLS, admin by certificate.
+  m3_add_script_test(tls_put SCRIPT ${_tlsdir}/test_tls_put.sh LABELS integration TIMEOUT 180)
 else()
   message(STATUS "openssl CLI not found: the TLS tests are left out")
 endif()

@@ -926,6 +926,9 @@ static const char *put_usage =
     "                encode.json, codec.m3c, tokenizer and idf.bin), or a copy of\n"
     "                those files when the server runs on another machine\n"
     "  --model DIR   the model (default: the \"model\" of DIR/encode.json)\n"
+    "Over TLS: --tls-ca F [--tls-cert F --tls-key F] [--tls-name NAME], as for the\n"
+    "other commands (a client certificate may be the admin: m3-server\n"
+    "--admin-cert-subject).\n"
     "The server's admin token: --token-file F, M3_TOKEN_FILE or M3_TOKEN. This runs\n"
     "`m3-encode --server HOST:PORT ...` (installed beside m3) with the same options;\n"
     "its exit codes: 0 done, 1 bad input, 2 failure (the server's refusal included).\n";

@@ -107,6 +107,12 @@ static const char *usage_text =
     "                         encode.json, codec.m3c, tokenizer, idf.bin; a copy of\n"
     "                         those files will do). The server's admin token:\n"
     "  --token-file F           --token-file F, M3_TOKEN_FILE or M3_TOKEN\n"
+    "  --tls-ca F [--tls-cert F --tls-key F] [--tls-name NAME]\n"
+    "                         --server over TLS 1.3: the CA that signed the server's\n"
+    "                         certificate, a client certificate where the server\n"
+    "                         requires one (its subject may be the admin:\n"
+    "                         m3-server --admin-cert-subject), the name the server's\n"
+    "                         certificate must carry (default: --server's host)\n"
     "  --timeout-ms MS        deadline of each Put (30000)\n"
     "  --codec C              codec set: a file, a folder with codec.m3c, or raw-f32,\n"
     "                         raw-f16, raw-bf16 (default: the store's DIR/codec.m3c,\n"
@@ -151,6 +157,7 @@ typedef struct enc_opts {
   const char *model, *input, *store, *codec, *embed, *index, *prefix, *report, *backend;
   enc_slice slice; /* --slice (0/1: everything) */
   const char *server, *token_file; /* --server: admin Put to it instead of writing DIR */
+  const char *tls_ca, *tls_cert, *tls_key, *tls_name; /* --server over TLS */
   int timeout_ms;
   /* which options the command line gave (the others may come from the
    * store's encode.json: store_defaults) */
@@ -883,6 +890,10 @@ static int setup_remote(run *r) {
   co.token = token[0] ? token : NULL;
   co.call_timeout_ms = r->o.timeout_ms;
   co.client_name = "m3-encode";
+  co.tls_ca = r->o.tls_ca;
+  co.tls_cert = r->o.tls_cert;
+  co.tls_key = r->o.tls_key;
+  co.tls_name = r->o.tls_name;
   int rc = m3_client_connect(r->o.server, &co, &r->client);
   if (rc) return rc;
   const m3_client_info *in = m3_client_info_get(r->client);
@@ -1077,6 +1088,8 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       {"long-chunks", required_argument, NULL, 'G'}, {"json", no_argument, NULL, 'j'},
       {"server", required_argument, NULL, 'R'},   {"token-file", required_argument, NULL, 'K'},
       {"timeout-ms", required_argument, NULL, 'D'},
+      {"tls-ca", required_argument, NULL, 1},      {"tls-cert", required_argument, NULL, 2},
+      {"tls-key", required_argument, NULL, 3},     {"tls-name", required_argument, NULL, 4},
       {NULL, 0, NULL, 0}};
   int ex;
   memset(o, 0, sizeof *o);
@@ -1105,6 +1118,10 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
       o->server = optarg;
       break;
     case 'K': o->token_file = optarg; break;
+    case 1: o->tls_ca = optarg; break;
+    case 2: o->tls_cert = optarg; break;
+    case 3: o->tls_key = optarg; break;
+    case 4: o->tls_name = optarg; break;
     case 'D': if (parse_int("--timeout-ms", optarg, 0, 86400000, &v)) return EXIT_FAIL; o->timeout_ms = (int)v; break;
     case 'r': o->report = optarg; break;
     case 'B': o->backend = optarg; break;
@@ -1159,6 +1176,21 @@ static int parse_encode_args(int argc, char **argv, enc_opts *o) {
   if (!o->model) {
     fprintf(stderr, "m3-encode: --model DIR is required (%s/encode.json names none)\n%s",
             o->store, usage_text);
+    return EXIT_FAIL;
+  }
+  if ((o->tls_ca || o->tls_cert || o->tls_key || o->tls_name) && !o->server) {
+    fprintf(stderr, "m3-encode: --tls-ca, --tls-cert, --tls-key and --tls-name are for --server "
+                    "(without it the records go to --store on this machine)\n");
+    return EXIT_FAIL;
+  }
+  if ((o->tls_cert || o->tls_key || o->tls_name) && !o->tls_ca) {
+    fprintf(stderr, "m3-encode: --tls-cert, --tls-key and --tls-name need --tls-ca F (the CA that "
+                    "signed the server's certificate)\n");
+    return EXIT_FAIL;
+  }
+  if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
+    fprintf(stderr, "m3-encode: %s without %s: a client certificate needs both\n",
+            o->tls_cert ? "--tls-cert" : "--tls-key", o->tls_cert ? "--tls-key" : "--tls-cert");
     return EXIT_FAIL;
   }
   if (o->server && o->slice.n > 1) {
